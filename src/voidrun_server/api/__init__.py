@@ -1,0 +1,1 @@
+"""HTTP, SSE and WebSocket: routing, auth, envelopes and the error table."""

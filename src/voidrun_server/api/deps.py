@@ -1,0 +1,66 @@
+"""Request-scoped dependencies: the app context, a database transaction, and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import APIKeyHeader, APIKeyQuery
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from ..config import Settings
+from ..errors import AuthenticationError, InvalidInputError
+from ..services import accounts
+from ..services.accounts import Principal
+
+
+@dataclass
+class AppContext:
+    """Everything long-lived that routes need, built once in ``create_app``."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    registry: CollectorRegistry
+
+
+def context(connection: HTTPConnection) -> AppContext:
+    ctx: AppContext = connection.app.state.ctx
+    return ctx
+
+
+async def db(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, committed before the response is sent."""
+    async with context(connection).sessions() as session, session.begin():
+        yield session
+
+
+# Declared for the OpenAPI document; the actual lookup below also accepts the query parameter.
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+api_key_query = APIKeyQuery(name="apiKey", auto_error=False)
+
+
+async def principal(
+    connection: HTTPConnection,
+    session: Annotated[AsyncSession, Depends(db)],
+    header_key: Annotated[str | None, Depends(api_key_header)],
+    query_key: Annotated[str | None, Depends(api_key_query)],
+) -> Principal:
+    """The caller, from ``X-API-Key`` or (for WebSockets) ``?apiKey=``."""
+    plain = header_key or query_key
+    if plain and connection.headers.get("authorization", "").lower().startswith("bearer "):
+        raise InvalidInputError("provide either X-API-Key or Bearer token, not both")
+    if not plain:
+        raise AuthenticationError("authentication required (X-API-Key or Bearer token)")
+    interval = timedelta(seconds=context(connection).settings.key_touch_interval_seconds)
+    return await accounts.authenticate(session, plain, interval)
+
+
+Db = Annotated[AsyncSession, Depends(db)]
+Caller = Annotated[Principal, Depends(principal)]
+Ctx = Annotated[AppContext, Depends(context)]

@@ -1,0 +1,45 @@
+"""Unauthenticated service metadata: version, health, metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from ... import __version__
+from ...schemas.accounts import Health, Version
+from ..deps import Ctx
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api", tags=["System"])
+metrics_router = APIRouter(include_in_schema=False)
+
+
+@router.get("/version", response_model=Version)
+async def version() -> Version:
+    return Version(version=__version__, commit="", build_time="")
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"description": "The database does not answer."}},
+)
+async def health(ctx: Ctx) -> Response:
+    """Liveness and readiness: answers 200 only when the database answers."""
+    try:
+        async with ctx.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:  # any database failure means "not ready"
+        log.warning("health check failed: %s", exc)
+        body = Health(status="unavailable", database="error")
+        return JSONResponse(body.model_dump(by_alias=True), status_code=503)
+    return JSONResponse(Health(status="ok", database="ok").model_dump(by_alias=True))
+
+
+@metrics_router.get("/metrics")
+async def metrics(ctx: Ctx) -> Response:
+    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)

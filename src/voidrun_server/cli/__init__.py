@@ -1,0 +1,1 @@
+"""The ``voidrun-server`` command line."""

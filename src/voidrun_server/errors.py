@@ -1,0 +1,79 @@
+"""The one exception tree of the server. It knows nothing about HTTP.
+
+::
+
+    VoidRunError                      message + optional details
+     ├── InvalidInputError            the request asks for something malformed
+     │    └── InvalidStateError       valid request, wrong lifecycle state for it
+     ├── AuthenticationError          no key, unknown key, inactive key
+     ├── PermissionDeniedError        authenticated but not allowed
+     ├── NotFoundError                unknown id (or another org's id: indistinguishable)
+     ├── ConflictError                clashes with existing state
+     ├── PayloadTooLargeError         body over a configured limit
+     ├── UriTooLongError              request target over a configured limit
+     ├── InsufficientStorageError     a disk or quota is full
+     ├── SandboxUnavailableError      the sandbox/agent did not answer
+     ├── DeadlineExceededError        an operation ran past its deadline
+     └── CapacityError                no room for more sandboxes right now
+
+``api/errors.py`` maps each class to a status code in one table.
+"""
+
+from __future__ import annotations
+
+
+class VoidRunError(Exception):
+    message: str = "Internal error"
+
+    def __init__(self, message: str | None = None, details: str | None = None) -> None:
+        self.message = message or type(self).message
+        self.details = details
+        super().__init__(self.message if not details else f"{self.message}: {details}")
+
+
+class InvalidInputError(VoidRunError):
+    message = "Invalid request"
+
+
+class InvalidStateError(InvalidInputError):
+    message = "Invalid sandbox state"
+
+
+class AuthenticationError(VoidRunError):
+    message = "invalid or inactive API key"
+
+
+class PermissionDeniedError(VoidRunError):
+    message = "Access denied"
+
+
+class NotFoundError(VoidRunError):
+    message = "Not found"
+
+
+class ConflictError(VoidRunError):
+    message = "Conflict"
+
+
+class PayloadTooLargeError(VoidRunError):
+    message = "Request body too large"
+
+
+class UriTooLongError(VoidRunError):
+    message = "Request URI too long"
+
+
+class InsufficientStorageError(VoidRunError):
+    message = "Insufficient storage"
+
+
+class SandboxUnavailableError(VoidRunError):
+    message = "Sandbox unavailable"
+
+
+class DeadlineExceededError(VoidRunError):
+    message = "Operation timed out"
+
+
+class CapacityError(VoidRunError):
+    message = "Server at capacity"

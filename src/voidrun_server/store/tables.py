@@ -1,0 +1,129 @@
+"""Typed table mappings. The Alembic migrations in ``migrations/`` must match these exactly
+(``tests/unit/test_migrations.py`` compares them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import UtcDateTime, utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    owner_id: Mapped[str | None] = mapped_column(String(24))
+    plan: Mapped[str] = mapped_column(String(32), default="free")
+    created_by: Mapped[str | None] = mapped_column(String(24))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    image_url: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class OrgMember(Base):
+    __tablename__ = "org_members"
+
+    org_id: Mapped[str] = mapped_column(
+        String(24), ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        String(24), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        String(24), ForeignKey("orgs.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    masked_key: Mapped[str] = mapped_column(String(32))
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["*"])
+    created_by: Mapped[str] = mapped_column(String(24), ForeignKey("users.id"))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("org_id", "name", "tag", name="uq_images_org_name_tag"),)
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    tag: Mapped[str] = mapped_column(String(50))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    size_gb: Mapped[int] = mapped_column(Integer, default=0)
+    system: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    org_id: Mapped[str | None] = mapped_column(String(24), ForeignKey("orgs.id"))
+    created_by: Mapped[str | None] = mapped_column(String(24))
+    rootfs: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Sandbox(Base):
+    __tablename__ = "sandboxes"
+    __table_args__ = (Index("ix_sandboxes_org_status", "org_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(24), ForeignKey("orgs.id"))
+    created_by: Mapped[str] = mapped_column(String(24))
+    name: Mapped[str] = mapped_column(String(253))
+    image: Mapped[str] = mapped_column(String(151))
+    image_id: Mapped[str | None] = mapped_column(String(24))
+    cpu: Mapped[int] = mapped_column(Integer)
+    mem: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    env_vars: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    auto_sleep: Mapped[bool] = mapped_column(Boolean, default=True)
+    region: Mapped[str] = mapped_column(String(64), default="")
+    ref_id: Mapped[str] = mapped_column(String(256), default="")
+    node_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+    last_activity_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    paused_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Event(Base):
+    """Append-only audit trail: who did what to which sandbox or key, and when."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str | None] = mapped_column(String(24), index=True)
+    sandbox_id: Mapped[str | None] = mapped_column(String(24), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -1,0 +1,100 @@
+"""A real ``voidrun-server serve`` process for tests, on a free port with its own data dir."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).with_name("voidrun-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    database_url: str = ""
+    port: int = field(default_factory=free_port)
+    api_key: str = field(default_factory=lambda: "vr_test_" + secrets.token_urlsafe(24))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOIDRUN_")}
+        env.update(
+            VOIDRUN_DATA_DIR=str(self.data_dir),
+            VOIDRUN_PORT=str(self.port),
+            VOIDRUN_BOOTSTRAP_API_KEY=self.api_key,
+            VOIDRUN_DATABASE_URL=self.database_url,
+            VOIDRUN_LOG_LEVEL="info",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(BIN), "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.api}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``voidrun-server ARGS`` against the same data dir and database."""
+        return subprocess.run(
+            [str(BIN), *args], env=self.env(), capture_output=True, text=True, timeout=60
+        )
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api, headers={"X-API-Key": key or self.api_key}, timeout=30
+        )
