@@ -1,0 +1,55 @@
+# Two commands for a new user: `make serve` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CHECKED := src tests
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test lint typecheck pytest openapi install install-test clean
+
+help: ## Show the available targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+serve: install ## Install, migrate and run the server on 127.0.0.1:8080 (VOIDRUN_* env honoured)
+	$(BIN)/voidrun-server serve
+
+test: install-test ## Install test deps (pip + apt), then lint, type-check and run the whole suite
+	@$(MAKE) --no-print-directory lint typecheck pytest
+
+lint: ## ruff check + format check
+	$(BIN)/ruff check $(CHECKED)
+	$(BIN)/ruff format --check $(CHECKED)
+
+typecheck: ## mypy --strict on the package
+	$(BIN)/mypy src/voidrun_server
+
+pytest: ## Run pytest (starts a throwaway PostgreSQL for the postgres tier)
+	VOIDRUN_TEST_POSTGRES_URL=$$(scripts/pg-test.sh start) $(BIN)/pytest $(PYTEST_ARGS)
+
+openapi: install ## Regenerate the committed openapi.json from the app
+	$(BIN)/python -c 'import json; from voidrun_server.api.app import create_app; \
+	from voidrun_server.config import Settings; \
+	print(json.dumps(create_app(Settings(data_dir="/tmp/voidrun-openapi")).openapi(), indent=2, sort_keys=True))' > openapi.json
+
+install: $(VENV)/.installed ## Create .venv and install the server
+
+install-test: $(VENV)/.installed-test ## Create .venv and install the server with test tools
+
+$(VENV)/.installed: pyproject.toml scripts/install-system-deps.sh
+	PYTHON=$(PYTHON) scripts/install-system-deps.sh runtime
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml scripts/install-system-deps.sh
+	PYTHON=$(PYTHON) scripts/install-system-deps.sh test
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+clean: ## Remove the virtualenv and caches (keeps your data dir)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	scripts/pg-test.sh stop

@@ -1,0 +1,53 @@
+"""Settings and identifiers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from voidrun_server import ids
+from voidrun_server.config import Settings, StatusDialect
+
+
+def test_every_setting_is_documented() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"VOIDRUN_{name.upper()} has no description"
+
+
+def test_environment_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VOIDRUN_PORT", "9123")
+    monkeypatch.setenv("VOIDRUN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VOIDRUN_STATUS_DIALECT", "sdk")
+    settings = Settings()
+    assert settings.port == 9123 and settings.host == "127.0.0.1"
+    assert settings.status_dialect is StatusDialect.SDK
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path}/voidrun.db"
+
+
+def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOIDRUN_PORT", "0")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_describe_masks_secrets(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, bootstrap_api_key="vr_secret_value_123456")
+    rows = {name: value for name, value, _ in settings.describe()}
+    assert rows["VOIDRUN_BOOTSTRAP_API_KEY"] == "********"
+    assert "vr_secret_value_123456" not in str(rows)
+
+
+def test_ids_sort_by_creation_and_are_hex() -> None:
+    made = [ids.new_id() for _ in range(1000)]
+    assert len(set(made)) == 1000
+    assert all(ids.is_id(i) for i in made)
+    assert not ids.is_id("x" * 24) and not ids.is_id("abc")
+
+
+def test_api_key_format_and_hash() -> None:
+    key = ids.new_api_key()
+    assert re.fullmatch(r"vr_[A-Za-z0-9_-]{43}", key)
+    assert ids.hash_api_key(key) == ids.hash_api_key(key) != ids.hash_api_key(key + "x")
+    assert key not in ids.mask_api_key(key)

@@ -1,0 +1,37 @@
+"""The exception → status table."""
+
+from __future__ import annotations
+
+import pytest
+
+from voidrun_server import errors
+from voidrun_server.api.errors import STATUS_BY_ERROR, status_for
+
+
+def all_error_classes() -> list[type[errors.VoidRunError]]:
+    found: list[type[errors.VoidRunError]] = []
+    pending: list[type[errors.VoidRunError]] = [errors.VoidRunError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("cls", all_error_classes(), ids=lambda c: c.__name__)
+def test_every_error_maps_to_a_status(cls: type[errors.VoidRunError]) -> None:
+    status = status_for(cls("x"))
+    assert 400 <= status < 600
+    if cls is not errors.VoidRunError:
+        assert status != 500, f"{cls.__name__} needs a row in STATUS_BY_ERROR or a mapped parent"
+
+
+def test_subclass_inherits_parent_status() -> None:
+    assert errors.InvalidStateError not in STATUS_BY_ERROR
+    assert status_for(errors.InvalidStateError(details="sandbox is not running")) == 400
+
+
+def test_message_and_details() -> None:
+    exc = errors.NotFoundError("Sandbox not found", "abc")
+    assert (exc.message, exc.details) == ("Sandbox not found", "abc")
+    assert errors.AuthenticationError().message == "invalid or inactive API key"
