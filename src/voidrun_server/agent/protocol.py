@@ -1,0 +1,148 @@
+"""Wire format shared by the agent and the server's client.
+
+Both ends import this module, so it must stay stdlib-only and run on python3 >= 3.9.
+
+Frame layout (all integers big-endian)::
+
+    uint32 header_len | uint32 payload_len | header (UTF-8 JSON object) | payload (raw bytes)
+
+The header says what the frame is (``"t"``) and which request it belongs to (``"id"``); the
+payload carries bytes that must not be re-encoded (process output, file contents). Headers are
+JSON with ``ensure_ascii`` so that surrogate-escaped strings (non-UTF-8 file names) round-trip.
+
+Frame types::
+
+    hello   both ways, id 0, first frame on a connection: {"version", "ops"?}
+    req     client -> agent: opens request ``id`` (client-chosen, never reused): {"op", "args"}
+    head    agent -> client: optional metadata before any data: {"body"}
+    data    both ways: a chunk of the request's byte stream: {"ch"} + payload
+    end     client -> agent: no more data from the client on this request
+    window  both ways: the receiver grants ``n`` more payload bytes on request ``id``
+    cancel  client -> agent: abandon request ``id`` (kills its command, drops its upload);
+            frames already in flight may still arrive and are ignored, as are all frames for
+            ids the receiver does not know
+    res     agent -> client: request finished: {"body"}
+    err     agent -> client: request failed: {"code", "message"}; with id 0 it explains why the
+            agent is about to close the connection
+
+Ops (``req`` args -> what the agent sends back)::
+
+    ping         {}                                      -> res {}
+    env.set      {env}                                   -> res {}
+    exec         {command, env?, cwd?, timeout?, maxOutput?}
+                 -> data "stdout"/"stderr" (all of stdout, then all of stderr),
+                    res {exitCode, timedOut, stdoutTruncated, stderrTruncated}
+    exec.stream  {command, env?, cwd?, timeout?}
+                 -> head {pid}, data "stdout"/"stderr" as produced, res {exitCode, timedOut}
+    file.read    {path}   -> head {size, mode, mtime}, data "file"..., res {size}
+    file.write   {path, mode?} then client data... and end   -> res {size}
+
+New capabilities are new op names; the agent lists its ops in its hello.
+
+Flow control works like HTTP/2: each side may send at most ``INITIAL_WINDOW`` payload bytes per
+request before the receiver grants more with ``window`` frames. A receiver therefore never holds
+more than one window per request, and one slow request cannot stall the others on a connection.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
+
+if TYPE_CHECKING:  # typing.TypeGuard is 3.10+; annotations are never evaluated at run time
+    from typing import TypeGuard
+
+PROTOCOL_VERSION = 1
+
+PREFIX = struct.Struct(">II")
+MAX_HEADER_SIZE = 1024 * 1024  # room for a 100 000-character command, JSON-escaped
+MAX_PAYLOAD_SIZE = 256 * 1024
+INITIAL_WINDOW = 1024 * 1024
+# Requests open at once on one connection; a client that exceeds it is disconnected, so an
+# agent never holds more than this many windows per connection.
+MAX_CONCURRENT_REQUESTS = 1024
+
+HELLO = "hello"
+REQ = "req"
+HEAD = "head"
+DATA = "data"
+END = "end"
+WINDOW = "window"
+CANCEL = "cancel"
+RES = "res"
+ERR = "err"
+FRAME_TYPES = frozenset({HELLO, REQ, HEAD, DATA, END, WINDOW, CANCEL, RES, ERR})
+
+# Error codes carried by ``err`` frames.
+BAD_REQUEST = "bad_request"
+UNKNOWN_OP = "unknown_op"
+NOT_FOUND = "not_found"
+IS_A_DIRECTORY = "is_a_directory"
+NOT_A_DIRECTORY = "not_a_directory"
+NOT_A_FILE = "not_a_file"
+PERMISSION_DENIED = "permission_denied"
+IO_ERROR = "io_error"
+SPAWN_FAILED = "spawn_failed"
+TOO_MANY_REQUESTS = "too_many_requests"
+PROTOCOL_ERROR = "protocol_error"
+VERSION_MISMATCH = "version_mismatch"
+INTERNAL = "internal"
+
+Header = Dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame; the connection must be closed."""
+
+
+class OpError(Exception):
+    """A request failed in a way the peer should hear about as an ``err`` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def encode_frame(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
+    """Build one frame; refuses to build what the peer would reject, so bugs fail loudly here."""
+    raw = json.dumps(header, separators=(",", ":")).encode("ascii")
+    if len(raw) > MAX_HEADER_SIZE:
+        raise ValueError(f"frame header of {len(raw)} bytes exceeds {MAX_HEADER_SIZE}")
+    if len(payload) > MAX_PAYLOAD_SIZE:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}")
+    return PREFIX.pack(len(raw), len(payload)) + raw + payload
+
+
+def parse_prefix(prefix: bytes) -> Tuple[int, int]:
+    """Return (header_len, payload_len), rejecting sizes before anything is buffered."""
+    header_len, payload_len = PREFIX.unpack(prefix)
+    if header_len == 0 or header_len > MAX_HEADER_SIZE:
+        raise ProtocolError(f"bad header length {header_len}")
+    if payload_len > MAX_PAYLOAD_SIZE:
+        raise ProtocolError(f"payload length {payload_len} exceeds {MAX_PAYLOAD_SIZE}")
+    return header_len, payload_len
+
+
+def parse_header(raw: bytes) -> Header:
+    """Decode and sanity-check a header: an object with a known ``t`` and an int ``id``."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    kind = header.get("t")
+    if kind not in FRAME_TYPES:
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    sid = header.get("id", 0)
+    if not is_int(sid) or sid < 0:
+        raise ProtocolError(f"bad request id {sid!r}")
+    header["id"] = sid
+    return header
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """JSON ints only: ``True`` is an int to Python but not to the protocol."""
+    return isinstance(value, int) and not isinstance(value, bool)

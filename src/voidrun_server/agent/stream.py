@@ -1,0 +1,91 @@
+"""One request's side of a connection: what an op handler sees.
+
+A handler sends ``head``/``data`` frames through its :class:`Stream` and receives the client's
+uploaded chunks from it. Both directions are credit-based (see ``protocol``): ``send_data``
+waits until the client has granted room, and the client may never send more than the window
+this stream granted, so neither side buffers more than one window per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Union
+
+from .protocol import DATA, HEAD, INITIAL_WINDOW, MAX_PAYLOAD_SIZE, WINDOW, ProtocolError
+
+if TYPE_CHECKING:
+    from .server import Connection
+
+
+class Stream:
+    def __init__(self, conn: Connection, sid: int) -> None:
+        self.id = sid
+        self._conn = conn
+        self._send_credit = INITIAL_WINDOW
+        self._credit_changed = asyncio.Event()
+        self._inbox: Deque[bytes] = deque()
+        self._inbox_changed = asyncio.Event()
+        self._ended = False
+        self._recv_allowed = INITIAL_WINDOW
+        self._recv_unacked = 0
+
+    # -- called by the connection's reader; never blocks ------------------------------------
+
+    def on_window(self, n: int) -> None:
+        self._send_credit += n
+        self._credit_changed.set()
+
+    def on_data(self, payload: bytes) -> None:
+        if self._ended:
+            raise ProtocolError(f"data after end on request {self.id}")
+        if len(payload) > self._recv_allowed:
+            raise ProtocolError(f"client overran the flow-control window on request {self.id}")
+        self._recv_allowed -= len(payload)
+        if payload:
+            self._inbox.append(payload)
+            self._inbox_changed.set()
+
+    def on_end(self) -> None:
+        self._ended = True
+        self._inbox_changed.set()
+
+    # -- used by op handlers -----------------------------------------------------------------
+
+    async def send_head(self, body: Dict[str, Any]) -> None:
+        await self._conn.send({"t": HEAD, "id": self.id, "body": body})
+
+    async def wait_credit(self) -> int:
+        """Wait until the client can take more data; return how much one frame may carry.
+
+        Readers call this *before* pulling bytes from their source, so bytes are only taken
+        from a pipe or file when they can be sent: backpressure reaches the producer.
+        """
+        while self._send_credit <= 0:
+            self._credit_changed.clear()
+            await self._credit_changed.wait()
+        return min(self._send_credit, MAX_PAYLOAD_SIZE)
+
+    async def send_data(self, channel: str, data: Union[bytes, bytearray]) -> None:
+        view = memoryview(data)
+        while view:
+            n = min(await self.wait_credit(), len(view))
+            self._send_credit -= n
+            await self._conn.send({"t": DATA, "id": self.id, "ch": channel}, bytes(view[:n]))
+            view = view[n:]
+
+    async def receive(self) -> Optional[bytes]:
+        """Next uploaded chunk, or None once the client sent ``end``."""
+        while not self._inbox:
+            if self._ended:
+                return None
+            self._inbox_changed.clear()
+            await self._inbox_changed.wait()
+        chunk = self._inbox.popleft()
+        self._recv_unacked += len(chunk)
+        # Grant in half-window steps: fewer frames, and the client never stalls on an empty pipe.
+        if self._recv_unacked >= INITIAL_WINDOW // 2:
+            grant, self._recv_unacked = self._recv_unacked, 0
+            self._recv_allowed += grant
+            await self._conn.send({"t": WINDOW, "id": self.id, "n": grant})
+        return chunk

@@ -1,0 +1,36 @@
+"""Async client for the in-sandbox agent (``voidrun_server.agent``).
+
+::
+
+    async with AgentClient(socket_path, connect_timeout=5) as agent:
+        result = await agent.exec("echo hi", timeout=30)
+        async with agent.exec_stream("make") as stream:
+            async for event in stream:
+                ...
+"""
+
+from voidrun_server.agent.protocol import PROTOCOL_VERSION
+
+from ._client import AgentClient, ExecExit, ExecOutput, ExecResult, ExecStream, FileDownload
+from ._errors import (
+    AgentConnectionError,
+    AgentError,
+    AgentOperationError,
+    AgentProtocolError,
+    AgentVersionError,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AgentClient",
+    "AgentConnectionError",
+    "AgentError",
+    "AgentOperationError",
+    "AgentProtocolError",
+    "AgentVersionError",
+    "ExecExit",
+    "ExecOutput",
+    "ExecResult",
+    "ExecStream",
+    "FileDownload",
+]

@@ -1,0 +1,376 @@
+"""The public client: one connection to one sandbox agent, safe to share between tasks.
+
+Connections are cheap and stateless on the agent side (environment defaults and running
+commands belong to the agent, not the connection), so a restarted server simply opens a new
+client. Leaving a stream or an ``exec`` early — exception, cancellation, ``break`` — tells the
+agent to kill the command or drop the upload.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import anyio.abc
+
+from voidrun_server.agent.protocol import DATA, HEAD, RES, Header
+
+from ._errors import AgentConnectionError, AgentProtocolError
+from ._wire import Channel, Connection, connect_unix
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def stdout_text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    @property
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecOutput:
+    """A chunk of output, exactly as the command wrote it (not split on lines)."""
+
+    channel: Literal["stdout", "stderr"]
+    data: bytes
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecExit:
+    """Always the last event of an exec stream."""
+
+    exit_code: int
+    timed_out: bool = False
+
+
+def _int(body: Mapping[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AgentProtocolError(f"agent reply lacks integer {key!r}: {dict(body)!r}")
+    return value
+
+
+def _exec_args(
+    command: str,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    return {
+        "command": command,
+        "env": dict(env) if env else None,
+        "cwd": cwd,
+        "timeout": timeout,
+    }
+
+
+class ExecStream:
+    """``async with agent.exec_stream(cmd) as s: async for event in s: ...``
+
+    Entering waits until the command has started (so a bad ``cwd`` raises here, before any
+    output); events are :class:`ExecOutput` chunks followed by one :class:`ExecExit`.
+    """
+
+    def __init__(self, conn: Connection, args: dict[str, Any]) -> None:
+        self._conn = conn
+        self._args = args
+        self._channel: Channel | None = None
+        self.pid = 0
+        self.exit: ExecExit | None = None
+
+    async def __aenter__(self) -> Self:
+        self._channel = await self._conn.open("exec.stream", self._args)
+        try:
+            header, _ = await self._channel.receive()
+            if header["t"] != HEAD:
+                raise AgentProtocolError(f"exec.stream began with {header['t']!r}, not head")
+            self.pid = _int(header["body"], "pid")
+        except BaseException:
+            self._channel.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ExecOutput | ExecExit:
+        if self._channel is None:
+            raise RuntimeError("use 'async with' before iterating an ExecStream")
+        if self.exit is not None:
+            raise StopAsyncIteration
+        header, payload = await self._channel.receive()
+        if header["t"] == DATA:
+            return ExecOutput("stderr" if header["ch"] == "stderr" else "stdout", payload)
+        if header["t"] == RES:
+            body = header["body"]
+            self.exit = ExecExit(_int(body, "exitCode"), bool(body.get("timedOut")))
+            return self.exit
+        raise AgentProtocolError(f"unexpected {header['t']!r} frame in exec.stream")
+
+
+class FileDownload:
+    """``async with agent.read_file(path) as f: f.size; async for chunk in f: ...``
+
+    Entering raises ``AgentOperationError`` (``not_found``, ``is_a_directory``, ...) before any
+    byte is read.
+    """
+
+    def __init__(self, conn: Connection, path: str) -> None:
+        self._conn = conn
+        self._path = path
+        self._channel: Channel | None = None
+        self._done = False
+        self.size = 0
+        self.mode = 0
+        self.mtime = 0.0
+
+    async def __aenter__(self) -> Self:
+        self._channel = await self._conn.open("file.read", {"path": self._path})
+        try:
+            header, _ = await self._channel.receive()
+            if header["t"] != HEAD:
+                raise AgentProtocolError(f"file.read began with {header['t']!r}, not head")
+            body = header["body"]
+            self.size, self.mode = _int(body, "size"), _int(body, "mode")
+            self.mtime = float(body.get("mtime") or 0.0)
+        except BaseException:
+            self._channel.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._channel is None:
+            raise RuntimeError("use 'async with' before iterating a FileDownload")
+        while not self._done:
+            header, payload = await self._channel.receive()
+            if header["t"] == DATA:
+                return payload
+            if header["t"] != RES:
+                raise AgentProtocolError(f"unexpected {header['t']!r} frame in file.read")
+            self._done = True
+        raise StopAsyncIteration
+
+
+class AgentClient:
+    """A connection to one sandbox agent.
+
+    ``async with AgentClient(path, connect_timeout=5) as agent: await agent.exec("ls")``
+
+    Entering connects (retrying until ``connect_timeout`` while the agent starts up) and checks
+    the protocol version (:class:`AgentVersionError` on mismatch). Any number of tasks may use
+    the client at once; their requests share the one connection.
+    """
+
+    def __init__(self, socket_path: str | os.PathLike[str], *, connect_timeout: float = 10.0):
+        self.socket_path = os.fspath(socket_path)
+        self.connect_timeout = connect_timeout
+        self._conn: Connection | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._sock: anyio.abc.SocketStream | None = None
+
+    @property
+    def agent_version(self) -> int:
+        return self._connection.agent_version
+
+    @property
+    def agent_ops(self) -> frozenset[str]:
+        """Op names the agent supports, for features newer than this client's minimum."""
+        return self._connection.agent_ops
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is unusable (agent gone, or client closed): reconnect."""
+        return self._conn is None or self._conn.failed
+
+    @property
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            raise AgentConnectionError("the client is not connected; use 'async with'")
+        return self._conn
+
+    async def __aenter__(self) -> Self:
+        deadline = anyio.current_time() + self.connect_timeout
+        sock = await connect_unix(self.socket_path, self.connect_timeout)
+        conn: Connection | None = None
+        try:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                candidate = Connection(sock, self.socket_path)
+                await candidate.handshake()
+                conn = candidate
+        except BaseException:
+            await anyio.aclose_forcefully(sock)
+            raise
+        if conn is None:
+            await anyio.aclose_forcefully(sock)
+            raise AgentConnectionError(
+                f"the agent at {self.socket_path} did not answer the handshake"
+                f" within {self.connect_timeout:g}s"
+            )
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        task_group.start_soon(conn.read_loop)
+        task_group.start_soon(conn.write_loop)
+        self._conn, self._task_group, self._sock = conn, task_group, sock
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, task_group = self._conn, self._task_group
+        if conn is None or task_group is None:
+            return
+        self._conn = self._task_group = None
+        conn.fail(AgentConnectionError("the client was closed"))
+        task_group.cancel_scope.cancel()
+        # The caller's exception (if any) propagates on its own; handing it to the task group
+        # would wrap it in an ExceptionGroup.
+        await task_group.__aexit__(None, None, None)
+        if self._sock is not None:
+            await anyio.aclose_forcefully(self._sock)
+            self._sock = None
+
+    @asynccontextmanager
+    async def _request(self, op: str, args: dict[str, Any]) -> AsyncIterator[Channel]:
+        channel = await self._connection.open(op, args)
+        try:
+            yield channel
+        finally:
+            channel.close()
+
+    async def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        async with self._request(op, args) as channel:
+            header = await _final(channel)
+            body: dict[str, Any] = header["body"]
+            return body
+
+    async def ping(self) -> None:
+        await self._call("ping", {})
+
+    async def set_env(self, env: Mapping[str, str]) -> None:
+        """Merge ``env`` into the defaults inherited by every later exec on this agent."""
+        await self._call("env.set", {"env": dict(env)})
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the command's limit, enforced by the agent
+        max_output: int | None = None,
+    ) -> ExecResult:
+        """Run ``command`` with ``bash -c`` and wait for it.
+
+        ``timeout`` (seconds, None = no limit) kills the whole process group and yields exit
+        code 124. Each of stdout/stderr keeps its first ``max_output`` bytes (agent default
+        16 MiB); the rest is dropped and flagged as truncated.
+        """
+        args = _exec_args(command, env, cwd, timeout)
+        args["maxOutput"] = max_output
+        out, err = bytearray(), bytearray()
+        async with self._request("exec", args) as channel:
+            while True:
+                header, payload = await channel.receive()
+                if header["t"] == DATA:
+                    (err if header["ch"] == "stderr" else out).extend(payload)
+                elif header["t"] == RES:
+                    body = header["body"]
+                    return ExecResult(
+                        exit_code=_int(body, "exitCode"),
+                        stdout=bytes(out),
+                        stderr=bytes(err),
+                        timed_out=bool(body.get("timedOut")),
+                        stdout_truncated=bool(body.get("stdoutTruncated")),
+                        stderr_truncated=bool(body.get("stderrTruncated")),
+                    )
+                else:
+                    raise AgentProtocolError(f"unexpected {header['t']!r} frame in exec")
+
+    def exec_stream(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """Like :meth:`exec` but output arrives as produced; see :class:`ExecStream`."""
+        return ExecStream(self._connection, _exec_args(command, env, cwd, timeout))
+
+    def read_file(self, path: str) -> FileDownload:
+        return FileDownload(self._connection, path)
+
+    async def read_bytes(self, path: str) -> bytes:
+        async with self.read_file(path) as download:
+            return b"".join([chunk async for chunk in download])
+
+    async def write_file(
+        self,
+        path: str,
+        data: bytes | bytearray | memoryview | AsyncIterable[bytes],
+        *,
+        mode: int = 0o644,
+    ) -> int:
+        """Atomically replace ``path`` (creating parent directories); return bytes written.
+
+        If ``data`` raises or the caller is cancelled, the agent discards the partial upload
+        and ``path`` is left as it was.
+        """
+        async with self._request("file.write", {"path": path, "mode": mode}) as channel:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                await channel.send_data(data)
+            else:
+                async for chunk in data:
+                    await channel.send_data(chunk)
+            await channel.send_end()
+            return _int((await _final(channel))["body"], "size")
+
+
+async def _final(channel: Channel) -> Header:
+    header, _ = await channel.receive()
+    if header["t"] != RES:
+        raise AgentProtocolError(f"expected a result, got {header['t']!r}")
+    return header

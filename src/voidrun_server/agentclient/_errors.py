@@ -1,0 +1,46 @@
+"""Exceptions raised by the agent client.
+
+::
+
+    AgentError
+     ├── AgentConnectionError     cannot reach the agent, or the connection broke / was closed
+     ├── AgentProtocolError       the agent sent something this client does not understand
+     │    └── AgentVersionError   the agent speaks another protocol version
+     └── AgentOperationError      the agent refused or failed one request (``code``, ``message``)
+
+Only ``AgentOperationError`` leaves the connection usable; the others mean it is gone.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    pass
+
+
+class AgentConnectionError(AgentError):
+    pass
+
+
+class AgentProtocolError(AgentError):
+    pass
+
+
+class AgentVersionError(AgentProtocolError):
+    def __init__(self, path: str, agent_version: object, client_version: int) -> None:
+        super().__init__(
+            f"the agent at {path} speaks protocol version {agent_version!r}, but this server"
+            f" speaks version {client_version}: the sandbox runs an agent from another release;"
+            " restart the sandbox so it starts this server's agent"
+        )
+        self.agent_version = agent_version
+        self.client_version = client_version
+
+
+class AgentOperationError(AgentError):
+    """``code`` is one of the ``voidrun_server.agent.protocol`` error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

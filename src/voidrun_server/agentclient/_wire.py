@@ -1,0 +1,393 @@
+"""One socket to one agent, shared by many concurrent requests.
+
+Two background tasks own the socket. The reader parses frames and files them under their
+request's :class:`Channel`; it never waits for a consumer, and a consumer can never fall more
+than one flow-control window behind because the agent may not send more than that. The writer
+sends queued frames whole: a caller cancelled halfway through ``send`` can never leave half a
+frame on the wire and corrupt the connection for every other request.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from voidrun_server.agent.protocol import (
+    CANCEL,
+    DATA,
+    END,
+    ERR,
+    HEAD,
+    HELLO,
+    INITIAL_WINDOW,
+    MAX_CONCURRENT_REQUESTS,
+    MAX_PAYLOAD_SIZE,
+    PREFIX,
+    PROTOCOL_VERSION,
+    REQ,
+    RES,
+    WINDOW,
+    Header,
+    ProtocolError,
+    encode_frame,
+    is_int,
+    parse_header,
+    parse_prefix,
+)
+
+from ._errors import (
+    AgentConnectionError,
+    AgentError,
+    AgentOperationError,
+    AgentProtocolError,
+    AgentVersionError,
+)
+
+SUN_PATH_MAX = 107
+RETRY_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+WRITE_BATCH = 1024 * 1024
+READ_SIZE = 256 * 1024
+
+_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+
+
+async def connect_unix(path: str, patience: float) -> anyio.abc.SocketStream:
+    """Connect, retrying for ``patience`` seconds while the agent starts up (no socket yet, or
+    nobody listening on it yet)."""
+    delay = 0.005
+    last: OSError | None = None
+    try:
+        with anyio.fail_after(patience):
+            while True:
+                try:
+                    return await _connect_once(path)
+                except OSError as exc:
+                    if exc.errno not in RETRY_ERRNOS:
+                        raise AgentConnectionError(
+                            f"cannot connect to the agent at {path}: {exc}"
+                        ) from exc
+                    last = exc
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+    except TimeoutError:
+        raise AgentConnectionError(
+            f"the agent at {path} did not accept a connection within {patience:g}s ({last})"
+        ) from None
+
+
+async def _connect_once(path: str) -> anyio.abc.SocketStream:
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return await anyio.connect_unix(path)
+    # sun_path holds 108 bytes; reach long paths through a directory fd. O_PATH opens resolve a
+    # path without reading anything, as quick as the connect() lookup itself.
+    parent, name = os.path.split(path)
+    dir_fd = os.open(parent or ".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        return await anyio.connect_unix(f"/proc/self/fd/{dir_fd}/{name}")
+    finally:
+        os.close(dir_fd)
+
+
+class _Outgoing:
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.done = anyio.Event()
+        self.error: AgentError | None = None
+
+
+class Connection:
+    def __init__(self, sock: anyio.abc.SocketStream, path: str) -> None:
+        self.path = path
+        self.agent_version = 0
+        self.agent_ops: frozenset[str] = frozenset()
+        self._sock = sock
+        self._inbuf = bytearray()
+        self._outbox: deque[_Outgoing] = deque()
+        self._outbox_ready = anyio.Event()
+        self._channels: dict[int, Channel] = {}
+        self._slots = anyio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self._next_id = 1
+        self._failure: AgentError | None = None
+        self._goodbye = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def handshake(self) -> None:
+        """Exchange hellos before the background tasks start; refuse another version."""
+        try:
+            await self._sock.send(encode_frame({"t": HELLO, "id": 0, "version": PROTOCOL_VERSION}))
+            header, _ = await self._read_frame()
+        except _BROKEN as exc:
+            raise AgentConnectionError(
+                f"the agent at {self.path} closed the connection during the handshake"
+            ) from exc
+        if header["t"] != HELLO:
+            raise AgentProtocolError(f"expected hello from the agent, got {header['t']!r}")
+        version = header.get("version")
+        if version != PROTOCOL_VERSION:
+            raise AgentVersionError(self.path, version, PROTOCOL_VERSION)
+        ops = header.get("ops", [])
+        self.agent_version = PROTOCOL_VERSION
+        self.agent_ops = frozenset(op for op in ops if isinstance(op, str))
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    def fail(self, error: AgentError) -> None:
+        """Mark the connection dead and wake everyone waiting on it with ``error``."""
+        if self._failure is None:
+            self._failure = error
+        for channel in self._channels.values():
+            channel.on_failure(self._failure)
+        self._channels.clear()
+        while self._outbox:
+            item = self._outbox.popleft()
+            item.error = self._failure
+            item.done.set()
+        self._outbox_ready.set()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def post(self, header: Header, payload: bytes = b"") -> _Outgoing:
+        """Queue a frame without waiting; the writer task sends it whole."""
+        if self._failure is not None:
+            raise self._failure
+        item = _Outgoing(encode_frame(header, payload))
+        self._outbox.append(item)
+        self._outbox_ready.set()
+        return item
+
+    async def send(self, header: Header, payload: bytes = b"") -> None:
+        """Queue a frame and wait until it is handed to the kernel (socket backpressure)."""
+        item = self.post(header, payload)
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    async def write_loop(self) -> None:
+        batch: list[_Outgoing] = []
+        try:
+            while self._failure is None:
+                if not self._outbox:
+                    self._outbox_ready = anyio.Event()
+                    await self._outbox_ready.wait()
+                    continue
+                size = 0
+                while self._outbox and size < WRITE_BATCH:
+                    batch.append(self._outbox.popleft())
+                    size += len(batch[-1].data)
+                data = batch[0].data if len(batch) == 1 else b"".join(i.data for i in batch)
+                await self._sock.send(data)
+                for item in batch:
+                    item.done.set()
+                batch.clear()
+        except _BROKEN:
+            self.fail(AgentConnectionError(f"lost the connection to the agent at {self.path}"))
+        finally:
+            for item in batch:
+                item.error = self._failure or AgentConnectionError("connection closed")
+                item.done.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read_exactly(self, n: int) -> bytes:
+        while len(self._inbuf) < n:
+            self._inbuf += await self._sock.receive(max(READ_SIZE, n - len(self._inbuf)))
+        data = bytes(self._inbuf[:n])
+        del self._inbuf[:n]
+        return data
+
+    async def _read_frame(self) -> tuple[Header, bytes]:
+        try:
+            header_len, payload_len = parse_prefix(await self._read_exactly(PREFIX.size))
+            body = await self._read_exactly(header_len + payload_len)
+            return parse_header(body[:header_len]), body[header_len:]
+        except ProtocolError as exc:
+            raise AgentProtocolError(
+                f"malformed frame from the agent at {self.path}: {exc}"
+            ) from None
+
+    async def read_loop(self) -> None:
+        try:
+            while True:
+                header, payload = await self._read_frame()
+                self._dispatch(header, payload)
+        except AgentError as exc:
+            self.fail(exc)
+        except _BROKEN:
+            reason = f": {self._goodbye}" if self._goodbye else ""
+            self.fail(
+                AgentConnectionError(f"the agent at {self.path} closed the connection{reason}")
+            )
+
+    def _dispatch(self, header: Header, payload: bytes) -> None:
+        kind, sid = header["t"], header["id"]
+        if sid == 0:
+            if kind != ERR:
+                raise AgentProtocolError(f"unexpected {kind!r} frame outside a request")
+            self._goodbye = f"{header.get('code')}: {header.get('message')}"
+            return
+        channel = self._channels.get(sid)
+        if channel is None:
+            return  # a request we abandoned; its late frames are harmless
+        if kind == WINDOW:
+            n = header.get("n")
+            if not is_int(n) or n <= 0:
+                raise AgentProtocolError(f"bad window increment {n!r}")
+            channel.on_window(n)
+        elif kind in (HEAD, DATA, RES, ERR):
+            _check_shape(header)
+            channel.on_frame(header, payload)
+            if kind in (RES, ERR):
+                del self._channels[sid]
+        else:
+            raise AgentProtocolError(f"unexpected {kind!r} frame from the agent")
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def open(self, op: str, args: dict[str, Any]) -> Channel:
+        if self._failure is not None:
+            raise self._failure
+        await self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        sid = self._next_id
+        self._next_id += 1
+        channel = Channel(self, sid)
+        self._channels[sid] = channel
+        try:
+            self.post({"t": REQ, "id": sid, "op": op, "args": args})
+        except BaseException:
+            self.release(channel)  # never sent: nothing to cancel
+            raise
+        return channel
+
+    def release(self, channel: Channel) -> None:
+        self._channels.pop(channel.id, None)
+        self._slots.release()
+
+
+def _check_shape(header: Header) -> None:
+    kind = header["t"]
+    if kind == DATA and not isinstance(header.get("ch"), str):
+        raise AgentProtocolError("data frame without a channel name")
+    if kind in (HEAD, RES) and not isinstance(header.get("body"), dict):
+        raise AgentProtocolError(f"{kind} frame without an object body")
+    if kind == ERR and not (
+        isinstance(header.get("code"), str) and isinstance(header.get("message"), str)
+    ):
+        raise AgentProtocolError("err frame without code and message")
+
+
+class Channel:
+    """The client side of one request: its frames, its flow-control credit, its slot."""
+
+    def __init__(self, conn: Connection, sid: int) -> None:
+        self.id = sid
+        self._conn = conn
+        self._frames: deque[tuple[Header, bytes]] = deque()
+        self._changed = anyio.Event()
+        self._failure: AgentError | None = None
+        self._answered = False  # res/err arrived
+        self._closed = False  # slot given back
+        self._send_credit = INITIAL_WINDOW
+        self._recv_allowed = INITIAL_WINDOW
+        self._recv_unacked = 0
+
+    # -- called by the reader ------------------------------------------------------------------
+
+    def on_frame(self, header: Header, payload: bytes) -> None:
+        if header["t"] == DATA:
+            if len(payload) > self._recv_allowed:
+                raise AgentProtocolError(f"agent overran the window on request {self.id}")
+            self._recv_allowed -= len(payload)
+        elif header["t"] in (RES, ERR):
+            self._answered = True
+        self._frames.append((header, payload))
+        self._changed.set()
+
+    def on_window(self, n: int) -> None:
+        self._send_credit += n
+        self._changed.set()
+
+    def on_failure(self, error: AgentError) -> None:
+        self._failure = error
+        self._changed.set()
+
+    async def _wait(self) -> None:
+        # One consumer per channel, and nothing awaits between its check and this swap.
+        self._changed = anyio.Event()
+        await self._changed.wait()
+
+    # -- used by the client --------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._closed
+
+    async def receive(self) -> tuple[Header, bytes]:
+        """Next frame of this request; an ``err`` frame raises :class:`AgentOperationError`."""
+        while not self._frames:
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                raise AgentConnectionError("request already finished")
+            await self._wait()
+        header, payload = self._frames.popleft()
+        kind = header["t"]
+        if kind == DATA and not self._answered:
+            self._recv_unacked += len(payload)
+            if self._recv_unacked >= INITIAL_WINDOW // 2:
+                grant, self._recv_unacked = self._recv_unacked, 0
+                self._recv_allowed += grant
+                self._conn.post({"t": WINDOW, "id": self.id, "n": grant})
+        elif kind in (RES, ERR):
+            self.close()
+            if kind == ERR:
+                raise AgentOperationError(header["code"], header["message"])
+        return header, payload
+
+    async def send_data(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            while self._send_credit <= 0 or self._answered:
+                if self._failure is not None:
+                    raise self._failure
+                if self._answered:
+                    await self._early_answer()
+                await self._wait()
+            n = min(self._send_credit, MAX_PAYLOAD_SIZE, len(view))
+            self._send_credit -= n
+            await self._conn.send({"t": DATA, "id": self.id}, bytes(view[:n]))
+            view = view[n:]
+
+    async def send_end(self) -> None:
+        await self._conn.send({"t": END, "id": self.id})
+
+    async def _early_answer(self) -> None:
+        """The agent answered while we were still uploading: surface its error."""
+        while True:
+            header, _ = await self.receive()  # raises on err
+            if header["t"] == RES:
+                raise AgentProtocolError(f"agent finished request {self.id} before its upload")
+
+    def close(self) -> None:
+        """Give the slot back; if the agent has not answered, tell it to abandon the request."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._answered and self._failure is None:
+            try:
+                self._conn.post({"t": CANCEL, "id": self.id})
+            except AgentError:
+                pass
+        self._conn.release(self)
