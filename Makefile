@@ -11,7 +11,8 @@ CHECKED := src tests
 help: ## Show the available targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-serve: install ## Install, migrate and run the server on 127.0.0.1:8080 (VOIDRUN_* env honoured)
+serve: install ## Install, build the code image if missing, run the server on 127.0.0.1:8080
+	$(BIN)/voidrun-server images build code
 	$(BIN)/voidrun-server serve
 
 test: install-test ## Install test deps (pip + apt), then lint, type-check and run the whole suite
@@ -24,8 +25,10 @@ lint: ## ruff check + format check
 typecheck: ## mypy --strict on the package
 	$(BIN)/mypy src/voidrun_server
 
-pytest: ## Run pytest (starts a throwaway PostgreSQL for the postgres tier)
-	VOIDRUN_TEST_POSTGRES_URL=$$(scripts/pg-test.sh start) $(BIN)/pytest $(PYTEST_ARGS)
+pytest: ## Run pytest (starts a throwaway PostgreSQL; images cached in VOIDRUN_TEST_IMAGES_DIR)
+	VOIDRUN_TEST_POSTGRES_URL=$$(scripts/pg-test.sh start) \
+	VOIDRUN_TEST_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 openapi: install ## Regenerate the committed openapi.json from the app
 	$(BIN)/python -c 'import json; from voidrun_server.api.app import create_app; \

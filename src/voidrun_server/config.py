@@ -7,11 +7,12 @@ explicitly to whatever needs it; nothing reads the environment behind its back.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +24,10 @@ class StatusDialect(StrEnum):
     SDK = "sdk"
 
 
+def _default_data_dir() -> Path:
+    return Path("/var/lib/voidrun") if os.geteuid() == 0 else Path("~/.voidrun")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOIDRUN_", env_file=".env", extra="ignore", validate_default=True
@@ -31,8 +36,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(8080, description="HTTP port.")
     data_dir: Path = Field(
-        Path("~/.voidrun"),
-        description="Where the database, images, sandbox disks and the bootstrap key live.",
+        default_factory=lambda: _default_data_dir(),
+        description=(
+            "Where the database, images, sandbox disks and the bootstrap key live. Default "
+            "~/.voidrun, or /var/lib/voidrun for root (sandboxes run as an unprivileged uid that "
+            "must be able to reach their disks, and /root is private)."
+        ),
     )
     database_url: str = Field(
         "",
@@ -77,16 +86,77 @@ class Settings(BaseSettings):
         ["*"], description="Origins allowed by CORS (the reference server allows all)."
     )
 
+    images_dir: Path | None = Field(
+        None,
+        description="Where built images live (default <data_dir>/images); data dirs may share one.",
+    )
+    driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
+    default_image: str = Field("code", description="Image used when a create request names none.")
+    debian_mirror: str = Field(
+        "http://deb.debian.org/debian", description="Debian mirror used to build images."
+    )
+    sandbox_disk_mb: Annotated[int, Field(ge=64)] = Field(
+        5120, description="Size of each sandbox's writable disk in MiB (kernel-enforced)."
+    )
+    sandbox_pids_max: Annotated[int, Field(ge=16)] = Field(
+        1024, description="Most processes/threads one sandbox may hold (fork bombs stop here)."
+    )
+    sandbox_uid_base: Annotated[int, Field(ge=1000)] = Field(
+        100000, description="Host uid that root inside a sandbox maps to (65536 ids from it)."
+    )
+    sandbox_ready_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="How long create/start waits for the sandbox agent to answer."
+    )
+    auto_sleep_check_interval_seconds: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="How often idle sandboxes are checked for auto-sleep."
+    )
+    pause_after_idle_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0,
+        description=(
+            "A running sandbox with autoSleep and no data-plane call for this long is paused."
+        ),
+    )
+    stop_after_paused_seconds: Annotated[float, Field(gt=0)] = Field(
+        1800.0, description="A paused sandbox is stopped (processes ended, disk kept) after this."
+    )
+    delete_after_stopped_seconds: Annotated[float, Field(gt=0)] = Field(
+        7 * 86400.0, description="A stopped sandbox is deleted (disk removed) after this."
+    )
+    public_url_template: str = Field(
+        "http://127.0.0.1:{port}",
+        description=(
+            "URL reported by /sandboxes/{id}/public-urls for each declared http port; "
+            "placeholders {id}, {short_id}, {port}, {name}."
+        ),
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _default_images_dir(self) -> Settings:
+        if self.images_dir is None:
+            self.images_dir = self.data_dir / "images"
+        else:
+            self.images_dir = self.images_dir.expanduser().absolute()
+        return self
+
+    @property
+    def images_root(self) -> Path:
+        assert self.images_dir is not None  # filled in by the validator
+        return self.images_dir
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'voidrun.db'}"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"
 
     @property
     def bootstrap_key_file(self) -> Path:
@@ -105,3 +175,11 @@ class Settings(BaseSettings):
                 shown = str(value.value if isinstance(value, StrEnum) else value)
             rows.append((f"VOIDRUN_{name.upper()}", shown, field.description or ""))
         return rows
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir traversable but not listable by others (0711): sandbox processes run
+    as an unprivileged uid that must reach their disks inside it; secrets in it are 0600."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        path.chmod(0o711)

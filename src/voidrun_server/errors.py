@@ -13,6 +13,7 @@
      ├── UriTooLongError              request target over a configured limit
      ├── InsufficientStorageError     a disk or quota is full
      ├── SandboxUnavailableError      the sandbox/agent did not answer
+     ├── ServiceUnavailableError      a server component is not available (e.g. no driver)
      ├── DeadlineExceededError        an operation ran past its deadline
      └── CapacityError                no room for more sandboxes right now
 
@@ -69,6 +70,10 @@ class InsufficientStorageError(VoidRunError):
 
 class SandboxUnavailableError(VoidRunError):
     message = "Sandbox unavailable"
+
+
+class ServiceUnavailableError(VoidRunError):
+    message = "Service unavailable"
 
 
 class DeadlineExceededError(VoidRunError):

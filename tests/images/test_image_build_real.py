@@ -25,9 +25,12 @@ from voidrun_server.images.build import (
     build_code_image,
     find_built_image,
 )
+from voidrun_server.services.images import SYSTEM_IMAGES
 
 UID_BASE = 100000
-TAG = os.environ.get("VOIDRUN_TEST_IMAGE_TAG", "test")  # the tag tests/drivers uses too
+TAG = os.environ.get(
+    "VOIDRUN_TEST_IMAGE_TAG", SYSTEM_IMAGES["code"]
+)  # shared with tests/drivers, tests/api
 
 pytestmark = [
     pytest.mark.slow,

@@ -201,9 +201,17 @@ class AgentClient:
     the client at once; their requests share the one connection.
     """
 
-    def __init__(self, socket_path: str | os.PathLike[str], *, connect_timeout: float = 10.0):
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        connect_timeout: float = 10.0,
+        owner_uid: int | None = None,
+    ):
+        """``owner_uid``: refuse a socket file not owned by this uid (the sandbox's root)."""
         self.socket_path = os.fspath(socket_path)
         self.connect_timeout = connect_timeout
+        self.owner_uid = owner_uid
         self._conn: Connection | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._sock: anyio.abc.SocketStream | None = None
@@ -230,7 +238,7 @@ class AgentClient:
 
     async def __aenter__(self) -> Self:
         deadline = anyio.current_time() + self.connect_timeout
-        sock = await connect_unix(self.socket_path, self.connect_timeout)
+        sock = await connect_unix(self.socket_path, self.connect_timeout, self.owner_uid)
         conn: Connection | None = None
         try:
             with anyio.move_on_after(deadline - anyio.current_time()):

@@ -6,18 +6,26 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.abc
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from .. import __version__
-from ..config import Settings
-from ..services import accounts
+from ..agent.launch import AGENT_PACKAGE_DIR, agent_argv
+from ..config import Settings, prepare_data_dir
+from ..drivers.base import DriverUnavailableError
+from ..drivers.registry import create_driver
+from ..services import accounts, images, reconcile
+from ..services.agents import AgentPool
+from ..services.sandboxes import SandboxService
 from ..store import db
 from . import errors
 from .deps import AppContext
 from .middleware import HttpMetrics, RequestContextMiddleware
-from .routes import orgs, system, users
+from .routes import images as image_routes
+from .routes import orgs, sandboxes, system, users
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +39,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(settings.data_dir)
         await db.migrate(engine)
         await _bootstrap(ctx)
         try:
-            yield
+            async with anyio.create_task_group() as task_group:
+                agents = await _start_sandboxes(ctx, task_group)
+                try:
+                    yield
+                finally:
+                    ctx.sandboxes = None
+                    if agents is not None:
+                        agents.close_all()
+                    task_group.cancel_scope.cancel()
         finally:
             await engine.dispose()
 
@@ -50,7 +66,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for router in (system.router, orgs.router, users.router):
+    for router in (
+        system.router,
+        orgs.router,
+        users.router,
+        sandboxes.router,
+        image_routes.router,
+    ):
         app.include_router(router)
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
@@ -68,6 +90,43 @@ def create_app(settings: Settings) -> FastAPI:
         max_url=settings.max_url_bytes,
     )
     return app
+
+
+async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
+    """Load the driver, register built images, re-adopt sandboxes, start the watch loop.
+
+    A host that cannot run sandboxes still serves the account API; sandbox routes then answer
+    503 with the reason and what to install.
+    """
+    settings = ctx.settings
+    async with db.transaction(ctx.sessions) as session:
+        await images.sync_system_images(session, settings.images_root)
+    try:
+        driver = create_driver(
+            settings.driver,
+            state_dir=settings.sandboxes_dir,
+            uid_base=settings.sandbox_uid_base,
+            agent_argv=agent_argv,
+            agent_dir=AGENT_PACKAGE_DIR,
+            ready_timeout=settings.sandbox_ready_timeout_seconds,
+            pids_max=settings.sandbox_pids_max,
+        )
+    except DriverUnavailableError as exc:
+        ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
+        return None
+    agents = AgentPool(
+        task_group,
+        connect_timeout=settings.sandbox_ready_timeout_seconds,
+        owner_uid=settings.sandbox_uid_base,
+    )
+    service = SandboxService(
+        settings, ctx.sessions, driver, agents, spawn=lambda work: task_group.start_soon(work)
+    )
+    await reconcile.reconcile_on_start(service)
+    task_group.start_soon(reconcile.watch_forever, service)
+    ctx.sandboxes = service
+    return agents
 
 
 async def _bootstrap(ctx: AppContext) -> None:

@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from ..config import Settings
-from ..errors import AuthenticationError, InvalidInputError
+from ..errors import AuthenticationError, InvalidInputError, ServiceUnavailableError
 from ..services import accounts
 from ..services.accounts import Principal
+from ..services.sandboxes import SandboxService
+from ..store.db import transaction
 
 
 @dataclass
@@ -27,6 +29,13 @@ class AppContext:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     registry: CollectorRegistry
+    sandboxes: SandboxService | None = None
+    sandboxes_unavailable: str = "the server is starting"
+
+    def sandbox_service(self) -> SandboxService:
+        if self.sandboxes is None:
+            raise ServiceUnavailableError("Sandboxes are unavailable", self.sandboxes_unavailable)
+        return self.sandboxes
 
 
 def context(connection: HTTPConnection) -> AppContext:
@@ -47,7 +56,6 @@ api_key_query = APIKeyQuery(name="apiKey", auto_error=False)
 
 async def principal(
     connection: HTTPConnection,
-    session: Annotated[AsyncSession, Depends(db)],
     header_key: Annotated[str | None, Depends(api_key_header)],
     query_key: Annotated[str | None, Depends(api_key_query)],
 ) -> Principal:
@@ -57,8 +65,12 @@ async def principal(
         raise InvalidInputError("provide either X-API-Key or Bearer token, not both")
     if not plain:
         raise AuthenticationError("authentication required (X-API-Key or Bearer token)")
-    interval = timedelta(seconds=context(connection).settings.key_touch_interval_seconds)
-    return await accounts.authenticate(session, plain, interval)
+    ctx = context(connection)
+    interval = timedelta(seconds=ctx.settings.key_touch_interval_seconds)
+    # Its own short transaction: the lastUsedAt write must not hold SQLite's write lock for the
+    # whole request (services open transactions of their own).
+    async with transaction(ctx.sessions) as session:
+        return await accounts.authenticate(session, plain, interval)
 
 
 Db = Annotated[AsyncSession, Depends(db)]

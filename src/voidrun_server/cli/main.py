@@ -18,7 +18,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import __version__
-from ..config import Settings
+from ..config import Settings, prepare_data_dir
 from ..errors import VoidRunError
 from ..services import accounts
 from ..store import db
@@ -35,6 +35,8 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+images_app = typer.Typer(help="Build and list sandbox images.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
 
 console = Console()
 err = Console(stderr=True)
@@ -51,7 +53,7 @@ def _settings() -> Settings:
 def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``work`` in one committed transaction on a migrated database."""
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
 
     async def run() -> T:
         engine = db.create_engine(settings.resolved_database_url)
@@ -219,3 +221,56 @@ def keys_revoke(key_id: str, org: Annotated[str, typer.Option(help="Org name.")]
 def version() -> None:
     """Print the version."""
     console.print(__version__)
+
+
+@images_app.command("build")
+def images_build(
+    name: Annotated[str, typer.Argument(help="Image to build; only 'code' is built-in.")] = "code",
+    force: Annotated[bool, typer.Option(help="Rebuild even if a complete build exists.")] = False,
+) -> None:
+    """Build a system image (cached: returns at once when already built)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..images.build import BuildProgress, ImageBuildError, build_code_image
+    from ..services.images import SYSTEM_IMAGES
+
+    settings = _settings()
+    if name not in SYSTEM_IMAGES:
+        err.print(f"[red]Unknown image {name!r}.[/red] Built-in images: {', '.join(SYSTEM_IMAGES)}")
+        raise typer.Exit(2)
+    columns = (
+        TextColumn("[bold]{task.description:<16}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[detail]}", justify="left"),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("prepare", total=1, detail="")
+
+        def report(update: BuildProgress) -> None:
+            detail = update.detail.strip()[:60]
+            bar.update(
+                task,
+                description=update.step,
+                completed=update.done,
+                total=update.total,
+                detail=detail,
+            )
+
+        try:
+            built = build_code_image(
+                settings.images_root,
+                tag=SYSTEM_IMAGES[name],
+                mirror=settings.debian_mirror,
+                uid_base=settings.sandbox_uid_base,
+                progress=report,
+                force=force,
+            )
+        except ImageBuildError as exc:
+            err.print(f"[red]Image build failed:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    console.print(
+        f"Image [bold]{built.name}:{built.tag}[/bold] ready at {built.rootfs} "
+        f"({built.size_bytes / 2**20:.0f} MiB). Start the server with: voidrun-server serve"
+    )

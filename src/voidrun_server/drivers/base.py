@@ -1,0 +1,171 @@
+"""The sandbox driver interface: what the services layer may ask of a runtime.
+
+A driver turns a :class:`SandboxSpec` into an isolated environment whose first process is the
+agent, and reports what exists right now. It never touches the database: the services layer owns
+the desired state and reconciles it against :meth:`Driver.inspect` / :meth:`Driver.recover`.
+
+Optional capabilities are separate Protocols (:class:`Pausable`, :class:`Observable`) so callers
+check ``isinstance(driver, Pausable)`` instead of catching ``NotImplementedError``.
+
+Exceptions::
+
+    VoidRunError (voidrun_server.errors)
+     └── DriverError                   a runtime operation failed; message says what to change
+          ├── SandboxNotFoundError     no such sandbox on this node (nothing on disk)
+          ├── SandboxStateError        the sandbox exists but is in the wrong state for this
+          ├── DriverUnavailableError   the runtime cannot run on this host (carries .hint)
+          └── DriverTimeoutError       ran past its deadline (also a DeadlineExceededError)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from voidrun_server.errors import DeadlineExceededError, VoidRunError
+
+__all__ = [
+    "Driver",
+    "DriverError",
+    "DriverTimeoutError",
+    "DriverUnavailableError",
+    "Observable",
+    "Pausable",
+    "SandboxInfo",
+    "SandboxNotFoundError",
+    "SandboxSpec",
+    "SandboxState",
+    "SandboxStateError",
+    "SandboxStats",
+]
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a driver needs to build one sandbox; immutable once created."""
+
+    sandbox_id: str
+    """24 lowercase hex digits; names the run directory and the cgroup."""
+    hostname: str
+    """The sandbox name (DNS-1123 label); becomes the hostname inside."""
+    rootfs: Path
+    """Read-only image directory, uid-shifted: uid N inside is owned by ``uid_base + N``."""
+    cpu: int
+    """Cores; becomes a CPU quota of ``cpu`` full cores."""
+    mem_mb: int
+    """Hard memory limit; exceeding it OOM-kills a process inside the sandbox only."""
+    disk_mb: int
+    """Size of the writable layer; writes beyond it fail with ENOSPC inside."""
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Written to the agent's env file; applied to commands the agent runs, not to the agent."""
+
+
+class SandboxState(enum.Enum):
+    """What exists on this node right now (not what the database wants)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    """No process, the writable layer is kept; :meth:`Driver.start` brings it back."""
+    GONE = "gone"
+    """Nothing usable: never created, destroyed, or its processes vanished behind our back."""
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    state: SandboxState
+    agent_socket: Path
+    """Host path of the agent's Unix socket. The directory is writable from inside the sandbox:
+    open it without following symlinks (see ``namespace.ready.connect_agent_socket``)."""
+    pid: int | None
+    """Host pid of the sandbox's first process (the agent), when running or paused."""
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    """Kernel accounting for one sandbox; values the kernel does not expose are ``None``."""
+
+    memory_bytes: int | None
+    memory_limit_bytes: int | None
+    cpu_usage_ns: int | None
+    pids: int | None
+    oom_kills: int | None
+    """Processes the kernel OOM-killed inside this sandbox since it (re)started."""
+
+
+class DriverError(VoidRunError):
+    message = "Sandbox runtime error"
+
+
+class SandboxNotFoundError(DriverError):
+    message = "Sandbox not found on this node"
+
+
+class SandboxStateError(DriverError):
+    message = "Sandbox is in the wrong state for this operation"
+
+
+class DriverUnavailableError(DriverError):
+    """The runtime cannot work on this host; ``hint`` says what to install or change."""
+
+    message = "Sandbox driver unavailable"
+
+    def __init__(self, message: str | None = None, hint: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(message, hint)
+
+
+class DriverTimeoutError(DriverError, DeadlineExceededError):
+    message = "Sandbox runtime operation timed out"
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """One runtime. Every method has its own deadline and leaves nothing behind on failure."""
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """Build and start a sandbox; returns once the agent socket accepts connections."""
+        ...
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        """From STOPPED (or GONE with its disk still present): new processes, same disk."""
+        ...
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Kill every process of the sandbox and keep its writable layer."""
+        ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove everything (processes, mounts, cgroups, devices, files). Idempotent."""
+        ...
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        """What exists now; GONE when nothing usable does."""
+        ...
+
+    async def recover(self) -> dict[str, SandboxInfo]:
+        """After a server restart: re-adopt every sandbox found on disk, keyed by id."""
+        ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox (memory stays resident)."""
+        ...
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox."""
+        ...
+
+
+@runtime_checkable
+class Observable(Protocol):
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        """Current kernel accounting (memory, cpu, pids, OOM kills)."""
+        ...

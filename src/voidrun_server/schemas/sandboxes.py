@@ -1,0 +1,109 @@
+"""Sandboxes and images on the wire (CONTRACT §2.1–2.3, §A.4, §A.7)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from .common import WireModel
+
+
+class PortSpec(BaseModel):
+    protocol: Literal["http", "tcp"] = "http"
+    port: int
+
+
+class SandboxCreate(WireModel):
+    """Types only; the value rules (and their reference error texts) live in the service."""
+
+    name: str = Field(description="DNS-1123 subdomain, at most 253 characters.")
+    image: str | None = Field(None, description="`name` or `name:tag`; default `code`.")
+    cpu: int | None = Field(None, description="1..8 cores; default 1.")
+    mem: int | None = Field(None, description="1024..16384 MiB; default 1024.")
+    org_id: str | None = Field(None, description="Must equal the key's org when given.")
+    user_id: str | None = Field(None, description="Ignored: the user comes from the key.")
+    sync: bool | None = Field(None, description="Default true: answer once the agent is up.")
+    env_vars: dict[str, str] | None = None
+    auto_sleep: bool | None = Field(None, description="Default true.")
+    region: str | None = Field(None, max_length=64)
+    ref_id: str | None = Field(None, max_length=256)
+    labels: dict[str, str] | None = None
+    ports: list[PortSpec] | None = None
+    publish_ports: list[int] | None = Field(None, description="Legacy form of `ports`.")
+
+
+class SandboxUpdate(WireModel):
+    model_config = ConfigDict(
+        alias_generator=WireModel.model_config.get("alias_generator"),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    auto_sleep: StrictBool
+
+
+class SandboxPublic(WireModel):
+    id: str
+    name: str
+    image: str
+    cpu: int
+    mem: int
+    disk_mb: int = Field(serialization_alias="diskMB", validation_alias="diskMB")
+    status: str
+    created_at: datetime
+    created_by: str
+    org_id: str
+    env_vars: dict[str, str] | None = None
+    auto_sleep: bool
+    region: str | None = None
+    ref_id: str | None = None
+    labels: dict[str, str] | None = None
+    ports: list[PortSpec] | None = None
+    publish_ports: list[int] | None = None
+    updated_at: datetime
+
+
+class ListMeta(BaseModel):
+    page: int
+    limit: int
+    total: int
+    totalPages: int  # noqa: N815 - wire name
+
+
+class SandboxList(BaseModel):
+    status: str = "success"
+    message: str
+    data: list[SandboxPublic]
+    meta: ListMeta
+
+
+class SandboxSingle(BaseModel):
+    success: bool = True
+    status: str = "success"
+    message: str
+    data: SandboxPublic
+
+
+class PublicUrl(BaseModel):
+    port: int
+    url: str
+
+
+class ImagePublic(WireModel):
+    id: str
+    name: str
+    tag: str
+    size_gb: int = Field(serialization_alias="sizeGB", validation_alias="sizeGB")
+    system: bool
+    active: bool
+    org_id: str | None
+    created_at: datetime
+    created_by: str | None
+    description: str
+
+
+def drop_empty(body: dict[str, Any]) -> dict[str, Any]:
+    """Omit optional fields the contract says are absent when empty."""
+    return {k: v for k, v in body.items() if v not in (None, "", {}, [])}

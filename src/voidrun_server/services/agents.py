@@ -1,0 +1,102 @@
+"""One long-lived, multiplexed agent connection per sandbox, shared by every request.
+
+An ``AgentClient`` owns a task group, which anyio requires to be entered and exited in the same
+task. So each connection lives in a holder task of the app's task group; requests borrow the
+client, and ``forget`` (stop, delete, death) ends the holder, which closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from ..agentclient import AgentClient, AgentError
+from ..errors import SandboxUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Held:
+    client: AgentClient
+    release: anyio.Event = field(default_factory=anyio.Event)
+
+
+class AgentPool:
+    def __init__(
+        self, task_group: anyio.abc.TaskGroup, connect_timeout: float, owner_uid: int
+    ) -> None:
+        self._task_group = task_group
+        self._connect_timeout = connect_timeout
+        self._owner_uid = owner_uid
+        self._held: dict[str, _Held] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def client(self, sandbox_id: str, socket: Path) -> AgentClient:
+        """The sandbox's connection, opened on first use (or after the previous one broke)."""
+        held = self._held.get(sandbox_id)
+        if held is not None and not held.client.closed:
+            return held.client
+        async with self._locks.setdefault(sandbox_id, anyio.Lock()):
+            held = self._held.get(sandbox_id)
+            if held is not None and held.client.closed:
+                self.forget(sandbox_id)
+                held = None
+            if held is None:
+                try:
+                    client: AgentClient = await self._task_group.start(
+                        self._hold, sandbox_id, socket
+                    )
+                except (AgentError, OSError) as exc:
+                    raise SandboxUnavailableError(
+                        "Sandbox agent unreachable", f"{sandbox_id}: {exc}"
+                    ) from exc
+                return client
+            return held.client
+
+    async def ping(self, sandbox_id: str, socket: Path) -> None:
+        try:
+            await (await self.client(sandbox_id, socket)).ping()
+        except AgentError as exc:
+            self.forget(sandbox_id)
+            raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
+
+    def forget(self, sandbox_id: str) -> None:
+        """Close the sandbox's connection (if any); the next use reconnects."""
+        held = self._held.pop(sandbox_id, None)
+        self._locks.pop(sandbox_id, None)
+        if held is not None:
+            held.release.set()
+
+    def close_all(self) -> None:
+        for sandbox_id in list(self._held):
+            self.forget(sandbox_id)
+
+    async def _hold(
+        self,
+        sandbox_id: str,
+        socket: Path,
+        *,
+        task_status: anyio.abc.TaskStatus[AgentClient] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        held: _Held | None = None
+        try:
+            client_cm = AgentClient(
+                socket, connect_timeout=self._connect_timeout, owner_uid=self._owner_uid
+            )
+            async with client_cm as client:
+                held = _Held(client)
+                self._held[sandbox_id] = held
+                task_status.started(client)
+                await held.release.wait()
+        except AgentError as exc:
+            if held is None:
+                raise  # before started(): the caller of client() gets it
+            log.info("agent connection of %s ended: %s", sandbox_id, exc)
+        finally:
+            if held is not None and self._held.get(sandbox_id) is held:
+                del self._held[sandbox_id]

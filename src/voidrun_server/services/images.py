@@ -1,0 +1,92 @@
+"""The image catalogue: system images built on this node, and name → ``name:tag`` resolution."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .. import ids
+from ..errors import InvalidInputError, NotFoundError
+from ..images.build import find_built_image
+from ..store.repos import images as repo
+from ..store.tables import Image
+
+log = logging.getLogger(__name__)
+
+# Images the server knows how to build; the tag changes when the recipe does.
+SYSTEM_IMAGES: dict[str, str] = {"code": "1.0.0"}
+GIB = 1024**3
+
+
+async def sync_system_images(session: AsyncSession, root: Path) -> list[Image]:
+    """Upsert a row per built system image; deactivate rows whose files are gone."""
+    existing = {(row.name, row.tag): row for row in await repo.system_images(session)}
+    present: list[Image] = []
+    for name, tag in SYSTEM_IMAGES.items():
+        built = find_built_image(root, name, tag)
+        row = existing.get((name, tag))
+        if built is None:
+            continue
+        size_gb = max(1, math.ceil(built.size_bytes / GIB))
+        if row is None:
+            row = Image(
+                id=ids.new_id(),
+                name=name,
+                tag=tag,
+                system=True,
+                org_id=None,
+                description=f"Debian bookworm with python3, node, tsx, git ({name}:{tag})",
+            )
+            session.add(row)
+        row.active = True
+        row.size_gb = size_gb
+        row.rootfs = str(built.rootfs)
+        present.append(row)
+    for (name, tag), row in existing.items():
+        if find_built_image(root, name, tag) is None and row.active:
+            log.warning("system image %s:%s has no files any more; deactivating it", name, tag)
+            row.active = False
+    await session.flush()
+    return present
+
+
+async def resolve(session: AsyncSession, org_id: str, reference: str) -> Image:
+    """``name`` → the latest active image of that name; ``name:tag`` → exactly that one."""
+    name, _, tag = reference.partition(":")
+    image = (
+        await repo.by_name_tag(session, org_id, name, tag)
+        if tag
+        else await repo.latest_active(session, org_id, name)
+    )
+    if image is None or not image.active or not image.rootfs:
+        hint = (
+            f"build it with: voidrun-server images build {name}"
+            if name in SYSTEM_IMAGES
+            else "list images with GET /api/images"
+        )
+        raise InvalidInputError("image not found", f"{reference}: {hint}")
+    return image
+
+
+async def visible(session: AsyncSession, org_id: str) -> Sequence[Image]:
+    return await repo.visible(session, org_id)
+
+
+async def by_id(session: AsyncSession, org_id: str, image_id: str) -> Image:
+    image = await repo.by_id(session, org_id, image_id) if ids.is_id(image_id) else None
+    if image is None:
+        raise NotFoundError("Image not found")
+    return image
+
+
+async def by_name(session: AsyncSession, org_id: str, name: str) -> Image:
+    if len(name) > 100:
+        raise InvalidInputError("image name too long", "at most 100 characters")
+    image = await repo.latest_active(session, org_id, name)
+    if image is None:
+        raise NotFoundError("Image not found")
+    return image

@@ -1,0 +1,108 @@
+"""Keep the database and reality in agreement.
+
+On start: re-adopt every sandbox the driver finds on disk, mark rows whose sandbox vanished as
+``killed``, and destroy leftovers nobody owns. While running: notice sandboxes that died behind
+our back, and walk idle sandboxes down the auto-sleep ladder (running → paused → stopped →
+deleted) with the configured thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import anyio
+
+from ..drivers.base import DriverError, SandboxState
+from ..store.db import transaction
+from ..store.repos import sandboxes as repo
+from ..store.types import utcnow
+from .lifecycle import Action, Status
+from .sandboxes import SandboxService
+
+log = logging.getLogger(__name__)
+LIVE = (Status.RUNNING, Status.PAUSED, Status.STOPPED)
+EXPECTED = {
+    Status.RUNNING: SandboxState.RUNNING,
+    Status.PAUSED: SandboxState.PAUSED,
+    Status.STOPPED: SandboxState.STOPPED,
+}
+ACTUAL = {state: status for status, state in EXPECTED.items()}
+
+
+async def reconcile_on_start(service: SandboxService) -> None:
+    found = await service.driver.recover()
+    async with transaction(service.sessions) as session:
+        rows = {row.id: row for row in await repo.with_status(session, list(Status))}
+        for row in rows.values():
+            if row.status not in LIVE:
+                continue
+            info = found.get(row.id)
+            state = info.state if info else SandboxState.GONE
+            if state is EXPECTED[Status(row.status)]:
+                continue
+            new = ACTUAL.get(state, Status.KILLED)
+            log.warning("sandbox %s was %s, found %s: now %s", row.id, row.status, state, new)
+            row.status = new
+            if new is Status.KILLED:
+                row.error = "the sandbox's processes were gone when the server started"
+            repo.record(session, "sandbox.reconcile", row.org_id, row.id, found=state.value)
+    orphans = [i for i in found if i not in rows or rows[i].status == Status.DELETED]
+    for sandbox_id in orphans:
+        log.warning("destroying orphan sandbox %s (no live row)", sandbox_id)
+        try:
+            await service.driver.destroy(sandbox_id)
+        except DriverError as exc:
+            log.error("could not destroy orphan %s: %s", sandbox_id, exc)
+
+
+async def watch_forever(service: SandboxService) -> None:
+    """The background loop owned by the app's task group."""
+    interval = service.settings.auto_sleep_check_interval_seconds
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await check_health(service)
+            await auto_sleep(service)
+        except Exception:  # a failed pass must not end the loop; the next one retries
+            log.exception("reconcile pass failed")
+
+
+async def check_health(service: SandboxService) -> None:
+    """Mark running/paused sandboxes whose processes are gone as ``killed``."""
+    async with service.sessions() as session:
+        rows = await repo.with_status(session, [Status.RUNNING, Status.PAUSED])
+    for row in rows:
+        async with service.lock(row.id):
+            info = await service.driver.inspect(row.id)
+            if info.state is EXPECTED[Status(row.status)]:
+                continue
+            async with transaction(service.sessions) as session:
+                current = await repo.get(session, row.id)
+                if current is None or current.status != row.status:
+                    continue
+                current.status = ACTUAL.get(info.state, Status.KILLED)
+                current.error = f"found {info.state.value} by the health check"
+                repo.record(session, "sandbox.died", row.org_id, row.id, found=info.state.value)
+            service.agents.forget(row.id)
+
+
+async def auto_sleep(service: SandboxService) -> None:
+    settings = service.settings
+    now = utcnow()
+    pause_before = now - timedelta(seconds=settings.pause_after_idle_seconds)
+    stop_before = now - timedelta(seconds=settings.stop_after_paused_seconds)
+    delete_before = now - timedelta(seconds=settings.delete_after_stopped_seconds)
+    async with service.sessions() as session:
+        rows = await repo.with_status(session, list(LIVE))
+    for row in rows:
+        try:
+            if row.status == Status.RUNNING and row.auto_sleep:
+                if row.last_activity_at < pause_before:
+                    await service.idle_transition(row.id, Status.RUNNING, Action.PAUSE)
+            elif row.status == Status.PAUSED and (row.paused_at or now) < stop_before:
+                await service.idle_transition(row.id, Status.PAUSED, Action.STOP)
+            elif row.status == Status.STOPPED and (row.stopped_at or now) < delete_before:
+                await service.idle_delete(row.id)
+        except Exception as exc:  # one stuck sandbox must not block the others
+            log.warning("auto-sleep step for %s failed: %s", row.id, exc)

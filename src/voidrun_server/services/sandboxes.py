@@ -1,0 +1,296 @@
+"""Sandboxes: create, read, update, delete, lifecycle verbs and auto-wake for the data plane.
+
+The database holds the desired state, the driver the actual one. Every change goes: lock the
+sandbox → ask the driver → record the result in one short transaction. Driver calls carry their
+own deadlines; cleanup after a failed create is shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .. import ids
+from ..config import Settings
+from ..drivers.base import Driver, DriverError, Pausable, SandboxInfo, SandboxSpec
+from ..errors import InvalidInputError, InvalidStateError, NotFoundError, VoidRunError
+from ..schemas.sandboxes import SandboxCreate
+from ..store.db import transaction
+from ..store.repos import sandboxes as repo
+from ..store.tables import Sandbox
+from ..store.types import utcnow
+from . import images, validation
+from .accounts import Principal
+from .agents import AgentPool
+from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
+
+log = logging.getLogger(__name__)
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
+ACTIVITY_WRITE_INTERVAL = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A sandbox ready for data-plane calls."""
+
+    row: Sandbox
+    agent_socket: Path
+
+
+class SandboxService:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        driver: Driver,
+        agents: AgentPool,
+        spawn: Spawn,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.driver = driver
+        self.agents = agents
+        self.spawn = spawn
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def lock(self, sandbox_id: str) -> anyio.Lock:
+        return self._locks.setdefault(sandbox_id, anyio.Lock())
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, caller: Principal, sandbox_id: str) -> Sandbox:
+        async with self.sessions() as session:
+            row = await repo.get_in_org(session, caller.org_id, sandbox_id)
+        if row is None or not ids.is_id(sandbox_id):
+            raise NotFoundError("Sandbox not found")
+        return row
+
+    async def list(
+        self, caller: Principal, page: int, limit: int, labels: dict[str, str]
+    ) -> tuple[Sequence[Sandbox], int]:
+        async with self.sessions() as session:
+            return await repo.page_in_org(session, caller.org_id, (page - 1) * limit, limit, labels)
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, caller: Principal, body: SandboxCreate) -> Sandbox:
+        request = validation.validate_create(body, self.settings.default_image, caller.org_id)
+        async with transaction(self.sessions) as session:
+            image = await images.resolve(session, caller.org_id, request.image)
+            row = Sandbox(
+                id=ids.new_id(),
+                org_id=caller.org_id,
+                created_by=caller.user_id,
+                name=request.name,
+                image=f"{image.name}:{image.tag}",
+                image_id=image.id,
+                cpu=request.cpu,
+                mem=request.mem,
+                disk_mb=self.settings.sandbox_disk_mb,
+                status=Status.RUNNING,
+                env_vars=request.env_vars,
+                labels=request.labels,
+                ports=[p.model_dump() for p in request.ports],
+                auto_sleep=request.auto_sleep,
+                region=request.region,
+                ref_id=request.ref_id,
+            )
+            session.add(row)
+            repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
+        spec = SandboxSpec(
+            sandbox_id=row.id,
+            hostname=_hostname(row.name),
+            rootfs=Path(image.rootfs),
+            cpu=row.cpu,
+            mem_mb=row.mem,
+            disk_mb=row.disk_mb,
+            env=dict(row.env_vars),
+        )
+        if not request.sync:
+            self.spawn(lambda: self._boot_in_background(spec))
+            return row
+        async with self.lock(row.id):
+            try:
+                await self._boot(spec)
+            except VoidRunError as exc:
+                await self._discard_failed_create(row.id, exc)
+                raise VoidRunError("Failed to create sandbox", _describe(exc)) from exc
+        return row
+
+    async def _boot(self, spec: SandboxSpec) -> None:
+        with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
+            info = await self.driver.create(spec)
+            await self.agents.ping(spec.sandbox_id, info.agent_socket)
+
+    async def _boot_in_background(self, spec: SandboxSpec) -> None:
+        async with self.lock(spec.sandbox_id):
+            try:
+                await self._boot(spec)
+            except VoidRunError as exc:
+                log.warning("background create of %s failed: %s", spec.sandbox_id, exc)
+                with anyio.CancelScope(shield=True):
+                    await self._destroy_quietly(spec.sandbox_id)
+                    await self._set_status(spec.sandbox_id, Status.ERROR, error=_describe(exc))
+
+    async def _discard_failed_create(self, sandbox_id: str, exc: VoidRunError) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._destroy_quietly(sandbox_id)
+            await self._set_status(sandbox_id, Status.DELETED, error=_describe(exc))
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        self.agents.forget(sandbox_id)
+        try:
+            await self.driver.destroy(sandbox_id)
+        except DriverError as exc:
+            log.error("could not clean up sandbox %s: %s", sandbox_id, exc)
+
+    # -- update / delete -------------------------------------------------------------------
+
+    async def update(self, caller: Principal, sandbox_id: str, auto_sleep: bool) -> Sandbox:
+        await self.get(caller, sandbox_id)
+        async with transaction(self.sessions) as session:
+            row = await repo.get(session, sandbox_id)
+            assert row is not None
+            row.auto_sleep = auto_sleep
+            repo.record(session, "sandbox.update", caller.org_id, sandbox_id, autoSleep=auto_sleep)
+        return row
+
+    async def delete(self, caller: Principal, sandbox_id: str) -> None:
+        row = await self.get(caller, sandbox_id)
+        if row.status == Status.DELETED:
+            return
+        async with self.lock(sandbox_id):
+            self.agents.forget(sandbox_id)
+            await self.driver.destroy(sandbox_id)
+            await self._set_status(sandbox_id, Status.DELETED, event="sandbox.delete")
+
+    # -- lifecycle verbs -------------------------------------------------------------------
+
+    async def apply_verb(
+        self, caller: Principal, sandbox_id: str, verb_name: str, sdk: bool
+    ) -> str:
+        """Run a lifecycle verb; returns the success message for the envelope."""
+        verb = VERBS[verb_name]
+        await self.get(caller, sandbox_id)
+        async with self.lock(sandbox_id):
+            row = await self.get(caller, sandbox_id)
+            status = Status(row.status)
+            action = action_for(verb, status, sdk)
+            if action is None:
+                raise InvalidStateError(
+                    details=f"sandbox is not {verb.expected} (current status: {row.status})"
+                )
+            await self._act(row, action)
+        return verb.message
+
+    async def ensure_running(self, caller: Principal, sandbox_id: str) -> Running:
+        """For data-plane calls: wake a paused/stopped sandbox, refresh its activity time."""
+        row = await self.get(caller, sandbox_id)
+        if row.status != Status.RUNNING:
+            async with self.lock(sandbox_id):
+                row = await self.get(caller, sandbox_id)
+                status = Status(row.status)
+                if status not in AUTO_WAKE:
+                    raise NotFoundError("Sandbox not running", f"current status: {row.status}")
+                action = AUTO_WAKE[status]
+                if action is not None:
+                    await self._act(row, action)
+        await self._touch(row)
+        info = await self.driver.inspect(sandbox_id)
+        return Running(row=row, agent_socket=info.agent_socket)
+
+    async def idle_transition(self, sandbox_id: str, expected: Status, action: Action) -> None:
+        """An auto-sleep step: applies only if the sandbox is still in ``expected``."""
+        async with self.lock(sandbox_id):
+            async with self.sessions() as session:
+                row = await repo.get(session, sandbox_id)
+            if row is not None and row.status == expected:
+                log.info("auto-sleep: %s %s", action.value, sandbox_id)
+                await self._act(row, action)
+
+    async def idle_delete(self, sandbox_id: str) -> None:
+        async with self.lock(sandbox_id):
+            async with self.sessions() as session:
+                row = await repo.get(session, sandbox_id)
+            if row is not None and row.status == Status.STOPPED:
+                log.info("auto-sleep: delete %s", sandbox_id)
+                self.agents.forget(sandbox_id)
+                await self.driver.destroy(sandbox_id)
+                await self._set_status(sandbox_id, Status.DELETED, event="sandbox.auto_delete")
+
+    async def _act(self, row: Sandbox, action: Action) -> None:
+        """Ask the driver, then record. Caller holds the sandbox lock."""
+        sandbox_id = row.id
+        try:
+            if action is Action.PAUSE:
+                await self._pausable().pause(sandbox_id)
+                await self._set_status(sandbox_id, Status.PAUSED, event="sandbox.pause")
+            elif action is Action.RESUME:
+                await self._pausable().resume(sandbox_id)
+                await self._set_status(sandbox_id, Status.RUNNING, event="sandbox.resume")
+            elif action is Action.STOP:
+                self.agents.forget(sandbox_id)
+                await self.driver.stop(sandbox_id)
+                await self._set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
+            else:
+                info = await self._start(sandbox_id)
+                await self.agents.ping(sandbox_id, info.agent_socket)
+                await self._set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
+        except DriverError as exc:
+            if action is Action.START:
+                await self._set_status(sandbox_id, Status.ERROR, error=_describe(exc))
+            raise VoidRunError(f"{action.value.capitalize()} failed", _describe(exc)) from exc
+
+    async def _start(self, sandbox_id: str) -> SandboxInfo:
+        with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
+            return await self.driver.start(sandbox_id)
+
+    def _pausable(self) -> Pausable:
+        if not isinstance(self.driver, Pausable):
+            raise InvalidInputError("pause is not supported by this driver", self.driver.name)
+        return self.driver
+
+    async def _touch(self, row: Sandbox) -> None:
+        now = utcnow()
+        if now - row.last_activity_at < ACTIVITY_WRITE_INTERVAL:
+            return
+        async with transaction(self.sessions) as session:
+            await repo.touch_activity(session, row.id, now)
+
+    async def _set_status(
+        self, sandbox_id: str, status: Status, *, error: str | None = None, event: str = ""
+    ) -> None:
+        now = utcnow()
+        async with transaction(self.sessions) as session:
+            row = await repo.get(session, sandbox_id)
+            if row is None:
+                return
+            row.status = status
+            if error is not None:
+                row.error = error[:2000]
+            if status is Status.RUNNING:
+                row.last_activity_at = now
+                row.error = ""
+            elif status is Status.PAUSED:
+                row.paused_at = now
+            elif status is Status.STOPPED:
+                row.stopped_at = now
+            elif status is Status.DELETED:
+                row.deleted_at = now
+            repo.record(session, event or f"sandbox.{status}", row.org_id, sandbox_id)
+
+
+def _hostname(name: str) -> str:
+    """Sandbox names may be 253-character subdomains; a hostname label holds 63."""
+    return name[:63].rstrip("-.") or "sandbox"
+
+
+def _describe(exc: VoidRunError) -> str:
+    return f"{exc.message}: {exc.details}" if exc.details else exc.message

@@ -1,0 +1,53 @@
+"""Image rows: system images (org ``NULL``) plus each org's own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..tables import Image
+
+
+def _visible(org_id: str) -> ColumnElement[bool]:
+    return or_(Image.org_id.is_(None), Image.org_id == org_id)
+
+
+async def visible(session: AsyncSession, org_id: str) -> Sequence[Image]:
+    query = (
+        select(Image)
+        .where(_visible(org_id), or_(Image.active.is_(True), Image.org_id == org_id))
+        .order_by(Image.id.desc())
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def by_id(session: AsyncSession, org_id: str, image_id: str) -> Image | None:
+    query = select(Image).where(Image.id == image_id, _visible(org_id))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def latest_active(session: AsyncSession, org_id: str, name: str) -> Image | None:
+    query = (
+        select(Image)
+        .where(Image.name == name, Image.active.is_(True), _visible(org_id))
+        .order_by(Image.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def by_name_tag(session: AsyncSession, org_id: str, name: str, tag: str) -> Image | None:
+    query = (
+        select(Image)
+        .where(Image.name == name, Image.tag == tag, _visible(org_id))
+        .order_by(Image.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def system_images(session: AsyncSession) -> Sequence[Image]:
+    query = select(Image).where(Image.system.is_(True))
+    return (await session.execute(query)).scalars().all()

@@ -1,0 +1,68 @@
+"""Sandbox rows: session in, rows out. Every query a caller can reach is scoped by org."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..tables import Event, Sandbox
+
+DELETED = "deleted"
+
+
+async def get_in_org(session: AsyncSession, org_id: str, sandbox_id: str) -> Sandbox | None:
+    query = select(Sandbox).where(Sandbox.id == sandbox_id, Sandbox.org_id == org_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def get(session: AsyncSession, sandbox_id: str) -> Sandbox | None:
+    return await session.get(Sandbox, sandbox_id)
+
+
+async def page_in_org(
+    session: AsyncSession, org_id: str, offset: int, limit: int, labels: dict[str, str]
+) -> tuple[Sequence[Sandbox], int]:
+    """Newest first, ``deleted`` rows excluded. Label filtering happens here in Python because
+    JSON containment differs between SQLite and PostgreSQL; orgs hold few enough live rows."""
+    query = (
+        select(Sandbox)
+        .where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
+        .order_by(Sandbox.id.desc())
+    )
+    if not labels:
+        total = await session.scalar(
+            select(func.count())
+            .select_from(Sandbox)
+            .where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
+        )
+        rows = (await session.execute(query.offset(offset).limit(limit))).scalars().all()
+        return rows, int(total or 0)
+    matching = [
+        row
+        for row in (await session.execute(query)).scalars().all()
+        if all(row.labels.get(k) == v for k, v in labels.items())
+    ]
+    return matching[offset : offset + limit], len(matching)
+
+
+async def with_status(session: AsyncSession, statuses: Sequence[str]) -> Sequence[Sandbox]:
+    query = select(Sandbox).where(Sandbox.status.in_(statuses))
+    return (await session.execute(query)).scalars().all()
+
+
+async def touch_activity(session: AsyncSession, sandbox_id: str, when: datetime) -> None:
+    statement = (
+        update(Sandbox)
+        .where(Sandbox.id == sandbox_id)
+        .values(last_activity_at=when, updated_at=Sandbox.updated_at)
+    )
+    await session.execute(statement)
+
+
+def record(
+    session: AsyncSession, kind: str, org_id: str | None, sandbox_id: str | None, **data: object
+) -> None:
+    session.add(Event(kind=kind, org_id=org_id, sandbox_id=sandbox_id, data=data))

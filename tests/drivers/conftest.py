@@ -1,0 +1,112 @@
+"""Fixtures for driver tests: a real image, a real state directory, real cgroups.
+
+These tests start real sandboxes, so they need root, user namespaces, cgroups and loop devices;
+they skip with the reason when the host lacks any of them. The image is the project's ``code``
+image built by ``build_code_image`` (cached in ``$VOIDRUN_TEST_IMAGES_DIR``, default
+``/var/tmp/voidrun-test-images``; the first build takes a few minutes). Every sandbox a test
+creates is destroyed at teardown, and the test fails if anything of it is left on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.drivers.harness import DriverHarness, NamespaceHarness, mountinfo_lines
+from tests.support.images import CODE_TAG, IMAGES_DIR
+from voidrun_server.drivers.base import DriverUnavailableError
+
+# bwrap runs as the sandbox uid and must traverse the state dir: not pytest's 0700 tmp_path.
+STATE_PARENT = Path(os.environ.get("VOIDRUN_TEST_STATE_DIR", "/var/tmp"))
+IMAGE_BUILD_TIMEOUT = 1800
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "driver tests need root"
+    try:
+        from voidrun_server.drivers.namespace import check_host
+
+        check_host()
+    except DriverUnavailableError as exc:
+        return f"{exc.message} ({exc.hint})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The first image build takes minutes: give only the first sandbox test that much time."""
+    from voidrun_server.images.build import CODE_IMAGE_NAME, find_built_image
+
+    if find_built_image(IMAGES_DIR, CODE_IMAGE_NAME, CODE_TAG) is not None:
+        return
+    for item in items:
+        if "sandbox" in item.keywords and "tests/drivers" in str(item.path):
+            item.add_marker(pytest.mark.timeout(IMAGE_BUILD_TIMEOUT))
+            return
+
+
+@pytest.fixture(scope="session")
+def namespace_rootfs() -> Path:
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from voidrun_server.images.build import build_code_image
+
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    return build_code_image(IMAGES_DIR, tag=CODE_TAG).rootfs
+
+
+@pytest.fixture(scope="session")
+def cgroup_parent() -> Iterator[str]:
+    """A parent group of our own, so tests never touch a real server's ``voidrun`` groups."""
+    name = f"voidrun-test-{secrets.token_hex(4)}"
+    yield name
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        parent = hierarchy / name
+        if parent.is_dir():
+            leftover = [p.name for p in parent.iterdir() if p.is_dir()]
+            assert not leftover, f"sandbox cgroups left behind in {parent}: {leftover}"
+            parent.rmdir()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="voidrun-drivers-", dir=STATE_PARENT))
+    path.chmod(0o711)
+    yield path
+    mounted = [line for line in mountinfo_lines() if str(path) in line]
+    assert not mounted, f"mounts left under {path}: {mounted}"
+    shutil.rmtree(path)
+
+
+DRIVER_HARNESSES = ["namespace"]  # one entry per driver with a harness fixture
+
+
+@pytest.fixture(params=DRIVER_HARNESSES)
+def harness(request: pytest.FixtureRequest) -> DriverHarness:
+    """The contract suite's view of each driver (``<name>_harness`` fixtures)."""
+    found: DriverHarness = request.getfixturevalue(f"{request.param}_harness")
+    return found
+
+
+@pytest.fixture
+async def namespace_harness(
+    namespace_rootfs: Path, state_dir: Path, cgroup_parent: str
+) -> AsyncIterator[NamespaceHarness]:
+    """A harness whose sandboxes are all destroyed, and checked to be gone, at teardown."""
+    harness = NamespaceHarness(state_dir, namespace_rootfs, cgroup_parent)
+    yield harness
+    driver = harness.drivers[0] if harness.drivers else None
+    if driver is None:
+        return
+    found = await driver.recover()
+    for sandbox_id in found:
+        await driver.destroy(sandbox_id)
+    for sandbox_id in found:
+        assert harness.leftovers(sandbox_id) == []
