@@ -8,19 +8,11 @@ import re
 import httpx
 import pytest
 
+from tests.support.http import assert_error
 from tests.support.server import ServerProcess
 
 KEY_FORMAT = re.compile(r"^vr_[A-Za-z0-9_-]{43}$")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
-
-
-def assert_error(response: httpx.Response, status: int) -> dict[str, str]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body["error"], str) and body["error"]
-    assert set(body) <= {"error", "details"}
-    return body
 
 
 def new_key(client: httpx.Client, name: str = "test") -> dict[str, str]:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from tests.api.test_accounts import assert_error, second_org
-from tests.support.images import IMAGES_DIR, STATE_PARENT, ensure_code_image
+from tests.api.test_accounts import second_org
+from tests.support.http import assert_error
+from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 from voidrun_server.agentclient import AgentClient
 
@@ -23,24 +20,8 @@ SDK_UA = {"User-Agent": "VoidRun-Python-SDK/0.1.0"}
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    if os.geteuid() != 0:
-        pytest.skip("sandboxes need root")
-    ensure_code_image()
-    data_dir = Path(tempfile.mkdtemp(prefix="voidrun-api-", dir=STATE_PARENT))
-    os.chmod(data_dir, 0o755)
-    proc = ServerProcess(
-        data_dir=data_dir,
-        extra_env={"VOIDRUN_IMAGES_DIR": str(IMAGES_DIR), "VOIDRUN_SANDBOX_DISK_MB": "256"},
-    )
-    proc.start()
-    try:
+    with sandbox_server() as proc:
         yield proc
-    finally:
-        with proc.client() as client:
-            for box in client.get("/sandboxes", params={"limit": 100}).json()["data"]:
-                client.delete(f"/sandboxes/{box['id']}")
-        proc.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -49,14 +30,7 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-def create(client: httpx.Client, **body: object) -> dict[str, object]:
-    payload = {"name": "box", **body}
-    response = client.post("/sandboxes", json=payload)
-    assert response.status_code == 201, response.text
-    envelope = response.json()
-    assert envelope["status"] == "success" and envelope["message"] == "Sandbox created"
-    data: dict[str, object] = envelope["data"]
-    return data
+create = create_sandbox
 
 
 def status_of(
@@ -81,6 +55,9 @@ def run_in(server: ServerProcess, sandbox_id: object, command: str) -> str:
 
 
 def test_create_returns_the_full_sandbox(client: httpx.Client) -> None:
+    envelope = client.post("/sandboxes", json={"name": "plain"}).json()
+    assert (envelope["status"], envelope["message"]) == ("success", "Sandbox created")
+    assert envelope["data"]["autoSleep"] is True and envelope["data"]["cpu"] == 1
     box = create(
         client,
         name="full-box",

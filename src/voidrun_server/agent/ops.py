@@ -37,4 +37,6 @@ OPS: Dict[str, Handler] = {
     "exec.stream": op_exec_stream,
     "file.read": op_file_read,
     "file.write": op_file_write,
+    # --- file system ops (files API) ---
+    # --- processes: background commands, shell sessions, PTYs ---
 }

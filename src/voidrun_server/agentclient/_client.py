@@ -376,6 +376,10 @@ class AgentClient:
             await channel.send_end()
             return _int((await _final(channel))["body"], "size")
 
+    # --- file system ops (files API) ---
+
+    # --- processes: background commands, shell sessions, PTYs ---
+
 
 async def _final(channel: Channel) -> Header:
     header, _ = await channel.receive()

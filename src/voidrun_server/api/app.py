@@ -24,8 +24,8 @@ from ..store import db
 from . import errors
 from .deps import AppContext
 from .middleware import HttpMetrics, RequestContextMiddleware
+from .routes import commands, exec, files, orgs, pty, sandboxes, sessions, system, users
 from .routes import images as image_routes
-from .routes import orgs, sandboxes, system, users
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ def create_app(settings: Settings) -> FastAPI:
         orgs.router,
         users.router,
         sandboxes.router,
+        exec.router,
+        commands.router,
+        sessions.router,
+        pty.router,
+        files.router,
         image_routes.router,
     ):
         app.include_router(router)

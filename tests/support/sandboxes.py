@@ -1,0 +1,46 @@
+"""A real server with the namespace driver, for tests that need real sandboxes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.images import IMAGES_DIR, STATE_PARENT, ensure_code_image
+from tests.support.server import ServerProcess
+
+
+@contextmanager
+def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
+    """Start a server whose sandboxes are real; delete every sandbox and the data dir after."""
+    if os.geteuid() != 0:
+        pytest.skip("sandboxes need root")
+    ensure_code_image()
+    data_dir = Path(tempfile.mkdtemp(prefix="voidrun-api-", dir=STATE_PARENT))
+    os.chmod(data_dir, 0o755)
+    env = {"VOIDRUN_IMAGES_DIR": str(IMAGES_DIR), "VOIDRUN_SANDBOX_DISK_MB": "256", **extra_env}
+    proc = ServerProcess(data_dir=data_dir, extra_env=env)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.process is not None:
+            with proc.client() as client:
+                for box in client.get("/sandboxes", params={"limit": 100}).json()["data"]:
+                    client.delete(f"/sandboxes/{box['id']}")
+        proc.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def create_sandbox(client: httpx.Client, **body: object) -> dict[str, object]:
+    """POST /sandboxes and return the Sandbox object (asserts 201)."""
+    response = client.post("/sandboxes", json={"name": "box", **body})
+    assert response.status_code == 201, response.text
+    data: dict[str, object] = response.json()["data"]
+    return data
