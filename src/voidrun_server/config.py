@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     delete_after_stopped_seconds: Annotated[float, Field(gt=0)] = Field(
         7 * 86400.0, description="A stopped sandbox is deleted (disk removed) after this."
     )
+    exec_output_cap_bytes: Annotated[int, Field(ge=1024)] = Field(
+        16 * 1024 * 1024,
+        description=(
+            "Most bytes of stdout (and of stderr) kept per synchronous exec; the rest is "
+            "dropped and flagged with stdoutTruncated/stderrTruncated."
+        ),
+    )
     public_url_template: str = Field(
         "http://127.0.0.1:{port}",
         description=(

@@ -14,6 +14,7 @@
      ├── InsufficientStorageError     a disk or quota is full
      ├── SandboxUnavailableError      the sandbox/agent did not answer
      ├── ServiceUnavailableError      a server component is not available (e.g. no driver)
+     ├── OperationFailedError         a runtime operation failed on our side (driver, agent)
      ├── DeadlineExceededError        an operation ran past its deadline
      └── CapacityError                no room for more sandboxes right now
 
@@ -74,6 +75,10 @@ class SandboxUnavailableError(VoidRunError):
 
 class ServiceUnavailableError(VoidRunError):
     message = "Service unavailable"
+
+
+class OperationFailedError(VoidRunError):
+    message = "Operation failed"
 
 
 class DeadlineExceededError(VoidRunError):

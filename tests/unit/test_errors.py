@@ -23,7 +23,20 @@ def test_every_error_maps_to_a_status(cls: type[errors.VoidRunError]) -> None:
     status = status_for(cls("x"))
     assert 400 <= status < 600
     if cls is not errors.VoidRunError:
-        assert status != 500, f"{cls.__name__} needs a row in STATUS_BY_ERROR or a mapped parent"
+        mapped = [c for c in cls.__mro__ if c in STATUS_BY_ERROR and c is not errors.VoidRunError]
+        assert mapped, f"{cls.__name__} needs a row in STATUS_BY_ERROR or a mapped parent"
+
+
+def test_driver_errors() -> None:
+    from voidrun_server.drivers.base import (
+        DriverError,
+        DriverTimeoutError,
+        DriverUnavailableError,
+    )
+
+    assert status_for(DriverError("x")) == 500
+    assert status_for(DriverUnavailableError("x", hint="install y")) == 503
+    assert status_for(DriverTimeoutError("x")) == 504
 
 
 def test_subclass_inherits_parent_status() -> None:

@@ -28,6 +28,7 @@ STATUS_BY_ERROR: dict[type[errors.VoidRunError], int] = {
     errors.InsufficientStorageError: 507,
     errors.SandboxUnavailableError: 502,
     errors.ServiceUnavailableError: 503,
+    errors.OperationFailedError: 500,
     errors.DeadlineExceededError: 504,
     errors.CapacityError: 529,
     errors.VoidRunError: 500,

@@ -9,7 +9,7 @@ check ``isinstance(driver, Pausable)`` instead of catching ``NotImplementedError
 
 Exceptions::
 
-    VoidRunError (voidrun_server.errors)
+    OperationFailedError (voidrun_server.errors, HTTP 500)
      └── DriverError                   a runtime operation failed; message says what to change
           ├── SandboxNotFoundError     no such sandbox on this node (nothing on disk)
           ├── SandboxStateError        the sandbox exists but is in the wrong state for this
@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from voidrun_server.errors import DeadlineExceededError, VoidRunError
+from voidrun_server.errors import (
+    DeadlineExceededError,
+    OperationFailedError,
+    ServiceUnavailableError,
+)
 
 __all__ = [
     "Driver",
@@ -96,7 +100,7 @@ class SandboxStats:
     """Processes the kernel OOM-killed inside this sandbox since it (re)started."""
 
 
-class DriverError(VoidRunError):
+class DriverError(OperationFailedError):
     message = "Sandbox runtime error"
 
 
@@ -108,7 +112,7 @@ class SandboxStateError(DriverError):
     message = "Sandbox is in the wrong state for this operation"
 
 
-class DriverUnavailableError(DriverError):
+class DriverUnavailableError(ServiceUnavailableError, DriverError):
     """The runtime cannot work on this host; ``hint`` says what to install or change."""
 
     message = "Sandbox driver unavailable"
@@ -118,7 +122,7 @@ class DriverUnavailableError(DriverError):
         super().__init__(message, hint)
 
 
-class DriverTimeoutError(DriverError, DeadlineExceededError):
+class DriverTimeoutError(DeadlineExceededError, DriverError):
     message = "Sandbox runtime operation timed out"
 
 
