@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .context import BASE_ENV
 from .server import serve
@@ -24,27 +23,47 @@ def load_env_file(path: str) -> Dict[str, str]:
     return data
 
 
+USAGE = "usage: voidrun-agent --socket PATH [--env-file FILE]"
+
+
+def parse_args(argv: List[str]) -> Tuple[str, Optional[str]]:
+    """Two options do not justify argparse, whose import is a visible part of sandbox start."""
+    options: Dict[str, Optional[str]] = {"--socket": None, "--env-file": None}
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if arg not in options:
+            raise SystemExit(f"voidrun-agent: unknown argument {arg!r}\n{USAGE}")
+        value = next(args, None)
+        if not value:
+            raise SystemExit(f"voidrun-agent: {arg} needs a value\n{USAGE}")
+        options[arg] = value
+    socket = options["--socket"]
+    if not socket:
+        raise SystemExit(f"voidrun-agent: --socket is required\n{USAGE}")
+    return socket, options["--env-file"]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="voidrun-agent", description="VoidRun sandbox agent")
-    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
-    parser.add_argument("--env-file", help="JSON object merged into the base environment")
-    args = parser.parse_args(argv)
+    socket, env_file = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="voidrun-agent: %(levelname)s %(message)s",
     )
     env = dict(BASE_ENV)
-    if args.env_file:
+    if env_file:
         try:
-            env.update(load_env_file(args.env_file))
+            env.update(load_env_file(env_file))
         except (OSError, ValueError) as exc:
             print(f"voidrun-agent: cannot load --env-file: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(serve(args.socket, env))
+        return asyncio.run(serve(socket, env))
     except OSError as exc:
-        print(f"voidrun-agent: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        print(f"voidrun-agent: cannot listen on {socket}: {exc}", file=sys.stderr)
         return 1
 
 

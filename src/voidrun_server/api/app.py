@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import compileall
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
@@ -104,6 +106,11 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     503 with the reason and what to install.
     """
     settings = ctx.settings
+    # The agent package is bind-mounted read-only into sandboxes: without bytecode next to it,
+    # every sandbox would compile the agent from source at start.
+    await anyio.to_thread.run_sync(
+        lambda: compileall.compile_dir(AGENT_PACKAGE_DIR, quiet=1, workers=1)
+    )
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     try:
