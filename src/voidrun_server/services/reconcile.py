@@ -84,7 +84,7 @@ async def check_health(service: SandboxService) -> None:
                 current.status = ACTUAL.get(info.state, Status.KILLED)
                 current.error = f"found {info.state.value} by the health check"
                 repo.record(session, "sandbox.died", row.org_id, row.id, found=info.state.value)
-            service.agents.forget(row.id)
+            service.forget_runtime(row.id)
 
 
 async def auto_sleep(service: SandboxService) -> None:

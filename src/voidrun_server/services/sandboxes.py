@@ -59,6 +59,14 @@ class SandboxService:
         self.agents = agents
         self.spawn = spawn
         self._locks: dict[str, anyio.Lock] = {}
+        # Agent socket per running sandbox: asking the driver on every data-plane call would
+        # put file reads and a thread hop on the hot path.
+        self._sockets: dict[str, Path] = {}
+
+    def forget_runtime(self, sandbox_id: str) -> None:
+        """Drop cached connection state of a sandbox found dead (the health check)."""
+        self._sockets.pop(sandbox_id, None)
+        self.agents.forget(sandbox_id)
 
     def lock(self, sandbox_id: str) -> anyio.Lock:
         return self._locks.setdefault(sandbox_id, anyio.Lock())
@@ -128,6 +136,7 @@ class SandboxService:
         with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
             info = await self.driver.create(spec)
             await self.agents.ping(spec.sandbox_id, info.agent_socket)
+        self._sockets[spec.sandbox_id] = info.agent_socket
 
     async def _boot_in_background(self, spec: SandboxSpec) -> None:
         async with self.lock(spec.sandbox_id):
@@ -203,8 +212,11 @@ class SandboxService:
                 if action is not None:
                     await self._act(row, action)
         await self._touch(row)
-        info = await self.driver.inspect(sandbox_id)
-        return Running(row=row, agent_socket=info.agent_socket)
+        socket = self._sockets.get(sandbox_id)
+        if socket is None:
+            socket = (await self.driver.inspect(sandbox_id)).agent_socket
+            self._sockets[sandbox_id] = socket
+        return Running(row=row, agent_socket=socket)
 
     async def idle_transition(self, sandbox_id: str, expected: Status, action: Action) -> None:
         """An auto-sleep step: applies only if the sandbox is still in ``expected``."""
@@ -242,6 +254,7 @@ class SandboxService:
             else:
                 info = await self._start(sandbox_id)
                 await self.agents.ping(sandbox_id, info.agent_socket)
+                self._sockets[sandbox_id] = info.agent_socket
                 await self._set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:
@@ -268,6 +281,8 @@ class SandboxService:
         self, sandbox_id: str, status: Status, *, error: str | None = None, event: str = ""
     ) -> None:
         now = utcnow()
+        if status is not Status.RUNNING:
+            self._sockets.pop(sandbox_id, None)
         async with transaction(self.sessions) as session:
             row = await repo.get(session, sandbox_id)
             if row is None:

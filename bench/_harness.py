@@ -1,0 +1,92 @@
+"""What every benchmark needs: a throwaway server with real sandboxes, and percentiles."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from voidrun_server.images.build import build_code_image
+from voidrun_server.services.images import SYSTEM_IMAGES
+
+IMAGES = Path(os.environ.get("VOIDRUN_TEST_IMAGES_DIR", "/var/tmp/voidrun-test-images"))
+
+
+@dataclass(frozen=True)
+class Server:
+    api: str
+    key: str
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api, headers={"X-API-Key": self.key}, timeout=120)
+
+    def async_client(self, connections: int = 100) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(
+            base_url=self.api, headers={"X-API-Key": self.key}, timeout=120, limits=limits
+        )
+
+
+def percentiles(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return statistics.median(ordered), pick(0.95), pick(0.99)
+
+
+def row(label: str, samples: list[float]) -> str:
+    p50, p95, p99 = percentiles(samples)
+    return f"{label:<52} {p50:8.2f} {p95:8.2f} {p99:8.2f}"
+
+
+@contextmanager
+def server(**env: str) -> Iterator[Server]:
+    """A ``voidrun-server serve`` on a free port with its own data dir (removed afterwards)."""
+    build_code_image(IMAGES, tag=SYSTEM_IMAGES["code"])
+    data_dir = Path(tempfile.mkdtemp(prefix="voidrun-bench-", dir="/var/tmp"))
+    os.chmod(data_dir, 0o755)
+    key = "vr_bench_" + secrets.token_urlsafe(16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {
+        **os.environ,
+        "VOIDRUN_DATA_DIR": str(data_dir),
+        "VOIDRUN_PORT": str(port),
+        "VOIDRUN_BOOTSTRAP_API_KEY": key,
+        "VOIDRUN_IMAGES_DIR": str(IMAGES),
+        "VOIDRUN_SANDBOX_DISK_MB": "1024",
+        "VOIDRUN_LOG_LEVEL": "warning",
+        **env,
+    }
+    binary = Path(sys.executable).with_name("voidrun-server")
+    proc = subprocess.Popen([str(binary), "serve"], env=environment, stdout=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{api}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("server did not start")
+        yield Server(api=api, key=key)
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
