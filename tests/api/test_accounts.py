@@ -194,3 +194,15 @@ def test_cli_revocation_applies_to_a_running_server(server: ServerProcess) -> No
             result = server.cli("keys", "revoke", created["keyId"], "--org", "default")
             assert result.returncode == 0, result.stderr
             assert_error(user.get("/users/me"), 401)
+
+
+def test_writes_are_visible_when_the_response_arrives(server: ServerProcess) -> None:
+    """A revoked key fails on the very next request (commit before response, no cache)."""
+    with server.client() as admin:
+        for _ in range(20):
+            created = new_key(admin, "race")
+            assert admin.delete(f"/orgs/apikeys/{created['keyId']}").status_code == 200
+            revoked = httpx.get(
+                f"{server.api}/users/me", headers={"X-API-Key": created["plainKey"]}
+            )
+            assert revoked.status_code == 401

@@ -73,6 +73,8 @@ async def principal(
         return await accounts.authenticate(session, plain, interval)
 
 
-Db = Annotated[AsyncSession, Depends(db)]
+# scope="function": commit before the response is sent. The default ("request") would commit
+# after it, so a client could act on a 200 whose write is not visible yet (or later failed).
+Db = Annotated[AsyncSession, Depends(db, scope="function")]
 Caller = Annotated[Principal, Depends(principal)]
 Ctx = Annotated[AppContext, Depends(context)]
