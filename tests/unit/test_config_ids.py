@@ -51,3 +51,9 @@ def test_api_key_format_and_hash() -> None:
     assert re.fullmatch(r"vr_[A-Za-z0-9_-]{43}", key)
     assert ids.hash_api_key(key) == ids.hash_api_key(key) != ids.hash_api_key(key + "x")
     assert key not in ids.mask_api_key(key)
+
+
+def test_every_setting_is_in_the_configuration_doc() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`VOIDRUN_{name.upper()}`" in doc, f"document VOIDRUN_{name.upper()}"
