@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHECKED := src tests
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint typecheck pytest openapi install install-test clean
+.PHONY: help serve test lint typecheck pytest fuzz openapi install install-test clean
 
 help: ## Show the available targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,11 @@ pytest: ## Run pytest (starts a throwaway PostgreSQL; images cached in VOIDRUN_T
 	VOIDRUN_TEST_POSTGRES_URL=$$(scripts/pg-test.sh start) \
 	VOIDRUN_TEST_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+fuzz: install-test ## Fuzz the API with schemathesis for longer (FUZZ_EXAMPLES, default 200)
+	VOIDRUN_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} \
+	VOIDRUN_TEST_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
+	$(BIN)/pytest tests/security/test_fuzz.py
 
 openapi: install ## Regenerate the committed openapi.json from the app
 	$(BIN)/python -c 'import json; from voidrun_server.api.app import create_app; \
