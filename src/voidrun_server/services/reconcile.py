@@ -32,6 +32,7 @@ ACTUAL = {state: status for status, state in EXPECTED.items()}
 
 async def reconcile_on_start(service: SandboxService) -> None:
     found = await service.driver.recover()
+    killed: list[str] = []
     async with transaction(service.sessions) as session:
         rows = {row.id: row for row in await repo.with_status(session, list(Status))}
         for row in rows.values():
@@ -46,7 +47,16 @@ async def reconcile_on_start(service: SandboxService) -> None:
             row.status = new
             if new is Status.KILLED:
                 row.error = "the sandbox's processes were gone when the server started"
+                if info is not None:
+                    killed.append(row.id)
             repo.record(session, "sandbox.reconcile", row.org_id, row.id, found=state.value)
+    for sandbox_id in killed:
+        # Release what a half-finished sandbox still holds (mounts, cgroups); its disk stays so
+        # that `start` can bring it back.
+        try:
+            await service.driver.stop(sandbox_id)
+        except DriverError as exc:
+            log.error("could not release killed sandbox %s: %s", sandbox_id, exc)
     orphans = [i for i in found if i not in rows or rows[i].status == Status.DELETED]
     for sandbox_id in orphans:
         log.warning("destroying orphan sandbox %s (no live row)", sandbox_id)

@@ -1,0 +1,129 @@
+"""The server is SIGKILLed mid-operation and restarted: nothing is lost, nothing leaks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
+LIVE = {"running", "paused", "stopped"}
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    with sandbox_server(VOIDRUN_AUTO_SLEEP_CHECK_INTERVAL_SECONDS="3600") as proc:
+        yield proc
+
+
+def crash_and_restart(server: ServerProcess) -> None:
+    server.stop(signal.SIGKILL)
+    server.start()
+
+
+def mounts_under(path: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if line.split()[4].startswith(str(path))]
+
+
+def assert_consistent(server: ServerProcess, client: httpx.Client) -> list[dict[str, object]]:
+    """Rows match reality: live rows answer, dead rows hold no processes or mounts, and no
+    sandbox directory exists without a row that may own it."""
+    rows = client.get("/sandboxes", params={"limit": 100}).json()["data"]
+    by_id = {row["id"]: row for row in rows}
+    state_dir = server.data_dir / "sandboxes"
+    for entry in state_dir.iterdir() if state_dir.exists() else []:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        assert entry.name in by_id, f"orphan sandbox dir {entry}"
+    for row in rows:
+        if row["status"] == "running":
+            result = client.post(f"/sandboxes/{row['id']}/exec", json={"command": "echo ok"})
+            assert result.json()["data"]["stdout"] == "ok\n", row
+        if row["status"] not in ("running", "paused"):
+            assert not mounts_under(state_dir / str(row["id"])), row
+    for mount in mounts_under(state_dir):
+        sandbox_id = Path(mount).relative_to(state_dir).parts[0]
+        assert by_id.get(sandbox_id, {}).get("status") in ("running", "paused"), mount
+    return list(rows)
+
+
+def test_kill_during_creates(server: ServerProcess) -> None:
+    with server.client() as client:
+        survivor = str(create_sandbox(client, name="before", autoSleep=False)["id"])
+        client.post(f"/sandboxes/{survivor}/exec", json={"command": "echo data > /root/f"})
+    errors: list[BaseException] = []
+
+    def create(i: int) -> None:
+        try:
+            with server.client() as c:
+                c.post("/sandboxes", json={"name": f"racing-{i}"}, timeout=30)
+        except httpx.HTTPError as exc:  # the server dies under it: expected
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.25)  # let some creates get into the driver
+    crash_and_restart(server)
+    for thread in threads:
+        thread.join()
+    with server.client() as client:
+        rows = assert_consistent(server, client)
+        assert {r["id"]: r for r in rows}[survivor]["status"] == "running"
+        kept = client.post(f"/sandboxes/{survivor}/exec", json={"command": "cat /root/f"})
+        assert kept.json()["data"]["stdout"] == "data\n"
+        for row in rows:
+            assert client.delete(f"/sandboxes/{row['id']}").status_code == 200
+        assert not mounts_under(server.data_dir / "sandboxes")
+
+
+def test_kill_during_streamed_exec(server: ServerProcess) -> None:
+    with server.client() as client:
+        sid = str(create_sandbox(client, name="streaming", autoSleep=False)["id"])
+        body = {"command": "echo started; exec sleep 4242"}
+        with client.stream("POST", f"/sandboxes/{sid}/exec-stream", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: started"):
+                    break
+            crash_and_restart(server)
+    with server.client() as client:
+        assert_consistent(server, client)
+        for _ in range(100):
+            probe = client.post(
+                f"/sandboxes/{sid}/exec", json={"command": "pgrep -f '[s]leep 4242' || true"}
+            )
+            if probe.json()["data"]["stdout"] == "":
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the streamed command outlived the server's connection")
+
+
+def test_restart_keeps_rows_and_files(server: ServerProcess) -> None:
+    with server.client() as client:
+        ids = [
+            str(create_sandbox(client, name=f"keep-{i}", autoSleep=False)["id"]) for i in range(3)
+        ]
+        client.post(f"/sandboxes/{ids[1]}/pause")
+        client.post(f"/sandboxes/{ids[2]}/stop")
+        for sid in ids:
+            client.post(f"/sandboxes/{sid}/exec", json={"command": f"echo {sid} > /root/id"})
+    crash_and_restart(server)
+    with server.client() as client:
+        rows = {r["id"]: r for r in assert_consistent(server, client)}
+        assert [rows[sid]["status"] for sid in ids] == ["running", "running", "running"]
+        for sid in ids:
+            out = client.post(f"/sandboxes/{sid}/exec", json={"command": "cat /root/id"})
+            assert out.json()["data"]["stdout"] == f"{sid}\n"
+        record = json.loads((server.data_dir / "sandboxes" / ids[0] / "state.json").read_text())
+        assert record["sandbox_id"] == ids[0]
