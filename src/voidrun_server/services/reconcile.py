@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import anyio
 
-from ..drivers.base import DriverError, SandboxState
+from ..drivers.base import DriverError, SandboxNotFoundError, SandboxState
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.types import utcnow
@@ -51,12 +51,7 @@ async def reconcile_on_start(service: SandboxService) -> None:
                     killed.append(row.id)
             repo.record(session, "sandbox.reconcile", row.org_id, row.id, found=state.value)
     for sandbox_id in killed:
-        # Release what a half-finished sandbox still holds (mounts, cgroups); its disk stays so
-        # that `start` can bring it back.
-        try:
-            await service.driver.stop(sandbox_id)
-        except DriverError as exc:
-            log.error("could not release killed sandbox %s: %s", sandbox_id, exc)
+        await _release(service, sandbox_id)
     orphans = [i for i in found if i not in rows or rows[i].status == Status.DELETED]
     for sandbox_id in orphans:
         log.warning("destroying orphan sandbox %s (no live row)", sandbox_id)
@@ -64,6 +59,23 @@ async def reconcile_on_start(service: SandboxService) -> None:
             await service.driver.destroy(sandbox_id)
         except DriverError as exc:
             log.error("could not destroy orphan %s: %s", sandbox_id, exc)
+
+
+async def _release(service: SandboxService, sandbox_id: str) -> None:
+    """Free what a dead sandbox still holds (mounts, cgroups). Its disk stays so that `start`
+    can bring it back, unless its creation never finished: then there is nothing to keep."""
+    try:
+        await service.driver.stop(sandbox_id)
+    except SandboxNotFoundError:
+        try:
+            await service.driver.destroy(sandbox_id)
+        except DriverError as exc:
+            log.error("could not clean up interrupted sandbox %s: %s", sandbox_id, exc)
+        await service.set_status(
+            sandbox_id, Status.ERROR, error="its creation was interrupted by a server restart"
+        )
+    except DriverError as exc:
+        log.error("could not release killed sandbox %s: %s", sandbox_id, exc)
 
 
 async def watch_forever(service: SandboxService) -> None:

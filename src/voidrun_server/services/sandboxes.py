@@ -74,9 +74,11 @@ class SandboxService:
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, caller: Principal, sandbox_id: str) -> Sandbox:
-        async with self.sessions() as session:
-            row = await repo.get_in_org(session, caller.org_id, sandbox_id)
-        if row is None or not ids.is_id(sandbox_id):
+        row = None
+        if ids.is_id(sandbox_id):
+            async with self.sessions() as session:
+                row = await repo.get_in_org(session, caller.org_id, sandbox_id)
+        if row is None:
             raise NotFoundError("Sandbox not found")
         return row
 
@@ -146,12 +148,12 @@ class SandboxService:
                 log.warning("background create of %s failed: %s", spec.sandbox_id, exc)
                 with anyio.CancelScope(shield=True):
                     await self._destroy_quietly(spec.sandbox_id)
-                    await self._set_status(spec.sandbox_id, Status.ERROR, error=_describe(exc))
+                    await self.set_status(spec.sandbox_id, Status.ERROR, error=_describe(exc))
 
     async def _discard_failed_create(self, sandbox_id: str, exc: VoidRunError) -> None:
         with anyio.CancelScope(shield=True):
             await self._destroy_quietly(sandbox_id)
-            await self._set_status(sandbox_id, Status.DELETED, error=_describe(exc))
+            await self.set_status(sandbox_id, Status.DELETED, error=_describe(exc))
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         self.agents.forget(sandbox_id)
@@ -176,9 +178,7 @@ class SandboxService:
         if row.status == Status.DELETED:
             return
         async with self.lock(sandbox_id):
-            self.agents.forget(sandbox_id)
-            await self.driver.destroy(sandbox_id)
-            await self._set_status(sandbox_id, Status.DELETED, event="sandbox.delete")
+            await self._destroy(sandbox_id, "sandbox.delete")
 
     # -- lifecycle verbs -------------------------------------------------------------------
 
@@ -233,9 +233,14 @@ class SandboxService:
                 row = await repo.get(session, sandbox_id)
             if row is not None and row.status == Status.STOPPED:
                 log.info("auto-sleep: delete %s", sandbox_id)
-                self.agents.forget(sandbox_id)
-                await self.driver.destroy(sandbox_id)
-                await self._set_status(sandbox_id, Status.DELETED, event="sandbox.auto_delete")
+                await self._destroy(sandbox_id, "sandbox.auto_delete")
+
+    async def _destroy(self, sandbox_id: str, event: str) -> None:
+        """Remove everything of the sandbox and keep its row as ``deleted``. Caller holds
+        the sandbox lock."""
+        self.agents.forget(sandbox_id)
+        await self.driver.destroy(sandbox_id)
+        await self.set_status(sandbox_id, Status.DELETED, event=event)
 
     async def _act(self, row: Sandbox, action: Action) -> None:
         """Ask the driver, then record. Caller holds the sandbox lock."""
@@ -243,22 +248,22 @@ class SandboxService:
         try:
             if action is Action.PAUSE:
                 await self._pausable().pause(sandbox_id)
-                await self._set_status(sandbox_id, Status.PAUSED, event="sandbox.pause")
+                await self.set_status(sandbox_id, Status.PAUSED, event="sandbox.pause")
             elif action is Action.RESUME:
                 await self._pausable().resume(sandbox_id)
-                await self._set_status(sandbox_id, Status.RUNNING, event="sandbox.resume")
+                await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.resume")
             elif action is Action.STOP:
                 self.agents.forget(sandbox_id)
                 await self.driver.stop(sandbox_id)
-                await self._set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
+                await self.set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
             else:
                 info = await self._start(sandbox_id)
                 await self.agents.ping(sandbox_id, info.agent_socket)
                 self._sockets[sandbox_id] = info.agent_socket
-                await self._set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
+                await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:
-                await self._set_status(sandbox_id, Status.ERROR, error=_describe(exc))
+                await self.set_status(sandbox_id, Status.ERROR, error=_describe(exc))
             raise VoidRunError(f"{action.value.capitalize()} failed", _describe(exc)) from exc
 
     async def _start(self, sandbox_id: str) -> SandboxInfo:
@@ -277,7 +282,7 @@ class SandboxService:
         async with transaction(self.sessions) as session:
             await repo.touch_activity(session, row.id, now)
 
-    async def _set_status(
+    async def set_status(
         self, sandbox_id: str, status: Status, *, error: str | None = None, event: str = ""
     ) -> None:
         now = utcnow()
