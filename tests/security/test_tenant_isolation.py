@@ -93,6 +93,8 @@ def test_every_resource_route_hides_other_orgs(server: ServerProcess, tmp_path: 
             for template in ws_routes:
                 url = server.url.replace("http", "ws") + "/api" + fill(template, real)
                 assert_ws_refused(f"{url}?apiKey={intruder.headers['X-API-Key']}")
+            assert ws_routes, "no WebSocket routes found"
+            assert intruder.headers["X-API-Key"] not in server.log_path.read_text(), "key logged"
         # nothing of org A changed
         state = owner.get(f"/sandboxes/{sandbox}").json()["data"]
         assert state["status"] == "running" and state["autoSleep"] is False

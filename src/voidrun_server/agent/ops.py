@@ -10,9 +10,13 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Dict
 
 from .args import bad, env_map
+from .commands import COMMAND_OPS
 from .context import AgentContext
 from .files import op_file_read, op_file_write
+from .fsops import FS_OPS
 from .process import op_exec, op_exec_stream
+from .pty import PTY_OPS
+from .shells import SHELL_OPS
 from .stream import Stream
 
 Handler = Callable[[AgentContext, Stream, Dict[str, Any]], Awaitable[Dict[str, Any]]]
@@ -38,5 +42,9 @@ OPS: Dict[str, Handler] = {
     "file.read": op_file_read,
     "file.write": op_file_write,
     # --- file system ops (files API) ---
+    **FS_OPS,
     # --- processes: background commands, shell sessions, PTYs ---
+    **COMMAND_OPS,
+    **SHELL_OPS,
+    **PTY_OPS,
 }

@@ -19,6 +19,7 @@ from ._errors import (
     AgentProtocolError,
     AgentVersionError,
 )
+from ._procs import OpStream, Output, ProcessInfo, ProcessOps, ShellResult, TerminalInfo
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -33,4 +34,10 @@ __all__ = [
     "ExecResult",
     "ExecStream",
     "FileDownload",
+    "OpStream",
+    "Output",
+    "ProcessInfo",
+    "ProcessOps",
+    "ShellResult",
+    "TerminalInfo",
 ]

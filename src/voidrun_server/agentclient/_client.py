@@ -21,6 +21,7 @@ import anyio.abc
 from voidrun_server.agent.protocol import DATA, HEAD, RES, Header
 
 from ._errors import AgentConnectionError, AgentProtocolError
+from ._procs import ProcessOps
 from ._wire import Channel, Connection, connect_unix
 
 
@@ -378,7 +379,88 @@ class AgentClient:
 
     # --- file system ops (files API) ---
 
+    async def fs_call(
+        self, op: str, args: dict[str, Any], *, max_output: int = 16 * 1024 * 1024
+    ) -> tuple[dict[str, Any], list[Any], bytes]:
+        """Run an ``fs.*`` op (see ``voidrun_server.agent.fsops``) to completion.
+
+        Returns the result body, the JSON items streamed as NDJSON on channel "items"
+        (listings) and the bytes of any other channel (head/tail output). The agent is not
+        trusted to bound its output: more than ``max_output`` bytes of output, or a single item
+        over 1 MiB, is a protocol error.
+        """
+        import json
+
+        items: list[Any] = []
+        out = bytearray()
+        pending = b""
+        async with self._request(op, args) as channel:
+            while True:
+                header, payload = await channel.receive()
+                if header["t"] == RES:
+                    if pending:
+                        raise AgentProtocolError(f"{op} ended inside an item")
+                    return header["body"], items, bytes(out)
+                if header["t"] != DATA:
+                    raise AgentProtocolError(f"unexpected {header['t']!r} frame in {op}")
+                if header["ch"] != "items":
+                    out.extend(payload)
+                    if len(out) > max_output:
+                        raise AgentProtocolError(f"{op} sent more than {max_output} bytes")
+                    continue
+                *lines, pending = (pending + payload).split(b"\n")
+                if len(pending) > 1024 * 1024:
+                    raise AgentProtocolError(f"{op} sent an item over 1 MiB")
+                try:
+                    items.extend(json.loads(line) for line in lines)
+                except ValueError:
+                    raise AgentProtocolError(f"{op} sent an item that is not JSON") from None
+
+    @asynccontextmanager
+    async def watch(
+        self, path: str, *, recursive: bool, ignore_hidden: bool
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """``async with agent.watch(path, ...) as events: async for event in events: ...``
+
+        Entering returns once the agent's inotify watches are in place (so nothing done after
+        it is missed; a missing path raises ``AgentOperationError`` here). Leaving cancels the
+        watch. Iteration ends when the watched root disappears; events are FileEvent dicts.
+        """
+        import json
+
+        args = {"path": path, "recursive": recursive, "ignoreHidden": ignore_hidden}
+        async with self._request("fs.watch", args) as channel:
+            header, _ = await channel.receive()
+            if header["t"] != HEAD:
+                raise AgentProtocolError(f"fs.watch began with {header['t']!r}, not head")
+
+            async def events() -> AsyncIterator[dict[str, Any]]:
+                pending = b""
+                while True:
+                    header, payload = await channel.receive()
+                    if header["t"] == RES:
+                        return
+                    if header["t"] != DATA:
+                        raise AgentProtocolError(f"unexpected {header['t']!r} frame in fs.watch")
+                    *lines, pending = (pending + payload).split(b"\n")
+                    if len(pending) > 1024 * 1024:
+                        raise AgentProtocolError("fs.watch sent an event over 1 MiB")
+                    for line in lines:
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            raise AgentProtocolError("fs.watch sent a non-JSON event") from None
+                        if isinstance(event, dict):
+                            yield event
+
+            yield events()
+
     # --- processes: background commands, shell sessions, PTYs ---
+
+    @property
+    def procs(self) -> ProcessOps:
+        """Background commands, shell sessions and terminals (``agentclient._procs``)."""
+        return ProcessOps(self._connection)
 
 
 async def _final(channel: Channel) -> Header:

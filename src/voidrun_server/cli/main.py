@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import __version__
+from .. import __version__, logs
 from ..config import Settings, prepare_data_dir
 from ..errors import VoidRunError
 from ..services import accounts
@@ -85,9 +84,7 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level)
     console.print(
         f"[bold]voidrun-server {__version__}[/bold] on http://{settings.host}:{settings.port}/api "
         f"(data: {settings.data_dir})"

@@ -1,7 +1,172 @@
-"""Execution routes under /api/sandboxes/{id}/ (CONTRACT §A.5/§A.6)."""
+"""Background commands: ``/commands/run|list|kill|wait|attach|stdin`` (CONTRACT §A.5, §B.2).
+
+Bare (unenveloped) JSON bodies, as the SDK expects. A command outlives the request that starts
+it and the client connection; ``attach`` replays its buffered output from the oldest byte kept,
+then follows it live until it exits.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from ...agentclient import AgentError
+from ...agentclient import ProcessInfo as AgentProcess
+from ...schemas.processes import (
+    CommandKillResponse,
+    CommandListResponse,
+    CommandRunRequest,
+    CommandRunResponse,
+    CommandStdinRequest,
+    CommandStdinResponse,
+    CommandWaitResponse,
+    PidRequest,
+    ProcessInfo,
+)
+from ...services.commands import CommandService, LiveStream
+from ..deps import Caller, Ctx
+from ..sse import SSE_HEADERS, LineSplitter, event, json_event
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
+SSE_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
+def command_service(ctx: Ctx) -> CommandService:
+    return CommandService(ctx.sandbox_service())
+
+
+Commands = Annotated[CommandService, Depends(command_service)]
+
+
+def epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def public(process: AgentProcess) -> ProcessInfo:
+    return ProcessInfo(
+        pid=process.pid,
+        command=process.command,
+        start_time=epoch(process.start_time),
+        running=process.running,
+        exit_code=None if process.running else process.exit_code,
+    )
+
+
+class OwnedStreamingResponse(StreamingResponse):
+    """A streaming response that releases what it streams from even if it never starts.
+
+    The agent stream is opened before the response (so its errors are JSON); a client that
+    disconnects before the first byte would otherwise leave it open on the agent connection.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], Any], **kw: Any):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release()
+
+
+def owned_stream(
+    live: LiveStream, content: AsyncIterator[bytes], media_type: str, headers: dict[str, str]
+) -> OwnedStreamingResponse:
+    return OwnedStreamingResponse(content, live.close, media_type=media_type, headers=headers)
+
+
+@router.post("/{sandbox_id}/commands/run", response_model=CommandRunResponse)
+async def run_command(
+    sandbox_id: str, body: CommandRunRequest, caller: Caller, service: Commands
+) -> CommandRunResponse:
+    """Start a command in the background and return its pid at once."""
+    started = await service.run(caller, sandbox_id, body)
+    return CommandRunResponse(pid=started.pid, command=started.command)
+
+
+@router.get(
+    "/{sandbox_id}/commands/list",
+    response_model=CommandListResponse,
+    response_model_exclude_none=True,
+)
+async def list_commands(sandbox_id: str, caller: Caller, service: Commands) -> CommandListResponse:
+    """Running and recently exited (the last 100) background commands, oldest first."""
+    processes = await service.list(caller, sandbox_id)
+    return CommandListResponse(processes=[public(p) for p in processes])
+
+
+@router.post("/{sandbox_id}/commands/kill", response_model=CommandKillResponse)
+async def kill_command(
+    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands
+) -> CommandKillResponse:
+    """SIGKILL the command's whole process group; its exit code becomes 137."""
+    await service.kill(caller, sandbox_id, body.pid)
+    return CommandKillResponse()
+
+
+@router.post(
+    "/{sandbox_id}/commands/wait",
+    response_model=CommandWaitResponse,
+    response_model_exclude_none=True,
+)
+async def wait_command(
+    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands
+) -> CommandWaitResponse:
+    """Block until the command exits (at most one hour)."""
+    done = await service.wait(caller, sandbox_id, body.pid)
+    error = "command timed out and was killed" if done.timed_out else None
+    return CommandWaitResponse(exit_code=done.exit_code or 0, error=error)
+
+
+@router.post("/{sandbox_id}/commands/stdin", response_model=CommandStdinResponse)
+async def write_stdin(
+    sandbox_id: str, body: CommandStdinRequest, caller: Caller, service: Commands
+) -> CommandStdinResponse:
+    """Extension: write ``data`` to the command's stdin; ``eof`` closes it afterwards.
+
+    A background command's stdin is a pipe that stays open until ``eof`` (or exit), so a
+    command that reads stdin to the end waits for it, as under ``docker run -i``.
+    """
+    await service.stdin(caller, sandbox_id, body.pid, body.data, body.eof)
+    return CommandStdinResponse()
+
+
+@router.post("/{sandbox_id}/commands/attach", response_class=StreamingResponse, responses=SSE_DOC)
+async def attach_command(
+    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands
+) -> StreamingResponse:
+    """SSE: buffered output first, then live ``stdout``/``stderr`` lines, then one ``exit``."""
+    live = await service.attach(caller, sandbox_id, body.pid)  # unknown pid: a JSON 404
+
+    async def events() -> AsyncIterator[bytes]:
+        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        try:
+            async for chunk in live.chunks():
+                if chunk is None:
+                    yield b": keepalive\n\n"  # a comment: clients and proxies see life
+                    continue
+                for line in splitters[chunk.channel].feed(chunk.data):
+                    yield event(chunk.channel, line)
+        except AgentError as exc:
+            yield json_event("error", {"error": str(exc)})
+            return
+        for channel, splitter in splitters.items():
+            for line in splitter.flush():
+                yield event(channel, line)
+        result = live.result
+        payload: dict[str, object] = {"exitCode": result.get("exitCode", -1)}
+        if result.get("timedOut"):
+            payload["error"] = "command timed out and was killed"
+        if result.get("dropped"):
+            payload["outputDropped"] = result["dropped"]  # bytes the ring had discarded
+        yield json_event("exit", payload)
+
+    return owned_stream(live, events(), "text/event-stream", SSE_HEADERS)

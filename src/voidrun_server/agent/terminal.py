@@ -1,0 +1,258 @@
+"""A process on a pseudo-terminal, driven without ever blocking the agent, and the
+end-of-command marker that runs commands in a shell on one.
+
+Both shell sessions (``shells``) and PTY sessions (``pty``) run on a :class:`Terminal`. The
+master fd is non-blocking and read from an event-loop reader callback, so a busy or stuck
+terminal never blocks the agent; the owner gets output through ``on_output`` and may ``pause``
+reading (the child then blocks on a full terminal, which is the backpressure). Input is queued,
+bounded, and written as the child reads it. Closing a terminal kills every process of its
+session, so a deleted PTY or a closed WebSocket leaves nothing behind except what deliberately
+left the session (``setsid``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import secrets
+import signal
+import struct
+import subprocess
+import termios
+import tty
+from typing import Any, Callable, List, Mapping, Tuple
+
+from .args import bad
+from .context import AgentContext
+from .process import kill_group
+from .protocol import IO_ERROR, SPAWN_FAILED, OpError, is_int
+from .reaper import exit_code
+
+INPUT_LIMIT = 1024 * 1024  # input queued for a terminal whose program does not read it
+READ_CHUNK = 64 * 1024
+EOF_GRACE = 0.5  # after the shell exits, how long its remaining output may take to arrive
+
+Sink = Callable[[bytes], None]
+
+
+def term_size(args: Mapping[str, Any], required: bool = False) -> Tuple[int, int]:
+    """``(cols, rows)`` from args: 1..500 x 1..200, default 80 x 24."""
+    size = []
+    for key, default, top in (("cols", 80, 500), ("rows", 24, 200)):
+        value = args.get(key)
+        if value is None and not required:
+            value = default
+        if not is_int(value) or not 1 <= value <= top:
+            raise bad(f"{key!r} must be an integer from 1 to {top}")
+        size.append(value)
+    return size[0], size[1]
+
+
+class Terminal:
+    """A process group leader on a pseudo-terminal; ``ended`` resolves to its exit code."""
+
+    def __init__(self, ctx: AgentContext, pid: int, master: int, exited: asyncio.Future[int]):
+        self.ctx = ctx
+        self.pid = pid
+        self.master = master
+        self.on_output: Callable[[bytes], None] = lambda data: None
+        self._loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[int] = self._loop.create_future()
+        self._eof: asyncio.Future[None] = self._loop.create_future()
+        self._pending = bytearray()
+        self._reading = self._writing = self._closed = False
+        self._watcher = self._loop.create_task(self._watch(exited))
+
+    @classmethod
+    def spawn(
+        cls,
+        ctx: AgentContext,
+        argv: List[str],
+        env: Mapping[str, str],
+        cwd: str,
+        cols: int,
+        rows: int,
+        script: bool = False,
+    ) -> Terminal:
+        """``script``: raw mode (no echo, no line editing, no output translation) and stderr
+        not a tty, so a shell starts non-interactive and reads its input as a script."""
+        master, slave = os.openpty()
+        try:
+            _set_size(master, cols, rows)
+            if script:
+                tty.setraw(slave)
+            proc = subprocess.Popen(
+                argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=subprocess.DEVNULL if script else slave,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+                preexec_fn=_take_controlling_tty,  # runs after setsid, before exec
+                close_fds=True,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            os.close(master)
+            raise OpError(SPAWN_FAILED, f"cannot start {argv[0]} on a terminal: {exc}") from None
+        finally:
+            os.close(slave)
+        exited = ctx.reaper.watch(proc.pid)
+        proc.returncode = 0  # the reaper owns the status (see process.spawn)
+        ctx.groups.add(proc.pid)
+        os.set_blocking(master, False)
+        return cls(ctx, proc.pid, master, exited)
+
+    def start(self) -> None:
+        self.resume()
+
+    def pause(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.master)
+            self._reading = False
+
+    def resume(self) -> None:
+        if not self._reading and not self._closed and not self._eof.done():
+            self._loop.add_reader(self.master, self._readable)
+            self._reading = True
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise OpError(IO_ERROR, "the terminal has been closed")
+        if len(self._pending) + len(data) > INPUT_LIMIT:
+            raise OpError(IO_ERROR, "the terminal is not reading its input (buffer full)")
+        self._pending += data
+        self._flush()
+
+    def resize(self, cols: int, rows: int) -> None:
+        if not self._closed:
+            _set_size(self.master, cols, rows)  # the kernel sends SIGWINCH
+
+    def close(self) -> None:
+        """Stop reading and kill every process of the terminal's session."""
+        if self._closed:
+            return
+        self._closed = True
+        self.pause()
+        if self._writing:
+            self._loop.remove_writer(self.master)
+        os.close(self.master)
+        kill_session(self.pid)
+        self.ctx.groups.discard(self.pid)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every holder of the slave side has closed it
+            data = b""
+        if data:
+            self.on_output(data)
+        else:
+            self.pause()
+            if not self._eof.done():
+                self._eof.set_result(None)
+
+    def _flush(self) -> None:
+        try:
+            while self._pending:
+                del self._pending[: os.write(self.master, self._pending[:READ_CHUNK])]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._pending.clear()
+        if self._pending and not self._writing:
+            self._loop.add_writer(self.master, self._flush)
+        elif not self._pending and self._writing:
+            self._loop.remove_writer(self.master)
+        self._writing = bool(self._pending)
+
+    async def _watch(self, exited: asyncio.Future[int]) -> None:
+        status = await exited
+        if self._reading:
+            await asyncio.wait({self._eof}, timeout=EOF_GRACE)
+        self.close()
+        self.ended.set_result(exit_code(status))
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_controlling_tty() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process whose session id is ``sid`` (the terminal's whole session)."""
+    kill_group(sid)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                raw = fh.read()
+            if int(raw[raw.rindex(b")") + 2 :].split()[3]) == sid:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+class MarkedCommand:
+    """One command sent to a shell on a terminal; output goes to ``emit`` until the command's
+    end-of-command marker appears (see ``shells`` for the protocol)."""
+
+    def __init__(self, emit: Sink) -> None:
+        self.token = secrets.token_hex(8)
+        self.prefix = b"\n\x1eVR" + self.token.encode() + b":"
+        self.emit = emit
+        self.held = b""  # a tail that may be the start of the marker
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def line(self, command: str) -> bytes:
+        quoted = "'" + command.replace("'", "'\\''") + "'"
+        marker = f"'\\n\\036VR{self.token}:%d\\036\\n'"
+        text = f'eval {quoted}; __vr_rc=$?; printf {marker} "$__vr_rc"\n'
+        return text.encode("utf-8", "surrogateescape")
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume output; once the marker is found, return what followed it."""
+        buf = self.held + data
+        start = buf.find(self.prefix)
+        if start < 0:
+            keep = _partial_suffix(buf, self.prefix)
+            self.held = buf[len(buf) - keep :]
+            self._emit(buf[: len(buf) - keep])
+            return b""
+        end = buf.find(b"\x1e\n", start + len(self.prefix))
+        self._emit(buf[:start])
+        if end < 0:
+            self.held = buf[start:]
+            return b""
+        self.held = b""
+        try:
+            code = int(buf[start + len(self.prefix) : end])
+        except ValueError:
+            code = -1
+        self.done.set_result(code)
+        return buf[end + 2 :]
+
+    def end(self, code: int) -> None:
+        """The shell itself ended (``exit``): no marker will come."""
+        self._emit(self.held)
+        self.held = b""
+        if not self.done.done():
+            self.done.set_result(code)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.emit(data)
+
+
+def _partial_suffix(buf: bytes, prefix: bytes) -> int:
+    for n in range(min(len(prefix) - 1, len(buf)), 0, -1):
+        if buf.endswith(prefix[:n]):
+            return n
+    return 0

@@ -1,0 +1,269 @@
+"""The files API on top of the sandbox agent's ``fs.*``/``file.*`` ops (CONTRACT §A.6).
+
+Paths are validated and normalised here, before anything reaches the agent (which resolves
+them with real syscalls inside the sandbox's mount namespace, never through a shell). Ops that
+the reference server ran as shell commands answer the exec envelope: a failure of the
+operation itself (missing file, not a directory...) is a result with a non-zero ``exitCode``
+and a shell-style message on stderr, never an HTTP error. Transfers (list, upload, download)
+map agent errors to HTTP statuses instead.
+
+Every call makes sure the sandbox runs (auto-wake) and retries once on a fresh connection when
+the shared one turns out broken — never for uploads whose body was already partly consumed.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..agent.protocol import BAD_REQUEST, MAX_PAYLOAD_SIZE, UNKNOWN_OP
+from ..agentclient import (
+    AgentClient,
+    AgentConnectionError,
+    AgentError,
+    AgentOperationError,
+    FileDownload,
+)
+from ..errors import (
+    InsufficientStorageError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    SandboxUnavailableError,
+    VoidRunError,
+)
+from .accounts import Principal
+from .sandboxes import Running, SandboxService
+
+T = TypeVar("T")
+MAX_PATH = 4096
+NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+def clean_path(value: str | None, name: str = "path", default: str | None = None) -> str:
+    """Absolute and collapsed; 400 for missing, NUL bytes or over 4096 characters."""
+    if not value:
+        if default is None:
+            raise InvalidInputError(f"{name} is required")
+        value = default
+    if "\x00" in value:
+        raise InvalidInputError(f"Invalid {name}", "must not contain NUL bytes")
+    if len(value) > MAX_PATH:
+        raise InvalidInputError(f"Invalid {name}", f"at most {MAX_PATH} characters")
+    return "/" + posixpath.normpath("/" + value).lstrip("/")
+
+
+def text(value: Any) -> str:
+    """Agent strings may carry surrogate escapes (non-UTF-8 names); JSON needs real text."""
+    raw = str(value)
+    try:
+        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "replace").decode("utf-8")
+
+
+def human_size(size: int) -> str:
+    """``du -h``: powers of 1024, rounded up, one decimal below 10."""
+    if size < 1024:
+        return str(size)
+    units = "KMGTPE"
+    power = min(int(math.log(size, 1024)), len(units))
+    while power > 1 and size < 1024**power:  # log() may round up at exact powers
+        power -= 1
+    value = size / 1024**power
+    tenths = math.ceil(value * 10)
+    if tenths < 100:
+        return f"{tenths / 10:.1f}{units[power - 1]}"
+    rounded = math.ceil(value)
+    if rounded >= 1024 and power < len(units):
+        return f"1.0{units[power]}"
+    return f"{rounded}{units[power - 1]}"
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    stdout: str
+    stderr: str = ""
+    exit_code: int = 0
+
+
+def _failed(exc: AgentOperationError) -> ExecOutcome:
+    if exc.code == BAD_REQUEST:
+        raise InvalidInputError("Invalid request", text(exc.message))
+    _unsupported(exc)
+    return ExecOutcome("", text(exc.message).rstrip("\n") + "\n", 1)
+
+
+def _unsupported(exc: AgentOperationError) -> None:
+    if exc.code == UNKNOWN_OP:
+        raise SandboxUnavailableError(
+            "Sandbox agent is outdated", "restart the sandbox to start this server's agent"
+        )
+
+
+def transfer_error(exc: AgentOperationError, path: str) -> VoidRunError:
+    """HTTP errors for list/upload/download, which have no exec envelope to report in."""
+    _unsupported(exc)
+    message = text(exc.message)
+    if exc.code == "not_found":
+        return NotFoundError("Path not found", path)
+    if exc.code in (BAD_REQUEST, "is_a_directory", "not_a_directory", "not_a_file"):
+        return InvalidInputError("Invalid path", message)
+    if exc.code == "permission_denied":
+        return PermissionDeniedError("Permission denied", message)
+    if any(reason in message for reason in NO_SPACE):
+        return InsufficientStorageError("Sandbox disk is full", message)
+    return VoidRunError("File operation failed", message)
+
+
+class FileService:
+    def __init__(self, sandboxes: SandboxService) -> None:
+        self.sandboxes = sandboxes
+
+    async def _with_agent(
+        self, running: Running, work: Callable[[AgentClient], Awaitable[T]], retry: bool = True
+    ) -> T:
+        agents = self.sandboxes.agents
+        for attempt in (1, 2):
+            client = await agents.client(running.row.id, running.agent_socket)
+            try:
+                return await work(client)
+            except AgentConnectionError as exc:
+                agents.forget(running.row.id)
+                if attempt == 2 or not retry:
+                    raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
+            except AgentOperationError:
+                raise
+            except AgentError as exc:  # protocol errors: the connection is unusable
+                agents.forget(running.row.id)
+                raise SandboxUnavailableError("Sandbox agent error", str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    async def call(
+        self, caller: Principal, sandbox_id: str, op: str, args: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Any], bytes]:
+        running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        return await self._with_agent(running, lambda agent: agent.fs_call(op, args))
+
+    async def run(
+        self,
+        caller: Principal,
+        sandbox_id: str,
+        op: str,
+        args: dict[str, Any],
+        render: Callable[[dict[str, Any], bytes], ExecOutcome] | None = None,
+    ) -> ExecOutcome:
+        """An exec-envelope op: the agent's refusal becomes ``exitCode`` 1 and stderr."""
+        try:
+            body, _, out = await self.call(caller, sandbox_id, op, args)
+        except AgentOperationError as exc:
+            return _failed(exc)
+        return render(body, out) if render else ExecOutcome("")
+
+    async def create(
+        self, caller: Principal, sandbox_id: str, path: str, content: bytes | None
+    ) -> ExecOutcome:
+        """``touch`` (keeping existing data) or, with content, an atomic write of it."""
+        if content is None:
+            return await self.run(caller, sandbox_id, "fs.touch", {"path": path})
+        running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        try:
+            await self._with_agent(running, lambda agent: agent.write_file(path, content))
+        except AgentOperationError as exc:
+            _unsupported(exc)
+            return ExecOutcome("", f"create: {text(exc.message)}\n", 1)
+        return ExecOutcome("")
+
+    async def list(self, caller: Principal, sandbox_id: str, path: str) -> list[Any]:
+        try:
+            _, items, _ = await self.call(caller, sandbox_id, "fs.list", {"path": path})
+        except AgentOperationError as exc:
+            raise transfer_error(exc, path) from exc
+        return items
+
+    async def path_exists(self, caller: Principal, sandbox_id: str, path: str) -> None:
+        try:
+            await self.call(caller, sandbox_id, "fs.stat", {"path": path})
+        except AgentOperationError as exc:
+            raise transfer_error(exc, path) from exc
+
+    async def upload(
+        self, caller: Principal, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Stream ``chunks`` into ``path`` (atomic on the agent side); returns the size.
+
+        Chunks are regrouped into frame-sized pieces; the agent's flow control stops us
+        reading the request (and so the client sending) while the sandbox disk catches up.
+        """
+        running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        started = False
+
+        async def pieces() -> AsyncIterator[bytes]:
+            nonlocal started
+            buffer = bytearray()
+            async for chunk in chunks:
+                started = True
+                if not buffer and len(chunk) >= MAX_PAYLOAD_SIZE:
+                    yield chunk  # already frame-sized: no copy
+                    continue
+                buffer += chunk
+                if len(buffer) >= MAX_PAYLOAD_SIZE:
+                    yield bytes(buffer)
+                    buffer.clear()
+            yield bytes(buffer)
+
+        async def work(agent: AgentClient) -> int:
+            try:
+                return await agent.write_file(path, pieces())
+            except AgentConnectionError as exc:
+                if not started:
+                    raise  # nothing consumed yet: retried on a fresh connection
+                self.sandboxes.agents.forget(sandbox_id)
+                raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
+
+        try:
+            return await self._with_agent(running, work)
+        except AgentOperationError as exc:
+            raise transfer_error(exc, path) from exc
+
+    async def open_download(self, caller: Principal, sandbox_id: str, path: str) -> FileDownload:
+        """An entered download (size known); the caller must ``__aexit__`` it."""
+        running = await self.sandboxes.ensure_running(caller, sandbox_id)
+
+        async def work(agent: AgentClient) -> FileDownload:
+            download = agent.read_file(path)
+            await download.__aenter__()
+            return download
+
+        try:
+            return await self._with_agent(running, work)
+        except AgentOperationError as exc:
+            if exc.code == "not_found":
+                raise NotFoundError("File not found", path) from exc
+            raise transfer_error(exc, path) from exc
+
+    async def open_watch(
+        self,
+        stack: AsyncExitStack,
+        caller: Principal,
+        sandbox_id: str,
+        path: str,
+        *,
+        recursive: bool,
+        ignore_hidden: bool,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Start the agent's watch (entered on ``stack``); events flow once this returns."""
+        running = await self.sandboxes.ensure_running(caller, sandbox_id)
+
+        async def work(agent: AgentClient) -> AsyncIterator[dict[str, Any]]:
+            watch = agent.watch(path, recursive=recursive, ignore_hidden=ignore_hidden)
+            return await stack.enter_async_context(watch)
+
+        try:
+            return await self._with_agent(running, work)
+        except AgentOperationError as exc:
+            raise transfer_error(exc, path) from exc
