@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from ...agentclient import AgentError
@@ -64,10 +64,18 @@ def ndjson(payload: dict[str, Any]) -> bytes:
     "/{sandbox_id}/session-exec-stream", response_class=StreamingResponse, responses=NDJSON_DOC
 )
 async def session_exec_stream(
-    sandbox_id: str, body: SessionExecStreamRequest, caller: Caller, service: Shells
+    sandbox_id: str,
+    body: SessionExecStreamRequest,
+    caller: Caller,
+    service: Shells,
+    request: Request,
 ) -> StreamingResponse:
     """NDJSON: ``{"type":"stdout","data":…}`` lines as output comes, then
-    ``{"type":"exit","exitCode":N}`` (or ``{"type":"error","error":…}``)."""
+    ``{"type":"exit","exitCode":N}`` (or ``{"type":"error","error":…}``).
+
+    Served as ``application/x-ndjson``, except to the official Python SDK: its generated client
+    asks for that type but can only parse JSON and ``text/*`` bodies, so it gets the same lines
+    as ``text/plain`` (recognised by its User-Agent, as for the status dialect)."""
     sid = session_id(body.session_id)
     assert sid is not None
     command = require_command(body.command)
@@ -95,4 +103,10 @@ async def session_exec_stream(
             exit_line["error"] = f"command still running after {limit}s"
         yield ndjson(exit_line)
 
-    return owned_stream(live, lines(), "application/x-ndjson", NDJSON_HEADERS)
+    return owned_stream(live, lines(), ndjson_media_type(request), NDJSON_HEADERS)
+
+
+def ndjson_media_type(request: Request) -> str:
+    if request.headers.get("user-agent", "").startswith("VoidRun-Python-SDK/"):
+        return "text/plain; charset=utf-8"
+    return "application/x-ndjson"
