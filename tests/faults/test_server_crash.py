@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -127,3 +128,33 @@ def test_restart_keeps_rows_and_files(server: ServerProcess) -> None:
             assert out.json()["data"]["stdout"] == f"{sid}\n"
         record = json.loads((server.data_dir / "sandboxes" / ids[0] / "state.json").read_text())
         assert record["sandbox_id"] == ids[0]
+
+
+def test_kill_during_large_upload(server: ServerProcess) -> None:
+    with server.client() as client:
+        sid = str(create_sandbox(client, name="uploader", autoSleep=False)["id"])
+        upload = f"/sandboxes/{sid}/files/upload"
+        client.post(upload, params={"path": "/root/kept.bin"}, content=b"k" * 1_000_000)
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        block = os.urandom(1024 * 1024)
+        for _ in range(200):  # 200 MiB, but the server dies part-way
+            sent += len(block)
+            if sent == 40 * 1024 * 1024:
+                server.stop(signal.SIGKILL)
+            yield block
+
+    with server.client() as client, pytest.raises(httpx.HTTPError):
+        client.post(upload, params={"path": "/root/big.bin"}, content=body())
+    server.start()
+    with server.client() as client:
+        assert_consistent(server, client)
+        listing = client.post(
+            f"/sandboxes/{sid}/exec", json={"command": "ls -a /root; stat -c %s /root/kept.bin"}
+        ).json()["data"]["stdout"]
+        names = listing.split()
+        assert "big.bin" not in names, "a half-written upload is visible at the target path"
+        assert not [n for n in names if "big.bin" in n], f"temporary upload file left: {names}"
+        assert names[-1] == "1000000"

@@ -1,0 +1,144 @@
+"""Hostile clients: path escapes on every file route, slow clients, header and query abuse."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.routes import http_routes
+from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.server import ServerProcess
+from voidrun_server.api.app import create_app
+from voidrun_server.config import Settings
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with sandbox_server() as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def host_secret() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="voidrun-host-secret-", dir="/var/tmp"))
+    os.chmod(directory, 0o755)
+    secret = directory / "secret.txt"
+    secret.write_text("HOST-SECRET-d41d8cd98f\n")
+    secret.chmod(0o600)
+    yield secret
+    secret.unlink(missing_ok=True)
+    directory.rmdir()
+
+
+def test_file_routes_never_reach_the_host(
+    server: ServerProcess, host_secret: Path, tmp_path: Path
+) -> None:
+    routes = [
+        (method, path.removeprefix("/api"))
+        for method, path in http_routes(create_app(Settings(data_dir=tmp_path)).routes)
+        if "/files" in path and "{session_id}" not in path
+    ]
+    assert len(routes) >= 15
+    traversal = "/../../../../../.." + str(host_secret)
+    with server.client() as client:
+        sid = str(create_sandbox(client, name="escapes", autoSleep=False)["id"])
+        # a symlink inside the sandbox that points at the host path
+        client.post(
+            f"/sandboxes/{sid}/exec",
+            json={"command": f"ln -s {host_secret} /root/link; ln -s / /root/rootlink"},
+        )
+        for target in (traversal, "/root/link", "/root/rootlink" + str(host_secret)):
+            params = {
+                "path": target,
+                "from": target,
+                "to": "/root/stolen",
+                "archive": target,
+                "dest": "/root/out",
+                "pattern": "secret",
+                "mode": "0777",
+                "format": "tar",
+            }
+            for method, template in routes:
+                url = template.replace("{sandbox_id}", sid)
+                body = b"overwritten" if url.endswith("/upload") else None
+                response = client.request(method, url, params=params, content=body)
+                assert response.status_code < 500, (method, template, response.text)
+                assert b"HOST-SECRET" not in response.content, (method, template, target)
+            stolen = client.post(
+                f"/sandboxes/{sid}/exec",
+                json={"command": "cat /root/stolen /root/out/* 2>/dev/null || true"},
+            )
+            assert "HOST-SECRET" not in stolen.text
+    assert host_secret.read_text() == "HOST-SECRET-d41d8cd98f\n"
+    assert stat.S_IMODE(host_secret.stat().st_mode) == 0o600
+
+
+def test_slow_clients_do_not_block_others(server: ServerProcess) -> None:
+    """Slowloris: many connections trickling a request never finish it; others are served."""
+    slow = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        for _ in range(3):
+            for sock in slow:
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    pass  # the server may close them: that is fine too
+            with server.client() as client:
+                assert client.get("/version", timeout=10).status_code == 200
+                assert client.get("/users/me", timeout=10).status_code == 200
+            time.sleep(0.2)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Request-Id": "evil\r\nSet-Cookie: a=b"[:20]},
+        {"X-Request-Id": "x" * 5000},
+        {"X-API-Key": "vr_" + "\u00e9" * 10},
+        {"Content-Type": "application/json; charset=utf-16"},
+        {"User-Agent": "VoidRun-Python-SDK/" + "A" * 8000},
+    ],
+)
+def test_header_abuse_is_handled(server: ServerProcess, headers: dict[str, str]) -> None:
+    with server.client() as client:
+        try:
+            response = client.get("/users/me", headers=headers)
+        except (httpx.LocalProtocolError, UnicodeEncodeError):
+            return  # the client refused to send it at all
+        assert response.status_code < 500
+        request_id = response.headers.get("x-request-id", "")
+        assert "\r" not in request_id and "\n" not in request_id and len(request_id) <= 128
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"page": "1; DROP TABLE sandboxes"},
+        {"limit": "-1e309"},
+        {"labels": "a=b,' OR 1=1 --=x"},
+        {"labels": "=" * 300},
+        {"page": "\x00"},
+    ],
+)
+def test_query_injection_is_harmless(server: ServerProcess, query: dict[str, str]) -> None:
+    with server.client() as client:
+        response = client.get("/sandboxes", params=query)
+        assert response.status_code in (200, 400), response.text
+        assert client.get("/sandboxes").status_code == 200
