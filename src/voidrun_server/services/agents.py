@@ -8,16 +8,19 @@ client, and ``forget`` (stop, delete, death) ends the holder, which closes the c
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.abc
 
-from ..agentclient import AgentClient, AgentError
-from ..errors import SandboxUnavailableError
+from ..agentclient import AgentClient, AgentConnectionError, AgentError, AgentOperationError
+from ..errors import DeadlineExceededError, SandboxUnavailableError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +60,38 @@ class AgentPool:
                     ) from exc
                 return client
             return held.client
+
+    async def run(
+        self,
+        sandbox_id: str,
+        socket: Path,
+        work: Callable[[AgentClient], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """Run ``work`` on the sandbox's agent, reconnecting once if the connection was found
+        broken. The agent's refusals (``AgentOperationError``) pass through unchanged; other
+        agent failures become ``SandboxUnavailableError``, a missed deadline
+        ``DeadlineExceededError``."""
+        for attempt in (1, 2):
+            client = await self.client(sandbox_id, socket)
+            try:
+                with anyio.fail_after(deadline):
+                    return await work(client)
+            except AgentConnectionError as exc:
+                self.forget(sandbox_id)
+                if attempt == 2:
+                    raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
+            except AgentOperationError:
+                raise
+            except AgentError as exc:  # protocol errors: the connection is unusable
+                self.forget(sandbox_id)
+                raise SandboxUnavailableError("Sandbox agent error", str(exc)) from exc
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    "Sandbox agent did not answer in time", f"no reply within {deadline:g}s"
+                ) from None
+        raise AssertionError("unreachable")
 
     async def ping(self, sandbox_id: str, socket: Path) -> None:
         try:

@@ -17,7 +17,6 @@ import anyio
 
 from ..agent.protocol import BAD_REQUEST, IO_ERROR, NOT_FOUND, TOO_MANY_REQUESTS
 from ..agentclient import (
-    AgentConnectionError,
     AgentOperationError,
     OpStream,
     Output,
@@ -28,7 +27,6 @@ from ..errors import (
     DeadlineExceededError,
     InvalidInputError,
     NotFoundError,
-    SandboxUnavailableError,
     VoidRunError,
 )
 from ..schemas.processes import CommandRunRequest
@@ -65,21 +63,12 @@ class AgentCalls:
         work: Callable[[ProcessOps], Awaitable[T]],
         deadline: float | None = AGENT_DEADLINE,
     ) -> T:
-        agents = self.sandboxes.agents
-        for attempt in (1, 2):
-            client = await agents.client(running.row.id, running.agent_socket)
-            try:
-                with anyio.fail_after(deadline):
-                    return await work(client.procs)
-            except AgentConnectionError as exc:
-                agents.forget(running.row.id)
-                if attempt == 2:
-                    raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
-            except TimeoutError:
-                raise DeadlineExceededError(
-                    "Sandbox agent did not answer in time", f"no reply within {deadline:g}s"
-                ) from None
-        raise AssertionError("unreachable")
+        return await self.sandboxes.agents.run(
+            running.row.id,
+            running.agent_socket,
+            lambda client: work(client.procs),
+            deadline=deadline,
+        )
 
     async def call(
         self,

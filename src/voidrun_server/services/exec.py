@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..agentclient import AgentClient, AgentConnectionError, AgentOperationError, ExecResult
+from ..agentclient import AgentClient, AgentOperationError, ExecResult
 from ..agentclient import ExecStream as AgentExecStream
 from ..config import Settings
-from ..errors import InvalidInputError, SandboxUnavailableError
+from ..errors import InvalidInputError
 from ..schemas.exec import ExecRequest
 from .accounts import Principal
 from .sandboxes import Running, SandboxService
@@ -59,17 +59,7 @@ class ExecService:
         self.sandboxes = sandboxes
 
     async def with_agent(self, running: Running, work: Callable[[AgentClient], Awaitable[T]]) -> T:
-        """Run ``work`` on the sandbox's agent; reconnect once if the connection broke."""
-        agents = self.sandboxes.agents
-        for attempt in (1, 2):
-            client = await agents.client(running.row.id, running.agent_socket)
-            try:
-                return await work(client)
-            except AgentConnectionError as exc:
-                agents.forget(running.row.id)
-                if attempt == 2:
-                    raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
-        raise AssertionError("unreachable")
+        return await self.sandboxes.agents.run(running.row.id, running.agent_socket, work)
 
     async def run(self, caller: Principal, sandbox_id: str, command: Command) -> ExecResult:
         running = await self.sandboxes.ensure_running(caller, sandbox_id)

@@ -24,7 +24,6 @@ from ..agent.protocol import BAD_REQUEST, MAX_PAYLOAD_SIZE, UNKNOWN_OP
 from ..agentclient import (
     AgentClient,
     AgentConnectionError,
-    AgentError,
     AgentOperationError,
     FileDownload,
 )
@@ -124,24 +123,8 @@ class FileService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
 
-    async def _with_agent(
-        self, running: Running, work: Callable[[AgentClient], Awaitable[T]], retry: bool = True
-    ) -> T:
-        agents = self.sandboxes.agents
-        for attempt in (1, 2):
-            client = await agents.client(running.row.id, running.agent_socket)
-            try:
-                return await work(client)
-            except AgentConnectionError as exc:
-                agents.forget(running.row.id)
-                if attempt == 2 or not retry:
-                    raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
-            except AgentOperationError:
-                raise
-            except AgentError as exc:  # protocol errors: the connection is unusable
-                agents.forget(running.row.id)
-                raise SandboxUnavailableError("Sandbox agent error", str(exc)) from exc
-        raise AssertionError("unreachable")
+    async def _with_agent(self, running: Running, work: Callable[[AgentClient], Awaitable[T]]) -> T:
+        return await self.sandboxes.agents.run(running.row.id, running.agent_socket, work)
 
     async def call(
         self, caller: Principal, sandbox_id: str, op: str, args: dict[str, Any]
