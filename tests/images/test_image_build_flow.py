@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from voidrun_server.images import build
+from voidrun_server.images import build, chroot, progress
 from voidrun_server.images.build import (
     BuildProgress,
     ImageBuildError,
@@ -44,6 +44,7 @@ def _failing_tree(exc: BaseException) -> Callable[..., None]:
 
 @pytest.fixture(autouse=True)
 def _fake_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Patched in ``build``, where build_code_image looks them up (``_check_host`` lives in chroot).
     monkeypatch.setattr(build, "_check_host", lambda: None)
     monkeypatch.setattr(build, "_build_tree", _fake_tree)
 
@@ -175,7 +176,7 @@ def test_find_built_image_rejects_bad_manifests(tmp_path: Path, content: str | N
 
 def test_find_built_image_needs_the_rootfs(tmp_path: Path) -> None:
     built = build_code_image(tmp_path, tag="v1", uid_base=BASE)
-    build._remove_tree(built.rootfs)
+    chroot._remove_tree(built.rootfs)
     assert find_built_image(tmp_path, "code", "v1") is None
 
 
@@ -189,22 +190,22 @@ def test_missing_host_tool_says_what_to_install(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.undo()  # the real _check_host
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     with pytest.raises(ImageBuildError, match="debootstrap not found: apt-get install debootstrap"):
-        build._check_host()
+        chroot._check_host()
 
 
 def test_non_root_is_told_to_run_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ImageBuildError, match="needs root"):
-        build._check_host()
+        chroot._check_host()
 
 
 def test_stream_reports_lines_and_explains_failures() -> None:
     reports: list[BuildProgress] = []
-    reporter = build._Reporter(reports.append)
+    reporter = progress._Reporter(reports.append)
     reporter.step("debootstrap")
     with pytest.raises(ImageBuildError, match=r"(?s)exited with 3; try again\..*second"):
-        build._stream(
+        chroot._stream(
             ["sh", "-c", "echo first; echo second >&2; exit 3"],
             step="debootstrap",
             timeout=60,
@@ -216,10 +217,10 @@ def test_stream_reports_lines_and_explains_failures() -> None:
 
 
 def test_stream_timeout_kills_the_whole_process_group() -> None:
-    reporter = build._Reporter(None)
+    reporter = progress._Reporter(None)
     with pytest.raises(ImageBuildError, match="timed out"):
         # the grandchild keeps the pipe open; only killing the group ends the read
-        build._stream(
+        chroot._stream(
             ["sh", "-c", "sleep 60 & sleep 60"],
             step="apt install",
             timeout=0.5,
@@ -230,15 +231,15 @@ def test_stream_timeout_kills_the_whole_process_group() -> None:
 
 
 def test_mountinfo_escapes_are_decoded() -> None:
-    assert build._unescape_mountinfo(r"/a\040b\134c") == "/a b\\c"
+    assert chroot._unescape_mountinfo(r"/a\040b\134c") == "/a b\\c"
 
 
 def test_chroot_mounts_are_undone_even_on_error(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
-    with pytest.raises(RuntimeError), build._chroot_mounts(rootfs):
+    with pytest.raises(RuntimeError), chroot._chroot_mounts(rootfs):
         assert (rootfs / "dev/null").exists()
         assert (rootfs / "proc/self").exists()
         raise RuntimeError("apt failed")
-    assert build._mounts_under(rootfs) == []
+    assert chroot._mounts_under(rootfs) == []
     assert not (rootfs / "dev/null").exists()

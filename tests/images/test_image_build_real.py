@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from voidrun_server.images import build
+from voidrun_server.images import build, chroot
 from voidrun_server.images.build import (
     BuildProgress,
     BuiltImage,
@@ -84,7 +84,7 @@ def _chroot(root: Path, *argv: str) -> str:
     """Run a command in the image as host root (fine for checking what is installed)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
     result = subprocess.run(
-        [build._tool("chroot"), str(root), *argv],
+        [chroot._tool("chroot"), str(root), *argv],
         env=env,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@
 
 from voidrun_server.agent.protocol import PROTOCOL_VERSION
 
-from ._client import AgentClient, ExecExit, ExecOutput, ExecResult, ExecStream, FileDownload
+from ._client import AgentClient
 from ._errors import (
     AgentConnectionError,
     AgentError,
@@ -20,6 +20,7 @@ from ._errors import (
     AgentVersionError,
 )
 from ._procs import OpStream, Output, ProcessInfo, ProcessOps, ShellResult, TerminalInfo
+from ._streams import ExecExit, ExecOutput, ExecResult, ExecStream, FileDownload
 
 __all__ = [
     "PROTOCOL_VERSION",
