@@ -14,11 +14,6 @@ class WireModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
 
 
-class ErrorBody(BaseModel):
-    error: str
-    details: str | None = None
-
-
 class Envelope(BaseModel, Generic[T]):
     status: str = "success"
     message: str

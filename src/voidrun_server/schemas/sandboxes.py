@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -102,8 +102,3 @@ class ImagePublic(WireModel):
     created_at: datetime
     created_by: str | None
     description: str
-
-
-def drop_empty(body: dict[str, Any]) -> dict[str, Any]:
-    """Omit optional fields the contract says are absent when empty."""
-    return {k: v for k, v in body.items() if v not in (None, "", {}, [])}

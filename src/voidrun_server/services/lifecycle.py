@@ -85,8 +85,3 @@ def present(status: str, sdk_dialect: bool) -> str:
     if sdk_dialect and status in (Status.PAUSED, Status.STOPPED):
         return "snapshotted"
     return status
-
-
-def parse_status(name: str) -> Status:
-    """Inputs accept every dialect; ``snapshotted`` means paused."""
-    return Status.PAUSED if name == "snapshotted" else Status(name)
