@@ -87,6 +87,11 @@ def server(**env: str) -> Iterator[Server]:
             raise RuntimeError("server did not start")
         yield Server(api=api, key=key)
     finally:
+        # Sandboxes outlive the server by design: delete them before removing the data dir.
+        with Server(api=api, key=key).client() as client:
+            listed = client.get("/sandboxes", params={"limit": 100})
+            for box in listed.json().get("data", []) if listed.status_code == 200 else []:
+                client.delete(f"/sandboxes/{box['id']}")
         proc.terminate()
         proc.wait()
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -36,6 +37,11 @@ def mounts_under(path: Path) -> list[str]:
     return [line.split()[4] for line in lines if line.split()[4].startswith(str(path))]
 
 
+def cgroups_of(sandbox_id: str) -> list[Path]:
+    """The sandbox's cgroup directories in any hierarchy (v1 controllers or v2)."""
+    return [Path(p) for p in glob.glob(f"/sys/fs/cgroup/**/voidrun/{sandbox_id}", recursive=True)]
+
+
 def assert_consistent(server: ServerProcess, client: httpx.Client) -> list[dict[str, object]]:
     """Rows match reality: live rows answer, dead rows hold no processes or mounts, and no
     sandbox directory exists without a row that may own it."""
@@ -52,6 +58,7 @@ def assert_consistent(server: ServerProcess, client: httpx.Client) -> list[dict[
             assert result.json()["data"]["stdout"] == "ok\n", row
         if row["status"] not in ("running", "paused"):
             assert not mounts_under(state_dir / str(row["id"])), row
+            assert not cgroups_of(str(row["id"])), row
     for mount in mounts_under(state_dir):
         sandbox_id = Path(mount).relative_to(state_dir).parts[0]
         assert by_id.get(sandbox_id, {}).get("status") in ("running", "paused"), mount
@@ -85,6 +92,7 @@ def test_kill_during_creates(server: ServerProcess) -> None:
         assert kept.json()["data"]["stdout"] == "data\n"
         for row in rows:
             assert client.delete(f"/sandboxes/{row['id']}").status_code == 200
+            assert not cgroups_of(str(row["id"])), row
         assert not mounts_under(server.data_dir / "sandboxes")
 
 
