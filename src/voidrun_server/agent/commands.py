@@ -31,12 +31,10 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
 
 from .args import bad
 from .context import AgentContext
-from .process import TIMEOUT_EXIT_CODE, Command, kill_group
+from .process import TIMEOUT_EXIT_CODE, Command, kill_group, popen
 from .protocol import (
     IO_ERROR,
     NOT_FOUND,
-    PERMISSION_DENIED,
-    SPAWN_FAILED,
     TOO_MANY_REQUESTS,
     OpError,
     is_int,
@@ -177,23 +175,7 @@ class CommandTable:
 
 
 def _spawn(cmd: Command) -> subprocess.Popen[bytes]:
-    try:
-        return subprocess.Popen(
-            cmd.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cmd.cwd,
-            env=cmd.env,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise OpError(NOT_FOUND, f"cannot start {cmd.argv[0]} in {cmd.cwd!r}: {exc}") from None
-    except PermissionError as exc:
-        raise OpError(PERMISSION_DENIED, f"cannot start {cmd.argv[0]}: {exc}") from None
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        raise OpError(SPAWN_FAILED, f"cannot start {cmd.argv[0]}: {exc}") from None
+    return popen(cmd, subprocess.PIPE)
 
 
 _TABLES: weakref.WeakKeyDictionary[AgentContext, CommandTable] = weakref.WeakKeyDictionary()

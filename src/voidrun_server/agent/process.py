@@ -48,11 +48,13 @@ class Command:
         self.argv = [ctx.shell, "-c", self.command]
 
 
-def spawn(ctx: AgentContext, cmd: Command) -> Tuple[subprocess.Popen[bytes], asyncio.Future[int]]:
+def popen(cmd: Command, stdin: int) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session (so its whole group can be killed), mapping failures to
+    the protocol's error codes."""
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             cmd.argv,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cmd.cwd,
@@ -66,6 +68,10 @@ def spawn(ctx: AgentContext, cmd: Command) -> Tuple[subprocess.Popen[bytes], asy
         raise OpError(PERMISSION_DENIED, f"cannot start {cmd.argv[0]}: {exc}") from None
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         raise OpError(SPAWN_FAILED, f"cannot start {cmd.argv[0]}: {exc}") from None
+
+
+def spawn(ctx: AgentContext, cmd: Command) -> Tuple[subprocess.Popen[bytes], asyncio.Future[int]]:
+    proc = popen(cmd, subprocess.DEVNULL)
     exited = ctx.reaper.watch(proc.pid)
     # The reaper owns the exit status. A returncode keeps Popen.__del__ from calling waitpid on
     # this pid later, which could steal the status of an unrelated process that reused it.
