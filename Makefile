@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CHECKED := src tests
+CHECKED := src tests bench
 
 .DEFAULT_GOAL := help
 .PHONY: help serve test lint typecheck pytest fuzz openapi install install-test clean
