@@ -6,6 +6,7 @@ import compileall
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -17,10 +18,12 @@ from prometheus_client import CollectorRegistry
 from .. import __version__
 from ..agent.launch import AGENT_PACKAGE_DIR, agent_argv
 from ..config import Settings, prepare_data_dir
-from ..drivers.base import DriverUnavailableError
+from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
+from ..errors import InvalidInputError
 from ..services import accounts, images, reconcile
 from ..services.agents import AgentPool
+from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
 from ..store import db
 from . import errors
@@ -50,6 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
                 try:
                     yield
                 finally:
+                    if ctx.sandboxes is not None and ctx.sandboxes.pool is not None:
+                        await ctx.sandboxes.pool.drain()
                     ctx.sandboxes = None
                     if agents is not None:
                         agents.close_all()
@@ -137,8 +142,28 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     )
     await reconcile.reconcile_on_start(service)
     task_group.start_soon(reconcile.watch_forever, service)
+    if settings.warm_pool_size and isinstance(driver, Retargetable):
+        service.pool = WarmPool(
+            driver,
+            agents,
+            size=settings.warm_pool_size,
+            cpu=1,
+            mem_mb=1024,
+            disk_mb=settings.sandbox_disk_mb,
+            ready_timeout=settings.sandbox_ready_timeout_seconds,
+        )
+        task_group.start_soon(service.pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service
     return agents
+
+
+async def _default_rootfs(ctx: AppContext) -> Path | None:
+    async with ctx.sessions() as session:
+        try:
+            image = await images.resolve(session, "", ctx.settings.default_image)
+        except InvalidInputError:
+            return None
+    return Path(image.rootfs)
 
 
 async def _bootstrap(ctx: AppContext) -> None:

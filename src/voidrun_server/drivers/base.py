@@ -38,6 +38,7 @@ __all__ = [
     "DriverUnavailableError",
     "Observable",
     "Pausable",
+    "Retargetable",
     "SandboxInfo",
     "SandboxNotFoundError",
     "SandboxSpec",
@@ -165,6 +166,15 @@ class Pausable(Protocol):
 
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox."""
+        ...
+
+
+@runtime_checkable
+class Retargetable(Protocol):
+    async def retarget(
+        self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
+    ) -> None:
+        """Give a running sandbox a new hostname, limits and environment (for warm pools)."""
         ...
 
 

@@ -8,6 +8,7 @@ own deadlines; cleanup after a failed create is shielded from cancellation.
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,9 +19,24 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import ids
+from ..agentclient import AgentClient
 from ..config import Settings
-from ..drivers.base import Driver, DriverError, Pausable, SandboxInfo, SandboxSpec
-from ..errors import InvalidInputError, InvalidStateError, NotFoundError, VoidRunError
+from ..drivers.base import (
+    Driver,
+    DriverError,
+    Pausable,
+    Retargetable,
+    SandboxInfo,
+    SandboxSpec,
+)
+from ..errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    InvalidStateError,
+    NotFoundError,
+    OperationFailedError,
+    VoidRunError,
+)
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
@@ -30,6 +46,7 @@ from . import images, validation
 from .accounts import Principal
 from .agents import AgentPool
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
+from .pool import Warm, WarmPool, identity_files
 
 log = logging.getLogger(__name__)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
@@ -62,6 +79,7 @@ class SandboxService:
         # Agent socket per running sandbox: asking the driver on every data-plane call would
         # put file reads and a thread hop on the hot path.
         self._sockets: dict[str, Path] = {}
+        self.pool: WarmPool | None = None
 
     def forget_runtime(self, sandbox_id: str) -> None:
         """Drop cached connection state of a sandbox found dead (the health check)."""
@@ -92,28 +110,45 @@ class SandboxService:
 
     async def create(self, caller: Principal, body: SandboxCreate) -> Sandbox:
         request = validation.validate_create(body, self.settings.default_image, caller.org_id)
-        async with transaction(self.sessions) as session:
+        async with self.sessions() as session:
             image = await images.resolve(session, caller.org_id, request.image)
-            row = Sandbox(
-                id=ids.new_id(),
-                org_id=caller.org_id,
-                created_by=caller.user_id,
-                name=request.name,
-                image=f"{image.name}:{image.tag}",
-                image_id=image.id,
-                cpu=request.cpu,
-                mem=request.mem,
-                disk_mb=self.settings.sandbox_disk_mb,
-                status=Status.RUNNING,
-                env_vars=request.env_vars,
-                labels=request.labels,
-                ports=[p.model_dump() for p in request.ports],
-                auto_sleep=request.auto_sleep,
-                region=request.region,
-                ref_id=request.ref_id,
-            )
-            session.add(row)
-            repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
+        disk_mb = self.settings.sandbox_disk_mb
+        warm = self.pool.take(Path(image.rootfs), disk_mb) if self.pool else None
+        row = Sandbox(
+            id=warm.sandbox_id if warm else ids.new_id(),
+            org_id=caller.org_id,
+            created_by=caller.user_id,
+            name=request.name,
+            image=f"{image.name}:{image.tag}",
+            image_id=image.id,
+            cpu=request.cpu,
+            mem=request.mem,
+            disk_mb=disk_mb,
+            status=Status.RUNNING,
+            env_vars=request.env_vars,
+            labels=request.labels,
+            ports=[p.model_dump() for p in request.ports],
+            auto_sleep=request.auto_sleep,
+            region=request.region,
+            ref_id=request.ref_id,
+        )
+        try:
+            async with transaction(self.sessions) as session:
+                session.add(row)
+                repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
+        except BaseException:
+            if warm is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._destroy_quietly(warm.sandbox_id)
+            raise
+        if warm is not None:
+            async with self.lock(row.id):
+                try:
+                    await self._adopt(warm, row)
+                except VoidRunError as exc:
+                    await self._discard_failed_create(row.id, exc)
+                    raise VoidRunError("Failed to create sandbox", _describe(exc)) from exc
+            return row
         spec = SandboxSpec(
             sandbox_id=row.id,
             hostname=_hostname(row.name),
@@ -139,6 +174,52 @@ class SandboxService:
             info = await self.driver.create(spec)
             await self.agents.ping(spec.sandbox_id, info.agent_socket)
         self._sockets[spec.sandbox_id] = info.agent_socket
+
+    async def _adopt(self, warm: Warm, row: Sandbox) -> None:
+        """Make a warm-pool sandbox this row's: hostname, limits, environment. The host side
+        (driver) and the inside (agent) are independent, so they run at the same time."""
+        driver = self.driver
+        assert isinstance(driver, Retargetable)
+        hostname = _hostname(row.name)
+
+        async def outside() -> None:
+            await driver.retarget(
+                row.id, hostname=hostname, cpu=row.cpu, mem_mb=row.mem, env=row.env_vars
+            )
+
+        async def personalise(agent: AgentClient) -> None:
+            if row.env_vars:
+                await agent.set_env(row.env_vars)
+            # One shell round trip and no fsync: rewritten on every hand-out anyway.
+            writes = " && ".join(
+                f"printf %s {shlex.quote(text)} > {path}"
+                for path, text in identity_files(hostname).items()
+            )
+            result = await agent.exec(writes, timeout=10)
+            if result.exit_code != 0:
+                raise OperationFailedError("cannot write /etc/hosts", result.stderr_text)
+
+        async def inside() -> None:
+            await self.agents.run(row.id, warm.agent_socket, personalise)
+
+        failures: list[VoidRunError] = []
+
+        async def collect(step: Callable[[], Coroutine[Any, Any, None]]) -> None:
+            try:
+                await step()
+            except VoidRunError as exc:
+                failures.append(exc)
+
+        try:
+            with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds):
+                async with anyio.create_task_group() as steps:
+                    steps.start_soon(collect, outside)
+                    steps.start_soon(collect, inside)
+        except TimeoutError as exc:
+            raise DeadlineExceededError("handing out a warm sandbox timed out") from exc
+        if failures:
+            raise failures[0]
+        self._sockets[row.id] = warm.agent_socket
 
     async def _boot_in_background(self, spec: SandboxSpec) -> None:
         async with self.lock(spec.sandbox_id):

@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -270,6 +270,19 @@ class NamespaceDriver:
         except DriverError as exc:
             tail = await anyio.to_thread.run_sync(run.log_tail)
             raise DriverError(exc.message, tail or exc.details) from exc
+
+    async def retarget(
+        self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
+    ) -> None:
+        run = self._host.run_dir(sandbox_id)
+        if not _HOSTNAME_RE.match(hostname):
+            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        async with self._lock(sandbox_id):
+            with _operation("retarget", self._op_timeout):
+                record = await self._record(run)
+                await anyio.to_thread.run_sync(
+                    self._host.retarget, run, record, hostname, cpu, mem_mb, env
+                )
 
     async def _set_frozen(self, sandbox_id: str, *, frozen: bool) -> None:
         run = self._host.run_dir(sandbox_id)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -69,6 +70,9 @@ def reap(pid: int) -> None:
     """Collect ``pid`` if it is a dead child of ours (any driver instance in this process)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 
 
 class SandboxHost:
@@ -207,8 +211,12 @@ class SandboxHost:
             self._write_private(etc / name, text.encode(), 0o644)
 
     def _write_env(self, run: RunDir, env: Mapping[str, str]) -> None:
+        """A new file, then rename: replaces whatever the sandbox may have put at that name
+        (a symlink included) without ever writing through it."""
         data = json.dumps(dict(env), sort_keys=True).encode()
-        self._write_private(run.run / "env", data, 0o600)
+        tmp = run.run / f".env.{os.getpid()}.{time.monotonic_ns()}"
+        self._write_private(tmp, data, 0o600)
+        os.rename(tmp, run.run / "env")
 
     def _write_private(self, path: Path, data: bytes, mode: int) -> None:
         """A new file owned by the sandbox's root (fresh directories only: O_EXCL|O_NOFOLLOW)."""
@@ -259,6 +267,36 @@ class SandboxHost:
         if os.path.ismount(run.disk_mount):
             raise DriverError(f"{run.disk_mount} is still mounted; not deleting it")
         shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
+
+    def retarget(
+        self,
+        run: RunDir,
+        record: SandboxRecord,
+        hostname: str,
+        cpu: int,
+        mem_mb: int,
+        env: Mapping[str, str],
+    ) -> None:
+        """New limits and hostname for a running sandbox (a warm-pool sandbox being handed
+        out). The hostname is set from the host inside the sandbox's UTS namespace: the
+        sandbox itself lacks CAP_SYS_ADMIN. The record and env file are updated so a restart
+        keeps all of it; the running agent's environment is the caller's business."""
+        if record.init is None or not record.init.alive():
+            raise SandboxStateError("the sandbox is not running", record.sandbox_id)
+        limits = CgroupLimits(cpu=cpu, mem_mb=mem_mb, pids_max=self._pids_max)
+        self.cgroups.set_limits(record.cgroups, limits)
+        result = subprocess.run(
+            [NSENTER, f"--target={record.init.pid}", "--uts", "hostname", hostname],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise DriverError("cannot set the sandbox hostname", result.stderr.strip())
+        self._write_env(run, env)  # read again by the agent at its next start
+        record.hostname, record.cpu, record.mem_mb = hostname, cpu, mem_mb
+        write_record(run, record)
 
     def set_frozen(self, run: RunDir, record: SandboxRecord, frozen: bool, deadline: float) -> None:
         """Pause (freeze) or resume (thaw); a no-op when already there."""

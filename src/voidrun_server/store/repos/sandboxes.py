@@ -25,12 +25,13 @@ async def get(session: AsyncSession, sandbox_id: str) -> Sandbox | None:
 async def page_in_org(
     session: AsyncSession, org_id: str, offset: int, limit: int, labels: dict[str, str]
 ) -> tuple[Sequence[Sandbox], int]:
-    """Newest first, ``deleted`` rows excluded. Label filtering happens here in Python because
+    """Newest first (by creation of the row: a warm-pool sandbox's id is older than its row),
+    ``deleted`` rows excluded. Label filtering happens here in Python because
     JSON containment differs between SQLite and PostgreSQL; orgs hold few enough live rows."""
     query = (
         select(Sandbox)
         .where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
-        .order_by(Sandbox.id.desc())
+        .order_by(Sandbox.created_at.desc(), Sandbox.id.desc())
     )
     if not labels:
         total = await session.scalar(

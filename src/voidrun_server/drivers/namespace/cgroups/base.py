@@ -143,6 +143,10 @@ class Cgroups:
 
     # -- per-version ------------------------------------------------------------------------
 
+    def set_limits(self, paths: dict[str, str], limits: CgroupLimits) -> None:
+        """Change the limits of an existing sandbox's cgroups."""
+        self._set_limits(paths, limits)
+
     def _set_limits(self, paths: dict[str, str], limits: CgroupLimits) -> None:
         raise NotImplementedError
 

@@ -67,10 +67,16 @@ class CgroupsV1(Cgroups):
 
     def _set_limits(self, paths: dict[str, str], limits: CgroupLimits) -> None:
         mem = Path(paths["memory"])
-        limit = str(limits.mem_mb << 20)
-        write_text(mem / "memory.limit_in_bytes", limit)  # must precede memsw (memsw >= limit)
-        if (mem / "memory.memsw.limit_in_bytes").exists():
-            write_text(mem / "memory.memsw.limit_in_bytes", limit)
+        limit = limits.mem_mb << 20
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        # The kernel keeps memsw >= limit at every step: raise memsw first when growing,
+        # lower the limit first when shrinking.
+        files = [mem / "memory.limit_in_bytes"]
+        if memsw.exists():
+            grow = limit > int(read_text(mem / "memory.limit_in_bytes"))
+            files = [memsw, files[0]] if grow else [files[0], memsw]
+        for path in files:
+            write_text(path, str(limit))
         cpu = Path(paths["cpu"])
         write_text(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
         write_text(cpu / "cpu.cfs_quota_us", str(limits.cpu * CFS_PERIOD_US))

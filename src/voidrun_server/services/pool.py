@@ -1,0 +1,128 @@
+"""A warm pool: sandboxes of the default image started ahead of time and handed out on create.
+
+Starting a sandbox is dominated by its agent's Python start-up (~100 ms here); taking one that
+is already up and giving it the caller's hostname, limits and environment takes a few ms.
+``VOIDRUN_WARM_POOL_SIZE`` sandboxes are kept ready (0 = off). They have no database row until
+handed out, so after a crash the start-up reconcile destroys them like any orphan, and the
+server destroys them on a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from .. import ids
+from ..drivers.base import Driver, DriverError, SandboxSpec
+from ..errors import VoidRunError
+from .agents import AgentPool
+
+log = logging.getLogger(__name__)
+POOL_HOSTNAME = "sandbox"
+RETRY_DELAY = 5.0
+
+
+def identity_files(hostname: str) -> dict[str, str]:
+    """/etc/hostname and /etc/hosts for a sandbox called ``hostname``."""
+    return {
+        "/etc/hostname": f"{hostname}\n",
+        "/etc/hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n",
+    }
+
+
+@dataclass(frozen=True)
+class Warm:
+    sandbox_id: str
+    rootfs: Path
+    agent_socket: Path
+
+
+class WarmPool:
+    def __init__(
+        self,
+        driver: Driver,
+        agents: AgentPool,
+        *,
+        size: int,
+        cpu: int,
+        mem_mb: int,
+        disk_mb: int,
+        ready_timeout: float,
+    ) -> None:
+        self.driver = driver
+        self.agents = agents
+        self.size = size
+        self.cpu, self.mem_mb, self.disk_mb = cpu, mem_mb, disk_mb
+        self.ready_timeout = ready_timeout
+        self._ready: list[Warm] = []
+        self._wanted = anyio.Event()
+
+    def take(self, rootfs: Path, disk_mb: int) -> Warm | None:
+        """A ready sandbox of that image and disk size, if there is one (and ask for another)."""
+        if disk_mb != self.disk_mb:
+            return None
+        for index, warm in enumerate(self._ready):
+            if warm.rootfs == rootfs:
+                del self._ready[index]
+                self._wanted.set()
+                return warm
+        return None
+
+    async def run_forever(self, default_rootfs: Callable[[], Awaitable[Path | None]]) -> None:
+        """Keep ``size`` sandboxes of the default image ready; owned by the app's task group."""
+        while True:
+            rootfs = await default_rootfs()
+            if rootfs is None:  # no image built yet: look again later
+                await anyio.sleep(RETRY_DELAY)
+                continue
+            stale = [w for w in self._ready if w.rootfs != rootfs]  # the image was rebuilt
+            self._ready = [w for w in self._ready if w.rootfs == rootfs]
+            for warm in stale:
+                await self._destroy(warm.sandbox_id)
+            if len(self._ready) >= self.size:
+                self._wanted = anyio.Event()
+                await self._wanted.wait()
+                continue
+            try:
+                self._ready.append(await self._start(rootfs))
+            except VoidRunError as exc:
+                log.warning("warm pool: could not start a sandbox: %s", exc)
+                await anyio.sleep(RETRY_DELAY)
+
+    async def _start(self, rootfs: Path) -> Warm:
+        spec = SandboxSpec(
+            sandbox_id=ids.new_id(),
+            hostname=POOL_HOSTNAME,
+            rootfs=rootfs,
+            cpu=self.cpu,
+            mem_mb=self.mem_mb,
+            disk_mb=self.disk_mb,
+        )
+        try:
+            with anyio.fail_after(self.ready_timeout + 5):
+                info = await self.driver.create(spec)
+                await self.agents.ping(spec.sandbox_id, info.agent_socket)
+        except (VoidRunError, TimeoutError):
+            with anyio.CancelScope(shield=True):
+                await self._destroy(spec.sandbox_id)
+            raise
+        return Warm(spec.sandbox_id, rootfs, info.agent_socket)
+
+    async def drain(self) -> None:
+        """Destroy every sandbox still waiting in the pool (at shutdown)."""
+        ready, self._ready = self._ready, []
+        with anyio.CancelScope(shield=True):
+            for warm in ready:
+                await self._destroy(warm.sandbox_id)
+
+    async def _destroy(self, sandbox_id: str) -> None:
+        self.agents.forget(sandbox_id)
+        try:
+            await self.driver.destroy(sandbox_id)
+        except DriverError as exc:
+            log.error("warm pool: could not destroy %s: %s", sandbox_id, exc)
