@@ -26,6 +26,9 @@ typecheck: ## mypy --strict on the package
 	$(BIN)/mypy src/voidrun_server
 
 pytest: ## Run pytest (starts a throwaway PostgreSQL; images cached in VOIDRUN_TEST_IMAGES_DIR)
+	@# Build (or find cached) the sandbox image first, with its progress bar, outside any test timeout.
+	VOIDRUN_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
+	$(BIN)/voidrun-server images build code
 	VOIDRUN_TEST_POSTGRES_URL=$$(scripts/pg-test.sh start) \
 	VOIDRUN_TEST_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
 	$(BIN)/pytest $(PYTEST_ARGS)
