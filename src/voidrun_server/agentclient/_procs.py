@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from voidrun_server.agent.protocol import DATA, HEAD, RES
+from voidrun_server.agent.protocol import DATA, RES
 
 from ._errors import AgentProtocolError
-from ._wire import Channel, Connection
+from ._streams import HeadedStream
+from ._wire import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,47 +77,17 @@ def _process(body: Mapping[str, Any]) -> ProcessInfo:
     )
 
 
-class OpStream:
+class OpStream(HeadedStream):
     """``async with ops.stream(op, args) as s: async for chunk in s: ...; s.result``"""
 
     def __init__(self, conn: Connection, op: str, args: dict[str, Any]) -> None:
-        self._conn = conn
-        self._op = op
-        self._args = args
-        self._channel: Channel | None = None
-        self.head: dict[str, Any] = {}
+        super().__init__(conn, op, args)
         self.result: dict[str, Any] | None = None
 
-    async def __aenter__(self) -> Self:
-        self._channel = await self._conn.open(self._op, self._args)
-        try:
-            header, _ = await self._channel.receive()
-            if header["t"] != HEAD:
-                raise AgentProtocolError(f"{self._op} began with {header['t']!r}, not head")
-            self.head = header["body"]
-        except BaseException:
-            self._channel.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._channel is not None:
-            self._channel.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
     async def __anext__(self) -> Output:
-        if self._channel is None:
-            raise RuntimeError(f"use 'async with' before iterating {self._op}")
         if self.result is not None:
             raise StopAsyncIteration
-        header, payload = await self._channel.receive()
+        header, payload = await self._frame()
         if header["t"] == DATA:
             return Output("stderr" if header["ch"] == "stderr" else "stdout", payload)
         if header["t"] == RES:

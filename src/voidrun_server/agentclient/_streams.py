@@ -64,27 +64,32 @@ def _int(body: Mapping[str, Any], key: str) -> int:
     return value
 
 
-class ExecStream:
-    """``async with agent.exec_stream(cmd) as s: async for event in s: ...``
+class HeadedStream:
+    """A request whose reply opens with a ``head`` frame, used as ``async with … as s``.
 
-    Entering waits until the command has started (so a bad ``cwd`` raises here, before any
-    output); events are :class:`ExecOutput` chunks followed by one :class:`ExecExit`.
+    Entering sends the request and waits for the head, so a refusal (bad ``cwd``, missing
+    file, unknown pid) raises here, before any data; leaving early cancels the request on the
+    agent. Subclasses read the head in :meth:`_on_head` and frames with :meth:`_frame`.
     """
 
-    def __init__(self, conn: Connection, args: dict[str, Any]) -> None:
+    def __init__(self, conn: Connection, op: str, args: dict[str, Any]) -> None:
         self._conn = conn
+        self._op = op
         self._args = args
         self._channel: Channel | None = None
-        self.pid = 0
-        self.exit: ExecExit | None = None
+        self.head: dict[str, Any] = {}
+
+    def _on_head(self, body: dict[str, Any]) -> None:
+        """Read what the head carries; raising here closes the request."""
 
     async def __aenter__(self) -> Self:
-        self._channel = await self._conn.open("exec.stream", self._args)
+        self._channel = await self._conn.open(self._op, self._args)
         try:
             header, _ = await self._channel.receive()
             if header["t"] != HEAD:
-                raise AgentProtocolError(f"exec.stream began with {header['t']!r}, not head")
-            self.pid = _int(header["body"], "pid")
+                raise AgentProtocolError(f"{self._op} began with {header['t']!r}, not head")
+            self.head = header["body"]
+            self._on_head(self.head)
         except BaseException:
             self._channel.close()
             raise
@@ -102,12 +107,30 @@ class ExecStream:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> ExecOutput | ExecExit:
+    async def _frame(self) -> tuple[dict[str, Any], bytes]:
         if self._channel is None:
-            raise RuntimeError("use 'async with' before iterating an ExecStream")
+            raise RuntimeError(f"use 'async with' before iterating {self._op}")
+        return await self._channel.receive()
+
+
+class ExecStream(HeadedStream):
+    """``async with agent.exec_stream(cmd) as s: async for event in s: ...``
+
+    Events are :class:`ExecOutput` chunks followed by one :class:`ExecExit`.
+    """
+
+    def __init__(self, conn: Connection, args: dict[str, Any]) -> None:
+        super().__init__(conn, "exec.stream", args)
+        self.pid = 0
+        self.exit: ExecExit | None = None
+
+    def _on_head(self, body: dict[str, Any]) -> None:
+        self.pid = _int(body, "pid")
+
+    async def __anext__(self) -> ExecOutput | ExecExit:
         if self.exit is not None:
             raise StopAsyncIteration
-        header, payload = await self._channel.receive()
+        header, payload = await self._frame()
         if header["t"] == DATA:
             return ExecOutput("stderr" if header["ch"] == "stderr" else "stdout", payload)
         if header["t"] == RES:
@@ -117,7 +140,7 @@ class ExecStream:
         raise AgentProtocolError(f"unexpected {header['t']!r} frame in exec.stream")
 
 
-class FileDownload:
+class FileDownload(HeadedStream):
     """``async with agent.read_file(path) as f: f.size; async for chunk in f: ...``
 
     Entering raises ``AgentOperationError`` (``not_found``, ``is_a_directory``, ...) before any
@@ -125,45 +148,19 @@ class FileDownload:
     """
 
     def __init__(self, conn: Connection, path: str) -> None:
-        self._conn = conn
-        self._path = path
-        self._channel: Channel | None = None
+        super().__init__(conn, "file.read", {"path": path})
         self._done = False
         self.size = 0
         self.mode = 0
         self.mtime = 0.0
 
-    async def __aenter__(self) -> Self:
-        self._channel = await self._conn.open("file.read", {"path": self._path})
-        try:
-            header, _ = await self._channel.receive()
-            if header["t"] != HEAD:
-                raise AgentProtocolError(f"file.read began with {header['t']!r}, not head")
-            body = header["body"]
-            self.size, self.mode = _int(body, "size"), _int(body, "mode")
-            self.mtime = float(body.get("mtime") or 0.0)
-        except BaseException:
-            self._channel.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._channel is not None:
-            self._channel.close()
-
-    def __aiter__(self) -> Self:
-        return self
+    def _on_head(self, body: dict[str, Any]) -> None:
+        self.size, self.mode = _int(body, "size"), _int(body, "mode")
+        self.mtime = float(body.get("mtime") or 0.0)
 
     async def __anext__(self) -> bytes:
-        if self._channel is None:
-            raise RuntimeError("use 'async with' before iterating a FileDownload")
         while not self._done:
-            header, payload = await self._channel.receive()
+            header, payload = await self._frame()
             if header["t"] == DATA:
                 return payload
             if header["t"] != RES:
