@@ -151,6 +151,18 @@ class Cgroups:
         raise NotImplementedError
 
     def freeze(self, paths: dict[str, str], deadline: float) -> None:
+        """Freeze the group and wait until the kernel reports every task frozen."""
+        self._request_freeze(paths)
+        while not self._frozen_now(paths):  # still freezing while tasks finish their syscalls
+            if time.monotonic() > deadline:
+                self.thaw(paths)
+                raise DriverError("sandbox did not freeze in time (a task is stuck in D state)")
+            time.sleep(POLL_INTERVAL)
+
+    def _request_freeze(self, paths: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def _frozen_now(self, paths: dict[str, str]) -> bool:
         raise NotImplementedError
 
     def thaw(self, paths: dict[str, str]) -> None:

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from voidrun_server.drivers.base import DriverError, SandboxStats
+from voidrun_server.drivers.base import SandboxStats
 from voidrun_server.drivers.namespace.cgroups.base import (
     CFS_PERIOD_US,
-    POLL_INTERVAL,
     CgroupLimits,
     Cgroups,
     keyed_value,
@@ -82,21 +80,18 @@ class CgroupsV1(Cgroups):
         write_text(cpu / "cpu.cfs_quota_us", str(limits.cpu * CFS_PERIOD_US))
         write_text(Path(paths["pids"]) / "pids.max", str(limits.pids_max))
 
-    def freeze(self, paths: dict[str, str], deadline: float) -> None:
-        state = Path(paths["freezer"]) / "freezer.state"
-        write_text(state, "FROZEN")
-        while read_text(state).strip() != "FROZEN":  # FREEZING while tasks are still running
-            if time.monotonic() > deadline:
-                self.thaw(paths)
-                raise DriverError("sandbox did not freeze in time (a task is stuck in D state)")
-            time.sleep(POLL_INTERVAL)
+    def _request_freeze(self, paths: dict[str, str]) -> None:
+        write_text(Path(paths["freezer"]) / "freezer.state", "FROZEN")
+
+    def _frozen_now(self, paths: dict[str, str]) -> bool:
+        return read_text(Path(paths["freezer"]) / "freezer.state").strip() == "FROZEN"
 
     def thaw(self, paths: dict[str, str]) -> None:
         write_text(Path(paths["freezer"]) / "freezer.state", "THAWED")
 
     def is_frozen(self, paths: dict[str, str]) -> bool:
         try:
-            return read_text(Path(paths["freezer"]) / "freezer.state").strip() == "FROZEN"
+            return self._frozen_now(paths)
         except FileNotFoundError:
             return False
 

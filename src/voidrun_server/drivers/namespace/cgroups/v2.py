@@ -9,13 +9,11 @@ offer): the launcher attaches bwrap and its child after ``clone``, before releas
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from voidrun_server.drivers.base import DriverError, SandboxStats
+from voidrun_server.drivers.base import SandboxStats
 from voidrun_server.drivers.namespace.cgroups.base import (
     CFS_PERIOD_US,
-    POLL_INTERVAL,
     CgroupLimits,
     Cgroups,
     keyed_value,
@@ -48,20 +46,17 @@ class CgroupsV2(Cgroups):
         write_text(g / "cpu.max", f"{limits.cpu * CFS_PERIOD_US} {CFS_PERIOD_US}")
         write_text(g / "pids.max", str(limits.pids_max))
 
-    def freeze(self, paths: dict[str, str], deadline: float) -> None:
-        g = Path(paths["unified"])
-        write_text(g / "cgroup.freeze", "1")
-        while keyed_value(g / "cgroup.events", "frozen") != 1:
-            if time.monotonic() > deadline:
-                self.thaw(paths)
-                raise DriverError("sandbox did not freeze in time")
-            time.sleep(POLL_INTERVAL)
+    def _request_freeze(self, paths: dict[str, str]) -> None:
+        write_text(Path(paths["unified"]) / "cgroup.freeze", "1")
+
+    def _frozen_now(self, paths: dict[str, str]) -> bool:
+        return keyed_value(Path(paths["unified"]) / "cgroup.events", "frozen") == 1
 
     def thaw(self, paths: dict[str, str]) -> None:
         write_text(Path(paths["unified"]) / "cgroup.freeze", "0")
 
     def is_frozen(self, paths: dict[str, str]) -> bool:
-        return keyed_value(Path(paths["unified"]) / "cgroup.events", "frozen") == 1
+        return self._frozen_now(paths)
 
     def kill_all(self, paths: dict[str, str], deadline: float) -> None:
         g = Path(paths["unified"])
