@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from voidrun_server.agent.launch import AGENT_PACKAGE_DIR, agent_argv
+from voidrun_server.agent.launch import agent_argv, install_agent
 from voidrun_server.drivers.base import Driver, SandboxInfo, SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace.disk import loop_devices_for
@@ -81,13 +81,17 @@ def mountinfo_lines() -> list[str]:
         return f.read().splitlines()
 
 
+# bwrap runs as the sandbox uid, which must reach the agent it mounts: not the checkout.
+TEST_AGENT_ROOT = Path("/var/tmp/voidrun-test-agent")
+
+
 @dataclass
 class NamespaceHarness:
     state_dir: Path
     rootfs: Path
     cgroup_parent: str
     agent_argv: Callable[[str], list[str]] = agent_argv
-    agent_dir: Path = AGENT_PACKAGE_DIR
+    agent_dir: Path = field(default_factory=lambda: install_agent(TEST_AGENT_ROOT))
     drivers: list[NamespaceDriver] = field(default_factory=list)
     name: str = "namespace"
 

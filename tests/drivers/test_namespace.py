@@ -166,12 +166,13 @@ async def test_start_after_host_reboot_like_state(harness: NamespaceHarness) -> 
 SERVER_SCRIPT = """
 import sys, anyio
 from pathlib import Path
-from voidrun_server.agent.launch import AGENT_PACKAGE_DIR, agent_argv
+from voidrun_server.agent.launch import agent_argv, install_agent
 from voidrun_server.drivers.base import SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 
 async def main(state_dir, cgroup_parent, rootfs, sandbox_id):
-    driver = NamespaceDriver(Path(state_dir), agent_argv=agent_argv, agent_dir=AGENT_PACKAGE_DIR,
+    agent_dir = install_agent(Path("/var/tmp/voidrun-test-agent"))
+    driver = NamespaceDriver(Path(state_dir), agent_argv=agent_argv, agent_dir=agent_dir,
                              cgroup_parent=cgroup_parent)
     info = await driver.create(SandboxSpec(sandbox_id, "survivor", Path(rootfs), 1, 256, 128))
     print(info.pid)

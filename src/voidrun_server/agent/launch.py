@@ -37,3 +37,48 @@ def agent_argv(
     if env_file is not None:
         argv += ["--env-file", env_file]
     return argv
+
+
+def install_agent(root: Path) -> Path:
+    """Copy this package under ``root`` and return the copy's directory (to bind-mount).
+
+    Sandboxes run as an unprivileged uid that must be able to reach the directory it mounts,
+    and the server's own installation may live in a private tree (a checkout under /root, a
+    0700 temp dir). The copy is named by a hash of the sources, made world-readable, compiled,
+    and put in place with one rename, so running sandboxes never see it change.
+    """
+    import compileall
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    sources = sorted(AGENT_PACKAGE_DIR.rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(AGENT_PACKAGE_DIR)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    target = root / digest.hexdigest()[:16]
+    if target.is_dir():
+        return target
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=root))
+    try:
+        for path in sources:
+            dest = staging / path.relative_to(AGENT_PACKAGE_DIR)
+            dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            os.chmod(dest, 0o644)
+        compileall.compile_dir(str(staging), quiet=1, workers=1)
+        for dirpath, _dirnames, filenames in os.walk(staging):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():  # not just "someone else installed it first"
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

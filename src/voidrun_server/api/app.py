@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import compileall
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from .. import __version__
-from ..agent.launch import AGENT_PACKAGE_DIR, agent_argv
+from ..agent.launch import agent_argv, install_agent
 from ..config import Settings, prepare_data_dir
 from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
@@ -111,11 +110,8 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     503 with the reason and what to install.
     """
     settings = ctx.settings
-    # The agent package is bind-mounted read-only into sandboxes: without bytecode next to it,
-    # every sandbox would compile the agent from source at start.
-    await anyio.to_thread.run_sync(
-        lambda: compileall.compile_dir(AGENT_PACKAGE_DIR, quiet=1, workers=1)
-    )
+    # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount.
+    agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     try:
@@ -124,7 +120,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             state_dir=settings.sandboxes_dir,
             uid_base=settings.sandbox_uid_base,
             agent_argv=agent_argv,
-            agent_dir=AGENT_PACKAGE_DIR,
+            agent_dir=agent_dir,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
             pids_max=settings.sandbox_pids_max,
         )
