@@ -136,6 +136,13 @@ class Settings(BaseSettings):
             "dropped and flagged with stdoutTruncated/stderrTruncated."
         ),
     )
+    command_follow_limit_seconds: Annotated[float, Field(gt=0)] = Field(
+        3600.0,
+        description=(
+            "Longest time one commands/wait call or commands/attach stream follows a command; "
+            "then wait answers 504 and attach ends with an error event (call again to go on)."
+        ),
+    )
     public_url_template: str = Field(
         "http://127.0.0.1:{port}",
         description=(

@@ -14,7 +14,14 @@ import anyio
 import anyio.abc
 
 from voidrun_server.agent.launch import AGENT_PACKAGE_DIR, PACKAGE_NAME
-from voidrun_server.agent.protocol import PREFIX, Header, encode_frame, parse_header, parse_prefix
+from voidrun_server.agent.protocol import (
+    PREFIX,
+    PROTOCOL_VERSION,
+    Header,
+    encode_frame,
+    parse_header,
+    parse_prefix,
+)
 
 # -- process inspection ---------------------------------------------------------------------
 
@@ -107,7 +114,7 @@ class RawConnection:
                 except OSError:
                     await anyio.sleep(0.02)
         if hello:
-            await conn.send({"t": "hello", "id": 0, "version": 1})
+            await conn.send({"t": "hello", "id": 0, "version": PROTOCOL_VERSION})
             assert (await conn.recv())[0]["t"] == "hello"
         return conn
 

@@ -18,13 +18,14 @@ from tests.agent.agent_helpers import (
     live_members,
     proc_stat,
 )
+from voidrun_server.agent.protocol import PROTOCOL_VERSION
 from voidrun_server.agentclient import AgentClient, AgentOperationError, ExecResult
 
 
 async def test_ping_and_hello(agent: AgentProcess) -> None:
     async with AgentClient(agent.socket) as client:
         await client.ping()
-        assert client.agent_version == 1
+        assert client.agent_version == PROTOCOL_VERSION == 2
         assert {"ping", "env.set", "exec", "exec.stream", "file.read", "file.write"} <= (
             client.agent_ops
         )

@@ -35,18 +35,27 @@ from .args import bad, opt_int
 from .context import AgentContext
 from .fsquery import op_fs_du, op_fs_headtail, op_fs_search
 from .fsutil import Args, Reply, check, ndjson_batches, norm_path, run
-from .protocol import IO_ERROR, OpError
+from .protocol import BAD_REQUEST, IO_ERROR, OpError
 from .stream import Stream
 from .watch import op_fs_watch
 
 # -- list, stat, mkdir, touch, chmod, delete -----------------------------------------------
 
 
+MAX_LIST_ENTRIES = 50_000  # the server refuses longer listings; say so instead
+
+
 def _list(stop: threading.Event, path: str) -> Tuple[int, List[bytes]]:
-    items = []
+    items: List[Dict[str, Any]] = []
     with os.scandir(path) as entries:
         for entry in entries:
             check(stop)
+            if len(items) >= MAX_LIST_ENTRIES:
+                raise OpError(
+                    BAD_REQUEST,
+                    f"{path} has more than {MAX_LIST_ENTRIES} entries; list a subdirectory,"
+                    " or use search",
+                )
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:

@@ -39,9 +39,13 @@ Ops (``req`` args -> what the agent sends back)::
 
 New capabilities are new op names; the agent lists its ops in its hello.
 
-Flow control works like HTTP/2: each side may send at most ``INITIAL_WINDOW`` payload bytes per
-request before the receiver grants more with ``window`` frames. A receiver therefore never holds
-more than one window per request, and one slow request cannot stall the others on a connection.
+Flow control works like HTTP/2: each side may send at most ``INITIAL_WINDOW`` bytes per request
+before the receiver grants more with ``window`` frames. A ``data`` frame costs its payload plus
+``FRAME_COST`` (so a flood of tiny or empty frames is bounded too), and a request has at most one
+``head`` and one final ``res``/``err``. A receiver therefore never holds more than one window per
+request, and one slow request cannot stall the others on a connection.
+
+Version 2 (this one) added ``FRAME_COST``; version 1 charged payload bytes only.
 """
 
 from __future__ import annotations
@@ -53,15 +57,19 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 if TYPE_CHECKING:  # typing.TypeGuard is 3.10+; annotations are never evaluated at run time
     from typing import TypeGuard
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 PREFIX = struct.Struct(">II")
 MAX_HEADER_SIZE = 1024 * 1024  # room for a 100 000-character command, JSON-escaped
 MAX_PAYLOAD_SIZE = 256 * 1024
 INITIAL_WINDOW = 1024 * 1024
+# What a data frame costs against the window on top of its payload: roughly what the receiver
+# spends holding one (prefix, parsed header, bookkeeping).
+FRAME_COST = 512
 # Requests open at once on one connection; a client that exceeds it is disconnected, so an
 # agent never holds more than this many windows per connection.
 MAX_CONCURRENT_REQUESTS = 1024
+MAX_REQUEST_ID = 2**53 - 1  # exact in every JSON implementation
 
 HELLO = "hello"
 REQ = "req"
@@ -105,13 +113,17 @@ class OpError(Exception):
         self.message = message
 
 
+class FrameTooLarge(ValueError):
+    """A frame this side was about to send exceeds what the peer accepts."""
+
+
 def encode_frame(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
     """Build one frame; refuses to build what the peer would reject, so bugs fail loudly here."""
     raw = json.dumps(header, separators=(",", ":")).encode("ascii")
     if len(raw) > MAX_HEADER_SIZE:
-        raise ValueError(f"frame header of {len(raw)} bytes exceeds {MAX_HEADER_SIZE}")
+        raise FrameTooLarge(f"frame header of {len(raw)} bytes exceeds {MAX_HEADER_SIZE}")
     if len(payload) > MAX_PAYLOAD_SIZE:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}")
+        raise FrameTooLarge(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}")
     return PREFIX.pack(len(raw), len(payload)) + raw + payload
 
 
@@ -130,17 +142,29 @@ def parse_header(raw: bytes) -> Header:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+        raise ProtocolError(f"frame header is not JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise ProtocolError("frame header nests too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")
     kind = header.get("t")
-    if kind not in FRAME_TYPES:
-        raise ProtocolError(f"unknown frame type {kind!r}")
+    if not isinstance(kind, str) or kind not in FRAME_TYPES:
+        raise ProtocolError(f"unknown frame type {_short(kind)}")
     sid = header.get("id", 0)
-    if not is_int(sid) or sid < 0:
-        raise ProtocolError(f"bad request id {sid!r}")
+    if not is_int(sid) or not 0 <= sid <= MAX_REQUEST_ID:
+        raise ProtocolError(f"bad request id {_short(sid)}")
     header["id"] = sid
     return header
+
+
+def data_cost(payload_len: int) -> int:
+    """What a data frame with this much payload costs against the receiver's window."""
+    return payload_len + FRAME_COST
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def is_int(value: object) -> TypeGuard[int]:

@@ -1,9 +1,10 @@
 """One request's side of a connection: what an op handler sees.
 
 A handler sends ``head``/``data`` frames through its :class:`Stream` and receives the client's
-uploaded chunks from it. Both directions are credit-based (see ``protocol``): ``send_data``
-waits until the client has granted room, and the client may never send more than the window
-this stream granted, so neither side buffers more than one window per request.
+uploaded chunks from it. Both directions are credit-based (see ``protocol``; a data frame costs
+its payload plus ``FRAME_COST``): ``send_data`` waits until the client has granted room, and the
+client may never send more than the window this stream granted, so neither side buffers more
+than one window per request.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Union
 
-from .protocol import DATA, HEAD, INITIAL_WINDOW, MAX_PAYLOAD_SIZE, WINDOW, ProtocolError
+from .protocol import (
+    DATA,
+    FRAME_COST,
+    HEAD,
+    INITIAL_WINDOW,
+    MAX_PAYLOAD_SIZE,
+    WINDOW,
+    ProtocolError,
+    data_cost,
+)
 
 if TYPE_CHECKING:
     from .server import Connection
@@ -39,10 +49,11 @@ class Stream:
     def on_data(self, payload: bytes) -> None:
         if self._ended:
             raise ProtocolError(f"data after end on request {self.id}")
-        if len(payload) > self._recv_allowed:
+        cost = data_cost(len(payload))
+        if cost > self._recv_allowed:
             raise ProtocolError(f"client overran the flow-control window on request {self.id}")
-        self._recv_allowed -= len(payload)
-        if payload:
+        self._recv_allowed -= cost
+        if payload:  # an empty frame only costs the sender window; there is nothing to keep
             self._inbox.append(payload)
             self._inbox_changed.set()
 
@@ -61,16 +72,16 @@ class Stream:
         Readers call this *before* pulling bytes from their source, so bytes are only taken
         from a pipe or file when they can be sent: backpressure reaches the producer.
         """
-        while self._send_credit <= 0:
+        while self._send_credit <= FRAME_COST:
             self._credit_changed.clear()
             await self._credit_changed.wait()
-        return min(self._send_credit, MAX_PAYLOAD_SIZE)
+        return min(self._send_credit - FRAME_COST, MAX_PAYLOAD_SIZE)
 
     async def send_data(self, channel: str, data: Union[bytes, bytearray]) -> None:
         view = memoryview(data)
         while view:
             n = min(await self.wait_credit(), len(view))
-            self._send_credit -= n
+            self._send_credit -= data_cost(n)
             await self._conn.send({"t": DATA, "id": self.id, "ch": channel}, bytes(view[:n]))
             view = view[n:]
 
@@ -82,7 +93,7 @@ class Stream:
             self._inbox_changed.clear()
             await self._inbox_changed.wait()
         chunk = self._inbox.popleft()
-        self._recv_unacked += len(chunk)
+        self._recv_unacked += data_cost(len(chunk))
         # Grant in half-window steps: fewer frames, and the client never stalls on an empty pipe.
         if self._recv_unacked >= INITIAL_WINDOW // 2:
             grant, self._recv_unacked = self._recv_unacked, 0

@@ -17,6 +17,8 @@ from ._errors import (
     AgentError,
     AgentOperationError,
     AgentProtocolError,
+    AgentRequestTooLargeError,
+    AgentResponseTooLargeError,
     AgentVersionError,
 )
 from ._procs import OpStream, Output, ProcessInfo, ProcessOps, ShellResult, TerminalInfo
@@ -29,6 +31,8 @@ __all__ = [
     "AgentError",
     "AgentOperationError",
     "AgentProtocolError",
+    "AgentRequestTooLargeError",
+    "AgentResponseTooLargeError",
     "AgentVersionError",
     "ExecExit",
     "ExecOutput",

@@ -19,10 +19,19 @@ import anyio.abc
 
 from voidrun_server.agent.protocol import DATA, HEAD, RES, Header
 
-from ._errors import AgentConnectionError, AgentProtocolError
+from ._errors import (
+    AgentConnectionError,
+    AgentError,
+    AgentProtocolError,
+    AgentResponseTooLargeError,
+)
 from ._procs import ProcessOps
 from ._streams import ExecResult, ExecStream, FileDownload, _int
 from ._wire import Channel, Connection, connect_unix
+
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # the agent's own default for exec's maxOutput
+MAX_ITEMS = 100_000  # listing entries per fs op (the agent refuses to list more than 50,000)
+MAX_EVENT_SIZE = 64 * 1024  # one file event (a path is at most 4 KiB)
 
 
 def _exec_args(
@@ -77,6 +86,20 @@ class AgentClient:
     def closed(self) -> bool:
         """True once the connection is unusable (agent gone, or client closed): reconnect."""
         return self._conn is None or self._conn.failed
+
+    @property
+    def failure(self) -> AgentError | None:
+        """Why the connection ended, once it has (a protocol violation, a lost socket)."""
+        return None if self._conn is None else self._conn.failure
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended, for whatever reason."""
+        await self._connection.closed.wait()
+
+    def freeze(self, frozen: bool) -> None:
+        """See ``Connection.freeze``: the sandbox's processes are (no longer) frozen."""
+        if self._conn is not None:
+            self._conn.freeze(frozen)
 
     @property
     def _connection(self) -> Connection:
@@ -166,12 +189,18 @@ class AgentClient:
         """
         args = _exec_args(command, env, cwd, timeout)
         args["maxOutput"] = max_output
+        cap = max_output if max_output is not None else DEFAULT_MAX_OUTPUT
         out, err = bytearray(), bytearray()
         async with self._request("exec", args) as channel:
             while True:
                 header, payload = await channel.receive()
                 if header["t"] == DATA:
-                    (err if header["ch"] == "stderr" else out).extend(payload)
+                    buf = err if header["ch"] == "stderr" else out
+                    if len(buf) + len(payload) > cap:  # the agent promised to stop at cap
+                        raise AgentResponseTooLargeError(
+                            f"exec sent more than {cap} bytes of output"
+                        )
+                    buf.extend(payload)
                 elif header["t"] == RES:
                     body = header["body"]
                     return ExecResult(
@@ -227,20 +256,21 @@ class AgentClient:
     # --- file system ops (files API) ---
 
     async def fs_call(
-        self, op: str, args: dict[str, Any], *, max_output: int = 16 * 1024 * 1024
+        self, op: str, args: dict[str, Any], *, max_output: int = 64 * 1024 * 1024
     ) -> tuple[dict[str, Any], list[Any], bytes]:
         """Run an ``fs.*`` op (see ``voidrun_server.agent.fsops``) to completion.
 
         Returns the result body, the JSON items streamed as NDJSON on channel "items"
         (listings) and the bytes of any other channel (head/tail output). The agent is not
-        trusted to bound its output: more than ``max_output`` bytes of output, or a single item
-        over 1 MiB, is a protocol error.
+        trusted to bound its output: more than ``max_output`` bytes in all, more than
+        ``MAX_ITEMS`` items, or an item that is not a JSON object is a protocol error.
         """
         import json
 
         items: list[Any] = []
         out = bytearray()
         pending = b""
+        received = 0
         async with self._request(op, args) as channel:
             while True:
                 header, payload = await channel.receive()
@@ -250,18 +280,22 @@ class AgentClient:
                     return header["body"], items, bytes(out)
                 if header["t"] != DATA:
                     raise AgentProtocolError(f"unexpected {header['t']!r} frame in {op}")
+                received += len(payload)
+                if received > max_output:
+                    raise AgentResponseTooLargeError(f"{op} sent more than {max_output} bytes")
                 if header["ch"] != "items":
                     out.extend(payload)
-                    if len(out) > max_output:
-                        raise AgentProtocolError(f"{op} sent more than {max_output} bytes")
                     continue
                 *lines, pending = (pending + payload).split(b"\n")
-                if len(pending) > 1024 * 1024:
-                    raise AgentProtocolError(f"{op} sent an item over 1 MiB")
                 try:
-                    items.extend(json.loads(line) for line in lines)
-                except ValueError:
+                    parsed = [json.loads(line) for line in lines]
+                except (ValueError, RecursionError):
                     raise AgentProtocolError(f"{op} sent an item that is not JSON") from None
+                if not all(isinstance(item, dict) for item in parsed):
+                    raise AgentProtocolError(f"{op} sent an item that is not an object")
+                items.extend(parsed)
+                if len(items) > MAX_ITEMS:
+                    raise AgentResponseTooLargeError(f"{op} sent more than {MAX_ITEMS} items")
 
     @asynccontextmanager
     async def watch(
@@ -290,12 +324,12 @@ class AgentClient:
                     if header["t"] != DATA:
                         raise AgentProtocolError(f"unexpected {header['t']!r} frame in fs.watch")
                     *lines, pending = (pending + payload).split(b"\n")
-                    if len(pending) > 1024 * 1024:
-                        raise AgentProtocolError("fs.watch sent an event over 1 MiB")
+                    if len(pending) > MAX_EVENT_SIZE:
+                        raise AgentResponseTooLargeError("fs.watch sent an event over 64 KiB")
                     for line in lines:
                         try:
                             event = json.loads(line)
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             raise AgentProtocolError("fs.watch sent a non-JSON event") from None
                         if isinstance(event, dict):
                             yield event

@@ -6,9 +6,12 @@
      ├── AgentConnectionError     cannot reach the agent, or the connection broke / was closed
      ├── AgentProtocolError       the agent sent something this client does not understand
      │    └── AgentVersionError   the agent speaks another protocol version
+     ├── AgentRequestTooLargeError  a request this client was asked to send is too large
+     ├── AgentResponseTooLargeError an answer went past a cap of this client (request dropped)
      └── AgentOperationError      the agent refused or failed one request (``code``, ``message``)
 
-Only ``AgentOperationError`` leaves the connection usable; the others mean it is gone.
+``AgentOperationError`` and the two ``TooLarge`` errors leave the connection usable; the
+others mean it is gone.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ class AgentConnectionError(AgentError):
 
 class AgentProtocolError(AgentError):
     pass
+
+
+class AgentRequestTooLargeError(AgentError):
+    """Raised before sending: the connection stays usable."""
+
+
+class AgentResponseTooLargeError(AgentError):
+    """The request was cancelled; the connection stays usable (a huge directory is no attack)."""
 
 
 class AgentVersionError(AgentProtocolError):

@@ -15,9 +15,11 @@ from typing import Any
 
 from voidrun_server.agent.protocol import DATA, RES
 
-from ._errors import AgentProtocolError
+from ._errors import AgentProtocolError, AgentResponseTooLargeError
 from ._streams import HeadedStream
 from ._wire import Connection
+
+MAX_COLLECTED = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +67,26 @@ def _int(body: Mapping[str, Any], key: str) -> int:
     return value
 
 
+def _float(body: Mapping[str, Any], key: str) -> float:
+    value = body.get(key) or 0.0
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise AgentProtocolError(f"agent reply has a non-number {key!r}")
+    return float(value)
+
+
+def _str(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise AgentProtocolError(f"agent reply has a non-string {key!r}")
+    return value
+
+
 def _process(body: Mapping[str, Any]) -> ProcessInfo:
     code = body.get("exitCode")
     return ProcessInfo(
         pid=_int(body, "pid"),
-        command=str(body.get("command", "")),
-        start_time=float(body.get("startTime") or 0.0),
+        command=_str(body, "command"),
+        start_time=_float(body, "startTime"),
         running=bool(body.get("running", True)),
         exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
         timed_out=bool(body.get("timedOut")),
@@ -101,13 +117,20 @@ class ProcessOps:
         self._conn = conn
 
     async def _collect(self, op: str, args: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-        """Run a request; return its data payloads joined and its result body."""
+        """Run a request; return its data payloads joined and its result body.
+
+        The agent bounds these replies itself (shell output, PTY scrollback); the cap here is
+        for an agent that does not."""
         out = bytearray()
         channel = await self._conn.open(op, args)
         try:
             while True:
                 header, payload = await channel.receive()
                 if header["t"] == DATA:
+                    if len(out) + len(payload) > MAX_COLLECTED:
+                        raise AgentResponseTooLargeError(
+                            f"{op} sent more than {MAX_COLLECTED} bytes"
+                        )
                     out.extend(payload)
                 elif header["t"] == RES:
                     body: dict[str, Any] = header["body"]
@@ -136,7 +159,7 @@ class ProcessOps:
         """Start ``command`` in the background; ``time_limit`` None or 0 means none."""
         args = {"command": command, "env": dict(env) if env else None, "cwd": cwd}
         body = await self._call("cmd.run", {**args, "timeout": time_limit or None})
-        return ProcessInfo(_int(body, "pid"), command, float(body.get("startTime") or 0), True)
+        return ProcessInfo(_int(body, "pid"), command, _float(body, "startTime"), True)
 
     async def list_commands(self) -> list[ProcessInfo]:
         body = await self._call("cmd.list", {})
@@ -168,7 +191,7 @@ class ProcessOps:
         rows: int | None = None,
     ) -> str:
         args = {"id": session_id, "shell": shell, "cols": cols, "rows": rows}
-        return str((await self._call("sh.create", args))["id"])
+        return _str(await self._call("sh.create", args), "id")
 
     async def shell_exec(
         self, session_id: str, command: str, *, time_limit: float | None = None
@@ -201,12 +224,14 @@ class ProcessOps:
 
     async def pty_create(self, cols: int = 80, rows: int = 24) -> TerminalInfo:
         body = await self._call("pty.create", {"cols": cols, "rows": rows})
-        return TerminalInfo(str(body["id"]), float(body.get("createdAt") or 0.0), 0, True)
+        return TerminalInfo(_str(body, "id"), _float(body, "createdAt"), 0, True)
 
     async def pty_list(self) -> list[TerminalInfo]:
         body = await self._call("pty.list", {})
         return [
-            TerminalInfo(str(s["id"]), float(s["createdAt"]), _int(s, "clients"), bool(s["alive"]))
+            TerminalInfo(
+                _str(s, "id"), _float(s, "createdAt"), _int(s, "clients"), bool(s.get("alive"))
+            )
             for s in body.get("sessions", [])
             if isinstance(s, dict)
         ]

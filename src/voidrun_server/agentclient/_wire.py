@@ -10,6 +10,7 @@ frame on the wire and corrupt the connection for every other request.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections import deque
@@ -17,12 +18,14 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from voidrun_server.agent.protocol import (
     CANCEL,
     DATA,
     END,
     ERR,
+    FRAME_COST,
     HEAD,
     HELLO,
     INITIAL_WINDOW,
@@ -33,8 +36,10 @@ from voidrun_server.agent.protocol import (
     REQ,
     RES,
     WINDOW,
+    FrameTooLarge,
     Header,
     ProtocolError,
+    data_cost,
     encode_frame,
     is_int,
     parse_header,
@@ -46,13 +51,20 @@ from ._errors import (
     AgentError,
     AgentOperationError,
     AgentProtocolError,
+    AgentRequestTooLargeError,
     AgentVersionError,
 )
+
+log = logging.getLogger(__name__)
 
 SUN_PATH_MAX = 107
 RETRY_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 WRITE_BATCH = 1024 * 1024
 READ_SIZE = 256 * 1024
+FRAME_TIMEOUT = 15.0  # a begun frame must be complete by then (unless the sandbox is frozen)
+FRAMES_PER_CHECKPOINT = 64
+MAX_ABANDONED = 4096
+MAX_WINDOW_INCREMENT = 64 * INITIAL_WINDOW
 
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
@@ -131,6 +143,11 @@ class Connection:
         self._next_id = 1
         self._failure: AgentError | None = None
         self._goodbye = ""
+        self._frozen = False
+        # Requests we abandoned before their answer: late frames for them are harmless. Any
+        # other frame for an id we are not waiting on is a protocol violation.
+        self._abandoned: dict[int, None] = {}
+        self.closed = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -147,19 +164,31 @@ class Connection:
             raise AgentProtocolError(f"expected hello from the agent, got {header['t']!r}")
         version = header.get("version")
         if version != PROTOCOL_VERSION:
-            raise AgentVersionError(self.path, version, PROTOCOL_VERSION)
-        ops = header.get("ops", [])
+            shown = version if is_int(version) else _short(version)
+            raise AgentVersionError(self.path, shown, PROTOCOL_VERSION)
+        ops = header.get("ops")
         self.agent_version = PROTOCOL_VERSION
-        self.agent_ops = frozenset(op for op in ops if isinstance(op, str))
+        if isinstance(ops, list):
+            self.agent_ops = frozenset(op for op in ops if isinstance(op, str) and len(op) < 64)
+
+    def freeze(self, frozen: bool) -> None:
+        """A frozen sandbox cannot finish a frame it started: suspend the frame deadline."""
+        self._frozen = frozen
 
     @property
     def failed(self) -> bool:
         return self._failure is not None
 
+    @property
+    def failure(self) -> AgentError | None:
+        """Why the connection ended (None while it is alive)."""
+        return self._failure
+
     def fail(self, error: AgentError) -> None:
         """Mark the connection dead and wake everyone waiting on it with ``error``."""
         if self._failure is None:
             self._failure = error
+        self.closed.set()
         for channel in self._channels.values():
             channel.on_failure(self._failure)
         self._channels.clear()
@@ -175,7 +204,11 @@ class Connection:
         """Queue a frame without waiting; the writer task sends it whole."""
         if self._failure is not None:
             raise self._failure
-        item = _Outgoing(encode_frame(header, payload))
+        try:
+            frame = encode_frame(header, payload)
+        except FrameTooLarge as exc:
+            raise AgentRequestTooLargeError(str(exc)) from None
+        item = _Outgoing(frame)
         self._outbox.append(item)
         self._outbox_ready.set()
         return item
@@ -213,17 +246,33 @@ class Connection:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read_exactly(self, n: int) -> bytes:
+    async def _read_exactly(self, n: int, deadline: float | None = None) -> bytes:
         while len(self._inbuf) < n:
-            self._inbuf += await self._sock.receive(max(READ_SIZE, n - len(self._inbuf)))
+            want = max(READ_SIZE, n - len(self._inbuf))
+            if deadline is None:
+                self._inbuf += await self._sock.receive(want)
+                continue
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                self._inbuf += await self._sock.receive(want)
+                continue
+            if not self._frozen:
+                raise AgentProtocolError(
+                    f"the agent at {self.path} left a frame unfinished for {FRAME_TIMEOUT:g}s"
+                )
+            deadline = anyio.current_time() + FRAME_TIMEOUT
         data = bytes(self._inbuf[:n])
         del self._inbuf[:n]
         return data
 
     async def _read_frame(self) -> tuple[Header, bytes]:
+        """One frame. A frame, once begun, must be complete within ``FRAME_TIMEOUT`` (an agent
+        writes each frame whole), so a stalled half-frame cannot hold the connection forever."""
         try:
-            header_len, payload_len = parse_prefix(await self._read_exactly(PREFIX.size))
-            body = await self._read_exactly(header_len + payload_len)
+            prefix = await self._read_exactly(1)
+            deadline = anyio.current_time() + FRAME_TIMEOUT
+            prefix += await self._read_exactly(PREFIX.size - 1, deadline)
+            header_len, payload_len = parse_prefix(prefix)
+            body = await self._read_exactly(header_len + payload_len, deadline)
             return parse_header(body[:header_len]), body[header_len:]
         except ProtocolError as exc:
             raise AgentProtocolError(
@@ -231,10 +280,14 @@ class Connection:
             ) from None
 
     async def read_loop(self) -> None:
+        """Everything the agent sends is hostile input: whatever goes wrong here ends this
+        connection (with the reason) and nothing else."""
         try:
             while True:
-                header, payload = await self._read_frame()
-                self._dispatch(header, payload)
+                for _ in range(FRAMES_PER_CHECKPOINT):
+                    header, payload = await self._read_frame()
+                    self._dispatch(header, payload)
+                await anyio.lowlevel.checkpoint()  # a flood of small frames must share the loop
         except AgentError as exc:
             self.fail(exc)
         except _BROKEN:
@@ -242,21 +295,29 @@ class Connection:
             self.fail(
                 AgentConnectionError(f"the agent at {self.path} closed the connection{reason}")
             )
+        except Exception as exc:  # a bug or a frame we did not foresee: still only this agent
+            log.warning("agent connection %s failed", self.path, exc_info=True)
+            self.fail(AgentProtocolError(f"unusable frame from the agent: {type(exc).__name__}"))
 
     def _dispatch(self, header: Header, payload: bytes) -> None:
         kind, sid = header["t"], header["id"]
+        if payload and kind != DATA:
+            raise AgentProtocolError(f"{kind} frame from the agent carries a payload")
         if sid == 0:
             if kind != ERR:
                 raise AgentProtocolError(f"unexpected {kind!r} frame outside a request")
-            self._goodbye = f"{header.get('code')}: {header.get('message')}"
+            _check_shape(header)
+            self._goodbye = f"{header['code'][:100]}: {header['message'][:500]}"
             return
         channel = self._channels.get(sid)
         if channel is None:
-            return  # a request we abandoned; its late frames are harmless
+            if sid in self._abandoned:
+                return  # a request we abandoned; its late frames are harmless
+            raise AgentProtocolError(f"{kind!r} frame for request {sid}, which is not open")
         if kind == WINDOW:
             n = header.get("n")
-            if not is_int(n) or n <= 0:
-                raise AgentProtocolError(f"bad window increment {n!r}")
+            if not is_int(n) or not 0 < n <= MAX_WINDOW_INCREMENT:
+                raise AgentProtocolError(f"bad window increment {_short(n)}")
             channel.on_window(n)
         elif kind in (HEAD, DATA, RES, ERR):
             _check_shape(header)
@@ -286,15 +347,26 @@ class Connection:
             raise
         return channel
 
-    def release(self, channel: Channel) -> None:
+    def release(self, channel: Channel, abandoned: bool = False) -> None:
         self._channels.pop(channel.id, None)
+        if abandoned:
+            self._abandoned[channel.id] = None
+            if len(self._abandoned) > MAX_ABANDONED:
+                del self._abandoned[next(iter(self._abandoned))]
         self._slots.release()
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_shape(header: Header) -> None:
     kind = header["t"]
-    if kind == DATA and not isinstance(header.get("ch"), str):
-        raise AgentProtocolError("data frame without a channel name")
+    if kind == DATA:
+        ch = header.get("ch")
+        if not isinstance(ch, str) or len(ch) > 32 or len(header) > 3:
+            raise AgentProtocolError("data frame without a short channel name, or with extras")
     if kind in (HEAD, RES) and not isinstance(header.get("body"), dict):
         raise AgentProtocolError(f"{kind} frame without an object body")
     if kind == ERR and not (
@@ -317,15 +389,24 @@ class Channel:
         self._send_credit = INITIAL_WINDOW
         self._recv_allowed = INITIAL_WINDOW
         self._recv_unacked = 0
+        self._got_head = False
+        self._got_data = False
 
     # -- called by the reader ------------------------------------------------------------------
 
     def on_frame(self, header: Header, payload: bytes) -> None:
-        if header["t"] == DATA:
-            if len(payload) > self._recv_allowed:
+        kind = header["t"]
+        if kind == DATA:
+            cost = data_cost(len(payload))
+            if cost > self._recv_allowed:
                 raise AgentProtocolError(f"agent overran the window on request {self.id}")
-            self._recv_allowed -= len(payload)
-        elif header["t"] in (RES, ERR):
+            self._recv_allowed -= cost
+            self._got_data = True
+        elif kind == HEAD:
+            if self._got_head or self._got_data:
+                raise AgentProtocolError(f"second or late head frame on request {self.id}")
+            self._got_head = True
+        else:
             self._answered = True
         self._frames.append((header, payload))
         self._changed.set()
@@ -360,7 +441,7 @@ class Channel:
         header, payload = self._frames.popleft()
         kind = header["t"]
         if kind == DATA and not self._answered:
-            self._recv_unacked += len(payload)
+            self._recv_unacked += data_cost(len(payload))
             if self._recv_unacked >= INITIAL_WINDOW // 2:
                 grant, self._recv_unacked = self._recv_unacked, 0
                 self._recv_allowed += grant
@@ -374,14 +455,14 @@ class Channel:
     async def send_data(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
-            while self._send_credit <= 0 or self._answered:
+            while self._send_credit <= FRAME_COST or self._answered:
                 if self._failure is not None:
                     raise self._failure
                 if self._answered:
                     await self._early_answer()
                 await self._wait()
-            n = min(self._send_credit, MAX_PAYLOAD_SIZE, len(view))
-            self._send_credit -= n
+            n = min(self._send_credit - FRAME_COST, MAX_PAYLOAD_SIZE, len(view))
+            self._send_credit -= data_cost(n)
             await self._conn.send({"t": DATA, "id": self.id}, bytes(view[:n]))
             view = view[n:]
 
@@ -400,9 +481,10 @@ class Channel:
         if self._closed:
             return
         self._closed = True
-        if not self._answered and self._failure is None:
+        abandoned = not self._answered and self._failure is None
+        if abandoned:
             try:
                 self._conn.post({"t": CANCEL, "id": self.id})
             except AgentError:
                 pass
-        self._conn.release(self)
+        self._conn.release(self, abandoned)

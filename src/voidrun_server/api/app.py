@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..agent.launch import agent_argv, install_agent
+from ..agent_runtime import install_runtime
 from ..config import Settings, prepare_data_dir
 from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
 from ..services import accounts, images, reconcile
 from ..services.agents import AgentPool
+from ..services.background import guarded, spawner
 from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
 from ..store import db
@@ -110,8 +113,10 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     503 with the reason and what to install.
     """
     settings = ctx.settings
-    # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount.
+    # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount,
+    # with the interpreter that runs it (never the sandbox's own python3).
     agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
+    runtime = await anyio.to_thread.run_sync(install_runtime, settings.data_dir / "agent-runtime")
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     try:
@@ -119,8 +124,9 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             settings.driver,
             state_dir=settings.sandboxes_dir,
             uid_base=settings.sandbox_uid_base,
-            agent_argv=agent_argv,
+            agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
             agent_dir=agent_dir,
+            runtime_dir=runtime.host_dir,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
             pids_max=settings.sandbox_pids_max,
         )
@@ -133,11 +139,10 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
         connect_timeout=settings.sandbox_ready_timeout_seconds,
         owner_uid=settings.sandbox_uid_base,
     )
-    service = SandboxService(
-        settings, ctx.sessions, driver, agents, spawn=lambda work: task_group.start_soon(work)
-    )
+    service = SandboxService(settings, ctx.sessions, driver, agents, spawn=spawner(task_group))
+    agents.on_violation = service.agent_violated
     await reconcile.reconcile_on_start(service)
-    task_group.start_soon(reconcile.watch_forever, service)
+    task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
     if settings.warm_pool_size and isinstance(driver, Retargetable):
         service.pool = WarmPool(
             driver,
@@ -148,7 +153,9 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             disk_mb=settings.sandbox_disk_mb,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
         )
-        task_group.start_soon(service.pool.run_forever, lambda: _default_rootfs(ctx))
+        task_group.start_soon(
+            guarded, "warm pool", service.pool.run_forever, lambda: _default_rootfs(ctx)
+        )
     ctx.sandboxes = service
     return agents
 

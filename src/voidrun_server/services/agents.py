@@ -3,6 +3,12 @@
 An ``AgentClient`` owns a task group, which anyio requires to be entered and exited in the same
 task. So each connection lives in a holder task of the app's task group; requests borrow the
 client, and ``forget`` (stop, delete, death) ends the holder, which closes the connection.
+
+Everything an agent says is hostile input (root inside a sandbox can replace its PID 1 or
+answer on its socket). Whatever an agent does ends, at worst, its own connection: the holder
+never lets an exception reach the app's task group, and an agent that breaks the protocol is
+reported through ``on_violation`` (the sandbox service stops that sandbox and marks it
+``error`` with the reason).
 """
 
 from __future__ import annotations
@@ -16,11 +22,29 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from ..agentclient import AgentClient, AgentConnectionError, AgentError, AgentOperationError
-from ..errors import DeadlineExceededError, SandboxUnavailableError
+from ..agentclient import (
+    AgentClient,
+    AgentConnectionError,
+    AgentError,
+    AgentOperationError,
+    AgentProtocolError,
+    AgentRequestTooLargeError,
+    AgentResponseTooLargeError,
+)
+from ..errors import (
+    DeadlineExceededError,
+    PayloadTooLargeError,
+    SandboxUnavailableError,
+    VoidRunError,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+OnViolation = Callable[[str, str], None]
+
+
+def _ignore_violation(sandbox_id: str, reason: str) -> None:
+    log.warning("agent of %s broke the protocol: %s", sandbox_id, reason)
 
 
 @dataclass
@@ -31,13 +55,19 @@ class _Held:
 
 class AgentPool:
     def __init__(
-        self, task_group: anyio.abc.TaskGroup, connect_timeout: float, owner_uid: int
+        self,
+        task_group: anyio.abc.TaskGroup,
+        connect_timeout: float,
+        owner_uid: int,
+        on_violation: OnViolation = _ignore_violation,
     ) -> None:
         self._task_group = task_group
         self._connect_timeout = connect_timeout
         self._owner_uid = owner_uid
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self._frozen: set[str] = set()
+        self.on_violation = on_violation
 
     async def client(self, sandbox_id: str, socket: Path) -> AgentClient:
         """The sandbox's connection, opened on first use (or after the previous one broke)."""
@@ -54,6 +84,9 @@ class AgentPool:
                     client: AgentClient = await self._task_group.start(
                         self._hold, sandbox_id, socket
                     )
+                except AgentProtocolError as exc:
+                    self.on_violation(sandbox_id, str(exc))
+                    raise SandboxUnavailableError("Sandbox agent error", str(exc)) from exc
                 except (AgentError, OSError) as exc:
                     raise SandboxUnavailableError(
                         "Sandbox agent unreachable", f"{sandbox_id}: {exc}"
@@ -72,33 +105,62 @@ class AgentPool:
         """Run ``work`` on the sandbox's agent, reconnecting once if the connection was found
         broken. The agent's refusals (``AgentOperationError``) pass through unchanged; other
         agent failures become ``SandboxUnavailableError``, a missed deadline
-        ``DeadlineExceededError``."""
+        ``DeadlineExceededError``, a request too large to send ``PayloadTooLargeError``.
+        Anything else ``work`` raises while reading the agent's answers (a reply of the wrong
+        shape) is the agent's fault, not a server error."""
         for attempt in (1, 2):
             client = await self.client(sandbox_id, socket)
             try:
                 with anyio.fail_after(deadline):
                     return await work(client)
             except AgentConnectionError as exc:
+                if client.failure is not None and not isinstance(
+                    client.failure, AgentConnectionError
+                ):
+                    self._violated(sandbox_id, client.failure)
+                    raise SandboxUnavailableError("Sandbox agent error", str(exc)) from exc
                 self.forget(sandbox_id)
                 if attempt == 2:
                     raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
             except AgentOperationError:
                 raise
+            except AgentRequestTooLargeError as exc:
+                raise PayloadTooLargeError("Request too large for the sandbox", str(exc)) from exc
+            except AgentResponseTooLargeError as exc:
+                raise SandboxUnavailableError("Sandbox agent reply too large", str(exc)) from exc
             except AgentError as exc:  # protocol errors: the connection is unusable
-                self.forget(sandbox_id)
+                self._violated(sandbox_id, exc)
                 raise SandboxUnavailableError("Sandbox agent error", str(exc)) from exc
             except TimeoutError:
                 raise DeadlineExceededError(
                     "Sandbox agent did not answer in time", f"no reply within {deadline:g}s"
                 ) from None
+            except VoidRunError:
+                raise
+            except Exception as exc:
+                log.warning("agent reply of %s could not be used", sandbox_id, exc_info=True)
+                error = AgentProtocolError(f"unusable reply: {type(exc).__name__}")
+                self._violated(sandbox_id, error)
+                raise SandboxUnavailableError("Sandbox agent error", str(error)) from exc
         raise AssertionError("unreachable")
 
+    def _violated(self, sandbox_id: str, error: AgentError) -> None:
+        self.forget(sandbox_id)
+        self.on_violation(sandbox_id, str(error)[:500])
+
+    def freeze(self, sandbox_id: str, frozen: bool) -> None:
+        """Tell the sandbox's connection that its processes are (no longer) frozen, so a
+        frame cut in half by the freezer is not taken for a stalled agent."""
+        (self._frozen.add if frozen else self._frozen.discard)(sandbox_id)
+        held = self._held.get(sandbox_id)
+        if held is not None:
+            held.client.freeze(frozen)
+
     async def ping(self, sandbox_id: str, socket: Path) -> None:
-        try:
-            await (await self.client(sandbox_id, socket)).ping()
-        except AgentError as exc:
-            self.forget(sandbox_id)
-            raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
+        async def ping(client: AgentClient) -> None:
+            await client.ping()
+
+        await self.run(sandbox_id, socket, ping)
 
     def forget(self, sandbox_id: str) -> None:
         """Close the sandbox's connection (if any); the next use reconnects."""
@@ -118,20 +180,34 @@ class AgentPool:
         *,
         task_status: anyio.abc.TaskStatus[AgentClient] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Owns one connection. After ``started()`` nothing may escape: an exception here
+        would cancel the app's task group, i.e. every sandbox of every org."""
         held: _Held | None = None
         try:
             client_cm = AgentClient(
                 socket, connect_timeout=self._connect_timeout, owner_uid=self._owner_uid
             )
             async with client_cm as client:
+                client.freeze(sandbox_id in self._frozen)
                 held = _Held(client)
                 self._held[sandbox_id] = held
                 task_status.started(client)
-                await held.release.wait()
-        except AgentError as exc:
+                async with anyio.create_task_group() as watch:
+                    watch.start_soon(_release_when_closed, client, held.release)
+                    await held.release.wait()
+                    watch.cancel_scope.cancel()
+                failure = client.failure
+                if isinstance(failure, AgentProtocolError) and self._held.get(sandbox_id) is held:
+                    self._violated(sandbox_id, failure)  # nobody was asking: report it here
+        except Exception as exc:
             if held is None:
                 raise  # before started(): the caller of client() gets it
-            log.info("agent connection of %s ended: %s", sandbox_id, exc)
+            log.warning("agent connection of %s ended: %r", sandbox_id, exc)
         finally:
             if held is not None and self._held.get(sandbox_id) is held:
                 del self._held[sandbox_id]
+
+
+async def _release_when_closed(client: AgentClient, release: anyio.Event) -> None:
+    await client.wait_closed()
+    release.set()

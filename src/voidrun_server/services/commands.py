@@ -9,6 +9,7 @@ makes sure the sandbox runs (auto-wake), validates input, gives every agent call
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,7 +40,6 @@ from .sandboxes import Running, SandboxService
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 AGENT_DEADLINE = 30.0  # every short agent call
-WAIT_LIMIT = 3600.0  # commands/wait blocks at most this long
 # Someone following a stream, typing in a terminal or waiting for a command is using the
 # sandbox even without new requests: touch its activity this often, or auto-sleep would
 # freeze it under them.
@@ -111,13 +111,18 @@ class LiveStream:
     def result(self) -> dict[str, Any]:
         return self.stream.result or {}
 
-    async def chunks(self) -> AsyncIterator[Output | None]:
+    async def chunks(self, limit: float = math.inf) -> AsyncIterator[Output | None]:
         """The stream's chunks, and ``None`` after each ``KEEP_AWAKE_INTERVAL`` of quiet (for
-        heartbeats); activity is recorded at most once per interval either way."""
+        heartbeats); activity is recorded at most once per interval either way. After
+        ``limit`` seconds it raises ``DeadlineExceededError`` (the caller may attach again)."""
         touched = anyio.current_time()
+        give_up = touched + limit
         while True:
             chunk: Output | None = None
-            with anyio.move_on_after(KEEP_AWAKE_INTERVAL):
+            now = anyio.current_time()
+            if now >= give_up:
+                raise DeadlineExceededError("Stream time limit reached", f"after {limit:g}s")
+            with anyio.move_on_after(min(KEEP_AWAKE_INTERVAL, give_up - now)):
                 try:
                     chunk = await self.stream.__anext__()  # cancel-safe: no frame is lost
                 except StopAsyncIteration:
@@ -161,6 +166,7 @@ def require_command(command: str | None) -> str:
 class CommandService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.calls = AgentCalls(sandboxes)
+        self.follow_limit = sandboxes.settings.command_follow_limit_seconds
 
     async def run(self, caller: Principal, sandbox_id: str, body: CommandRunRequest) -> ProcessInfo:
         command = require_command(body.command)
@@ -185,9 +191,10 @@ class CommandService:
         await self._on_pid(caller, sandbox_id, pid, lambda procs: procs.kill_command(pid))
 
     async def wait(self, caller: Principal, sandbox_id: str, pid: int) -> ProcessInfo:
-        """Block until the command exits (at most ``WAIT_LIMIT``, then 504)."""
+        """Block until the command exits (at most ``follow_limit``, then 504)."""
         running = await self.calls.running(caller, sandbox_id)
-        give_up = anyio.current_time() + WAIT_LIMIT
+        limit = self.follow_limit
+        give_up = anyio.current_time() + limit
         while True:
             # Waiting is idempotent: ask again each interval, recording activity in between.
             with anyio.move_on_after(min(KEEP_AWAKE_INTERVAL, give_up - anyio.current_time())):
@@ -196,7 +203,7 @@ class CommandService:
                 except AgentOperationError as exc:
                     raise translate(exc, "Command operation failed", "Process not found") from exc
             if anyio.current_time() >= give_up:
-                raise DeadlineExceededError("Command still running", f"after {WAIT_LIMIT:g}s")
+                raise DeadlineExceededError("Command still running", f"after {limit:g}s")
             await self.calls.keep_awake(running)
 
     async def stdin(

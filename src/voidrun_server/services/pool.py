@@ -90,8 +90,8 @@ class WarmPool:
                 continue
             try:
                 self._ready.append(await self._start(rootfs))
-            except VoidRunError as exc:
-                log.warning("warm pool: could not start a sandbox: %s", exc)
+            except Exception as exc:  # whatever it was, try again later; never end the loop
+                log.warning("warm pool: could not start a sandbox: %r", exc)
                 await anyio.sleep(RETRY_DELAY)
 
     async def _start(self, rootfs: Path) -> Warm:

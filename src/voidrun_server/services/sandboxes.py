@@ -50,6 +50,7 @@ from .pool import Warm, WarmPool, identity_files
 
 log = logging.getLogger(__name__)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
+VIOLATION_EVENT = "sandbox.agent_violation"
 ACTIVITY_WRITE_INTERVAL = timedelta(seconds=5)
 
 
@@ -80,6 +81,33 @@ class SandboxService:
         # put file reads and a thread hop on the hot path.
         self._sockets: dict[str, Path] = {}
         self.pool: WarmPool | None = None
+
+    def agent_violated(self, sandbox_id: str, reason: str) -> None:
+        """The sandbox's agent broke the protocol (``AgentPool.on_violation``): stop the
+        sandbox and mark it ``error`` with the reason, in the background."""
+        log.warning("sandbox %s: agent protocol violation: %s", sandbox_id, reason)
+
+        async def quarantine() -> None:
+            async with self.lock(sandbox_id):
+                async with self.sessions() as session:
+                    row = await repo.get(session, sandbox_id)
+                if row is None or row.status == Status.DELETED:
+                    return  # a failed create already cleaned up
+                self.forget_runtime(sandbox_id)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
+                            await self.driver.stop(sandbox_id)
+                    except (DriverError, TimeoutError) as exc:
+                        log.error("could not stop misbehaving sandbox %s: %s", sandbox_id, exc)
+                    await self.set_status(
+                        sandbox_id,
+                        Status.ERROR,
+                        error=f"stopped: its agent broke the protocol ({reason})",
+                        event=VIOLATION_EVENT,
+                    )
+
+        self.spawn(quarantine)
 
     def forget_runtime(self, sandbox_id: str) -> None:
         """Drop cached connection state of a sandbox found dead (the health check)."""
@@ -170,9 +198,13 @@ class SandboxService:
         return row
 
     async def _boot(self, spec: SandboxSpec) -> None:
-        with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
-            info = await self.driver.create(spec)
-            await self.agents.ping(spec.sandbox_id, info.agent_socket)
+        seconds = self.settings.sandbox_ready_timeout_seconds + 5
+        try:
+            with anyio.fail_after(seconds):
+                info = await self.driver.create(spec)
+                await self.agents.ping(spec.sandbox_id, info.agent_socket)
+        except TimeoutError:
+            raise DeadlineExceededError("Sandbox did not start in time", f"{seconds:g}s") from None
         self._sockets[spec.sandbox_id] = info.agent_socket
 
     async def _adopt(self, warm: Warm, row: Sandbox) -> None:
@@ -328,13 +360,20 @@ class SandboxService:
         sandbox_id = row.id
         try:
             if action is Action.PAUSE:
-                await self._pausable().pause(sandbox_id)
+                self.agents.freeze(sandbox_id, True)
+                try:
+                    await self._pausable().pause(sandbox_id)
+                except BaseException:
+                    self.agents.freeze(sandbox_id, False)
+                    raise
                 await self.set_status(sandbox_id, Status.PAUSED, event="sandbox.pause")
             elif action is Action.RESUME:
                 await self._pausable().resume(sandbox_id)
+                self.agents.freeze(sandbox_id, False)
                 await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.resume")
             elif action is Action.STOP:
                 self.agents.forget(sandbox_id)
+                self.agents.freeze(sandbox_id, False)
                 await self.driver.stop(sandbox_id)
                 await self.set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
             else:

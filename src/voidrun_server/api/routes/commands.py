@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from ...agentclient import AgentError
 from ...agentclient import ProcessInfo as AgentProcess
+from ...errors import DeadlineExceededError
 from ...schemas.processes import (
     CommandKillResponse,
     CommandListResponse,
@@ -149,7 +150,7 @@ async def attach_command(
     async def events() -> AsyncIterator[bytes]:
         splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         try:
-            async for chunk in live.chunks():
+            async for chunk in live.chunks(service.follow_limit):
                 if chunk is None:
                     yield b": keepalive\n\n"  # a comment: clients and proxies see life
                     continue
@@ -158,11 +159,15 @@ async def attach_command(
         except AgentError as exc:
             yield json_event("error", {"error": str(exc)})
             return
+        except DeadlineExceededError as exc:
+            yield json_event("error", {"error": f"{exc.message} ({exc.details}); attach again"})
+            return
         for channel, splitter in splitters.items():
             for line in splitter.flush():
                 yield event(channel, line)
         result = live.result
-        payload: dict[str, object] = {"exitCode": result.get("exitCode", -1)}
+        code = result.get("exitCode")
+        payload: dict[str, object] = {"exitCode": code if type(code) is int else -1}
         if result.get("timedOut"):
             payload["error"] = "command timed out and was killed"
         if result.get("dropped"):

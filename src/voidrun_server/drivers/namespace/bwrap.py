@@ -39,6 +39,7 @@ __all__ = ["DEFAULT_CAPS", "SANDBOX_PATH", "BwrapFds", "bwrap_argv", "find_bwrap
 MIN_VERSION = (0, 10)
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_MOUNT = "/opt/voidrun/voidrun_agent"
+RUNTIME_MOUNT = "/opt/voidrun/runtime"  # the agent's own interpreter (agent_runtime.py)
 
 # Docker's default capability set. Inside a user namespace they act on namespaced objects only
 # (files of the sandbox's own uids, its own net namespace); MKNOD cannot create devices there.
@@ -113,6 +114,7 @@ def bwrap_argv(
     run_dir: Path,
     sandbox_run_dir: str,
     agent_dir: Path,
+    runtime_dir: Path | None = None,
     hostname: str,
     payload: Sequence[str],
     fds: BwrapFds,
@@ -131,6 +133,7 @@ def bwrap_argv(
         "--perms", "1777", "--tmpfs", "/dev/shm",
         "--perms", "1777", "--tmpfs", "/tmp",
         "--ro-bind", str(agent_dir), AGENT_MOUNT,
+        *(["--ro-bind", str(runtime_dir), RUNTIME_MOUNT] if runtime_dir else []),
         "--bind", str(run_dir), sandbox_run_dir,
         "--chdir", "/",
         "--clearenv", "--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/root",

@@ -108,6 +108,7 @@ class NamespaceDriver:
         *,
         agent_argv: Callable[[str], list[str]],
         agent_dir: Path,
+        runtime_dir: Path | None = None,
         uid_base: int = 100000,
         ready_timeout: float = 10.0,
         op_timeout: float = 30.0,
@@ -119,7 +120,8 @@ class NamespaceDriver:
 
         ``agent_argv(socket_path)`` is the agent's command line inside the sandbox and
         ``agent_dir`` (the agent package) is bind-mounted read-only at
-        /opt/voidrun/voidrun_agent. ``env_file_option`` is appended to that command line with
+        /opt/voidrun/voidrun_agent; ``runtime_dir`` (the agent's interpreter, if given) at
+        /opt/voidrun/runtime. ``env_file_option`` is appended to that command line with
         the in-sandbox path of the JSON env file (None: do not pass it). ``cgroup_parent`` names
         the server's parent group in every hierarchy; ``pids_max`` caps processes per sandbox.
         """
@@ -129,6 +131,9 @@ class NamespaceDriver:
         agent_dir = agent_dir.resolve()
         check_traversable(state_dir, uid_base, "state_dir")
         check_traversable(agent_dir, uid_base, "agent_dir")
+        if runtime_dir is not None:
+            runtime_dir = runtime_dir.resolve()
+            check_traversable(runtime_dir, uid_base, "runtime_dir")
         cgroups = detect_cgroups(cgroup_parent)
         cgroups.ensure_parent()
         self._host = SandboxHost(
@@ -140,6 +145,7 @@ class NamespaceDriver:
             drop_prefix=privilege_drop_prefix(uid_base, uid_base),
             agent_argv=agent_argv,
             agent_dir=agent_dir,
+            runtime_dir=runtime_dir,
             env_file_option=env_file_option,
             pids_max=pids_max,
         )

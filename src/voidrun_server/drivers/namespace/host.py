@@ -89,6 +89,7 @@ class SandboxHost:
         drop_prefix: list[str] | None,
         agent_argv: Callable[[str], list[str]],
         agent_dir: Path,
+        runtime_dir: Path | None,
         env_file_option: str | None,
         pids_max: int,
     ) -> None:
@@ -100,6 +101,7 @@ class SandboxHost:
         self._drop_prefix = drop_prefix
         self._agent_argv = agent_argv
         self._agent_dir = agent_dir
+        self._runtime_dir = runtime_dir
         self._env_file_option = env_file_option
         self._pids_max = pids_max
         self._templates = disk.DiskTemplates(state_dir / ".templates", idmap.base)
@@ -173,6 +175,7 @@ class SandboxHost:
                 run_dir=run.run,
                 sandbox_run_dir=SANDBOX_RUN_DIR,
                 agent_dir=self._agent_dir,
+                runtime_dir=self._runtime_dir,
                 hostname=record.hostname,
                 payload=payload,
                 fds=fds,
