@@ -270,9 +270,12 @@ class Connection:
         try:
             prefix = await self._read_exactly(1)
             deadline = anyio.current_time() + FRAME_TIMEOUT
-            prefix += await self._read_exactly(PREFIX.size - 1, deadline)
-            header_len, payload_len = parse_prefix(prefix)
-            body = await self._read_exactly(header_len + payload_len, deadline)
+            try:
+                prefix += await self._read_exactly(PREFIX.size - 1, deadline)
+                header_len, payload_len = parse_prefix(prefix)
+                body = await self._read_exactly(header_len + payload_len, deadline)
+            except anyio.EndOfStream:  # agents write whole frames: this one was cut short
+                raise ProtocolError("the connection ended inside a frame") from None
             return parse_header(body[:header_len]), body[header_len:]
         except ProtocolError as exc:
             raise AgentProtocolError(

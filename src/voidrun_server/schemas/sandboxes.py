@@ -63,6 +63,9 @@ class SandboxPublic(WireModel):
     ports: list[PortSpec] | None = None
     publish_ports: list[int] | None = None
     updated_at: datetime
+    error: str | None = Field(
+        None, description="Extension: why the sandbox is in status error or killed."
+    )
 
 
 class ListMeta(BaseModel):

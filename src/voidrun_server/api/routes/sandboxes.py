@@ -18,7 +18,7 @@ from ...schemas.sandboxes import (
     SandboxUpdate,
 )
 from ...services import validation
-from ...services.lifecycle import present
+from ...services.lifecycle import Status, present
 from ...services.sandboxes import SandboxService
 from ...store.tables import Sandbox
 from ..deps import Caller, Ctx
@@ -64,6 +64,7 @@ def public(row: Sandbox, sdk: bool) -> SandboxPublic:
         ports=ports or None,
         publish_ports=[p.port for p in ports] or None,
         updated_at=row.updated_at,
+        error=(row.error or None) if row.status in (Status.ERROR, Status.KILLED) else None,
     )
 
 
