@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         None,
         description="Where built images live (default <data_dir>/images); data dirs may share one.",
     )
+    agent_runtime_dir: Path | None = Field(
+        None,
+        description=(
+            "Where the agent's own interpreter is bundled, to be mounted read-only into every "
+            "sandbox (default <images_dir>/.agent-runtime; data dirs may share one)."
+        ),
+    )
     driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
     default_image: str = Field("code", description="Image used when a create request names none.")
     debian_mirror: str = Field(
@@ -162,12 +169,21 @@ class Settings(BaseSettings):
             self.images_dir = self.data_dir / "images"
         else:
             self.images_dir = self.images_dir.expanduser().absolute()
+        if self.agent_runtime_dir is None:
+            self.agent_runtime_dir = self.images_dir / ".agent-runtime"
+        else:
+            self.agent_runtime_dir = self.agent_runtime_dir.expanduser().absolute()
         return self
 
     @property
     def images_root(self) -> Path:
         assert self.images_dir is not None  # filled in by the validator
         return self.images_dir
+
+    @property
+    def runtime_root(self) -> Path:
+        assert self.agent_runtime_dir is not None  # filled in by the validator
+        return self.agent_runtime_dir
 
     @property
     def resolved_database_url(self) -> str:
@@ -196,11 +212,3 @@ class Settings(BaseSettings):
                 shown = str(value.value if isinstance(value, StrEnum) else value)
             rows.append((f"VOIDRUN_{name.upper()}", shown, field.description or ""))
         return rows
-
-
-def prepare_data_dir(path: Path) -> None:
-    """Create the data dir traversable but not listable by others (0711): sandbox processes run
-    as an unprivileged uid that must reach their disks inside it; secrets in it are 0600."""
-    if not path.exists():
-        path.mkdir(parents=True)
-        path.chmod(0o711)

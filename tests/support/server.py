@@ -52,6 +52,8 @@ class ServerProcess:
             VOIDRUN_BOOTSTRAP_API_KEY=self.api_key,
             VOIDRUN_DATABASE_URL=self.database_url,
             VOIDRUN_LOG_LEVEL="info",
+            # The agent's bundled interpreter: built once per machine, not per test server.
+            VOIDRUN_AGENT_RUNTIME_DIR="/var/tmp/voidrun-test-runtime",
         )
         env.update(self.extra_env)
         return env

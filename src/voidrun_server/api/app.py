@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
-from .. import __version__
+from .. import __version__, datadir
 from ..agent.launch import agent_argv, install_agent
 from ..agent_runtime import install_runtime
-from ..config import Settings, prepare_data_dir
+from ..config import Settings
 from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        prepare_data_dir(settings.data_dir)
+        datadir.prepare(settings)
         await db.migrate(engine)
         await _bootstrap(ctx)
         try:
@@ -116,7 +116,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount,
     # with the interpreter that runs it (never the sandbox's own python3).
     agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
-    runtime = await anyio.to_thread.run_sync(install_runtime, settings.data_dir / "agent-runtime")
+    runtime = await anyio.to_thread.run_sync(install_runtime, settings.runtime_root)
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     try:

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import __version__, logs
-from ..config import Settings, prepare_data_dir
+from .. import __version__, datadir, logs
+from ..config import Settings
 from ..errors import VoidRunError
 from ..services import accounts
 from ..store import db
@@ -52,7 +52,7 @@ def _settings() -> Settings:
 def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``work`` in one committed transaction on a migrated database."""
     settings = _settings()
-    prepare_data_dir(settings.data_dir)
+    datadir.prepare(settings)
 
     async def run() -> T:
         engine = db.create_engine(settings.resolved_database_url)
