@@ -1,29 +1,27 @@
 """Identifiers: 24-hex ids like the reference server's ObjectIDs, and API key material.
 
-Ids start with a 4-byte big-endian timestamp, so sorting by id is sorting by creation time
-(the list endpoints rely on that for "newest first").
+Ids start with a 4-byte big-endian timestamp, so they sort by creation second; the other
+8 bytes are fresh randomness per id. There is deliberately no counter: a counter shared by every
+org would let one tenant read how many objects all tenants create per second from two of its
+own ids. Within one second ids are in random order, so "newest first" lists sort by
+``(created_at, id)``, not by id alone.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
-import os
 import secrets
 import time
-
-_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
-_process_random = os.urandom(5)
 
 API_KEY_PREFIX = "vr_"
 
 
 def new_id() -> str:
-    """A 24-hex id: 4 bytes of seconds, 5 bytes per-process random, 3 bytes counter."""
+    """A 24-hex id: 4 bytes of seconds, then 8 random bytes (64 bits: collisions within one
+    second need ~2^32 ids)."""
     seconds = int(time.time()).to_bytes(4, "big")
-    count = (next(_counter) & 0xFFFFFF).to_bytes(3, "big")
-    return (seconds + _process_random + count).hex()
+    return (seconds + secrets.token_bytes(8)).hex()
 
 
 def is_id(value: str) -> bool:

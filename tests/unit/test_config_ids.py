@@ -46,6 +46,17 @@ def test_ids_sort_by_creation_and_are_hex() -> None:
     assert not ids.is_id("x" * 24) and not ids.is_id("abc")
 
 
+def test_ids_reveal_no_counter() -> None:
+    """The 8 bytes after the timestamp are random per id: no shared counter to read rates from."""
+    tails = [int(ids.new_id()[8:], 16) for _ in range(100)]
+    assert len(set(tails)) == 100
+    steps = {b - a for a, b in zip(tails, tails[1:], strict=False)}
+    assert len(steps) > 90  # a counter gives one constant step (or a few)
+    assert all(abs(step) > 1000 for step in steps)  # not consecutive
+    heads = [ids.new_id()[:8] for _ in range(3)]
+    assert heads == sorted(heads)  # still ordered by creation second
+
+
 def test_api_key_format_and_hash() -> None:
     key = ids.new_api_key()
     assert re.fullmatch(r"vr_[A-Za-z0-9_-]{43}", key)

@@ -62,7 +62,7 @@ async def key_in_org(session: AsyncSession, org_id: str, key_id: str) -> ApiKey 
 
 
 async def keys_of_org(session: AsyncSession, org_id: str) -> Sequence[ApiKey]:
-    query = select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.id.desc())
+    query = select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
     return (await session.execute(query)).scalars().all()
 
 
