@@ -15,6 +15,12 @@ import secrets
 import time
 
 API_KEY_PREFIX = "vr_"
+CONFIGURED_KEY_MIN_CHARS = 32
+CONFIGURED_KEY_MIN_DISTINCT = 16
+_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+GENERATE_KEY_HINT = (
+    "generate one with: python3 -c 'import secrets; print(\"vr_\" + secrets.token_urlsafe(32))'"
+)
 
 
 def new_id() -> str:
@@ -32,6 +38,26 @@ def new_api_key() -> str:
     """``vr_`` + 43 chars of unpadded base64url (32 random bytes)."""
     raw = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     return API_KEY_PREFIX + raw
+
+
+def configured_key_problem(plain: str) -> str | None:
+    """Why a key chosen by an operator (``VOIDRUN_BOOTSTRAP_API_KEY``) is too weak, or None.
+
+    Keys are stored as plain SHA-256 digests, which is only safe for keys nobody can guess. The
+    rule is deliberately simple: ``vr_`` followed by at least 32 base64url characters of which
+    at least 16 are different. 32 random base64url characters always pass (~190 bits); names,
+    words with a number and repeated characters (``vr_my_known_key_123``, ``vr_aaaa…``) do not.
+    """
+    if not plain.startswith(API_KEY_PREFIX):
+        return f"it must start with {API_KEY_PREFIX!r}"
+    body = plain[len(API_KEY_PREFIX) :]
+    if len(body) < CONFIGURED_KEY_MIN_CHARS:
+        return f"it needs at least {CONFIGURED_KEY_MIN_CHARS} characters after 'vr_'"
+    if not set(body) <= _BASE64URL:
+        return "only base64url characters (A-Z a-z 0-9 - _) may follow 'vr_'"
+    if len(set(body)) < CONFIGURED_KEY_MIN_DISTINCT:
+        return f"it needs at least {CONFIGURED_KEY_MIN_DISTINCT} different characters"
+    return None
 
 
 def hash_api_key(plain: str) -> str:
