@@ -124,6 +124,43 @@ class Settings(BaseSettings):
             "(a few ms instead of ~100 ms). Each idle one costs ~10 MiB. 0 turns the pool off."
         ),
     )
+    org_max_sandboxes: Annotated[int, Field(ge=0)] = Field(
+        100,
+        description=(
+            "Default quota: most sandboxes one org may hold (every sandbox not deleted counts). "
+            "Per-org override: voidrun-server orgs quota <org> --max-sandboxes N."
+        ),
+    )
+    org_max_cpu: Annotated[int, Field(ge=0)] = Field(
+        64,
+        description=(
+            "Default quota: total CPUs of an org's running and paused sandboxes (a sandbox "
+            "still booting counts as running). Override: orgs quota <org> --cpu N."
+        ),
+    )
+    org_max_mem_mb: Annotated[int, Field(ge=0)] = Field(
+        128 * 1024,
+        description=(
+            "Default quota: total memory in MiB of an org's running and paused sandboxes. "
+            "Override: orgs quota <org> --mem-mb N."
+        ),
+    )
+    org_max_disk_mb: Annotated[int, Field(ge=0)] = Field(
+        500 * 1024,
+        description=(
+            "Default quota: total disk in MiB of an org's sandboxes that are not deleted "
+            "(a stopped sandbox keeps its disk). Override: orgs quota <org> --disk-mb N."
+        ),
+    )
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = Field(
+        1024,
+        description=(
+            "Free space (MiB) always left on the filesystem of the data dir. A create is "
+            "refused with 507 when free space minus the unwritten part of every sandbox disk "
+            "(they are sparse) minus the new disk would fall below it; uploads get 507 when "
+            "free space is already below it. 0 turns the check off."
+        ),
+    )
     auto_sleep_check_interval_seconds: Annotated[float, Field(gt=0)] = Field(
         30.0, description="How often idle sandboxes are checked for auto-sleep."
     )
