@@ -59,7 +59,7 @@ def server(**env: str) -> Iterator[Server]:
     build_code_image(IMAGES, tag=SYSTEM_IMAGES["code"])
     data_dir = Path(tempfile.mkdtemp(prefix="voidrun-bench-", dir="/var/tmp"))
     os.chmod(data_dir, 0o755)
-    key = "vr_bench_" + secrets.token_urlsafe(16)
+    key = "vr_bench_" + secrets.token_urlsafe(32)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import ids
+
 
 class StatusDialect(StrEnum):
     """How lifecycle states are named in responses (CONTRACT decision 1)."""
@@ -30,7 +32,12 @@ def _default_data_dir() -> Path:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="VOIDRUN_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="VOIDRUN_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        # Errors are printed at start-up; never echo a rejected key or a database password.
+        hide_input_in_errors=True,
     )
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
@@ -54,8 +61,11 @@ class Settings(BaseSettings):
         None,
         description=(
             "If set, this key is created (org 'default', user 'admin') on start when it does not "
-            "exist yet. If unset and the database has no org, a key is generated, printed once "
-            "and written to <data_dir>/bootstrap-key (mode 0600)."
+            "exist yet, unless it was revoked (a revoked key is never revived). It must look "
+            "random: 'vr_' + at least 32 base64url characters, at least 16 of them different; "
+            'make one with python3 -c \'import secrets; print("vr_" + '
+            "secrets.token_urlsafe(32))'. If unset and the database has no org, a key is "
+            "generated, printed once and written to <data_dir>/bootstrap-key (mode 0600)."
         ),
     )
     status_dialect: StatusDialect = Field(
@@ -121,6 +131,43 @@ class Settings(BaseSettings):
             "(a few ms instead of ~100 ms). Each idle one costs ~10 MiB. 0 turns the pool off."
         ),
     )
+    org_max_sandboxes: Annotated[int, Field(ge=0)] = Field(
+        100,
+        description=(
+            "Default quota: most sandboxes one org may hold (every sandbox not deleted counts). "
+            "Per-org override: voidrun-server orgs quota <org> --max-sandboxes N."
+        ),
+    )
+    org_max_cpu: Annotated[int, Field(ge=0)] = Field(
+        64,
+        description=(
+            "Default quota: total CPUs of an org's running and paused sandboxes (a sandbox "
+            "still booting counts as running). Override: orgs quota <org> --cpu N."
+        ),
+    )
+    org_max_mem_mb: Annotated[int, Field(ge=0)] = Field(
+        128 * 1024,
+        description=(
+            "Default quota: total memory in MiB of an org's running and paused sandboxes. "
+            "Override: orgs quota <org> --mem-mb N."
+        ),
+    )
+    org_max_disk_mb: Annotated[int, Field(ge=0)] = Field(
+        500 * 1024,
+        description=(
+            "Default quota: total disk in MiB of an org's sandboxes that are not deleted "
+            "(a stopped sandbox keeps its disk). Override: orgs quota <org> --disk-mb N."
+        ),
+    )
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = Field(
+        1024,
+        description=(
+            "Free space (MiB) always left on the filesystem of the data dir. A create is "
+            "refused with 507 when free space minus the unwritten part of every sandbox disk "
+            "(they are sparse) minus the new disk would fall below it; uploads get 507 when "
+            "free space is already below it. 0 turns the check off."
+        ),
+    )
     auto_sleep_check_interval_seconds: Annotated[float, Field(gt=0)] = Field(
         30.0, description="How often idle sandboxes are checked for auto-sleep."
     )
@@ -157,6 +204,17 @@ class Settings(BaseSettings):
             "placeholders {id}, {short_id}, {port}, {name}."
         ),
     )
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = ids.configured_key_problem(value.get_secret_value())
+            if problem:
+                raise ValueError(
+                    f"VOIDRUN_BOOTSTRAP_API_KEY is too weak: {problem}; {ids.GENERATE_KEY_HINT}"
+                )
+        return value
 
     @field_validator("data_dir")
     @classmethod

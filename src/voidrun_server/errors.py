@@ -7,6 +7,7 @@
      │    └── InvalidStateError       valid request, wrong lifecycle state for it
      ├── AuthenticationError          no key, unknown key, inactive key
      ├── PermissionDeniedError        authenticated but not allowed
+     │    └── QuotaExceededError      the org would go over one of its quotas
      ├── NotFoundError                unknown id (or another org's id: indistinguishable)
      ├── ConflictError                clashes with existing state
      ├── PayloadTooLargeError         body over a configured limit
@@ -47,6 +48,10 @@ class AuthenticationError(VoidRunError):
 
 class PermissionDeniedError(VoidRunError):
     message = "Access denied"
+
+
+class QuotaExceededError(PermissionDeniedError):
+    message = "Org quota exceeded"
 
 
 class NotFoundError(VoidRunError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +47,7 @@ async def test_bootstrap_and_authentication(db_url: str, tmp_path: Path) -> None
         async with db.transaction(sessions) as session:
             assert await accounts.bootstrap(session, None, key_file) is None  # only on first start
             caller = await accounts.authenticate(session, plain, timedelta(0))
-            configured = "vr_configured_key_for_scripts_1"
+            configured = "vr_" + secrets.token_urlsafe(32)
             assert await accounts.bootstrap(session, configured, key_file) is None
             assert (await accounts.authenticate(session, configured, timedelta(0))).org_id == (
                 caller.org_id

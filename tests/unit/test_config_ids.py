@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,37 @@ def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_describe_masks_secrets(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, bootstrap_api_key="vr_secret_value_123456")
+    key = "vr_" + secrets.token_urlsafe(32)
+    settings = Settings(data_dir=tmp_path, bootstrap_api_key=key)
     rows = {name: value for name, value, _ in settings.describe()}
     assert rows["VOIDRUN_BOOTSTRAP_API_KEY"] == "********"
-    assert "vr_secret_value_123456" not in str(rows)
+    assert key not in str(rows)
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "vr_my_known_key_123",  # the old README example
+        "vr_" + "a" * 43,  # long but one character
+        "vr_abababababababababababababababab",  # long, two characters
+        "my_" + secrets.token_urlsafe(32),  # wrong prefix
+        "vr_" + secrets.token_urlsafe(32)[:31],  # one character short
+        "vr_" + secrets.token_urlsafe(30) + "!!",  # outside base64url
+    ],
+)
+def test_weak_bootstrap_keys_fail_startup(weak: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings(data_dir=tmp_path, bootstrap_api_key=weak)
+    message = str(caught.value)
+    assert "VOIDRUN_BOOTSTRAP_API_KEY" in message and "secrets.token_urlsafe(32)" in message
+    assert weak not in message  # the secret is not echoed
+
+
+def test_random_bootstrap_keys_pass() -> None:
+    for _ in range(200):
+        assert ids.configured_key_problem("vr_" + secrets.token_urlsafe(32)) is None
+        assert ids.configured_key_problem("vr_test_" + secrets.token_urlsafe(24)) is None
+        assert ids.configured_key_problem(ids.new_api_key()) is None
 
 
 def test_ids_sort_by_creation_and_are_hex() -> None:
@@ -44,6 +72,17 @@ def test_ids_sort_by_creation_and_are_hex() -> None:
     assert len(set(made)) == 1000
     assert all(ids.is_id(i) for i in made)
     assert not ids.is_id("x" * 24) and not ids.is_id("abc")
+
+
+def test_ids_reveal_no_counter() -> None:
+    """The 8 bytes after the timestamp are random per id: no shared counter to read rates from."""
+    tails = [int(ids.new_id()[8:], 16) for _ in range(100)]
+    assert len(set(tails)) == 100
+    steps = {b - a for a, b in zip(tails, tails[1:], strict=False)}
+    assert len(steps) > 90  # a counter gives one constant step (or a few)
+    assert all(abs(step) > 1000 for step in steps)  # not consecutive
+    heads = [ids.new_id()[:8] for _ in range(3)]
+    assert heads == sorted(heads)  # still ordered by creation second
 
 
 def test_api_key_format_and_hash() -> None:

@@ -22,7 +22,7 @@ from ..config import Settings
 from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
-from ..services import accounts, images, reconcile
+from ..services import accounts, images, reconcile, streams
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
 from ..services.pool import WarmPool
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         await _bootstrap(ctx)
         try:
             async with anyio.create_task_group() as task_group:
+                task_group.start_soon(streams.end_revoked_streams, ctx.streams, ctx.sessions)
                 agents = await _start_sandboxes(ctx, task_group)
                 try:
                     yield

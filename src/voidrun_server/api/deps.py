@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from ..errors import AuthenticationError, InvalidInputError, ServiceUnavailableE
 from ..services import accounts
 from ..services.accounts import Principal
 from ..services.sandboxes import SandboxService
+from ..services.streams import StreamRegistry
 from ..store.db import transaction
 
 
@@ -31,6 +32,7 @@ class AppContext:
     registry: CollectorRegistry
     sandboxes: SandboxService | None = None
     sandboxes_unavailable: str = "the server is starting"
+    streams: StreamRegistry = field(default_factory=StreamRegistry)
 
     def sandbox_service(self) -> SandboxService:
         if self.sandboxes is None:

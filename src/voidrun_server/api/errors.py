@@ -21,6 +21,7 @@ STATUS_BY_ERROR: dict[type[errors.VoidRunError], int] = {
     errors.InvalidInputError: 400,
     errors.AuthenticationError: 401,
     errors.PermissionDeniedError: 403,
+    errors.QuotaExceededError: 403,
     errors.NotFoundError: 404,
     errors.ConflictError: 409,
     errors.PayloadTooLargeError: 413,

@@ -271,3 +271,6 @@ def images_build(
         f"Image [bold]{built.name}:{built.tag}[/bold] ready at {built.rootfs} "
         f"({built.size_bytes / 2**20:.0f} MiB). Start the server with: voidrun-server serve"
     )
+
+
+from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`

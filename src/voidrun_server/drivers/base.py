@@ -183,3 +183,11 @@ class Observable(Protocol):
     async def stats(self, sandbox_id: str) -> SandboxStats:
         """Current kernel accounting (memory, cpu, pids, OOM kills)."""
         ...
+
+
+@runtime_checkable
+class DiskAccounting(Protocol):
+    def unwritten_disk_bytes(self) -> int:
+        """Host bytes the sandboxes' sparse disks may still claim: size minus what is already
+        allocated, summed over every disk on the data dir's filesystem. Blocking."""
+        ...

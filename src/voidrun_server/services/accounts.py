@@ -137,8 +137,16 @@ async def touch_key(session: AsyncSession, org_id: str, key_id: str) -> ApiKey:
 
 
 async def revoke_key(session: AsyncSession, org_id: str, key_id: str) -> None:
-    await session.delete(await _key(session, org_id, key_id))
+    """Delete the key and remember its digest, so ``bootstrap`` never re-creates it."""
+    key = await _key(session, org_id, key_id)
+    repo.record_revoked(session, key)
+    await session.delete(key)
     await session.flush()
+
+
+async def inactive_keys(session: AsyncSession, key_ids: Sequence[str]) -> set[str]:
+    """Of ``key_ids``, those that were revoked or deactivated (open streams must end)."""
+    return await repo.inactive_key_ids(session, key_ids) if key_ids else set()
 
 
 async def org_named(session: AsyncSession, name: str) -> Org:
@@ -170,13 +178,27 @@ async def bootstrap(
     """Make sure someone can log in. Returns a newly generated plain key, if one was made.
 
     A configured key is added to the default org whenever it is not known yet, so scripts can
-    start a server with a key of their choosing on an existing data dir. Without one, a key is
-    generated only when the database has no org at all (first start) and saved to ``key_file``.
+    start a server with a key of their choosing on an existing data dir. A configured key that
+    was revoked is never re-created: the environment still holds it, but revoking it is the
+    operator's (or a tenant admin's) decision and a restart must not undo it. Without a
+    configured key, one is generated only when the database has no org at all (first start) and
+    saved to ``key_file``.
     """
     if configured_key:
-        if len(configured_key) < 16:
-            raise InvalidInputError("VOIDRUN_BOOTSTRAP_API_KEY too short", "use 16+ characters")
-        if await repo.key_by_hash(session, ids.hash_api_key(configured_key)) is None:
+        problem = ids.configured_key_problem(configured_key)
+        if problem:
+            raise InvalidInputError(
+                "VOIDRUN_BOOTSTRAP_API_KEY is too weak", f"{problem}; {ids.GENERATE_KEY_HINT}"
+            )
+        digest = ids.hash_api_key(configured_key)
+        if await repo.was_revoked(session, digest):
+            log.warning(
+                "VOIDRUN_BOOTSTRAP_API_KEY was revoked and is not re-created; configure a new "
+                "key (%s) or create one with `voidrun-server keys create`",
+                ids.GENERATE_KEY_HINT,
+            )
+            return None
+        if await repo.key_by_hash(session, digest) is None:
             org, user = await ensure_default_admin(session)
             await create_key(session, org.id, user.id, "bootstrap", plain=configured_key)
             log.info("bootstrap API key from VOIDRUN_BOOTSTRAP_API_KEY added to org 'default'")

@@ -3,9 +3,12 @@
 ``POST`` checks the path and hands out a UUID4 ticket; the agent's inotify watch starts only
 when the WebSocket attaches (and is in place before the upgrade completes, so nothing done
 after the client's ``connect()`` returns is missed). A ticket is single-use, bound to the
-caller's org and the sandbox, and expires if not attached within ``TICKET_TTL``; at most
-``MAX_TICKETS`` wait at once (the oldest is dropped), so unattached sessions cost a few bytes
-each and no agent resources.
+caller's org and the sandbox, and expires if not attached within ``TICKET_TTL``.
+
+Waiting tickets are bounded per org: each org has its own FIFO of at most
+``MAX_TICKETS_PER_ORG`` (its oldest is dropped when full), so one tenant creating tickets in a
+loop can only evict its own, never another org's. Unattached sessions cost a few bytes each and
+no agent resources; the total is bounded by the number of orgs times the per-org cap.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ..errors import NotFoundError
 from .accounts import Principal
 
 TICKET_TTL = 60.0
-MAX_TICKETS = 4096
+MAX_TICKETS_PER_ORG = 256
 
 
 @dataclass(frozen=True)
@@ -34,29 +37,49 @@ class WatchTicket:
 
 class WatchRegistry:
     def __init__(self) -> None:
-        self._tickets: OrderedDict[str, WatchTicket] = OrderedDict()
+        self._tickets: dict[str, WatchTicket] = {}
+        # Per org, ticket ids oldest first (insertion order; every ticket has the same TTL).
+        self._by_org: dict[str, OrderedDict[str, None]] = {}
 
     def add(self, ticket: WatchTicket) -> str:
-        self._expire()
-        while len(self._tickets) >= MAX_TICKETS:
-            self._tickets.popitem(last=False)
+        self._expire(ticket.org_id)
+        queue = self._by_org.setdefault(ticket.org_id, OrderedDict())
+        while len(queue) >= MAX_TICKETS_PER_ORG:
+            oldest, _ = queue.popitem(last=False)
+            self._tickets.pop(oldest, None)
         session_id = str(uuid.uuid4())
         self._tickets[session_id] = ticket
+        queue[session_id] = None
         return session_id
 
     def claim(self, session_id: str, caller: Principal, sandbox_id: str) -> WatchTicket:
         """Take the ticket (once); another org's or another sandbox's session is "not found"."""
-        self._expire()
+        self._expire(caller.org_id)
         ticket = self._tickets.get(session_id)
         if ticket is None or ticket.org_id != caller.org_id or ticket.sandbox_id != sandbox_id:
             raise NotFoundError("Watch session not found", "start one with POST …/files/watch")
-        del self._tickets[session_id]
+        self._drop(session_id, ticket.org_id)
         return ticket
 
-    def _expire(self) -> None:
+    def waiting(self, org_id: str) -> int:
+        """Unexpired tickets an org holds (for tests and metrics)."""
+        self._expire(org_id)
+        return len(self._by_org.get(org_id, ()))
+
+    def _drop(self, session_id: str, org_id: str) -> None:
+        del self._tickets[session_id]
+        queue = self._by_org.get(org_id)
+        if queue is not None:
+            queue.pop(session_id, None)
+            if not queue:
+                del self._by_org[org_id]
+
+    def _expire(self, org_id: str) -> None:
+        """Drop the org's expired tickets: the oldest come first, so stop at the first live."""
         now = time.monotonic()
-        while self._tickets:
-            session_id, ticket = next(iter(self._tickets.items()))
-            if ticket.expires > now:
+        queue = self._by_org.get(org_id)
+        while queue:
+            session_id = next(iter(queue))
+            if self._tickets[session_id].expires > now:
                 break
-            del self._tickets[session_id]
+            self._drop(session_id, org_id)

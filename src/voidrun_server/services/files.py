@@ -183,6 +183,7 @@ class FileService:
         reading the request (and so the client sending) while the sandbox disk catches up.
         """
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        self.sandboxes.disk_floor.check_upload()  # 507 when the host itself is nearly full
         started = False
 
         async def pieces() -> AsyncIterator[bytes]:

@@ -22,6 +22,7 @@ from .. import ids
 from ..agentclient import AgentClient
 from ..config import Settings
 from ..drivers.base import (
+    DiskAccounting,
     Driver,
     DriverError,
     Pausable,
@@ -40,13 +41,15 @@ from ..errors import (
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
+from ..store.repos.quotas import Usage
 from ..store.tables import Sandbox
 from ..store.types import utcnow
-from . import images, validation
+from . import images, quotas, validation
 from .accounts import Principal
 from .agents import AgentPool
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
 from .pool import Warm, WarmPool, identity_files
+from .storage import DiskFloor
 
 log = logging.getLogger(__name__)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
@@ -81,6 +84,9 @@ class SandboxService:
         # put file reads and a thread hop on the hot path.
         self._sockets: dict[str, Path] = {}
         self.pool: WarmPool | None = None
+        self.starting = quotas.Reservations()
+        unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
+        self.disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
 
     def agent_violated(self, sandbox_id: str, reason: str) -> None:
         """The sandbox's agent broke the protocol (``AgentPool.on_violation``): stop the
@@ -141,6 +147,11 @@ class SandboxService:
         async with self.sessions() as session:
             image = await images.resolve(session, caller.org_id, request.image)
         disk_mb = self.settings.sandbox_disk_mb
+        wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
+        if self.pool is not None:  # do not burn a warm sandbox on a create that must fail
+            async with self.sessions() as session:
+                await self._check_quota(session, caller.org_id, wanted, lock=False)
+        await self.disk_floor.reserve_for_create(disk_mb)
         warm = self.pool.take(Path(image.rootfs), disk_mb) if self.pool else None
         row = Sandbox(
             id=warm.sandbox_id if warm else ids.new_id(),
@@ -162,6 +173,7 @@ class SandboxService:
         )
         try:
             async with transaction(self.sessions) as session:
+                await self._check_quota(session, caller.org_id, wanted)  # locks the org first
                 session.add(row)
                 repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
         except BaseException:
@@ -196,6 +208,18 @@ class SandboxService:
                 await self._discard_failed_create(row.id, exc)
                 raise VoidRunError("Failed to create sandbox", _describe(exc)) from exc
         return row
+
+    async def _check_quota(
+        self,
+        session: AsyncSession,
+        org_id: str,
+        wanted: Usage,
+        *,
+        lock: bool = True,
+        besides: str = "",
+    ) -> None:
+        pending = self.starting.held(org_id, besides=besides)
+        await quotas.check(session, self.settings, org_id, wanted, pending, lock=lock)
 
     async def _boot(self, spec: SandboxSpec) -> None:
         seconds = self.settings.sandbox_ready_timeout_seconds + 5
@@ -377,10 +401,15 @@ class SandboxService:
                 await self.driver.stop(sandbox_id)
                 await self.set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
             else:
-                info = await self._start(sandbox_id)
-                await self.agents.ping(sandbox_id, info.agent_socket)
-                self._sockets[sandbox_id] = info.agent_socket
-                await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
+                # Starting takes CPU and memory again: reserve, check, boot, record.
+                wanted = Usage(cpu=row.cpu, mem_mb=row.mem)
+                with self.starting.hold(row.org_id, sandbox_id, wanted):
+                    async with transaction(self.sessions) as session:
+                        await self._check_quota(session, row.org_id, wanted, besides=sandbox_id)
+                    info = await self._start(sandbox_id)
+                    await self.agents.ping(sandbox_id, info.agent_socket)
+                    self._sockets[sandbox_id] = info.agent_socket
+                    await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:
                 await self.set_status(sandbox_id, Status.ERROR, error=_describe(exc))

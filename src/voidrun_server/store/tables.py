@@ -26,6 +26,11 @@ class Org(Base):
     created_by: Mapped[str | None] = mapped_column(String(24))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+    # Per-org quota overrides; NULL means the server default (VOIDRUN_ORG_MAX_*).
+    quota_max_sandboxes: Mapped[int | None] = mapped_column(Integer)
+    quota_cpu: Mapped[int | None] = mapped_column(Integer)
+    quota_mem_mb: Mapped[int | None] = mapped_column(Integer)
+    quota_disk_mb: Mapped[int | None] = mapped_column(Integer)
 
 
 class User(Base):
@@ -67,6 +72,17 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class RevokedApiKey(Base):
+    """Digest of every revoked key: a key configured in the environment (the bootstrap key) is
+    re-created on start only when it was never seen, so a revoked one stays revoked."""
+
+    __tablename__ = "revoked_api_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(24))
+    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Image(Base):

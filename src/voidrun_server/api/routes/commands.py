@@ -7,18 +7,16 @@ then follows it live until it exits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from ...agentclient import AgentError
 from ...agentclient import ProcessInfo as AgentProcess
-from ...errors import DeadlineExceededError
+from ...errors import AuthenticationError, DeadlineExceededError
 from ...schemas.processes import (
     CommandKillResponse,
     CommandListResponse,
@@ -30,9 +28,12 @@ from ...schemas.processes import (
     PidRequest,
     ProcessInfo,
 )
+from ...services.accounts import Principal
 from ...services.commands import CommandService, LiveStream
+from ...services.streams import StreamRegistry
 from ..deps import Caller, Ctx
 from ..sse import SSE_HEADERS, LineSplitter, event, json_event
+from ..streams import REVOKED_REASON, GuardedStreamingResponse, Streams
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 SSE_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
@@ -59,29 +60,28 @@ def public(process: AgentProcess) -> ProcessInfo:
     )
 
 
-class OwnedStreamingResponse(StreamingResponse):
-    """A streaming response that releases what it streams from even if it never starts.
-
-    The agent stream is opened before the response (so its errors are JSON); a client that
-    disconnects before the first byte would otherwise leave it open on the agent connection.
-    """
-
-    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], Any], **kw: Any):
-        super().__init__(content, **kw)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._release()
-
-
 def owned_stream(
-    live: LiveStream, content: AsyncIterator[bytes], media_type: str, headers: dict[str, str]
-) -> OwnedStreamingResponse:
-    return OwnedStreamingResponse(content, live.close, media_type=media_type, headers=headers)
+    live: LiveStream,
+    content: AsyncIterator[bytes],
+    media_type: str,
+    headers: dict[str, str],
+    *,
+    streams: StreamRegistry,
+    caller: Principal,
+    final: bytes,
+) -> StreamingResponse:
+    """Stream ``content``; close ``live`` even if the response never starts (the agent stream is
+    opened before the response so its errors are JSON), end with ``final`` if the key is
+    revoked meanwhile."""
+    return GuardedStreamingResponse(
+        content,
+        streams=streams,
+        key_id=caller.key_id,
+        final=final,
+        release=live.close,
+        media_type=media_type,
+        headers=headers,
+    )
 
 
 @router.post("/{sandbox_id}/commands/run", response_model=CommandRunResponse)
@@ -119,10 +119,13 @@ async def kill_command(
     response_model_exclude_none=True,
 )
 async def wait_command(
-    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands
+    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands, streams: Streams
 ) -> CommandWaitResponse:
-    """Block until the command exits (at most one hour)."""
-    done = await service.wait(caller, sandbox_id, body.pid)
+    """Block until the command exits (at most one hour); 401 if the key is revoked meanwhile."""
+    with streams.guard(caller.key_id) as guard:
+        done = await service.wait(caller, sandbox_id, body.pid)
+    if guard.cancelled_caught:
+        raise AuthenticationError(REVOKED_REASON)
     error = "command timed out and was killed" if done.timed_out else None
     return CommandWaitResponse(exit_code=done.exit_code or 0, error=error)
 
@@ -142,7 +145,7 @@ async def write_stdin(
 
 @router.post("/{sandbox_id}/commands/attach", response_class=StreamingResponse, responses=SSE_DOC)
 async def attach_command(
-    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands
+    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands, streams: Streams
 ) -> StreamingResponse:
     """SSE: buffered output first, then live ``stdout``/``stderr`` lines, then one ``exit``."""
     live = await service.attach(caller, sandbox_id, body.pid)  # unknown pid: a JSON 404
@@ -174,4 +177,13 @@ async def attach_command(
             payload["outputDropped"] = result["dropped"]  # bytes the ring had discarded
         yield json_event("exit", payload)
 
-    return owned_stream(live, events(), "text/event-stream", SSE_HEADERS)
+    final = json_event("error", {"error": REVOKED_REASON})
+    return owned_stream(
+        live,
+        events(),
+        "text/event-stream",
+        SSE_HEADERS,
+        streams=streams,
+        caller=caller,
+        final=final,
+    )

@@ -12,7 +12,8 @@ from ...agentclient import AgentError, ExecExit
 from ...schemas.exec import ExecData, ExecRequest, ExecResponse
 from ...services.exec import ExecService, validate
 from ..deps import Caller, Ctx
-from ..sse import LineSplitter, event, json_event, sse_response
+from ..sse import SSE_HEADERS, LineSplitter, event, json_event
+from ..streams import REVOKED_REASON, GuardedStreamingResponse, Streams
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 
@@ -47,7 +48,7 @@ async def run_command(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def stream_command(
-    sandbox_id: str, body: ExecRequest, caller: Caller, service: Exec
+    sandbox_id: str, body: ExecRequest, caller: Caller, service: Exec, streams: Streams
 ) -> StreamingResponse:
     """``stdout``/``stderr`` events, one per line, as produced; then one ``exit`` event."""
     command = validate(body)
@@ -75,4 +76,13 @@ async def stream_command(
         finally:
             await opened.__aexit__(None, None, None)
 
-    return sse_response(events())
+    # Revocation ends the stream like an agent failure does: an ``exit`` with an error.
+    final = json_event("exit", {"exitCode": -1, "error": REVOKED_REASON})
+    return GuardedStreamingResponse(
+        events(),
+        streams=streams,
+        key_id=caller.key_id,
+        final=final,
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )

@@ -25,6 +25,7 @@ from ...services.file_watches import WatchRegistry, WatchTicket
 from ...services.files import FileService, clean_path
 from .. import file_transfer as transfer
 from ..deps import Caller, Ctx
+from ..streams import Streams, revocable
 
 router = APIRouter()
 
@@ -102,7 +103,9 @@ async def watch_stream(
     caller: Caller,
     files: Files,
     watches: Watches,
+    streams: Streams,
 ) -> None:
     """One JSON FileEvent per text frame; client frames are read and discarded."""
     ticket = watches.claim(session_id, caller, sandbox_id)
-    await transfer.stream_watch(websocket, files, caller, ticket)
+    async with revocable(websocket, streams, caller):
+        await transfer.stream_watch(websocket, files, caller, ticket)

@@ -26,6 +26,7 @@ from ...schemas.processes import (
 from ...services.commands import MAX_COMMAND_CHARS
 from ...services.pty import PtyService
 from ..deps import Caller, Ctx
+from ..streams import Streams, revocable
 from ..ws import bridge
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
@@ -46,11 +47,12 @@ def public(info: TerminalInfo) -> dict[str, Any]:
 
 @router.websocket("/{sandbox_id}/pty")
 async def ephemeral_terminal(
-    websocket: WebSocket, sandbox_id: str, caller: Caller, service: Terminals
+    websocket: WebSocket, sandbox_id: str, caller: Caller, service: Terminals, streams: Streams
 ) -> None:
     """An interactive root login shell that lives exactly as long as this WebSocket."""
-    async with service.attach(caller, sandbox_id, None) as (output, type_in):
-        await bridge(websocket, output, type_in)
+    async with revocable(websocket, streams, caller):
+        async with service.attach(caller, sandbox_id, None) as (output, type_in):
+            await bridge(websocket, output, type_in)
 
 
 @router.post("/{sandbox_id}/pty/sessions", response_model=DataEnvelope)
@@ -76,11 +78,17 @@ async def list_sessions(sandbox_id: str, caller: Caller, service: Terminals) -> 
 
 @router.websocket("/{sandbox_id}/pty/sessions/{session_id}")
 async def attach_session(
-    websocket: WebSocket, sandbox_id: str, session_id: str, caller: Caller, service: Terminals
+    websocket: WebSocket,
+    sandbox_id: str,
+    session_id: str,
+    caller: Caller,
+    service: Terminals,
+    streams: Streams,
 ) -> None:
     """Attach to a persistent terminal: its scrollback first, then live output."""
-    async with service.attach(caller, sandbox_id, session_id) as (output, type_in):
-        await bridge(websocket, output, type_in)
+    async with revocable(websocket, streams, caller):
+        async with service.attach(caller, sandbox_id, session_id) as (output, type_in):
+            await bridge(websocket, output, type_in)
 
 
 @router.delete("/{sandbox_id}/pty/sessions/{session_id}", response_model=MessageEnvelope)

@@ -20,6 +20,7 @@ from ...schemas.processes import SessionExecRequest, SessionExecResponse, Sessio
 from ...services.commands import require_command
 from ...services.pty import DEFAULT_SESSION_TIMEOUT, ShellService, session_id
 from ..deps import Caller, Ctx
+from ..streams import REVOKED_REASON, Streams
 from .commands import owned_stream
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
@@ -69,6 +70,7 @@ async def session_exec_stream(
     caller: Caller,
     service: Shells,
     request: Request,
+    streams: Streams,
 ) -> StreamingResponse:
     """NDJSON: ``{"type":"stdout","data":…}`` lines as output comes, then
     ``{"type":"exit","exitCode":N}`` (or ``{"type":"error","error":…}``).
@@ -103,7 +105,16 @@ async def session_exec_stream(
             exit_line["error"] = f"command still running after {limit}s"
         yield ndjson(exit_line)
 
-    return owned_stream(live, lines(), ndjson_media_type(request), NDJSON_HEADERS)
+    final = ndjson({"type": "error", "error": REVOKED_REASON})
+    return owned_stream(
+        live,
+        lines(),
+        ndjson_media_type(request),
+        NDJSON_HEADERS,
+        streams=streams,
+        caller=caller,
+        final=final,
+    )
 
 
 def ndjson_media_type(request: Request) -> str:

@@ -51,6 +51,7 @@ from voidrun_server.drivers.namespace.state import (
     SandboxRecord,
     read_record,
 )
+from voidrun_server.drivers.namespace.usage import unwritten_bytes
 from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
 
 __all__ = ["NamespaceDriver", "check_host"]
@@ -156,6 +157,10 @@ class NamespaceDriver:
     @property
     def state_dir(self) -> Path:
         return self._host.state_dir
+
+    def unwritten_disk_bytes(self) -> int:
+        """Host space the sparse sandbox disks may still claim (``DiskAccounting``)."""
+        return unwritten_bytes(self._host.state_dir)
 
     @property
     def uid_base(self) -> int:

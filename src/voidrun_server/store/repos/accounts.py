@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..tables import ApiKey, Org, OrgMember, User
+from ..tables import ApiKey, Org, OrgMember, RevokedApiKey, User
 
 
 async def org_by_name(session: AsyncSession, name: str) -> Org | None:
@@ -62,7 +62,11 @@ async def key_in_org(session: AsyncSession, org_id: str, key_id: str) -> ApiKey 
 
 
 async def keys_of_org(session: AsyncSession, org_id: str) -> Sequence[ApiKey]:
-    query = select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.id.desc())
+    query = (
+        select(ApiKey)
+        .where(ApiKey.org_id == org_id)
+        .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    )
     return (await session.execute(query)).scalars().all()
 
 
@@ -74,3 +78,19 @@ async def set_key_last_used(session: AsyncSession, key_id: str, when: datetime) 
         .values(last_used_at=when, updated_at=ApiKey.updated_at)
     )
     await session.execute(statement)
+
+
+async def was_revoked(session: AsyncSession, key_hash: str) -> bool:
+    return await session.get(RevokedApiKey, key_hash) is not None
+
+
+def record_revoked(session: AsyncSession, key: ApiKey) -> None:
+    session.add(RevokedApiKey(key_hash=key.key_hash, org_id=key.org_id))
+
+
+async def inactive_key_ids(session: AsyncSession, key_ids: Sequence[str]) -> set[str]:
+    """Which of ``key_ids`` no longer authenticate (deleted or deactivated): one primary-key
+    lookup for all of them."""
+    query = select(ApiKey.id).where(ApiKey.id.in_(key_ids), ApiKey.is_active.is_(True))
+    active = set((await session.execute(query)).scalars().all())
+    return {key_id for key_id in key_ids if key_id not in active}

@@ -18,7 +18,7 @@ async def visible(session: AsyncSession, org_id: str) -> Sequence[Image]:
     query = (
         select(Image)
         .where(_visible(org_id), or_(Image.active.is_(True), Image.org_id == org_id))
-        .order_by(Image.id.desc())
+        .order_by(Image.created_at.desc(), Image.id.desc())
     )
     return (await session.execute(query)).scalars().all()
 
@@ -32,7 +32,7 @@ async def latest_active(session: AsyncSession, org_id: str, name: str) -> Image 
     query = (
         select(Image)
         .where(Image.name == name, Image.active.is_(True), _visible(org_id))
-        .order_by(Image.id.desc())
+        .order_by(Image.created_at.desc(), Image.id.desc())
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
@@ -42,7 +42,7 @@ async def by_name_tag(session: AsyncSession, org_id: str, name: str, tag: str) -
     query = (
         select(Image)
         .where(Image.name == name, Image.tag == tag, _visible(org_id))
-        .order_by(Image.id.desc())
+        .order_by(Image.created_at.desc(), Image.id.desc())
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
