@@ -51,7 +51,13 @@ def create_app(settings: Settings) -> FastAPI:
         await _bootstrap(ctx)
         try:
             async with anyio.create_task_group() as task_group:
-                task_group.start_soon(streams.end_revoked_streams, ctx.streams, ctx.sessions)
+                task_group.start_soon(
+                    guarded,
+                    "revoked streams",
+                    streams.end_revoked_streams,
+                    ctx.streams,
+                    ctx.sessions,
+                )
                 agents = await _start_sandboxes(ctx, task_group)
                 try:
                     yield
