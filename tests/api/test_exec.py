@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 
@@ -142,6 +143,24 @@ def test_stream_validation_is_json(client: httpx.Client, sandbox: str) -> None:
 )
 def test_bad_input(client: httpx.Client, sandbox: str, body: object) -> None:
     assert_error(client.post(f"/sandboxes/{sandbox}/exec", json=body), 400)
+
+
+@pytest.mark.parametrize("route", ["exec", "exec-stream", "commands/run"])
+def test_arguments_too_large_for_the_agent_are_413(
+    client: httpx.Client, sandbox: str, route: str
+) -> None:
+    """Under the 2 MiB body limit (600 KB of UTF-8), but over the agent's 1 MiB request frame
+    once escaped (``\\u00e9``, six bytes a character): a clear 413, not a 500, and the
+    sandbox's connection is still fine afterwards."""
+    body = json.dumps({"command": "true", "env": {"BIG": "é" * 300_000}}, ensure_ascii=False)
+    response = client.post(
+        f"/sandboxes/{sandbox}/{route}",
+        content=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(response, 413)
+    assert response.json()["error"] == "Request too large for the sandbox"
+    assert run(client, sandbox, "echo still")["stdout"] == "still\n"
 
 
 def test_unknown_and_foreign_sandboxes(
