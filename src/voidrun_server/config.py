@@ -110,7 +110,11 @@ class Settings(BaseSettings):
     driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
     default_image: str = Field("code", description="Image used when a create request names none.")
     debian_mirror: str = Field(
-        "http://deb.debian.org/debian", description="Debian mirror used to build images."
+        "",
+        description=(
+            "Debian mirror used to build images; empty means the one the host's own apt "
+            "sources use for the image's suite."
+        ),
     )
     sandbox_disk_mb: Annotated[int, Field(ge=64)] = Field(
         5120, description="Size of each sandbox's writable disk in MiB (kernel-enforced)."

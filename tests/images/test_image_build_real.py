@@ -25,6 +25,7 @@ from voidrun_server.images.build import (
     build_code_image,
     find_built_image,
 )
+from voidrun_server.images.mirror import host_debian_mirror
 from voidrun_server.services.images import SYSTEM_IMAGES
 
 UID_BASE = 100000
@@ -146,7 +147,8 @@ def test_sandbox_files_and_mount_points(image: BuiltImage) -> None:
     assert (root / "etc/hostname").read_text().strip()
     resolv = root / "etc/resolv.conf"
     assert resolv.is_file() and not resolv.is_symlink()
-    assert "deb.debian.org" in (root / "etc/apt/sources.list").read_text()
+    mirror = host_debian_mirror("bookworm")
+    assert mirror and f"deb {mirror} bookworm main" in (root / "etc/apt/sources.list").read_text()
     assert not (root / "usr/sbin/policy-rc.d").exists()
     assert list((root / "var/lib/apt/lists").glob("*Packages*")) == []
     assert list((root / "var/cache/apt/archives").glob("*.deb")) == []

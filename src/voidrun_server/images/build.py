@@ -40,6 +40,7 @@ from voidrun_server.images.manifest import (
     find_built_image,
     image_dir,
 )
+from voidrun_server.images.mirror import host_debian_mirror
 from voidrun_server.images.progress import (
     BuildProgress,
     ImageBuildError,
@@ -61,7 +62,6 @@ __all__ = [
 
 CODE_IMAGE_NAME = "code"
 SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ID_COUNT = 65536
 
 # Everything the SDK's code interpreter and a typical agent session expect to find.
@@ -106,7 +106,7 @@ def build_code_image(
     images_root: Path,
     *,
     tag: str,
-    mirror: str = DEFAULT_MIRROR,
+    mirror: str = "",
     uid_base: int = 100000,
     progress: ProgressCallback | None = None,
     force: bool = False,
@@ -129,6 +129,12 @@ def build_code_image(
         report.done(f"using cached image {name}:{tag}")
         return cached
     _check_host()
+    mirror = mirror or host_debian_mirror(SUITE) or ""
+    if not mirror:
+        raise ImageBuildError(
+            f"no Debian mirror for {SUITE}: the host's apt sources name none;"
+            " set VOIDRUN_DEBIAN_MIRROR to a Debian mirror URL"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Sandboxes' unprivileged helpers must reach rootfs/ even if our umask is strict.
     os.chmod(target.parent, 0o755)
@@ -344,10 +350,10 @@ def _remove_path(path: Path) -> None:
 
 def _sources_list(mirror: str) -> str:
     lines = [f"deb {mirror} {SUITE} main", f"deb {mirror} {SUITE}-updates main"]
-    if mirror.rstrip("/") in (DEFAULT_MIRROR, "https://deb.debian.org/debian"):
-        # Security updates live in a separate archive; only its location on the default
-        # mirror is known, a custom mirror is trusted to carry what its owner wants.
-        lines.append(f"deb {mirror.rstrip('/')}-security {SUITE}-security main")
+    # Security updates live in a separate archive: wherever the host gets its own from.
+    security = host_debian_mirror(f"{SUITE}-security")
+    if security:
+        lines.append(f"deb {security} {SUITE}-security main")
     return "\n".join(lines) + "\n"
 
 
