@@ -119,6 +119,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             settings.driver,
             state_dir=settings.sandboxes_dir,
             uid_base=settings.sandbox_uid_base,
+            uid_ranges=settings.sandbox_uid_ranges,
             agent_argv=agent_argv,
             agent_dir=agent_dir,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
@@ -128,11 +129,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
         ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
         log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
         return None
-    agents = AgentPool(
-        task_group,
-        connect_timeout=settings.sandbox_ready_timeout_seconds,
-        owner_uid=settings.sandbox_uid_base,
-    )
+    agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
     service = SandboxService(
         settings, ctx.sessions, driver, agents, spawn=lambda work: task_group.start_soon(work)
     )

@@ -3,6 +3,10 @@
 An ``AgentClient`` owns a task group, which anyio requires to be entered and exited in the same
 task. So each connection lives in a holder task of the app's task group; requests borrow the
 client, and ``forget`` (stop, delete, death) ends the holder, which closes the connection.
+
+Each sandbox's socket must be owned by that sandbox's root on the host, which differs per
+sandbox (the driver reports it as ``SandboxInfo.agent_socket_owner``): :class:`AgentSocket`
+carries the path together with that uid, so a socket swapped for another one is refused.
 """
 
 from __future__ import annotations
@@ -17,10 +21,23 @@ import anyio
 import anyio.abc
 
 from ..agentclient import AgentClient, AgentConnectionError, AgentError, AgentOperationError
+from ..drivers.base import SandboxInfo
 from ..errors import DeadlineExceededError, SandboxUnavailableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AgentSocket:
+    """Where a sandbox's agent listens, and the host uid that must own that socket."""
+
+    path: Path
+    owner_uid: int | None
+
+    @classmethod
+    def of(cls, info: SandboxInfo) -> AgentSocket:
+        return cls(info.agent_socket, info.agent_socket_owner)
 
 
 @dataclass
@@ -30,16 +47,13 @@ class _Held:
 
 
 class AgentPool:
-    def __init__(
-        self, task_group: anyio.abc.TaskGroup, connect_timeout: float, owner_uid: int
-    ) -> None:
+    def __init__(self, task_group: anyio.abc.TaskGroup, connect_timeout: float) -> None:
         self._task_group = task_group
         self._connect_timeout = connect_timeout
-        self._owner_uid = owner_uid
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
-    async def client(self, sandbox_id: str, socket: Path) -> AgentClient:
+    async def client(self, sandbox_id: str, socket: AgentSocket) -> AgentClient:
         """The sandbox's connection, opened on first use (or after the previous one broke)."""
         held = self._held.get(sandbox_id)
         if held is not None and not held.client.closed:
@@ -64,7 +78,7 @@ class AgentPool:
     async def run(
         self,
         sandbox_id: str,
-        socket: Path,
+        socket: AgentSocket,
         work: Callable[[AgentClient], Awaitable[T]],
         *,
         deadline: float | None = None,
@@ -93,7 +107,7 @@ class AgentPool:
                 ) from None
         raise AssertionError("unreachable")
 
-    async def ping(self, sandbox_id: str, socket: Path) -> None:
+    async def ping(self, sandbox_id: str, socket: AgentSocket) -> None:
         try:
             await (await self.client(sandbox_id, socket)).ping()
         except AgentError as exc:
@@ -114,14 +128,14 @@ class AgentPool:
     async def _hold(
         self,
         sandbox_id: str,
-        socket: Path,
+        socket: AgentSocket,
         *,
         task_status: anyio.abc.TaskStatus[AgentClient] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         held: _Held | None = None
         try:
             client_cm = AgentClient(
-                socket, connect_timeout=self._connect_timeout, owner_uid=self._owner_uid
+                socket.path, connect_timeout=self._connect_timeout, owner_uid=socket.owner_uid
             )
             async with client_cm as client:
                 held = _Held(client)

@@ -44,7 +44,7 @@ from ..store.tables import Sandbox
 from ..store.types import utcnow
 from . import images, validation
 from .accounts import Principal
-from .agents import AgentPool
+from .agents import AgentPool, AgentSocket
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
 from .pool import Warm, WarmPool, identity_files
 
@@ -58,7 +58,7 @@ class Running:
     """A sandbox ready for data-plane calls."""
 
     row: Sandbox
-    agent_socket: Path
+    agent_socket: AgentSocket
 
 
 class SandboxService:
@@ -78,7 +78,7 @@ class SandboxService:
         self._locks: dict[str, anyio.Lock] = {}
         # Agent socket per running sandbox: asking the driver on every data-plane call would
         # put file reads and a thread hop on the hot path.
-        self._sockets: dict[str, Path] = {}
+        self._sockets: dict[str, AgentSocket] = {}
         self.pool: WarmPool | None = None
 
     def forget_runtime(self, sandbox_id: str) -> None:
@@ -172,8 +172,8 @@ class SandboxService:
     async def _boot(self, spec: SandboxSpec) -> None:
         with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
             info = await self.driver.create(spec)
-            await self.agents.ping(spec.sandbox_id, info.agent_socket)
-        self._sockets[spec.sandbox_id] = info.agent_socket
+            await self.agents.ping(spec.sandbox_id, AgentSocket.of(info))
+        self._sockets[spec.sandbox_id] = AgentSocket.of(info)
 
     async def _adopt(self, warm: Warm, row: Sandbox) -> None:
         """Make a warm-pool sandbox this row's: hostname, limits, environment. The host side
@@ -295,7 +295,7 @@ class SandboxService:
         await self._touch(row)
         socket = self._sockets.get(sandbox_id)
         if socket is None:
-            socket = (await self.driver.inspect(sandbox_id)).agent_socket
+            socket = AgentSocket.of(await self.driver.inspect(sandbox_id))
             self._sockets[sandbox_id] = socket
         return Running(row=row, agent_socket=socket)
 
@@ -339,8 +339,8 @@ class SandboxService:
                 await self.set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
             else:
                 info = await self._start(sandbox_id)
-                await self.agents.ping(sandbox_id, info.agent_socket)
-                self._sockets[sandbox_id] = info.agent_socket
+                await self.agents.ping(sandbox_id, AgentSocket.of(info))
+                self._sockets[sandbox_id] = AgentSocket.of(info)
                 await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:
