@@ -136,6 +136,7 @@ def _userns_fd(uids: IdRange, gids: IdRange, deadline: float) -> int:
     )
     try:
         ns = f"/proc/{helper.pid}/ns/user"
+        give_up = min(deadline, time.monotonic() + _HELPER_TIMEOUT)
         while True:
             try:
                 if os.readlink(ns) != own:
@@ -144,7 +145,7 @@ def _userns_fd(uids: IdRange, gids: IdRange, deadline: float) -> int:
                 pass
             if helper.poll() is not None:
                 raise DriverError("unshare --user failed", f"exit status {helper.returncode}")
-            if time.monotonic() > min(deadline, time.monotonic() + _HELPER_TIMEOUT):
+            if time.monotonic() > give_up:
                 raise DriverError("unshare --user did not create a namespace in time")
             time.sleep(0.0002)
         for name, idrange in (("uid_map", uids), ("gid_map", gids)):

@@ -27,7 +27,6 @@ reclaimed when no free slot is left. The sandbox's record (``state.json``) also 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Iterable, Iterator
@@ -175,13 +174,7 @@ class UidRanges:
         self.directory.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    break
-                except OSError as exc:  # pragma: no cover - EINTR is retried by Python
-                    if exc.errno != errno.EINTR:
-                        raise
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close(); threads each open their own
             yield
         finally:
             os.close(fd)
