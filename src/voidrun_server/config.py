@@ -122,8 +122,20 @@ class Settings(BaseSettings):
     sandbox_pids_max: Annotated[int, Field(ge=16)] = Field(
         1024, description="Most processes/threads one sandbox may hold (fork bombs stop here)."
     )
-    sandbox_uid_base: Annotated[int, Field(ge=1000)] = Field(
-        100000, description="Host uid that root inside a sandbox maps to (65536 ids from it)."
+    sandbox_uid_base: Annotated[int, Field(ge=65536, le=2**32 - 2 * 65536)] = Field(
+        0x70000000,
+        description=(
+            "Start of the host uid area sandboxes get their own 65536-id ranges from "
+            "(0x70000000: the block systemd leaves unused). Ranges in /etc/subuid and "
+            "/etc/subgid, and the image range 100000-165535, are skipped."
+        ),
+    )
+    sandbox_uid_ranges: Annotated[int, Field(ge=1, le=65535)] = Field(
+        4094,
+        description=(
+            "How many sandbox uid ranges the area holds, i.e. the most sandboxes (running or "
+            "stopped) one node keeps; 4094 ends just below systemd's foreign uid range."
+        ),
     )
     sandbox_ready_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
         30.0, description="How long create/start waits for the sandbox agent to answer."

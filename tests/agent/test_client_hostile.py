@@ -21,7 +21,7 @@ from voidrun_server.agent.protocol import FRAME_COST, INITIAL_WINDOW, PROTOCOL_V
 from voidrun_server.agentclient import AgentClient, AgentProtocolError
 from voidrun_server.agentclient._wire import Channel, Connection
 from voidrun_server.errors import SandboxUnavailableError
-from voidrun_server.services.agents import AgentPool
+from voidrun_server.services.agents import AgentPool, AgentSocket
 
 PREFIX = struct.Struct(">II")
 Attack = Callable[[socket.socket, int], None]
@@ -108,10 +108,9 @@ async def test_a_violation_never_reaches_the_pool_task_group(
     reported: list[tuple[str, str]] = []
     path = fake_agent(lambda conn, sid: hostile_agent.attack(conn, "bad-type", sid))
     async with anyio.create_task_group() as task_group:
-        pool = AgentPool(task_group, 5, owner_uid=-1, on_violation=lambda *a: reported.append(a))
-        pool._owner_uid = None  # type: ignore[assignment]  # the test's socket is ours
+        pool = AgentPool(task_group, 5, on_violation=lambda *a: reported.append(a))
         with pytest.raises(SandboxUnavailableError, match="agent error"):
-            await pool.run("box", path, lambda client: client.exec("true"))
+            await pool.run("box", AgentSocket(path, None), lambda client: client.exec("true"))
         assert reported[0][0] == "box" and "unknown frame type" in reported[0][1]
         await anyio.sleep(0.1)  # the holder task has ended by now, quietly
         assert not task_group.cancel_scope.cancel_called

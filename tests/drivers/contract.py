@@ -34,8 +34,10 @@ COUNTER_CMD = (
 
 
 async def sh(info: SandboxInfo, command: str) -> tuple[int, str]:
-    """Run ``command`` inside through the agent: (exit code, stdout + stderr)."""
-    async with AgentClient(info.agent_socket, connect_timeout=10) as agent:
+    """Run ``command`` inside through the agent: (exit code, stdout + stderr). The socket must
+    belong to the uid the driver reported for this sandbox."""
+    owner = info.agent_socket_owner
+    async with AgentClient(info.agent_socket, connect_timeout=10, owner_uid=owner) as agent:
         result = await agent.exec(command, timeout=60)
     return result.exit_code, result.stdout_text + result.stderr_text
 
@@ -65,6 +67,8 @@ class DriverContract:
         assert code == 0, out
         assert out.split() == ["hello", spec.hostname, "1"]
         assert await driver.inspect(spec.sandbox_id) == info
+        if info.agent_socket_owner is not None:  # the uid the server checks the socket against
+            assert info.agent_socket.stat().st_uid == info.agent_socket_owner
         await driver.destroy(spec.sandbox_id)
         assert harness.leftovers(spec.sandbox_id) == []
 

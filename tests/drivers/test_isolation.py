@@ -249,7 +249,8 @@ async def test_root_inside_is_unprivileged_outside(harness: NamespaceHarness) ->
     assert out.split()[0] == "0"
     assert info.pid is not None
     fields = proc_status(info.pid)
-    base = driver.uid_base
+    base = info.agent_socket_owner
+    assert base is not None
     assert fields["Uid"].split() == [str(base)] * 4
     assert fields["Gid"].split() == [str(base)] * 4
     expected_caps = 0

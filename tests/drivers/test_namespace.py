@@ -78,7 +78,8 @@ def _check_running_layout(
     assert is_mount(run.disk_mount)
     assert json.loads(read_text(run.run / "env")) == dict(spec.env)
     # the host sees the sandbox's files owned by the shifted uid
-    assert (run.upper / "etc" / "hostname").stat().st_uid == driver.uid_base
+    assert (run.upper / "etc" / "hostname").stat().st_uid == info.agent_socket_owner
+    assert info.agent_socket_owner == record.uid_base
     assert read_text(run.upper / "etc" / "hostname") == f"{spec.hostname}\n"
     # limits as configured; the sandbox's pid 1 and bwrap are inside its cgroups
     assert record.monitor is not None
@@ -138,9 +139,11 @@ async def test_symlinked_agent_socket_is_refused(harness: NamespaceHarness) -> N
     )
     assert code == 0, out
     run = harness.run_dir(spec.sandbox_id)
+    owner = info.agent_socket_owner
+    assert owner is not None
     with pytest.raises(DriverError, match="replaced"):
-        connect_agent_socket(run.run / "x", owner_uid=driver.uid_base)
-    connect_agent_socket(info.agent_socket, owner_uid=driver.uid_base).close()
+        connect_agent_socket(run.run / "x", owner_uid=owner)
+    connect_agent_socket(info.agent_socket, owner_uid=owner).close()
 
 
 @pytestmark_sandbox
@@ -202,10 +205,10 @@ async def test_sandbox_outlives_the_server_process(harness: NamespaceHarness) ->
 async def test_spawn_without_setpriv(harness: NamespaceHarness) -> None:
     """The fallback privilege drop (Popen(user=...), fork path) builds the same sandbox."""
     driver = harness.new_driver()
-    driver._host._drop_prefix = None  # as on a host without util-linux's setpriv
+    driver._host._setpriv = None  # as on a host without util-linux's setpriv
     info = await driver.create(harness.spec())
     assert info.pid is not None
-    assert proc_status(info.pid)["Uid"].split() == [str(driver.uid_base)] * 4
+    assert proc_status(info.pid)["Uid"].split() == [str(info.agent_socket_owner)] * 4
     assert (await sh(info, "id -u"))[1].strip() == "0"
 
 

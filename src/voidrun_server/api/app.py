@@ -131,6 +131,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             settings.driver,
             state_dir=settings.sandboxes_dir,
             uid_base=settings.sandbox_uid_base,
+            uid_ranges=settings.sandbox_uid_ranges,
             agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
             agent_dir=agent_dir,
             runtime_dir=runtime.host_dir,
@@ -141,11 +142,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
         ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
         log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
         return None
-    agents = AgentPool(
-        task_group,
-        connect_timeout=settings.sandbox_ready_timeout_seconds,
-        owner_uid=settings.sandbox_uid_base,
-    )
+    agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
     service = SandboxService(settings, ctx.sessions, driver, agents, spawn=spawner(task_group))
     agents.on_violation = service.agent_violated
     await reconcile.reconcile_on_start(service)

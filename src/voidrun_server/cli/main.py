@@ -260,7 +260,6 @@ def images_build(
                 settings.images_root,
                 tag=SYSTEM_IMAGES[name],
                 mirror=settings.debian_mirror,
-                uid_base=settings.sandbox_uid_base,
                 progress=report,
                 force=force,
             )

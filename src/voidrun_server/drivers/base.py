@@ -57,7 +57,8 @@ class SandboxSpec:
     hostname: str
     """The sandbox name (DNS-1123 label); becomes the hostname inside."""
     rootfs: Path
-    """Read-only image directory, uid-shifted: uid N inside is owned by ``uid_base + N``."""
+    """Read-only image directory, uid-shifted: uid N inside is owned by ``image base + N`` on
+    disk (the owner of the directory itself is the image base). Shared by many sandboxes."""
     cpu: int
     """Cores; becomes a CPU quota of ``cpu`` full cores."""
     mem_mb: int
@@ -87,6 +88,9 @@ class SandboxInfo:
     open it without following symlinks (see ``namespace.ready.connect_agent_socket``)."""
     pid: int | None
     """Host pid of the sandbox's first process (the agent), when running or paused."""
+    agent_socket_owner: int | None = None
+    """Host uid that must own ``agent_socket`` (the sandbox's root, which differs per sandbox);
+    callers refuse a socket owned by anyone else. None: unknown (nothing on disk)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ answer on its socket). Whatever an agent does ends, at worst, its own connection
 never lets an exception reach the app's task group, and an agent that breaks the protocol is
 reported through ``on_violation`` (the sandbox service stops that sandbox and marks it
 ``error`` with the reason).
+
+Each sandbox's socket must be owned by that sandbox's root on the host, which differs per
+sandbox (the driver reports it as ``SandboxInfo.agent_socket_owner``): :class:`AgentSocket`
+carries the path together with that uid, so a socket swapped for another one is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..agentclient import (
     AgentRequestTooLargeError,
     AgentResponseTooLargeError,
 )
+from ..drivers.base import SandboxInfo
 from ..errors import (
     DeadlineExceededError,
     PayloadTooLargeError,
@@ -47,6 +52,18 @@ def _ignore_violation(sandbox_id: str, reason: str) -> None:
     log.warning("agent of %s broke the protocol: %s", sandbox_id, reason)
 
 
+@dataclass(frozen=True)
+class AgentSocket:
+    """Where a sandbox's agent listens, and the host uid that must own that socket."""
+
+    path: Path
+    owner_uid: int | None
+
+    @classmethod
+    def of(cls, info: SandboxInfo) -> AgentSocket:
+        return cls(info.agent_socket, info.agent_socket_owner)
+
+
 @dataclass
 class _Held:
     client: AgentClient
@@ -58,18 +75,16 @@ class AgentPool:
         self,
         task_group: anyio.abc.TaskGroup,
         connect_timeout: float,
-        owner_uid: int,
         on_violation: OnViolation = _ignore_violation,
     ) -> None:
         self._task_group = task_group
         self._connect_timeout = connect_timeout
-        self._owner_uid = owner_uid
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._frozen: set[str] = set()
         self.on_violation = on_violation
 
-    async def client(self, sandbox_id: str, socket: Path) -> AgentClient:
+    async def client(self, sandbox_id: str, socket: AgentSocket) -> AgentClient:
         """The sandbox's connection, opened on first use (or after the previous one broke)."""
         held = self._held.get(sandbox_id)
         if held is not None and not held.client.closed:
@@ -97,7 +112,7 @@ class AgentPool:
     async def run(
         self,
         sandbox_id: str,
-        socket: Path,
+        socket: AgentSocket,
         work: Callable[[AgentClient], Awaitable[T]],
         *,
         deadline: float | None = None,
@@ -156,7 +171,7 @@ class AgentPool:
         if held is not None:
             held.client.freeze(frozen)
 
-    async def ping(self, sandbox_id: str, socket: Path) -> None:
+    async def ping(self, sandbox_id: str, socket: AgentSocket) -> None:
         async def ping(client: AgentClient) -> None:
             await client.ping()
 
@@ -176,7 +191,7 @@ class AgentPool:
     async def _hold(
         self,
         sandbox_id: str,
-        socket: Path,
+        socket: AgentSocket,
         *,
         task_status: anyio.abc.TaskStatus[AgentClient] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -185,7 +200,7 @@ class AgentPool:
         held: _Held | None = None
         try:
             client_cm = AgentClient(
-                socket, connect_timeout=self._connect_timeout, owner_uid=self._owner_uid
+                socket.path, connect_timeout=self._connect_timeout, owner_uid=socket.owner_uid
             )
             async with client_cm as client:
                 client.freeze(sandbox_id in self._frozen)

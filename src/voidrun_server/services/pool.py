@@ -19,7 +19,7 @@ import anyio
 from .. import ids
 from ..drivers.base import Driver, DriverError, SandboxSpec
 from ..errors import VoidRunError
-from .agents import AgentPool
+from .agents import AgentPool, AgentSocket
 
 log = logging.getLogger(__name__)
 POOL_HOSTNAME = "sandbox"
@@ -39,7 +39,7 @@ def identity_files(hostname: str) -> dict[str, str]:
 class Warm:
     sandbox_id: str
     rootfs: Path
-    agent_socket: Path
+    agent_socket: AgentSocket
 
 
 class WarmPool:
@@ -106,12 +106,12 @@ class WarmPool:
         try:
             with anyio.fail_after(self.ready_timeout + 5):
                 info = await self.driver.create(spec)
-                await self.agents.ping(spec.sandbox_id, info.agent_socket)
+                await self.agents.ping(spec.sandbox_id, AgentSocket.of(info))
         except (VoidRunError, TimeoutError):
             with anyio.CancelScope(shield=True):
                 await self._destroy(spec.sandbox_id)
             raise
-        return Warm(spec.sandbox_id, rootfs, info.agent_socket)
+        return Warm(spec.sandbox_id, rootfs, AgentSocket.of(info))
 
     async def drain(self) -> None:
         """Destroy every sandbox still waiting in the pool (at shutdown)."""

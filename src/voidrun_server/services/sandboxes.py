@@ -46,7 +46,7 @@ from ..store.tables import Sandbox
 from ..store.types import utcnow
 from . import images, quotas, validation
 from .accounts import Principal
-from .agents import AgentPool
+from .agents import AgentPool, AgentSocket
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
 from .pool import Warm, WarmPool, identity_files
 from .storage import DiskFloor
@@ -62,7 +62,7 @@ class Running:
     """A sandbox ready for data-plane calls."""
 
     row: Sandbox
-    agent_socket: Path
+    agent_socket: AgentSocket
 
 
 class SandboxService:
@@ -82,7 +82,7 @@ class SandboxService:
         self._locks: dict[str, anyio.Lock] = {}
         # Agent socket per running sandbox: asking the driver on every data-plane call would
         # put file reads and a thread hop on the hot path.
-        self._sockets: dict[str, Path] = {}
+        self._sockets: dict[str, AgentSocket] = {}
         self.pool: WarmPool | None = None
         self.starting = quotas.Reservations()
         unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
@@ -226,10 +226,10 @@ class SandboxService:
         try:
             with anyio.fail_after(seconds):
                 info = await self.driver.create(spec)
-                await self.agents.ping(spec.sandbox_id, info.agent_socket)
+                await self.agents.ping(spec.sandbox_id, AgentSocket.of(info))
         except TimeoutError:
             raise DeadlineExceededError("Sandbox did not start in time", f"{seconds:g}s") from None
-        self._sockets[spec.sandbox_id] = info.agent_socket
+        self._sockets[spec.sandbox_id] = AgentSocket.of(info)
 
     async def _adopt(self, warm: Warm, row: Sandbox) -> None:
         """Make a warm-pool sandbox this row's: hostname, limits, environment. The host side
@@ -351,7 +351,7 @@ class SandboxService:
         await self._touch(row)
         socket = self._sockets.get(sandbox_id)
         if socket is None:
-            socket = (await self.driver.inspect(sandbox_id)).agent_socket
+            socket = AgentSocket.of(await self.driver.inspect(sandbox_id))
             self._sockets[sandbox_id] = socket
         return Running(row=row, agent_socket=socket)
 
@@ -407,8 +407,8 @@ class SandboxService:
                     async with transaction(self.sessions) as session:
                         await self._check_quota(session, row.org_id, wanted, besides=sandbox_id)
                     info = await self._start(sandbox_id)
-                    await self.agents.ping(sandbox_id, info.agent_socket)
-                    self._sockets[sandbox_id] = info.agent_socket
+                    await self.agents.ping(sandbox_id, AgentSocket.of(info))
+                    self._sockets[sandbox_id] = AgentSocket.of(info)
                     await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:

@@ -7,6 +7,8 @@ Module map (one concept each)::
     launch.py    spawn bwrap and place the sandbox before it runs (info/userns-block fds)
     bwrap.py     find bwrap, build its argv (what isolation the sandbox gets)
     userns.py    root inside = unprivileged uid range outside (id maps, privilege drop)
+    uidrange.py  one host uid range per sandbox: allocation, /etc/subuid, markers on disk
+    idmount.py   the shared image, idmapped into each sandbox's range, read-only
     cgroups/     memory/cpu/pids limits and the freezer: v1.py, v2.py, picked at runtime
     seccomp.py   the syscall deny list, compiled once to BPF
     disk.py      per-sandbox ext4 image: template, sparse copy, loop device, mount

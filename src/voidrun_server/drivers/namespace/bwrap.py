@@ -9,11 +9,13 @@ What the argv below guarantees (each point has a test in tests/drivers/test_isol
 
 * new user, pid, mount, net (loopback only; bwrap brings ``lo`` up), uts, ipc and cgroup
   namespaces; the user namespace's id map is written by the server (see ``userns.py``);
-* the root is an overlay: the read-only image below, the sandbox's own disk above;
+* the root is an overlay: the read-only, idmapped image below (``idmount.py``), the sandbox's
+  own disk above;
 * fresh ``/proc``, a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts),
   private tmpfs ``/tmp`` and ``/dev/shm`` (mode 1777; their pages count against the
   sandbox's memory limit), no ``/sys``;
-* ``--cap-drop ALL`` and back only Docker's default set, valid only inside the namespace;
+* ``--cap-drop ALL`` and back only Docker's default set without CAP_NET_RAW, valid only
+  inside the namespace;
 * ``--new-session`` (no TIOCSTI into a host terminal), no_new_privs (bwrap always sets it),
   the seccomp filter, a clean environment;
 * ``--as-pid-1``: the agent is the sandbox's init (it reaps zombies), one process fewer;
@@ -41,8 +43,11 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_MOUNT = "/opt/voidrun/voidrun_agent"
 RUNTIME_MOUNT = "/opt/voidrun/runtime"  # the agent's own interpreter (agent_runtime.py)
 
-# Docker's default capability set. Inside a user namespace they act on namespaced objects only
-# (files of the sandbox's own uids, its own net namespace); MKNOD cannot create devices there.
+# Docker's default capability set minus CAP_NET_RAW (raw/packet sockets: ARP and ICMP spoofing on
+# any network the sandbox is later wired to; ``ping`` works without it through ICMP datagram
+# sockets where ``net.ipv4.ping_group_range`` allows). Inside a user namespace they act on
+# namespaced objects only (files of the sandbox's own uids, its own net namespace); MKNOD cannot
+# create devices there.
 DEFAULT_CAPS: tuple[str, ...] = (
     "CAP_AUDIT_WRITE",
     "CAP_CHOWN",
@@ -52,7 +57,6 @@ DEFAULT_CAPS: tuple[str, ...] = (
     "CAP_KILL",
     "CAP_MKNOD",
     "CAP_NET_BIND_SERVICE",
-    "CAP_NET_RAW",
     "CAP_SETFCAP",
     "CAP_SETGID",
     "CAP_SETPCAP",
@@ -108,7 +112,7 @@ class BwrapFds:
 def bwrap_argv(
     bwrap: Path,
     *,
-    rootfs: Path,
+    lower: Path,
     upper: Path,
     work: Path,
     run_dir: Path,
@@ -127,7 +131,7 @@ def bwrap_argv(
         "--info-fd", str(fds.info),
         "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
         "--hostname", hostname,
-        "--overlay-src", str(rootfs), "--overlay", str(upper), str(work), "/",
+        "--overlay-src", str(lower), "--overlay", str(upper), str(work), "/",
         "--proc", "/proc",
         "--dev", "/dev",
         "--perms", "1777", "--tmpfs", "/dev/shm",

@@ -10,8 +10,10 @@ on the host's mount, which we cannot assume), a fresh ``mkfs`` per sandbox (15-5
 
 Why it is fast: ``mkfs.ext4`` runs once per size into a template (``<state_dir>/.templates``)
 that already holds the overlay's ``upper/`` (with ``etc/``, where the driver writes the
-sandbox's hostname) and ``work/`` and the agent's ``run/``, owned by
-``uid_base`` (``mkfs -d``). Each sandbox then gets:
+sandbox's hostname) and ``work/`` and the agent's ``run/`` (``mkfs -d``). The template is
+root-owned: every sandbox has its own uid range, so :func:`claim_layer` hands the four
+directories to the sandbox's root right after the mount (four ``chown``s, ~30 µs, instead of
+one template and one ``mkfs`` per range). Each sandbox then gets:
 
 * a copy of only the template's data extents: ~0.7 MiB for 1 GiB, thanks to lazy inode
   tables and journal (``SEEK_DATA`` + ``copy_file_range``; 0.6 ms);
@@ -46,6 +48,7 @@ from voidrun_server.drivers.base import DriverError, DriverUnavailableError
 
 __all__ = [
     "DiskTemplates",
+    "claim_layer",
     "detach_loop_devices",
     "loop_devices_for",
     "mount_image",
@@ -62,7 +65,7 @@ _MS_NOSUID, _MS_NODEV, _MS_NOATIME = 2, 4, 1024
 _MNT_DETACH = 2
 _MOUNT_OPTIONS = b"noinit_itable,discard"
 _MKFS_TIMEOUT = 60.0
-TEMPLATE_VERSION = 1  # bump when the template's layout changes
+TEMPLATE_VERSION = 2  # bump when the template's layout changes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
@@ -75,15 +78,19 @@ def _oserror(what: str) -> OSError:
     return OSError(err, f"{what}: {os.strerror(err)}")
 
 
-class DiskTemplates:
-    """Formatted, empty ext4 images, one per (size, uid_base), made on first use."""
+# The layer's directories: (path in the filesystem, mode, owned by the sandbox's root?).
+# The filesystem root stays root-owned: the sandbox only needs to traverse it (see claim_layer).
+_LAYER_DIRS = (("upper", 0o755), ("upper/etc", 0o755), ("work", 0o700), ("run", 0o700))
 
-    def __init__(self, directory: Path, uid_base: int) -> None:
+
+class DiskTemplates:
+    """Formatted, empty, root-owned ext4 images, one per size, made on first use."""
+
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.uid_base = uid_base
 
     def path_for(self, size_mb: int) -> Path:
-        return self.directory / f"ext4-v{TEMPLATE_VERSION}-{size_mb}m-{self.uid_base}.img"
+        return self.directory / f"ext4-v{TEMPLATE_VERSION}-{size_mb}m.img"
 
     def get(self, size_mb: int) -> Path:
         """The template for ``size_mb``; concurrent callers build it once (flock)."""
@@ -99,13 +106,11 @@ class DiskTemplates:
 
     def _build(self, path: Path, size_mb: int) -> None:
         with tempfile.TemporaryDirectory(dir=self.directory, prefix=".stage-") as stage:
-            os.chmod(stage, 0o755)  # becomes the filesystem's root directory
-            dirs = (("upper", 0o755), ("upper/etc", 0o755), ("work", 0o700), ("run", 0o700))
-            for name, mode in dirs:
+            os.chmod(stage, 0o700)  # becomes the filesystem's root: claim_layer opens it up
+            for name, mode in _LAYER_DIRS:
                 d = Path(stage) / name
                 d.mkdir()
                 os.chmod(d, mode)
-                os.chown(d, self.uid_base, self.uid_base)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as f:
                 f.truncate(size_mb << 20)
@@ -130,6 +135,25 @@ class DiskTemplates:
                 stderr = getattr(exc, "stderr", b"") or b""
                 raise DriverError("mkfs.ext4 failed", stderr.decode(errors="replace")) from exc
             os.replace(tmp, path)
+
+
+def claim_layer(mount_point: Path, uid: int, gid: int, *, fresh: bool = True) -> None:
+    """Give a freshly mounted layer to the sandbox whose root is ``uid:gid`` on the host.
+
+    The filesystem root becomes ``root:gid`` 0710: bwrap (running as ``uid:gid``) may traverse
+    it, other host users may not even list it. ``upper/`` (the sandbox's ``/``: it must stay
+    0755 so non-root users inside can traverse ``/``), ``upper/etc``, ``work/`` and ``run/``
+    become the sandbox root's (``fresh`` only: an existing layer keeps what the sandbox did
+    to it). Nothing is followed through a symlink.
+    """
+    root = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(root, 0, gid)
+        os.fchmod(root, 0o710)
+        for name, _mode in _LAYER_DIRS if fresh else ():
+            os.chown(name, uid, gid, dir_fd=root, follow_symlinks=False)
+    finally:
+        os.close(root)
 
 
 def provision_image(template: Path, image: Path) -> None:

@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -39,6 +39,7 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
+from voidrun_server.drivers.namespace import idmount
 from voidrun_server.drivers.namespace.bwrap import find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
@@ -51,8 +52,13 @@ from voidrun_server.drivers.namespace.state import (
     SandboxRecord,
     read_record,
 )
+from voidrun_server.drivers.namespace.uidrange import (
+    DEFAULT_FIRST_BASE,
+    DEFAULT_MAX_RANGES,
+    UidRanges,
+)
 from voidrun_server.drivers.namespace.usage import unwritten_bytes
-from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
+from voidrun_server.drivers.namespace.userns import find_setpriv
 
 __all__ = ["NamespaceDriver", "check_host"]
 
@@ -81,6 +87,7 @@ def check_host() -> None:
     """Raise DriverUnavailableError unless this host can run the driver at all."""
     _check_privileges()
     find_bwrap()
+    idmount.check_support()
     compile_bpf()
     detect_cgroups("voidrun")
 
@@ -110,7 +117,9 @@ class NamespaceDriver:
         agent_argv: Callable[[str], list[str]],
         agent_dir: Path,
         runtime_dir: Path | None = None,
-        uid_base: int = 100000,
+        uid_base: int = DEFAULT_FIRST_BASE,
+        uid_ranges: int = DEFAULT_MAX_RANGES,
+        subid_files: Sequence[Path] = (Path("/etc/subuid"), Path("/etc/subgid")),
         ready_timeout: float = 10.0,
         op_timeout: float = 30.0,
         cgroup_parent: str = "voidrun",
@@ -125,11 +134,26 @@ class NamespaceDriver:
         /opt/voidrun/runtime. ``env_file_option`` is appended to that command line with
         the in-sandbox path of the JSON env file (None: do not pass it). ``cgroup_parent`` names
         the server's parent group in every hierarchy; ``pids_max`` caps processes per sandbox.
+        Each sandbox gets its own range of 65,536 host uids: ``uid_ranges`` slots from
+        ``uid_base``, skipping every range listed in ``subid_files`` (``uidrange.py``).
         """
         _check_privileges()
+        idmount.check_support()
+        try:
+            uids = UidRanges(
+                state_dir.resolve() / ".uid-ranges",
+                first=uid_base,
+                max_ranges=uid_ranges,
+                subid_files=subid_files,
+            )
+        except ValueError as exc:
+            raise DriverUnavailableError(
+                str(exc), hint="choose VOIDRUN_SANDBOX_UID_BASE/_UID_RANGES below 2^32"
+            ) from exc
         state_dir = state_dir.resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
         agent_dir = agent_dir.resolve()
+        # Any sandbox uid will do: none of them owns anything on the way.
         check_traversable(state_dir, uid_base, "state_dir")
         check_traversable(agent_dir, uid_base, "agent_dir")
         if runtime_dir is not None:
@@ -139,11 +163,11 @@ class NamespaceDriver:
         cgroups.ensure_parent()
         self._host = SandboxHost(
             state_dir,
-            idmap=IdMap(uid_base),
+            uids=uids,
             bwrap=install_bwrap(find_bwrap(), state_dir / ".bwrap"),
             bpf=compile_bpf(),
             cgroups=cgroups,
-            drop_prefix=privilege_drop_prefix(uid_base, uid_base),
+            setpriv=find_setpriv(),
             agent_argv=agent_argv,
             agent_dir=agent_dir,
             runtime_dir=runtime_dir,
@@ -163,8 +187,10 @@ class NamespaceDriver:
         return unwritten_bytes(self._host.state_dir)
 
     @property
-    def uid_base(self) -> int:
-        return self._host.idmap.base
+    def uid_ranges(self) -> UidRanges:
+        """Where sandboxes' host uid ranges come from (each sandbox's own is on its
+        :class:`SandboxInfo` as ``agent_socket_owner``)."""
+        return self._host.uids
 
     @property
     def cgroup_version(self) -> int:
@@ -180,12 +206,12 @@ class NamespaceDriver:
                 owned: list[bool] = []  # non-empty once the run dir is ours to clean up
                 done = False
                 try:
-                    init = await anyio.to_thread.run_sync(
+                    init, owner = await anyio.to_thread.run_sync(
                         self._host.create, run, spec, owned, deadline
                     )
-                    await self._wait_ready(run, init)
+                    await self._wait_ready(run, init, owner)
                     done = True
-                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid)
+                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, owner)
                 finally:
                     if owned and not done:
                         with anyio.CancelScope(shield=True):
@@ -204,9 +230,9 @@ class NamespaceDriver:
                 done = False
                 try:
                     init = await anyio.to_thread.run_sync(self._host.start, run, record, deadline)
-                    await self._wait_ready(run, init)
+                    await self._wait_ready(run, init, record.uid_base)
                     done = True
-                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid)
+                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, record.uid_base)
                 finally:
                     if not done:  # back to STOPPED, disk kept
                         with anyio.CancelScope(shield=True):
@@ -268,10 +294,10 @@ class NamespaceDriver:
             raise SandboxNotFoundError(f"no sandbox {run.sandbox_id} on this node")
         return record
 
-    async def _wait_ready(self, run: RunDir, init: ProcessRef) -> None:
+    async def _wait_ready(self, run: RunDir, init: ProcessRef, owner: int) -> None:
         try:
             with anyio.fail_after(self._ready_timeout):
-                await wait_until_ready(run.socket, owner_uid=self.uid_base, alive=init.alive)
+                await wait_until_ready(run.socket, owner_uid=owner, alive=init.alive)
         except TimeoutError as exc:
             tail = await anyio.to_thread.run_sync(run.log_tail)
             raise DriverTimeoutError(

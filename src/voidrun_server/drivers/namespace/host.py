@@ -8,6 +8,12 @@ async half, ``driver.py``) adds locking, deadlines, readiness and shielded clean
 State lives on disk only (``state.py``): a restarted server builds a new ``SandboxHost`` and
 finds everything again. ``stop`` leaves only files (no process, mount, loop device or cgroup);
 ``start`` re-creates them over the same disk image.
+
+Each sandbox has its own host uid range (``uidrange.py``), taken at create and kept in its
+record until destroy; everything of the sandbox on the host (its processes, its writable layer,
+the idmapped view of the image, the agent socket) belongs to that range. A record from before
+per-sandbox ranges (``uid_base`` 100000, the range the images are shifted to) keeps working:
+such a sandbox uses the image directly, as it always did.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
-from voidrun_server.drivers.namespace import disk
+from voidrun_server.drivers.namespace import disk, idmount
 from voidrun_server.drivers.namespace.bwrap import BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
-from voidrun_server.drivers.namespace.launch import launch
+from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
@@ -47,7 +53,8 @@ from voidrun_server.drivers.namespace.state import (
     read_record,
     write_record,
 )
-from voidrun_server.drivers.namespace.userns import IdMap
+from voidrun_server.drivers.namespace.uidrange import RANGE_SIZE, UidRanges
+from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
 
 __all__ = ["SandboxHost", "check_traversable"]
 
@@ -66,6 +73,13 @@ def check_traversable(path: Path, uid: int, what: str) -> None:
         )
 
 
+def _lock_run_dir(run: RunDir, gid: int) -> None:
+    """``root:gid`` 0710: the sandbox's bwrap (uid = gid = its base) may pass through to its
+    disk, socket and image view; no other host user may even look inside."""
+    os.chown(run.root, 0, gid)
+    os.chmod(run.root, 0o710)
+
+
 def reap(pid: int) -> None:
     """Collect ``pid`` if it is a dead child of ours (any driver instance in this process)."""
     with contextlib.suppress(ChildProcessError):
@@ -82,11 +96,11 @@ class SandboxHost:
         self,
         state_dir: Path,
         *,
-        idmap: IdMap,
+        uids: UidRanges,
         bwrap: Path,
         bpf: bytes,
         cgroups: Cgroups,
-        drop_prefix: list[str] | None,
+        setpriv: str | None,
         agent_argv: Callable[[str], list[str]],
         agent_dir: Path,
         runtime_dir: Path | None,
@@ -94,25 +108,27 @@ class SandboxHost:
         pids_max: int,
     ) -> None:
         self.state_dir = state_dir
-        self.idmap = idmap
+        self.uids = uids
         self.cgroups = cgroups
         self._bwrap = bwrap
         self._bpf = bpf
-        self._drop_prefix = drop_prefix
+        self._setpriv = setpriv
+        self._core_prefix = no_core_prefix()
         self._agent_argv = agent_argv
         self._agent_dir = agent_dir
         self._runtime_dir = runtime_dir
         self._env_file_option = env_file_option
         self._pids_max = pids_max
-        self._templates = disk.DiskTemplates(state_dir / ".templates", idmap.base)
+        self._templates = disk.DiskTemplates(state_dir / ".templates")
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
 
     def create(
         self, run: RunDir, spec: SandboxSpec, owned: list[bool], deadline: float
-    ) -> ProcessRef:
-        """Disk, identity files, cgroups, bwrap; returns the sandbox's pid 1 (not yet ready).
+    ) -> tuple[ProcessRef, int]:
+        """Uid range, disk, identity files, image view, cgroups, bwrap; returns the sandbox's
+        pid 1 (not yet ready) and its base uid (the agent socket's owner).
 
         Appends to ``owned`` once the run directory exists, so the caller knows whether a
         failure left something for :meth:`destroy` (a duplicate id must not destroy the
@@ -120,19 +136,24 @@ class SandboxHost:
         """
         if not spec.rootfs.is_dir():
             raise DriverError("image root filesystem not found", str(spec.rootfs))
-        check_traversable(spec.rootfs, self.idmap.base, "rootfs")
+        image = os.stat(spec.rootfs)
         try:
-            os.mkdir(run.root, 0o711)
+            os.mkdir(run.root, 0o700)
         except FileExistsError as exc:
             raise SandboxStateError(f"sandbox {spec.sandbox_id} already exists") from exc
         owned.append(True)
         # No record until the sandbox runs: a run dir without one reads as GONE, and destroy
-        # cleans it up from the conventional paths (cgroups, disk mount) alone.
+        # cleans it up from the conventional paths (cgroups, mounts, uid range) alone.
+        base = self.uids.allocate(
+            spec.sandbox_id, avoid=[(image.st_uid, RANGE_SIZE), (image.st_gid, RANGE_SIZE)]
+        )
+        _lock_run_dir(run, base)
         disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
         run.disk_mount.mkdir(mode=0o700)
         disk.mount_image(run.disk_image, run.disk_mount)
-        self._write_identity(run, spec.hostname)
-        self._write_env(run, spec.env)
+        disk.claim_layer(run.disk_mount, base, base)
+        self._write_identity(run, spec.hostname, base)
+        self._write_env(run, spec.env, base)
         record = SandboxRecord(
             sandbox_id=spec.sandbox_id,
             hostname=spec.hostname,
@@ -140,10 +161,10 @@ class SandboxHost:
             cpu=spec.cpu,
             mem_mb=spec.mem_mb,
             disk_mb=spec.disk_mb,
-            uid_base=self.idmap.base,
+            uid_base=base,
             phase=Phase.CREATING,
         )
-        return self._launch(run, record, deadline)
+        return self._launch(run, record, deadline), base
 
     def start(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
         """New processes over the kept disk (mounting it again after a stop or a reboot)."""
@@ -154,12 +175,15 @@ class SandboxHost:
             disk.detach_loop_devices(run.disk_image, deadline)
             run.disk_mount.mkdir(mode=0o700, exist_ok=True)
             disk.mount_image(run.disk_image, run.disk_mount)
+        _lock_run_dir(run, record.uid_base)  # also tightens sandboxes from older versions
+        disk.claim_layer(run.disk_mount, record.uid_base, record.uid_base, fresh=False)
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(run.socket)  # unlink never follows a symlink
         return self._launch(run, record, deadline)
 
     def _launch(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
         """Fresh cgroups, then bwrap; records the new processes as RUNNING."""
+        lower = self._mount_lower(run, record, deadline)
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
         payload = self._agent_argv(SANDBOX_SOCKET)
@@ -169,7 +193,7 @@ class SandboxHost:
         def build(fds: BwrapFds) -> list[str]:
             return bwrap_argv(
                 self._bwrap,
-                rootfs=Path(record.rootfs),
+                lower=lower,
                 upper=run.upper,
                 work=run.work,
                 run_dir=run.run,
@@ -181,12 +205,14 @@ class SandboxHost:
                 fds=fds,
             )
 
+        base = record.uid_base
         try:
             launched = launch(
                 build,
                 bpf=self._bpf,
-                idmap=self.idmap,
-                drop_prefix=self._drop_prefix,
+                idmap=IdMap(base),
+                drop_prefix=privilege_drop_prefix(self._setpriv, base, base),
+                core_prefix=self._core_prefix,
                 cgroups=self.cgroups,
                 cgroup_paths=record.cgroups,
                 log_file=run.log_file,
@@ -199,7 +225,30 @@ class SandboxHost:
         write_record(run, record)
         return launched.init
 
-    def _write_identity(self, run: RunDir, hostname: str) -> None:
+    def _mount_lower(self, run: RunDir, record: SandboxRecord, deadline: float) -> Path:
+        """The overlay's lower layer: the image seen through the sandbox's uid range.
+
+        A sandbox whose range *is* the image's (created before per-sandbox ranges) uses the
+        image directory itself. Otherwise an idmapped read-only mount at ``<run>/lower``, made
+        unless it is still there (a server restart, a start after the sandbox died).
+        """
+        rootfs = Path(record.rootfs)
+        image = os.stat(rootfs)
+        if (image.st_uid, image.st_gid) == (record.uid_base, record.uid_base):
+            check_traversable(rootfs, record.uid_base, "rootfs")
+            return rootfs
+        if not idmount.is_mount_point(run.lower):
+            run.lower.mkdir(mode=0o700, exist_ok=True)
+            idmount.mount_idmapped(
+                rootfs,
+                run.lower,
+                idmount.IdRange(image.st_uid, record.uid_base),
+                idmount.IdRange(image.st_gid, record.uid_base),
+                deadline,
+            )
+        return run.lower
+
+    def _write_identity(self, run: RunDir, hostname: str, owner: int) -> None:
         """Per-sandbox /etc/hostname and /etc/hosts, written into the fresh upper layer.
 
         ``upper/etc`` comes with the disk template; a plain directory merges with the image's.
@@ -211,22 +260,22 @@ class SandboxHost:
             "::1\tlocalhost ip6-localhost ip6-loopback\n",
         }
         for name, text in files.items():
-            self._write_private(etc / name, text.encode(), 0o644)
+            self._write_private(etc / name, text.encode(), 0o644, owner)
 
-    def _write_env(self, run: RunDir, env: Mapping[str, str]) -> None:
+    def _write_env(self, run: RunDir, env: Mapping[str, str], owner: int) -> None:
         """A new file, then rename: replaces whatever the sandbox may have put at that name
         (a symlink included) without ever writing through it."""
         data = json.dumps(dict(env), sort_keys=True).encode()
         tmp = run.run / f".env.{os.getpid()}.{time.monotonic_ns()}"
-        self._write_private(tmp, data, 0o600)
+        self._write_private(tmp, data, 0o600, owner)
         os.rename(tmp, run.run / "env")
 
-    def _write_private(self, path: Path, data: bytes, mode: int) -> None:
+    def _write_private(self, path: Path, data: bytes, mode: int, owner: int) -> None:
         """A new file owned by the sandbox's root (fresh directories only: O_EXCL|O_NOFOLLOW)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(path, flags, mode)
         try:
-            os.fchown(fd, self.idmap.base, self.idmap.base)
+            os.fchown(fd, owner, owner)
             os.write(fd, data)
         finally:
             os.close(fd)
@@ -248,6 +297,7 @@ class SandboxHost:
         """Kill everything and release kernel objects; only the run directory stays."""
         deadline = time.monotonic() + CLEANUP_TIMEOUT
         self._kill(record, deadline)
+        idmount.unmount_detach(run.lower)
         disk.unmount(run.disk_mount, deadline)
         disk.detach_loop_devices(run.disk_image, deadline)
         record.monitor = record.init = None
@@ -265,11 +315,14 @@ class SandboxHost:
             self.cgroups.remove(paths, deadline)
         if not run.root.exists():
             return
+        idmount.unmount_detach(run.lower)
         disk.unmount(run.disk_mount, deadline)
         disk.detach_loop_devices(run.disk_image, deadline)
-        if os.path.ismount(run.disk_mount):
-            raise DriverError(f"{run.disk_mount} is still mounted; not deleting it")
+        for mount_point in (run.lower, run.disk_mount):
+            if idmount.is_mount_point(mount_point):
+                raise DriverError(f"{mount_point} is still mounted; not deleting it")
         shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
+        self.uids.release(run.sandbox_id, record.uid_base if record else None)
 
     def retarget(
         self,
@@ -297,7 +350,7 @@ class SandboxHost:
         )
         if result.returncode != 0:
             raise DriverError("cannot set the sandbox hostname", result.stderr.strip())
-        self._write_env(run, env)  # read again by the agent at its next start
+        self._write_env(run, env, record.uid_base)  # read again by the agent at its next start
         record.hostname, record.cpu, record.mem_mb = hostname, cpu, mem_mb
         write_record(run, record)
 
@@ -320,15 +373,16 @@ class SandboxHost:
         """What the kernel says about the sandbox, whatever the record claims."""
         if record is None:
             return SandboxInfo(SandboxState.GONE, run.socket, None)
+        owner = record.uid_base
         if record.monitor is not None:
             reap(record.monitor.pid)
         if record.phase is Phase.STOPPED:
-            return SandboxInfo(SandboxState.STOPPED, run.socket, None)
+            return SandboxInfo(SandboxState.STOPPED, run.socket, None, owner)
         if record.init is None or not record.init.alive():
-            return SandboxInfo(SandboxState.GONE, run.socket, None)
+            return SandboxInfo(SandboxState.GONE, run.socket, None, owner)
         frozen = self.cgroups.is_frozen(record.cgroups)
         state = SandboxState.PAUSED if frozen else SandboxState.RUNNING
-        return SandboxInfo(state, run.socket, record.init.pid)
+        return SandboxInfo(state, run.socket, record.init.pid, owner)
 
     def inspect(self, run: RunDir) -> SandboxInfo:
         return self.observe(run, read_record(run))

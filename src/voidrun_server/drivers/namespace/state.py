@@ -3,7 +3,11 @@
 Sandboxes outlive the server, so everything a restarted server needs to find, verify and tear
 down a sandbox lives on disk, not in memory::
 
+    <state_dir>/<id>/             root:<sandbox gid> 0710: only root and the sandbox's own
+                                  uid (bwrap) may enter; other host users see nothing below
     <state_dir>/<id>/state.json   this record (written atomically: temp file + rename)
+    <state_dir>/<id>/lower/       the image, idmapped to the sandbox's uid range, read-only
+                                  (a mount while running or paused; see idmount.py)
     <state_dir>/<id>/disk.img     sparse ext4 image: the sandbox's size-limited disk
     <state_dir>/<id>/disk/        its mount point (only while running or paused):
         upper/ work/              the overlay root's writable layer
@@ -75,6 +79,10 @@ class RunDir:
         return self.root / "state.json"
 
     @property
+    def lower(self) -> Path:
+        return self.root / "lower"
+
+    @property
     def disk_image(self) -> Path:
         return self.root / "disk.img"
 
@@ -124,6 +132,8 @@ class SandboxRecord:
     mem_mb: int
     disk_mb: int
     uid_base: int
+    """Host uid (and gid) of root inside: the sandbox's own range is ``uid_base .. +65535``.
+    100000 for sandboxes created before per-sandbox ranges (they keep it)."""
     phase: Phase
     cgroups: dict[str, str] = field(default_factory=dict)
     monitor: ProcessRef | None = None  # bwrap's monitor process (host pid namespace)

@@ -1,15 +1,17 @@
-"""Root inside the sandbox = an unprivileged uid range on the host.
+"""Root inside the sandbox = an unprivileged uid range on the host, one range per sandbox.
 
-bubblewrap runs as host uid ``uid_base`` and creates the sandbox's user namespace itself
-(``--unshare-user``); with ``--userns-block-fd`` it then waits while the server, as host root,
-writes a full range mapping (``0 uid_base 65536``) into the child's ``uid_map``/``gid_map``.
+bubblewrap runs as host uid ``S`` (the sandbox's own base, ``uidrange.py``) and creates the
+sandbox's user namespace itself (``--unshare-user``), so that namespace is *owned by S*: the
+kernel's per-user counters (inotify, mqueue, pipe buffers, user namespaces, ...) are charged
+to S, i.e. per sandbox. With ``--userns-block-fd`` bwrap then waits while the server, as host
+root, writes a full range mapping (``0 S 65536``) into the child's ``uid_map``/``gid_map``.
 Inside, uid 0..65535 exist (so ``apt`` can drop to ``_apt``, ``chown`` works), and on the host
-every one of them is an ordinary unprivileged uid: ``uid_base + N``. This replaces the
+every one of them is an ordinary unprivileged uid: ``S + N``. This replaces the
 "holder process + ``--userns FD``" recipe (research/userns-recipe.md) with the same result and
 one process less per create. ``setgroups`` is left allowed so ``su``/``setpriv`` work inside.
 
-bwrap must *start* as ``uid_base``: started as host root it would be unmapped in its own
-namespace (``Creating newroot failed: EOVERFLOW``). Dropping to ``uid_base`` in
+bwrap must *start* as ``S``: started as host root it would be unmapped in its own
+namespace (``Creating newroot failed: EOVERFLOW``). Dropping to ``S`` in
 ``subprocess.Popen(user=...)`` forces CPython onto the fork() path instead of vfork(), and
 fork() copies the server's page tables: 2.7 ms for a small process but 16 ms at 300 MB RSS,
 measured here. So the default wraps bwrap in ``setpriv`` (util-linux), a constant ~1.7 ms exec
@@ -22,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-__all__ = ["IdMap", "privilege_drop_prefix"]
+__all__ = ["IdMap", "find_setpriv", "privilege_drop_prefix"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,13 @@ class IdMap:
                 os.close(fd)
 
 
-def privilege_drop_prefix(uid: int, gid: int) -> list[str] | None:
+def find_setpriv() -> str | None:
+    """util-linux's setpriv, or None (then bwrap is spawned on the slower fork() path)."""
+    return shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
+def privilege_drop_prefix(setpriv: str | None, uid: int, gid: int) -> list[str] | None:
     """argv prefix that execs the rest as ``uid:gid`` with no groups; None if unavailable."""
-    setpriv = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
     if setpriv is None:
         return None
     return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
