@@ -7,6 +7,7 @@ request. Waits are bounded loops with generous ceilings; nothing asserts a speed
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import time
@@ -136,6 +137,27 @@ def test_a_head_just_under_the_limit_is_served(server: ServerProcess) -> None:
         sock.sendall(request)
         status, _, body = read_response(sock)
     assert status == 200 and json.loads(body)["version"]
+
+
+def test_heads_under_the_limit_followed_by_more_bytes_are_served(server: ServerProcess) -> None:
+    """A read that holds a head under the limit plus a body, or plus the next request."""
+    body = json.dumps({"keyName": "padded", "pad": "b" * 20000}).encode()
+    head = (
+        f"POST /api/orgs/apikeys HTTP/1.1\r\nHost: x\r\nX-API-Key: {server.api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nX-Pad: "
+    ).encode()
+    head += b"a" * (60000 - len(head)) + b"\r\n\r\n"
+    pipelined = b"GET /api/version HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"c" * 40000 + b"\r\n\r\n"
+    closing = b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with open_socket(server) as sock:
+        sock.sendall(head + body + pipelined + pipelined + closing)
+        sock.settimeout(CLOSE_CEILING)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)
+    assert statuses == [b"200"] * 4, raw[:500]
+    assert b'"keyName":"padded"' in raw
 
 
 def test_silent_and_slowloris_connections_are_closed(server: ServerProcess) -> None:

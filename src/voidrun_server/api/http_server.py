@@ -199,6 +199,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = False
         if self.transport.is_closing():
             return
+        log.debug("%s from %s: %s", status, self.client, details)
         extra = list(self.server_state.default_headers)
         self.transport.write(error_response(status, error, details, extra))
         self.transport.close()
@@ -242,4 +243,6 @@ def _nr_open() -> int:
 
 
 def default_max_connections(open_files: int) -> int:
+    if open_files == resource.RLIM_INFINITY:
+        return CONNECTION_CAP
     return max(16, min(open_files // 2, CONNECTION_CAP))
