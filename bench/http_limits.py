@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,6 +94,64 @@ async def load(port: int, connections: int, seconds: float) -> list[float]:
     return latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (less disturbed by other load than latency)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _NullTransport(asyncio.Transport):
+    """Enough of a transport for a protocol fed in-process: writes are dropped."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _hello(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def protocol_only(variant: str, requests: int) -> float:
+    """Microseconds per keep-alive request through the protocol alone (trivial app, no socket)."""
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from voidrun_server.api import http_server
+
+    config = uvicorn.Config(_hello, log_level="warning", access_log=False)
+    limits = http_server.HttpLimits(HEAD_LIMIT, 10.0, 10000)
+    cls = http_server.limited_protocol(limits) if variant == "limited" else HttpToolsProtocol
+    protocol = cls(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(_NullTransport())
+    started = time.process_time()  # CPU time: other load on the machine does not count
+    for _ in range(requests):
+        protocol.data_received(REQUEST)
+        await asyncio.sleep(0)  # the request's task runs and responds
+        await asyncio.sleep(0)
+    elapsed = time.process_time() - started
+    protocol.connection_lost(None)
+    return elapsed / requests * 1e6
+
+
 def rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -125,13 +184,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="voidrun-bench-http-"))
     servers = {v: start(v, root / v) for v in VARIANTS}
     samples: dict[tuple[str, int], list[float]] = defaultdict(list)
+    cpu: dict[tuple[str, int], float] = defaultdict(float)
     try:
         for _proc, port in servers.values():  # warm-up
             uvloop.run(load(port, 4, 1.0))
         for _ in range(args.rounds):
             for connections in (1, 16):
-                for variant, (_, port) in servers.items():
+                for variant, (proc, port) in servers.items():
+                    used = cpu_seconds(proc.pid)
                     got = uvloop.run(load(port, connections, args.seconds))
+                    cpu[variant, connections] += cpu_seconds(proc.pid) - used
                     samples[variant, connections].extend(got)
         proc, port = servers["limited"]
         per_connection = idle_memory(proc.pid, port, 2000)
@@ -143,14 +205,23 @@ def main() -> None:
 
     total = args.seconds * args.rounds
     print(f"GET /api/version, {args.rounds} rounds x {args.seconds:g} s per cell")
-    print(f"{'protocol':<12} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'protocol':<12} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10}"
+    )
     for (variant, connections), times in sorted(samples.items(), key=lambda i: (i[0][1], i[0][0])):
         ordered = sorted(times)
         p50 = ordered[len(ordered) // 2]
         p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
         rate = len(times) / total
-        print(f"{variant:<12} {connections:>5} {rate:9.0f} {p50:8.3f} {p99:8.3f}")
+        per_request = cpu[variant, connections] / len(times) * 1e6
+        print(
+            f"{variant:<12} {connections:>5} {rate:9.0f} {p50:8.3f} {p99:8.3f} {per_request:10.0f}"
+        )
     print(f"limited: {per_connection:.1f} KiB of server RSS per idle connection (2000 open)")
+    print("protocol alone (in-process, trivial app, 20000 requests x 5, median of the five):")
+    for variant in ("httptools", "limited") * 2:
+        runs = sorted(uvloop.run(protocol_only(variant, 20000)) for _ in range(5))
+        print(f"  {variant:<10} {runs[2]:6.2f} us/request")
 
 
 if __name__ == "__main__":

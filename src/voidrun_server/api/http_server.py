@@ -79,6 +79,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[HttpLimits]
     _last_warning: ClassVar[float] = 0.0
+    # Slots, not instance-dict entries: uvicorn's instance already holds ~30 attributes, and
+    # more would take the dict past CPython's key-sharing size and slow every attribute access.
+    __slots__ = (
+        "_head_pending",
+        "_head_bytes",
+        "_line_done",
+        "_heads",
+        "_head_started",
+        "_head_timer",
+        "_upgraded",
+    )
 
     def __init__(
         self,
@@ -92,6 +103,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes read for the pending head
         self._line_done = False  # the pending head's request line has ended
         self._heads = 0  # heads completed so far (tells whether a feed completed one)
+        self._head_started: float | None = None  # loop time the head being timed began
         self._head_timer: asyncio.TimerHandle | None = None
         self._upgraded = False
 
@@ -109,7 +121,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 "retry later",
             )
             return
-        self._start_head_timer()
+        self._head_begins()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -119,8 +131,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._head_pending:
             super().data_received(data)  # a body, or bytes after a WebSocket upgrade
             return
-        if self._head_timer is None:
-            self._start_head_timer()  # the first bytes of a request after a keep-alive pause
+        if self._head_started is None:
+            self._head_begins()  # the first bytes of a request after a keep-alive pause
         room = self.limits.max_head_bytes - self._head_bytes
         if not self._line_done and data.find(b"\n", 0, room) >= 0:
             self._line_done = True
@@ -150,7 +162,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = False
         self._head_bytes = 0
         self._heads += 1
-        self._cancel_head_timer()
+        self._head_started = None  # the timer, if running, finds nothing to time out
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -164,17 +176,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- limits ------------------------------------------------------------------------------
 
-    def _start_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+    def _head_begins(self) -> None:
+        """Start timing a head. One timer per connection is re-armed lazily rather than set and
+        cancelled per request: on a busy keep-alive connection that halves the timer work."""
+        self._head_started = self.loop.time()
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_deadline)
 
     def _cancel_head_timer(self) -> None:
+        self._head_started = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_timed_out(self) -> None:
+    def _head_deadline(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        if self._head_started is None or self.transport.is_closing():
+            return  # no head is being read now
+        remaining = self._head_started + self.limits.head_timeout - self.loop.time()
+        if remaining > 0:  # a later head than the one this timer was set for
+            self._head_timer = self.loop.call_later(remaining, self._head_deadline)
             return
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # a response is under way: no room for another status line
