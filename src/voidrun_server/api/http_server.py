@@ -14,9 +14,9 @@ idle connections it counts keep their sockets. Here each rule is applied as byte
   the limit the server stops reading and answers 431 (or 414 when the request line itself is
   not finished), then closes the connection. Memory per connection stays below the limit plus
   one socket read.
-* **head time** — a timer starts when a connection opens and whenever bytes of a new request
-  arrive; the head must be complete before it fires, or the connection gets 408 and is closed.
-  The timer is cancelled when the head is complete, so request bodies, responses, SSE,
+* **head time** — the clock starts when a connection opens and whenever bytes of a new request
+  arrive; the head must be complete within the timeout, or the connection gets 408 and is
+  closed. Once the head is complete nothing is timed, so request bodies, responses, SSE,
   downloads and WebSockets are not affected. Idle time between requests stays governed by
   uvicorn's keep-alive timeout.
 * **connections** — a connection that would exceed the limit is answered 503 at once and closed,
