@@ -84,6 +84,32 @@ class Settings(BaseSettings):
     max_url_bytes: Annotated[int, Field(ge=256)] = Field(
         16 * 1024, description="Longest request target (path + query) accepted; longer get 414."
     )
+    max_request_head_bytes: Annotated[int, Field(ge=4096)] = Field(
+        64 * 1024,
+        description=(
+            "Most bytes of request line plus headers; the server stops reading there and answers "
+            "431 (414 when the request line alone is longer), then closes the connection."
+        ),
+    )
+    request_head_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        10.0,
+        description=(
+            "A connection must deliver a complete request line and headers this soon after it "
+            "opens or after a request's first byte, or it gets 408 and is closed (slow clients). "
+            "Bodies, responses, SSE and WebSockets are not limited by it."
+        ),
+    )
+    keep_alive_timeout_seconds: Annotated[int, Field(ge=1)] = Field(
+        5, description="An idle keep-alive connection is closed after this many seconds."
+    )
+    max_connections: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description=(
+            "Most open client connections (WebSockets and idle keep-alive included); one more "
+            "is answered 503 and closed at once. Unset: half the open-file limit (which the "
+            "server raises to its hard limit on start), at most 16384."
+        ),
+    )
     key_touch_interval_seconds: Annotated[float, Field(ge=0)] = Field(
         30.0,
         description=(

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends
-from fastapi.security import APIKeyHeader, APIKeyQuery
+from fastapi.security import APIKeyHeader
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
@@ -51,22 +51,29 @@ async def db(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-# Declared for the OpenAPI document; the actual lookup below also accepts the query parameter.
+# Declared for the OpenAPI document. ``?apiKey=`` is not declared: it is read below for
+# WebSockets only (browsers cannot set headers on a WebSocket). On HTTP routes a key in the URL
+# would end up in proxy and access logs, so it is refused there like a missing key.
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-api_key_query = APIKeyQuery(name="apiKey", auto_error=False)
+QUERY_KEY = "apiKey"
+NO_KEY = "authentication required (X-API-Key or Bearer token)"
+QUERY_KEY_ON_HTTP = (
+    "?apiKey= is accepted only on WebSocket routes; send the key in the X-API-Key header"
+)
 
 
 async def principal(
-    connection: HTTPConnection,
-    header_key: Annotated[str | None, Depends(api_key_header)],
-    query_key: Annotated[str | None, Depends(api_key_query)],
+    connection: HTTPConnection, header_key: Annotated[str | None, Depends(api_key_header)]
 ) -> Principal:
-    """The caller, from ``X-API-Key`` or (for WebSockets) ``?apiKey=``."""
-    plain = header_key or query_key
+    """The caller, from ``X-API-Key`` or, on WebSockets only, ``?apiKey=``."""
+    plain = header_key
+    if not plain and connection.scope["type"] == "websocket":
+        plain = connection.query_params.get(QUERY_KEY)
     if plain and connection.headers.get("authorization", "").lower().startswith("bearer "):
         raise InvalidInputError("provide either X-API-Key or Bearer token, not both")
     if not plain:
-        raise AuthenticationError("authentication required (X-API-Key or Bearer token)")
+        query_only = QUERY_KEY in connection.query_params
+        raise AuthenticationError(NO_KEY, QUERY_KEY_ON_HTTP if query_only else None)
     ctx = context(connection)
     interval = timedelta(seconds=ctx.settings.key_touch_interval_seconds)
     # Its own short transaction: the lastUsedAt write must not hold SQLite's write lock for the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -78,6 +79,7 @@ def serve(
     """Apply migrations and serve the API."""
     import uvicorn
 
+    from ..api import http_server
     from ..api.app import create_app
 
     settings = _settings()
@@ -91,13 +93,30 @@ def serve(
     )
     if settings.bootstrap_key_file.exists() and not settings.bootstrap_api_key:
         console.print(f"API key of user 'admin': {settings.bootstrap_key_file}")
+    files_before, files = http_server.raise_open_file_limit()
+    limits = http_server.HttpLimits(
+        max_head_bytes=settings.max_request_head_bytes,
+        head_timeout=settings.request_head_timeout_seconds,
+        max_connections=settings.max_connections or http_server.default_max_connections(files),
+    )
+    logging.getLogger(__name__).info(
+        "open-file limit %d (was %d); at most %d connections, request heads of %d bytes within "
+        "%g s, keep-alive %d s",
+        files,
+        files_before,
+        limits.max_connections,
+        limits.max_head_bytes,
+        limits.head_timeout,
+        settings.keep_alive_timeout_seconds,
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         loop="uvloop",
-        http="httptools",
+        http=http_server.limited_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         access_log=False,
     )
 
