@@ -16,7 +16,6 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
+from tests.support.memory import reset_peak_rss, vm_kib
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
@@ -482,19 +482,6 @@ def test_other_orgs_and_unknown_sandboxes_get_404(server: ServerProcess, box: st
 
 
 # -- large transfers, quota ------------------------------------------------------------------------
-
-
-def vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
-
-
-def reset_peak_rss(pid: int) -> int:
-    """Reset the server's VmHWM to its current RSS (Linux >= 4.0); returns that RSS in KiB."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return vm_kib(pid, "VmRSS")
 
 
 def test_200mb_round_trip_streams(server: ServerProcess, client: httpx.Client) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.memory import reset_peak_rss, vm_kib
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
@@ -102,13 +103,6 @@ def exec_latencies(client: httpx.Client, sandbox_id: str, count: int) -> list[fl
     return times
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def status_of(client: httpx.Client, sandbox_id: str) -> dict[str, object]:
     response = client.get(f"/sandboxes/{sandbox_id}")
     assert response.status_code == 200, response.text
@@ -131,7 +125,7 @@ def test_a_lying_agent_only_hurts_its_own_sandbox(
         assert client.post(f"/sandboxes/{box}/stop").status_code == 200
 
         baseline = exec_latencies(other, other_id, 15)
-        rss_before = rss_kb(server.process.pid)
+        rss_before = reset_peak_rss(server.process.pid)
 
         def attack() -> list[httpx.Response]:
             responses = [client.post(f"/sandboxes/{box}/start")]
@@ -163,6 +157,7 @@ def test_a_lying_agent_only_hurts_its_own_sandbox(
             baseline,
             during,
         )
-        assert rss_kb(server.process.pid) - rss_before < RSS_GROWTH_LIMIT_KB
+        peak_growth = vm_kib(server.process.pid, "VmHWM") - rss_before
+        assert peak_growth < RSS_GROWTH_LIMIT_KB, f"server peak RSS grew by {peak_growth} KiB"
         assert client.get("/sandboxes", params={"limit": 1}).status_code == 200
         assert client.delete(f"/sandboxes/{box}").status_code == 200

@@ -7,11 +7,11 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.memory import reset_peak_rss, vm_kib
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
@@ -33,13 +33,6 @@ def version_latencies(server: ServerProcess, count: int) -> list[float]:
             assert anonymous.get("/version").status_code == 200
             times.append(time.perf_counter() - started)
     return times
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_a_stream_of_zeros_does_not_stall_the_server(server: ServerProcess) -> None:
@@ -83,11 +76,11 @@ def test_a_client_that_stops_reading_cannot_grow_server_memory(server: ServerPro
     assert server.process is not None
     with server.client() as client:
         box = create_sandbox(client)["id"]
-        before = rss_kb(server.process.pid)
+        before = reset_peak_rss(server.process.pid)
         url = f"/sandboxes/{box}/exec-stream"
         with client.stream("POST", url, json=ZEROS) as response:
             assert response.status_code == 200
             next(response.iter_bytes())  # started; now read nothing for a while
             time.sleep(3)
-            grown = rss_kb(server.process.pid) - before
+            grown = vm_kib(server.process.pid, "VmHWM") - before
         assert grown < 64 * 1024, f"server grew by {grown} KiB while the client did not read"
