@@ -19,7 +19,8 @@ import pytest
 from tests.hostile import hostile_agent
 from voidrun_server.agent.protocol import FRAME_COST, INITIAL_WINDOW, PROTOCOL_VERSION
 from voidrun_server.agentclient import AgentClient, AgentProtocolError
-from voidrun_server.agentclient._wire import Channel, Connection
+from voidrun_server.agentclient._channel import Channel
+from voidrun_server.agentclient._wire import Connection
 from voidrun_server.errors import SandboxUnavailableError
 from voidrun_server.services.agents import AgentPool, AgentSocket
 

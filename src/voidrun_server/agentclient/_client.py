@@ -19,6 +19,7 @@ import anyio.abc
 
 from voidrun_server.agent.protocol import DATA, HEAD, RES, Header
 
+from ._channel import Channel
 from ._errors import (
     AgentConnectionError,
     AgentError,
@@ -26,8 +27,9 @@ from ._errors import (
     AgentResponseTooLargeError,
 )
 from ._procs import ProcessOps
+from ._socket import connect_unix
 from ._streams import ExecResult, ExecStream, FileDownload, _int
-from ._wire import Channel, Connection, connect_unix
+from ._wire import Connection
 
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # the agent's own default for exec's maxOutput
 MAX_ITEMS = 100_000  # listing entries per fs op (the agent refuses to list more than 50,000)

@@ -15,8 +15,9 @@ from typing import Any, Literal, Self
 
 from voidrun_server.agent.protocol import DATA, HEAD, RES
 
+from ._channel import Channel
 from ._errors import AgentProtocolError
-from ._wire import Channel, Connection
+from ._wire import Connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,7 @@ frame on the wire and corrupt the connection for every other request.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import stat
 from collections import deque
 from typing import Any
 
@@ -21,16 +18,12 @@ import anyio.abc
 import anyio.lowlevel
 
 from voidrun_server.agent.protocol import (
-    CANCEL,
     DATA,
-    END,
     ERR,
-    FRAME_COST,
     HEAD,
     HELLO,
     INITIAL_WINDOW,
     MAX_CONCURRENT_REQUESTS,
-    MAX_PAYLOAD_SIZE,
     PREFIX,
     PROTOCOL_VERSION,
     REQ,
@@ -39,17 +32,16 @@ from voidrun_server.agent.protocol import (
     FrameTooLarge,
     Header,
     ProtocolError,
-    data_cost,
     encode_frame,
     is_int,
     parse_header,
     parse_prefix,
 )
 
+from ._channel import Channel
 from ._errors import (
     AgentConnectionError,
     AgentError,
-    AgentOperationError,
     AgentProtocolError,
     AgentRequestTooLargeError,
     AgentVersionError,
@@ -57,8 +49,6 @@ from ._errors import (
 
 log = logging.getLogger(__name__)
 
-SUN_PATH_MAX = 107
-RETRY_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 WRITE_BATCH = 1024 * 1024
 READ_SIZE = 256 * 1024
 FRAME_TIMEOUT = 15.0  # a begun frame must be complete by then (unless the sandbox is frozen)
@@ -67,57 +57,6 @@ MAX_ABANDONED = 4096
 MAX_WINDOW_INCREMENT = 64 * INITIAL_WINDOW
 
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
-
-
-async def connect_unix(
-    path: str, patience: float, owner_uid: int | None = None
-) -> anyio.abc.SocketStream:
-    """Connect, retrying for ``patience`` seconds while the agent starts up (no socket yet, or
-    nobody listening on it yet)."""
-    delay = 0.005
-    last: OSError | None = None
-    try:
-        with anyio.fail_after(patience):
-            while True:
-                try:
-                    return await _connect_once(path, owner_uid)
-                except OSError as exc:
-                    if exc.errno not in RETRY_ERRNOS:
-                        raise AgentConnectionError(
-                            f"cannot connect to the agent at {path}: {exc}"
-                        ) from exc
-                    last = exc
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.1)
-    except TimeoutError:
-        raise AgentConnectionError(
-            f"the agent at {path} did not accept a connection within {patience:g}s ({last})"
-        ) from None
-
-
-async def _connect_once(path: str, owner_uid: int | None) -> anyio.abc.SocketStream:
-    """Connect without ever following a symlink at the socket's name.
-
-    The socket's directory is writable from inside the sandbox, so a hostile sandbox could swap
-    the socket for a symlink to another Unix socket the server can reach. Opening the name with
-    ``O_PATH | O_NOFOLLOW`` and connecting through ``/proc/self/fd`` pins the exact inode we
-    checked; this also lifts the 108-byte ``sun_path`` limit.
-    """
-    parent, name = os.path.split(path)
-    dir_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISSOCK(st.st_mode) or (owner_uid is not None and st.st_uid != owner_uid):
-            raise AgentConnectionError(
-                f"refusing to connect: {path} is not a socket owned by uid {owner_uid}"
-            )
-        return await anyio.connect_unix(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
 
 
 class _Outgoing:
@@ -376,118 +315,3 @@ def _check_shape(header: Header) -> None:
         isinstance(header.get("code"), str) and isinstance(header.get("message"), str)
     ):
         raise AgentProtocolError("err frame without code and message")
-
-
-class Channel:
-    """The client side of one request: its frames, its flow-control credit, its slot."""
-
-    def __init__(self, conn: Connection, sid: int) -> None:
-        self.id = sid
-        self._conn = conn
-        self._frames: deque[tuple[Header, bytes]] = deque()
-        self._changed = anyio.Event()
-        self._failure: AgentError | None = None
-        self._answered = False  # res/err arrived
-        self._closed = False  # slot given back
-        self._send_credit = INITIAL_WINDOW
-        self._recv_allowed = INITIAL_WINDOW
-        self._recv_unacked = 0
-        self._got_head = False
-        self._got_data = False
-
-    # -- called by the reader ------------------------------------------------------------------
-
-    def on_frame(self, header: Header, payload: bytes) -> None:
-        kind = header["t"]
-        if kind == DATA:
-            cost = data_cost(len(payload))
-            if cost > self._recv_allowed:
-                raise AgentProtocolError(f"agent overran the window on request {self.id}")
-            self._recv_allowed -= cost
-            self._got_data = True
-        elif kind == HEAD:
-            if self._got_head or self._got_data:
-                raise AgentProtocolError(f"second or late head frame on request {self.id}")
-            self._got_head = True
-        else:
-            self._answered = True
-        self._frames.append((header, payload))
-        self._changed.set()
-
-    def on_window(self, n: int) -> None:
-        self._send_credit += n
-        self._changed.set()
-
-    def on_failure(self, error: AgentError) -> None:
-        self._failure = error
-        self._changed.set()
-
-    async def _wait(self) -> None:
-        # One consumer per channel, and nothing awaits between its check and this swap.
-        self._changed = anyio.Event()
-        await self._changed.wait()
-
-    # -- used by the client --------------------------------------------------------------------
-
-    @property
-    def finished(self) -> bool:
-        return self._closed
-
-    async def receive(self) -> tuple[Header, bytes]:
-        """Next frame of this request; an ``err`` frame raises :class:`AgentOperationError`."""
-        while not self._frames:
-            if self._failure is not None:
-                raise self._failure
-            if self._closed:
-                raise AgentConnectionError("request already finished")
-            await self._wait()
-        header, payload = self._frames.popleft()
-        kind = header["t"]
-        if kind == DATA and not self._answered:
-            self._recv_unacked += data_cost(len(payload))
-            if self._recv_unacked >= INITIAL_WINDOW // 2:
-                grant, self._recv_unacked = self._recv_unacked, 0
-                self._recv_allowed += grant
-                self._conn.post({"t": WINDOW, "id": self.id, "n": grant})
-        elif kind in (RES, ERR):
-            self.close()
-            if kind == ERR:
-                raise AgentOperationError(header["code"], header["message"])
-        return header, payload
-
-    async def send_data(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            while self._send_credit <= FRAME_COST or self._answered:
-                if self._failure is not None:
-                    raise self._failure
-                if self._answered:
-                    await self._early_answer()
-                await self._wait()
-            n = min(self._send_credit - FRAME_COST, MAX_PAYLOAD_SIZE, len(view))
-            self._send_credit -= data_cost(n)
-            await self._conn.send({"t": DATA, "id": self.id}, bytes(view[:n]))
-            view = view[n:]
-
-    async def send_end(self) -> None:
-        await self._conn.send({"t": END, "id": self.id})
-
-    async def _early_answer(self) -> None:
-        """The agent answered while we were still uploading: surface its error."""
-        while True:
-            header, _ = await self.receive()  # raises on err
-            if header["t"] == RES:
-                raise AgentProtocolError(f"agent finished request {self.id} before its upload")
-
-    def close(self) -> None:
-        """Give the slot back; if the agent has not answered, tell it to abandon the request."""
-        if self._closed:
-            return
-        self._closed = True
-        abandoned = not self._answered and self._failure is None
-        if abandoned:
-            try:
-                self._conn.post({"t": CANCEL, "id": self.id})
-            except AgentError:
-                pass
-        self._conn.release(self, abandoned)

@@ -376,6 +376,7 @@ class SandboxService:
         """Remove everything of the sandbox and keep its row as ``deleted``. Caller holds
         the sandbox lock."""
         self.agents.forget(sandbox_id)
+        self.agents.freeze(sandbox_id, False)
         await self.driver.destroy(sandbox_id)
         await self.set_status(sandbox_id, Status.DELETED, event=event)
 
