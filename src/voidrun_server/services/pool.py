@@ -10,6 +10,7 @@ server destroys them on a clean shutdown.
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import anyio
 
 from .. import ids
-from ..drivers.base import Driver, DriverError, SandboxSpec
-from ..errors import VoidRunError
+from ..agentclient import AgentClient
+from ..drivers.base import Driver, DriverError, Retargetable, SandboxSpec
+from ..errors import DeadlineExceededError, OperationFailedError, VoidRunError
 from .agents import AgentPool, AgentSocket
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,57 @@ class WarmPool:
                 await self._destroy(spec.sandbox_id)
             raise
         return Warm(spec.sandbox_id, rootfs, AgentSocket.of(info))
+
+    async def hand_out(
+        self,
+        warm: Warm,
+        sandbox_id: str,
+        *,
+        hostname: str,
+        cpu: int,
+        mem_mb: int,
+        env: dict[str, str],
+    ) -> None:
+        """Make a taken sandbox the caller's: hostname, limits, environment. The host side
+        (driver) and the inside (agent) are independent, so they run at the same time."""
+        driver = self.driver
+        assert isinstance(driver, Retargetable)
+
+        async def outside() -> None:
+            await driver.retarget(sandbox_id, hostname=hostname, cpu=cpu, mem_mb=mem_mb, env=env)
+
+        async def personalise(agent: AgentClient) -> None:
+            if env:
+                await agent.set_env(env)
+            # One shell round trip and no fsync: rewritten on every hand-out anyway.
+            writes = " && ".join(
+                f"printf %s {shlex.quote(text)} > {path}"
+                for path, text in identity_files(hostname).items()
+            )
+            result = await agent.exec(writes, timeout=10)
+            if result.exit_code != 0:
+                raise OperationFailedError("cannot write /etc/hosts", result.stderr_text)
+
+        async def inside() -> None:
+            await self.agents.run(sandbox_id, warm.agent_socket, personalise)
+
+        failures: list[VoidRunError] = []
+
+        async def collect(step: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await step()
+            except VoidRunError as exc:
+                failures.append(exc)
+
+        try:
+            with anyio.fail_after(self.ready_timeout):
+                async with anyio.create_task_group() as steps:
+                    steps.start_soon(collect, outside)
+                    steps.start_soon(collect, inside)
+        except TimeoutError as exc:
+            raise DeadlineExceededError("handing out a warm sandbox timed out") from exc
+        if failures:
+            raise failures[0]
 
     async def drain(self) -> None:
         """Destroy every sandbox still waiting in the pool (at shutdown)."""

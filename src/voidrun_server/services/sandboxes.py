@@ -8,7 +8,6 @@ own deadlines; cleanup after a failed create is shielded from cancellation.
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,14 +18,12 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import ids
-from ..agentclient import AgentClient
 from ..config import Settings
 from ..drivers.base import (
     DiskAccounting,
     Driver,
     DriverError,
     Pausable,
-    Retargetable,
     SandboxInfo,
     SandboxSpec,
 )
@@ -35,7 +32,6 @@ from ..errors import (
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
-    OperationFailedError,
     VoidRunError,
 )
 from ..schemas.sandboxes import SandboxCreate
@@ -48,7 +44,7 @@ from . import images, quotas, validation
 from .accounts import Principal
 from .agents import AgentPool, AgentSocket
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
-from .pool import Warm, WarmPool, identity_files
+from .pool import WarmPool
 from .storage import DiskFloor
 
 log = logging.getLogger(__name__)
@@ -184,7 +180,16 @@ class SandboxService:
         if warm is not None:
             async with self.lock(row.id):
                 try:
-                    await self._adopt(warm, row)
+                    assert self.pool is not None
+                    await self.pool.hand_out(
+                        warm,
+                        row.id,
+                        hostname=_hostname(row.name),
+                        cpu=row.cpu,
+                        mem_mb=row.mem,
+                        env=dict(row.env_vars),
+                    )
+                    self._sockets[row.id] = warm.agent_socket
                 except VoidRunError as exc:
                     await self._discard_failed_create(row.id, exc)
                     raise VoidRunError("Failed to create sandbox", _describe(exc)) from exc
@@ -230,52 +235,6 @@ class SandboxService:
         except TimeoutError:
             raise DeadlineExceededError("Sandbox did not start in time", f"{seconds:g}s") from None
         self._sockets[spec.sandbox_id] = AgentSocket.of(info)
-
-    async def _adopt(self, warm: Warm, row: Sandbox) -> None:
-        """Make a warm-pool sandbox this row's: hostname, limits, environment. The host side
-        (driver) and the inside (agent) are independent, so they run at the same time."""
-        driver = self.driver
-        assert isinstance(driver, Retargetable)
-        hostname = _hostname(row.name)
-
-        async def outside() -> None:
-            await driver.retarget(
-                row.id, hostname=hostname, cpu=row.cpu, mem_mb=row.mem, env=row.env_vars
-            )
-
-        async def personalise(agent: AgentClient) -> None:
-            if row.env_vars:
-                await agent.set_env(row.env_vars)
-            # One shell round trip and no fsync: rewritten on every hand-out anyway.
-            writes = " && ".join(
-                f"printf %s {shlex.quote(text)} > {path}"
-                for path, text in identity_files(hostname).items()
-            )
-            result = await agent.exec(writes, timeout=10)
-            if result.exit_code != 0:
-                raise OperationFailedError("cannot write /etc/hosts", result.stderr_text)
-
-        async def inside() -> None:
-            await self.agents.run(row.id, warm.agent_socket, personalise)
-
-        failures: list[VoidRunError] = []
-
-        async def collect(step: Callable[[], Coroutine[Any, Any, None]]) -> None:
-            try:
-                await step()
-            except VoidRunError as exc:
-                failures.append(exc)
-
-        try:
-            with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds):
-                async with anyio.create_task_group() as steps:
-                    steps.start_soon(collect, outside)
-                    steps.start_soon(collect, inside)
-        except TimeoutError as exc:
-            raise DeadlineExceededError("handing out a warm sandbox timed out") from exc
-        if failures:
-            raise failures[0]
-        self._sockets[row.id] = warm.agent_socket
 
     async def _boot_in_background(self, spec: SandboxSpec) -> None:
         async with self.lock(spec.sandbox_id):
