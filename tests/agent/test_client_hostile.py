@@ -18,7 +18,11 @@ import pytest
 
 from tests.hostile import hostile_agent
 from voidrun_server.agent.protocol import FRAME_COST, INITIAL_WINDOW, PROTOCOL_VERSION
-from voidrun_server.agentclient import AgentClient, AgentProtocolError
+from voidrun_server.agentclient import (
+    AgentClient,
+    AgentProtocolError,
+    AgentResponseTooLargeError,
+)
 from voidrun_server.agentclient._channel import Channel
 from voidrun_server.agentclient._wire import Connection
 from voidrun_server.errors import SandboxUnavailableError
@@ -134,3 +138,23 @@ def test_a_second_head_is_refused() -> None:
     channel.on_frame({"t": "head", "id": 1, "body": {}}, b"")
     with pytest.raises(AgentProtocolError, match="second or late head"):
         channel.on_frame({"t": "head", "id": 1, "body": {}}, b"")
+
+
+def endless_output(conn: socket.socket, sid: int) -> None:
+    """Honest framing, dishonest volume: more exec output than the request's cap."""
+    chunk = frame({"t": "data", "id": sid, "ch": "stdout"}, b"x" * 65536)
+    try:
+        while True:
+            conn.sendall(chunk)
+    except OSError:
+        pass
+
+
+async def test_output_past_the_cap_fails_the_request_not_the_connection(
+    fake_agent: Callable[[Attack], Path],
+) -> None:
+    path = fake_agent(endless_output)
+    async with AgentClient(path, connect_timeout=5) as client:
+        with anyio.fail_after(20), pytest.raises(AgentResponseTooLargeError, match="1048576"):
+            await client.exec("yes", max_output=1 << 20)
+        assert client.failure is None  # only that request ended
