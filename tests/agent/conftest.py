@@ -46,7 +46,7 @@ def start_agent(
             str(socket),
             str(mount),
             env_file=str(env_file) if env_file else None,
-            python=sys.executable,
+            python=(sys.executable,),
         )
         with log.open("wb") as log_file:
             proc = subprocess.Popen(

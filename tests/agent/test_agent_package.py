@@ -55,7 +55,7 @@ def test_agent_argv() -> None:
 def test_bootstrap_runs_an_isolated_copy(agent_mount: Path) -> None:
     """A copy under another name, with site-packages hidden, must still start."""
     assert (agent_mount / PACKAGE_NAME / "__main__.py").is_file()
-    argv = agent_argv("/unused", str(agent_mount), python=sys.executable)
+    argv = agent_argv("/unused", str(agent_mount), python=(sys.executable,))
     done = subprocess.run(
         [*argv[:5], "--help"], capture_output=True, timeout=60, check=False, env={}
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import httpx
@@ -61,6 +62,15 @@ def wait(client: httpx.Client, sandbox: str, pid: int) -> dict[str, object]:
     return body
 
 
+def until(check: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
+    """Poll ``check`` until it holds; fail (saying ``what`` never happened) after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {seconds:g} s")
+        time.sleep(0.02)
+
+
 def listed(client: httpx.Client, sandbox: str) -> dict[int, dict[str, object]]:
     body = client.get(f"/sandboxes/{sandbox}/commands/list").json()
     assert body["success"] is True
@@ -86,11 +96,13 @@ def sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
 
 
 def test_run_list_attach_stdin_wait(client: httpx.Client, sandbox: str) -> None:
-    script = "echo first; echo oops >&2; while [ ! -e /tmp/gate1 ]; do sleep 0.02; done; "
+    script = "echo first; echo oops >&2; touch /tmp/printed1; "
+    script += "while [ ! -e /tmp/gate1 ]; do sleep 0.02; done; "
     script += "echo live; read line; echo got $line; exit 3"
     pid = start(client, sandbox, script)
     assert listed(client, sandbox)[pid]["running"] is True
-    sh(client, sandbox, "sleep 0.2")  # let it print its first lines before we attach
+    # it printed its first lines before we attach (they come from the replay)
+    until(lambda: "printed1" in sh(client, sandbox, "ls /tmp").split(), "first lines")
 
     events = []
     attach = {"pid": pid}
@@ -121,16 +133,12 @@ def test_run_list_attach_stdin_wait(client: httpx.Client, sandbox: str) -> None:
 def test_kill_takes_the_group_and_reads_137(client: httpx.Client, sandbox: str) -> None:
     pid = start(client, sandbox, "sleep 300 & sleep 300 & wait")
     members = f"ps -eo pid=,pgid=,stat= | awk '$2 == {pid} && $3 !~ /Z/'"
-    for _ in range(200):
-        if len(sh(client, sandbox, members).split("\n")) > 3:
-            break
+    # the shell and both sleeps are in the group before the kill
+    until(lambda: len(sh(client, sandbox, members).splitlines()) >= 3, "three group members")
     killed = client.post(f"/sandboxes/{sandbox}/commands/kill", json={"pid": pid})
     assert killed.json() == {"success": True, "message": "Process killed"}
     assert wait(client, sandbox, pid)["exitCode"] == 137
-    for _ in range(200):
-        if not sh(client, sandbox, members).strip():
-            break
-    assert sh(client, sandbox, members).strip() == ""
+    until(lambda: not sh(client, sandbox, members).strip(), "the whole group exiting")
 
 
 def test_timeout_kills(client: httpx.Client, sandbox: str) -> None:

@@ -137,9 +137,12 @@ def test_sdk_request_forms(client: httpx.Client, api: Files, box: str) -> None:
     assert response.json()["data"]["stdout"] == "hello\n"
     response = client.get(f"/sandboxes/{box}/files/search?path=/tmp&pattern=%2A.txt")
     assert response.status_code == 200 and response.json()["data"]["exitCode"] == 0
-    for op in ("mkdir", "copy", "move", "chmod", "compress", "extract"):  # no body, no type
+    # no body, no type: the error names the missing field
+    missing = {"mkdir": "path is", "copy": "from and to", "move": "from and to"}
+    missing.update(chmod="path is", compress="path is", extract="archive is")
+    for op, what in missing.items():
         response = client.post(f"/sandboxes/{box}/files/{op}", headers=sdk)
-        assert_error(response, 400)
+        assert assert_error(response, 400) == {"error": f"{what} required"}, op
     assert api.read("/tmp/c") == b""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -90,10 +91,16 @@ def test_read_is_answered_by_input(server: ServerProcess, sandbox: str) -> None:
 
         with ThreadPoolExecutor(1) as pool:
             asked = pool.submit(ask)
-            for _ in range(500):
-                check = client.post(f"/sandboxes/{sandbox}/exec", json={"command": "ls /tmp"})
-                if "asking" in check.json()["data"]["stdout"]:
-                    break
+            deadline = time.monotonic() + 60
+            while (
+                "asking"
+                not in client.post(f"/sandboxes/{sandbox}/exec", json={"command": "ls /tmp"})
+                .json()["data"]["stdout"]
+                .split()
+            ):
+                assert time.monotonic() < deadline, "the session never ran the command"
+                assert not asked.done(), asked.result()  # it ended without asking
+                time.sleep(0.02)
             answered = session(client, sandbox, action="input", sessionId=sid, input="yes\n")
             assert answered == {"success": True, "sessionId": sid, "output": ""}
             assert asked.result(timeout=60)["output"] == "got yes\n"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from tests.support.http import assert_error
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
@@ -59,7 +60,9 @@ def test_idle_sandbox_is_paused_then_stopped_and_woken_by_exec(server: ServerPro
         assert result.json()["data"]["stdout"] == "kept\n"
         assert status(client, box["id"]) == "running"
         pinned = create_sandbox(client, name="pinned", autoSleep=False)
-        time.sleep(2)  # several scans pass; autoSleep=false must keep it running
+        # a sandbox created after it is paused: scans ran with "pinned" idle long enough too
+        witness = create_sandbox(client, name="witness")
+        wait_for(lambda: status(client, witness["id"]) in ("paused", "stopped"), "witness pause")
         assert status(client, pinned["id"]) == "running"
 
 
@@ -73,7 +76,11 @@ def test_sandbox_whose_agent_died_is_marked_killed_and_can_be_deleted(
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: status(client, box["id"]) in ("killed", "error"), "the health check")
         gone = client.post(f"/sandboxes/{box['id']}/exec", json={"command": "true"})
-        assert gone.status_code == 404
+        now = status(client, box["id"])
+        assert assert_error(gone, 404) == {
+            "error": "Sandbox not running",
+            "details": f"current status: {now}",
+        }
         assert client.post(f"/sandboxes/{box['id']}/start").status_code == 200
         again = client.post(f"/sandboxes/{box['id']}/exec", json={"command": "echo back"})
         assert again.json()["data"]["stdout"] == "back\n"

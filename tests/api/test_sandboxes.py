@@ -105,10 +105,18 @@ def test_lifecycle(server: ServerProcess, client: httpx.Client) -> None:
     assert status_of(client, sid) == "running"
     assert run_in(server, sid, "cat /root/kept").strip() == "hello"
 
-    assert client.post(f"/sandboxes/{sid}/sleep").status_code == 200
-    assert client.post(f"/sandboxes/{sid}/wake").json()["message"] == "Sandbox restored"
-    assert client.post(f"/sandboxes/{sid}/stop").status_code == 200
-    assert client.post(f"/sandboxes/{sid}/wake").status_code == 200
+    def verb(name: str) -> object:
+        response = client.post(f"/sandboxes/{sid}/{name}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert verb("sleep") == {"status": "success", "message": "Sandbox snapshotted"}
+    assert status_of(client, sid) == "paused"
+    assert verb("wake") == {"status": "success", "message": "Sandbox restored"}
+    assert status_of(client, sid) == "running"
+    assert verb("stop") == {"status": "success", "message": "Sandbox stopped"}
+    assert status_of(client, sid) == "stopped"
+    assert verb("wake") == {"status": "success", "message": "Sandbox restored"}
     assert status_of(client, sid) == "running"
 
     deleted = client.delete(f"/sandboxes/{sid}")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.cgroups import read_limits, sandbox_cgroups
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
@@ -43,6 +44,9 @@ def test_pooled_sandbox_gets_the_callers_identity(server: ServerProcess) -> None
     with server.client() as client:
         wait_for_pool(server, client, 2)
         pooled = pooled_dirs(server, client)
+        for sid in pooled:  # the pool's own limits differ from what the caller asks for
+            before = read_limits(sandbox_cgroups(sid))
+            assert (before.cpu_quota_us, before.mem_bytes) != (2 * 100_000, 2048 << 20)
         box = create_sandbox(
             client, name="from-pool", cpu=2, mem=2048, envVars={"POOL_VAR": "mine"}
         )
@@ -50,12 +54,16 @@ def test_pooled_sandbox_gets_the_callers_identity(server: ServerProcess) -> None
         assert run(client, box["id"], "hostname; cat /etc/hostname") == "from-pool\nfrom-pool\n"
         assert "from-pool" in run(client, box["id"], "cat /etc/hosts")
         assert run(client, box["id"], "echo $POOL_VAR") == "mine\n"
-        limit = run(client, box["id"], "cat /sys/fs/cgroup/memory.max 2>/dev/null || true")
-        assert limit in ("", f"{2048 * 2**20}\n")
+        # the kernel enforces the caller's limits (the sandbox has no /sys: check from the host)
+        limits = read_limits(sandbox_cgroups(str(box["id"])))
+        assert (limits.cpu_quota_us, limits.cpu_period_us) == (2 * 100_000, 100_000)
+        assert limits.mem_bytes == 2048 << 20 and limits.no_swap
         # identity and environment survive a stop/start (they were written to the record)
         client.post(f"/sandboxes/{box['id']}/stop")
         client.post(f"/sandboxes/{box['id']}/start")
         assert run(client, box["id"], "hostname; echo $POOL_VAR") == "from-pool\nmine\n"
+        restarted = read_limits(sandbox_cgroups(str(box["id"])))
+        assert (restarted.cpu_quota_us, restarted.mem_bytes) == (2 * 100_000, 2048 << 20)
         wait_for_pool(server, client, 2)  # refilled
         listed = client.get("/sandboxes").json()["data"]
         newer = create_sandbox(client, name="second")

@@ -22,13 +22,13 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope="module")
 def box(server: object) -> Iterator[Sandbox]:
-    import os
-
-    os.environ["VR_API_URL"] = server.api  # type: ignore[attr-defined]
-    os.environ["VR_API_KEY"] = server.api_key  # type: ignore[attr-defined]
-    sandbox = VoidRun().create_sandbox(name="sdk-dataplane", auto_sleep=False)
-    yield sandbox
-    sandbox.remove()
+    # module-scoped, so not the monkeypatch fixture; the environment is restored after
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VR_API_URL", server.api)  # type: ignore[attr-defined]
+        env.setenv("VR_API_KEY", server.api_key)  # type: ignore[attr-defined]
+        sandbox = VoidRun().create_sandbox(name="sdk-dataplane", auto_sleep=False)
+        yield sandbox
+        sandbox.remove()
 
 
 def test_files(box: Sandbox) -> None:

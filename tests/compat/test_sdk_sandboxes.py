@@ -55,6 +55,8 @@ def test_create_with_every_option_and_list() -> None:
         assert [s.id for s in only.sandboxes] == [box.id]
         facade = vr.sandboxes.list()
         assert facade.status_code == 200
+        assert {box.id, other.id} <= {s.id for s in facade.data}
+        assert next(s for s in facade.data if s.id == box.id).name == box.name
 
         urls = box.get_public_urls()
         assert [u.port for u in urls] == [8080] and urls[0].url

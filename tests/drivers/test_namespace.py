@@ -14,6 +14,7 @@ import pytest
 
 from tests.drivers.contract import sh
 from tests.drivers.harness import NamespaceHarness, eventually, proc_status, read_text
+from tests.support.cgroups import read_limits
 from voidrun_server.drivers import (
     DriverError,
     DriverTimeoutError,
@@ -86,12 +87,13 @@ def _check_running_layout(
     for path in record.cgroups.values():
         procs = read_text(Path(path, "cgroup.procs")).split()
         assert str(info.pid) in procs and str(record.monitor.pid) in procs
-    if driver.cgroup_version == 1:
-        mem = Path(record.cgroups["memory"])
-        assert int(read_text(mem / "memory.limit_in_bytes")) == 400 << 20
-        assert int(read_text(mem / "memory.memsw.limit_in_bytes")) == 400 << 20
-        assert int(read_text(Path(record.cgroups["cpu"], "cpu.cfs_quota_us"))) == 2 * 100_000
-        assert int(read_text(Path(record.cgroups["pids"], "pids.max"))) == 1024
+    # v1: a directory per controller; v2: one "unified" group (read_limits reads either)
+    expected = {"memory", "cpu", "pids", "freezer"} if driver.cgroup_version == 1 else {"unified"}
+    assert expected <= set(record.cgroups), record.cgroups
+    limits = read_limits(record.cgroups)
+    assert (limits.cpu_quota_us, limits.cpu_period_us) == (2 * 100_000, 100_000)
+    assert limits.mem_bytes == 400 << 20 and limits.no_swap
+    assert limits.pids_max == 1024
 
 
 @pytestmark_sandbox

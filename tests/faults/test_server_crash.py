@@ -69,22 +69,38 @@ def test_kill_during_creates(server: ServerProcess) -> None:
     with server.client() as client:
         survivor = str(create_sandbox(client, name="before", autoSleep=False)["id"])
         client.post(f"/sandboxes/{survivor}/exec", json={"command": "echo data > /root/f"})
-    errors: list[BaseException] = []
+    errors: list[httpx.HTTPError] = []
+    answered: list[httpx.Response] = []
 
     def create(i: int) -> None:
         try:
             with server.client() as c:
-                c.post("/sandboxes", json={"name": f"racing-{i}"}, timeout=30)
+                answered.append(c.post("/sandboxes", json={"name": f"racing-{i}"}, timeout=60))
         except httpx.HTTPError as exc:  # the server dies under it: expected
             errors.append(exc)
+
+    def racing_dirs() -> int:
+        names = {p.name for p in (server.data_dir / "sandboxes").iterdir()}
+        return len({n for n in names if len(n) == 24} - {survivor})
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.25)  # let some creates get into the driver
+    # Creates in the driver: their run directory exists but their request has not been answered.
+    deadline = time.monotonic() + 60
+    while (in_flight := racing_dirs() - len(answered) - len(errors)) < 2:
+        assert time.monotonic() < deadline, "creates never got into the driver"
+        assert len(answered) + len(errors) < len(threads), "every create ended before the crash"
+        time.sleep(0.005)
     crash_and_restart(server)
     for thread in threads:
         thread.join()
+    # the creates the crash caught lost their connection; every answer that came is a success
+    assert len(errors) >= in_flight, (errors, answered)
+    for exc in errors:
+        assert isinstance(exc, httpx.TransportError), repr(exc)
+        assert not isinstance(exc, httpx.TimeoutException), repr(exc)
+    assert all(r.status_code == 201 for r in answered), [r.text for r in answered]
     with server.client() as client:
         rows = assert_consistent(server, client)
         assert {r["id"]: r for r in rows}[survivor]["status"] == "running"

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,18 +217,37 @@ def test_stream_reports_lines_and_explains_failures() -> None:
     assert [r.detail for r in reports[1:]] == ["first", "second"]
 
 
-def test_stream_timeout_kills_the_whole_process_group() -> None:
+def test_stream_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     reporter = progress._Reporter(None)
+    pids = tmp_path / "pids"
     with pytest.raises(ImageBuildError, match="timed out"):
-        # the grandchild keeps the pipe open; only killing the group ends the read
+        # one grandchild keeps the pipe open (only killing the group ends the read), the other
+        # does not (nothing but killing the group ends it)
+        script = f"sleep 600.25 >/dev/null 2>&1 & echo $! > {pids}; sleep 61.25 & echo $! >> {pids}"
         chroot._stream(
-            ["sh", "-c", "sleep 60 & sleep 60"],
+            ["sh", "-c", f"{script}; echo $$ >> {pids}; exec sleep 61.25"],
             step="apt install",
             timeout=0.5,
             report=reporter,
             env=dict(os.environ),
             hint="",
         )
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 3
+
+    def alive(pid: int) -> bool:
+        """Still our sleep (not a reused pid) and not a zombie waiting for its parent."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        return b".25" in cmdline and state != "Z"
+
+    deadline = time.monotonic() + 30  # SIGKILL is immediate; the deadline only covers a slow host
+    while any(alive(pid) for pid in started):
+        assert time.monotonic() < deadline, f"still running: {[p for p in started if alive(p)]}"
+        time.sleep(0.02)
 
 
 def test_mountinfo_escapes_are_decoded() -> None:

@@ -7,13 +7,15 @@ must get exactly the answer a nonexistent id gets (and never a 2xx); WebSockets 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.api.test_accounts import new_key, second_org
@@ -60,6 +62,10 @@ def route_table(tmp_path: Path) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def fill(path: str, ids: dict[str, str]) -> str:
+    """The template with real ids; ``session_id`` names a watch ticket under ``/files/watch/``
+    and a terminal elsewhere, so each route gets a real object of its own kind."""
+    if "/files/watch/" in path and "watch_id" in ids:
+        ids = {**ids, "session_id": ids["watch_id"]}
     return re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), MISSING), path).removeprefix("/api")
 
 
@@ -72,28 +78,44 @@ def server() -> Iterator[ServerProcess]:
 def test_every_resource_route_hides_other_orgs(server: ServerProcess, tmp_path: Path) -> None:
     resource_routes, ws_routes = route_table(tmp_path)
     assert any("{sandbox_id}" in p for _, p in resource_routes), "route table looks empty"
+    assert any("{session_id}" in p for _, p in resource_routes), "route table looks empty"
     with server.client() as owner:
         sandbox = str(create_sandbox(owner, name="victim", autoSleep=False)["id"])
         owner.post(f"/sandboxes/{sandbox}/exec", json={"command": "echo s3cret > /root/secret.txt"})
         key = new_key(owner, "victim-key")["keyId"]
-        real = {"sandbox_id": sandbox, "key_id": key}
+        # real objects of org A, so a route answers "not found" only if tenancy says so
+        terminal = owner.post(f"/sandboxes/{sandbox}/pty/sessions", json={})
+        assert terminal.status_code == 200, terminal.text
+        terminal_id = str(terminal.json()["data"]["sessionId"])
+        watch = owner.post(f"/sandboxes/{sandbox}/files/watch", json={"path": "/root"})
+        assert watch.status_code == 200, watch.text
+        watch_id = str(watch.json()["data"]["sessionId"])
+        command = owner.post(f"/sandboxes/{sandbox}/commands/run", json={"command": "sleep 900"})
+        assert command.status_code == 200, command.text
+        pid = int(command.json()["pid"])
+        real = {"sandbox_id": sandbox, "key_id": key, "session_id": terminal_id}
+        real["watch_id"] = watch_id
+        body = {**BODY, "pid": pid, "sessionId": terminal_id}
         with server.client(second_org(server, "intruders")) as intruder:
             for method, template in resource_routes:
                 seen = intruder.request(
-                    method, fill(template, real), params=QUERY, json=BODY, timeout=30
+                    method, fill(template, real), params=QUERY, json=body, timeout=30
                 )
                 unknown = intruder.request(
-                    method, fill(template, {}), params=QUERY, json=BODY, timeout=30
+                    method, fill(template, {}), params=QUERY, json=body, timeout=30
                 )
                 where = f"{method} {template}"
                 assert seen.status_code < 200 or seen.status_code >= 300, where
                 assert (seen.status_code, seen.json()) == (unknown.status_code, unknown.json()), (
                     where
                 )
-            for template in ws_routes:
-                url = server.url.replace("http", "ws") + "/api" + fill(template, real)
-                assert_ws_refused(f"{url}?apiKey={intruder.headers['X-API-Key']}")
             assert ws_routes, "no WebSocket routes found"
+            key_param = f"?apiKey={intruder.headers['X-API-Key']}"
+            for template in ws_routes:
+                base = server.url.replace("http", "ws") + "/api"
+                seen_ws = ws_refusal(base + fill(template, real) + key_param)
+                unknown_ws = ws_refusal(base + fill(template, {}) + key_param)
+                assert seen_ws[0] == 404 and seen_ws == unknown_ws, (template, seen_ws, unknown_ws)
             assert intruder.headers["X-API-Key"] not in server.log_path.read_text(), "key logged"
         # nothing of org A changed
         state = owner.get(f"/sandboxes/{sandbox}").json()["data"]
@@ -105,18 +127,24 @@ def test_every_resource_route_hides_other_orgs(server: ServerProcess, tmp_path: 
         assert check["stdout"].startswith("s3cret\n") and "No such file" in check["stdout"]
         assert key in {k["id"] for k in owner.get("/orgs/apikeys").json()}
         assert next(k for k in owner.get("/orgs/apikeys").json() if k["id"] == key)["isActive"]
+        sessions = owner.get(f"/sandboxes/{sandbox}/pty/sessions").json()["data"]["sessions"]
+        assert [s["id"] for s in sessions if s["alive"]] == [terminal_id]
+        processes = owner.get(f"/sandboxes/{sandbox}/commands/list").json()["processes"]
+        assert [p["running"] for p in processes if p["pid"] == pid] == [True]
+        # the intruder's attempts did not use up the owner's watch ticket
+        watch_url = f"{base}/sandboxes/{sandbox}/files/watch/{watch_id}/stream"
+        with connect(f"{watch_url}?apiKey={owner.headers['X-API-Key']}", open_timeout=10):
+            pass
 
 
-def assert_ws_refused(url: str) -> None:
+def ws_refusal(url: str) -> tuple[int, Any]:
+    """The HTTP status and JSON body that refused the WebSocket before the upgrade."""
     try:
-        with connect(url, open_timeout=10, close_timeout=2) as ws:
-            try:
-                frame = ws.recv(timeout=3)
-            except (ConnectionClosed, TimeoutError):
-                return
-            pytest.fail(f"{url} opened and sent {frame!r}")
+        with connect(url, open_timeout=10, close_timeout=2):
+            pass
     except InvalidStatus as exc:
-        assert exc.response.status_code in (401, 403, 404), url
+        return exc.response.status_code, json.loads(exc.response.body or b"null")
+    pytest.fail(f"{url} opened")
 
 
 def test_websockets_need_a_valid_key(server: ServerProcess, tmp_path: Path) -> None:
@@ -125,8 +153,9 @@ def test_websockets_need_a_valid_key(server: ServerProcess, tmp_path: Path) -> N
         sandbox = str(create_sandbox(owner, name="ws-victim")["id"])
     for template in ws_routes:
         url = server.url.replace("http", "ws") + "/api" + fill(template, {"sandbox_id": sandbox})
-        assert_ws_refused(url)
-        assert_ws_refused(f"{url}?apiKey=vr_{'x' * 43}")
+        for attempt in (url, f"{url}?apiKey=vr_{'x' * 43}"):
+            status, body = ws_refusal(attempt)
+            assert status == 401 and body["error"], (attempt, body)
 
 
 def test_unauthenticated_requests_are_401_everywhere(server: ServerProcess, tmp_path: Path) -> None:

@@ -18,13 +18,38 @@ def all_error_classes() -> list[type[errors.VoidRunError]]:
     return found
 
 
+# The status each error class answers with (CONTRACT's error table); a new class needs a row.
+EXPECTED_STATUS = {
+    "VoidRunError": 500,
+    "InvalidInputError": 400,
+    "InvalidStateError": 400,
+    "AuthenticationError": 401,
+    "PermissionDeniedError": 403,
+    "QuotaExceededError": 403,
+    "NotFoundError": 404,
+    "ConflictError": 409,
+    "PayloadTooLargeError": 413,
+    "UriTooLongError": 414,
+    "OperationFailedError": 500,
+    "SandboxUnavailableError": 502,
+    "ServiceUnavailableError": 503,
+    "DeadlineExceededError": 504,
+    "InsufficientStorageError": 507,
+    "CapacityError": 529,
+}
+
+
 @pytest.mark.parametrize("cls", all_error_classes(), ids=lambda c: c.__name__)
-def test_every_error_maps_to_a_status(cls: type[errors.VoidRunError]) -> None:
-    status = status_for(cls("x"))
-    assert 400 <= status < 600
+def test_every_error_maps_to_its_status(cls: type[errors.VoidRunError]) -> None:
+    assert cls.__name__ in EXPECTED_STATUS, f"{cls.__name__}: add its status to EXPECTED_STATUS"
+    assert status_for(cls("x")) == EXPECTED_STATUS[cls.__name__]
     if cls is not errors.VoidRunError:
         mapped = [c for c in cls.__mro__ if c in STATUS_BY_ERROR and c is not errors.VoidRunError]
         assert mapped, f"{cls.__name__} needs a row in STATUS_BY_ERROR or a mapped parent"
+
+
+def test_every_expected_class_exists() -> None:
+    assert set(EXPECTED_STATUS) == {cls.__name__ for cls in all_error_classes()}
 
 
 def test_driver_errors() -> None:
