@@ -12,18 +12,16 @@ import httpx
 import pytest
 
 from tests.api.test_accounts import second_org
-from tests.conftest import BACKENDS
 from tests.support.http import assert_error
-from tests.support.sandboxes import backend_env, create_sandbox, sandbox_server
+from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    """Once on SQLite (the default database) and once on PostgreSQL."""
-    with sandbox_server(**backend_env(request.param)) as proc:
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with sandbox_server() as proc:
         yield proc
 
 
