@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from tests.api.test_accounts import second_org
+from tests.conftest import BACKENDS
 from tests.support.http import assert_error
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import backend_env, create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 from voidrun_server.agentclient import AgentClient
 
@@ -18,9 +19,10 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 SDK_UA = {"User-Agent": "VoidRun-Python-SDK/0.1.0"}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """Once on SQLite (the default database) and once on PostgreSQL."""
+    with sandbox_server(**backend_env(request.param)) as proc:
         yield proc
 
 

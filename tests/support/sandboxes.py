@@ -38,6 +38,16 @@ def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def backend_env(backend: str) -> dict[str, str]:
+    """Server environment for a database backend: SQLite is the server's default (in the data
+    dir); PostgreSQL gets a fresh database (skips when ``VOIDRUN_TEST_POSTGRES_URL`` is unset)."""
+    from tests.conftest import database_url
+
+    if backend == "sqlite":
+        return {}
+    return {"VOIDRUN_DATABASE_URL": database_url(backend, Path())}
+
+
 def create_sandbox(client: httpx.Client, **body: object) -> dict[str, object]:
     """POST /sandboxes and return the Sandbox object (asserts 201)."""
     response = client.post("/sandboxes", json={"name": "box", **body})

@@ -386,7 +386,9 @@ class SandboxService:
 
     async def _touch(self, row: Sandbox) -> None:
         now = utcnow()
-        if now - row.last_activity_at < ACTIVITY_WRITE_INTERVAL:
+        # Throttled, but never so much that a sandbox in use looks idle to auto-sleep (§C.6).
+        idle = timedelta(seconds=self.settings.pause_after_idle_seconds)
+        if now - row.last_activity_at < min(ACTIVITY_WRITE_INTERVAL, idle / 4):
             return
         async with transaction(self.sessions) as session:
             await repo.touch_activity(session, row.id, now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PermissionDeniedError
 from ..schemas.sandboxes import PortSpec, SandboxCreate
 
 DNS_1123_SUBDOMAIN = re.compile(
@@ -113,7 +113,8 @@ def validate_create(body: SandboxCreate, default_image: str, org_id: str) -> Cre
     if not 1024 <= mem <= 16384:
         raise invalid("invalid memory size: must be between 1 GiB and 16 GiB")
     if body.org_id and body.org_id != org_id:
-        raise invalid("orgId does not match the API key's org", "omit orgId")
+        # CONTRACT §C.1 [R]: the org comes from the key; a different one is refused with 403.
+        raise PermissionDeniedError("orgId does not match the API key's org", "omit orgId")
     image = (body.image or "").strip() or default_image
     if len(image) > 151:
         raise invalid("invalid image: at most 151 characters")

@@ -24,7 +24,7 @@ from ...store.tables import Sandbox
 from ..deps import Caller, Ctx
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Sandboxes"])
-SDK_USER_AGENTS = ("voidrun-python-sdk/", "sdk")
+SDK_USER_AGENTS = ("voidrun-python-sdk/",)  # CONTRACT decision 1
 
 
 def sdk_dialect(request: Request, ctx: Ctx) -> bool:

@@ -39,8 +39,11 @@ async def page_in_org(
             .select_from(Sandbox)
             .where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
         )
+        total = int(total or 0)
+        if offset >= total:  # past the end; a huge page number would overflow the database
+            return [], total
         rows = (await session.execute(query.offset(offset).limit(limit))).scalars().all()
-        return rows, int(total or 0)
+        return rows, total
     matching = [
         row
         for row in (await session.execute(query)).scalars().all()
