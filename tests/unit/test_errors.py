@@ -6,6 +6,7 @@ import pytest
 
 from voidrun_server import errors
 from voidrun_server.api.errors import STATUS_BY_ERROR, status_for
+from voidrun_server.drivers import base as _driver_errors  # noqa: F401 - their classes count too
 
 
 def all_error_classes() -> list[type[errors.VoidRunError]]:
@@ -13,7 +14,8 @@ def all_error_classes() -> list[type[errors.VoidRunError]]:
     pending: list[type[errors.VoidRunError]] = [errors.VoidRunError]
     while pending:
         cls = pending.pop()
-        found.append(cls)
+        if cls not in found:  # a class with two mapped parents is reached twice
+            found.append(cls)
         pending.extend(cls.__subclasses__())
     return found
 
@@ -36,6 +38,11 @@ EXPECTED_STATUS = {
     "DeadlineExceededError": 504,
     "InsufficientStorageError": 507,
     "CapacityError": 529,
+    "DriverError": 500,
+    "SandboxNotFoundError": 500,
+    "SandboxStateError": 500,
+    "DriverUnavailableError": 503,
+    "DriverTimeoutError": 504,
 }
 
 
