@@ -71,6 +71,11 @@ def server(**env: str) -> Iterator[Server]:
         "VOIDRUN_IMAGES_DIR": str(IMAGES),
         "VOIDRUN_SANDBOX_DISK_MB": "1024",
         "VOIDRUN_LOG_LEVEL": "warning",
+        # One org creates everything here: lift its quotas (the defaults stop at 64 CPUs).
+        "VOIDRUN_ORG_MAX_SANDBOXES": "100000",
+        "VOIDRUN_ORG_MAX_CPU": "100000",
+        "VOIDRUN_ORG_MAX_MEM_MB": str(1 << 40),
+        "VOIDRUN_ORG_MAX_DISK_MB": str(1 << 40),
         **env,
     }
     binary = Path(sys.executable).with_name("voidrun-server")
