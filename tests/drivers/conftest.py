@@ -4,7 +4,8 @@ These tests start real sandboxes, so they need root, user namespaces, cgroups an
 without them they are a ``sandbox`` tier skip (tests/support/tiers.py) naming what is missing.
 The image is the project's ``code`` image built by ``build_code_image`` (cached in
 ``$VOIDRUN_TEST_IMAGES_DIR``, default ``/var/tmp/voidrun-test-images``; the first build takes a
-few minutes). Every sandbox a test creates is destroyed at teardown, and the test fails if anything of it is left on the host.
+few minutes). Every sandbox a test creates is destroyed at teardown, and the test fails if
+anything of it is left on the host.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ def parse_reason(text: str) -> tuple[str, str] | None:
 
 def skip_tier(tier: str, reason: str) -> NoReturn:
     """Skip the current test because this machine cannot run ``tier`` (``reason`` says why)."""
+    __tracebackhide__ = True  # -ra shows the caller's line, not this one
     pytest.skip(skip_reason(tier, reason))
 
 
@@ -81,5 +82,6 @@ def opted_out() -> set[str]:
 
 def skip_if_opted_out(tier: str) -> None:
     """Skip now if the tier is opted out (call before paying for a server or an image build)."""
+    __tracebackhide__ = True
     if tier in opted_out():
         skip_tier(tier, f"opted out by {SKIP_TIERS_ENV}")
