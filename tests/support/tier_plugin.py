@@ -35,6 +35,7 @@ class _Outcome:
 @dataclass
 class _State:
     opted_out: set[str]
+    marked: dict[str, set[str]] = field(default_factory=dict)  # node id -> its tier markers
     outcomes: dict[str, _Outcome] = field(default_factory=dict)
 
     def unexpected(self) -> dict[str, list[str]]:
@@ -64,10 +65,13 @@ class TierPlugin:
     def __init__(self, state: _State) -> None:
         self.state = state
 
+    @pytest.hookimpl(trylast=True)  # after conftests that add tier markers (tests/compat)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
+            marked = {tier for tier in TIERS if item.get_closest_marker(tier) is not None}
+            self.state.marked[item.nodeid] = marked
             for tier in TIERS:
-                if tier in self.state.opted_out and item.get_closest_marker(tier) is not None:
+                if tier in self.state.opted_out and tier in marked:
                     reason = skip_reason(tier, f"opted out by {SKIP_TIERS_ENV}")
                     item.add_marker(pytest.mark.skip(reason=reason))
                     break
@@ -75,8 +79,8 @@ class TierPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = self.state.outcomes.get(report.nodeid)
         if outcome is None:
-            marked = {tier for tier in TIERS if tier in report.keywords and tier != "unit"}
-            outcome = self.state.outcomes[report.nodeid] = _Outcome(tiers=marked)
+            marked = self.state.marked.get(report.nodeid, set())
+            outcome = self.state.outcomes[report.nodeid] = _Outcome(tiers=set(marked))
         if report.skipped and not hasattr(report, "wasxfail"):
             outcome.skipped = True
             text = _skip_text(report)
