@@ -9,7 +9,7 @@ mount directory on ``sys.path``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 AGENT_PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_NAME = "voidrun_agent"
@@ -30,13 +30,14 @@ def agent_argv(
     mount_dir: str = DEFAULT_MOUNT_DIR,
     *,
     env_file: Optional[str] = None,
-    python: Sequence[str] = ("python3",),
+    python: Union[str, Sequence[str]] = "python3",
 ) -> List[str]:
     """The agent's command line as seen inside the sandbox (paths are sandbox paths).
 
     ``python`` is the interpreter's argv: in sandboxes, the bundled runtime started through its
     own loader (``voidrun_server.agent_runtime``), never a ``python3`` found through PATH."""
-    argv = [*python, "-I", "-S", "-c", bootstrap_code(mount_dir), "--socket", socket_path]
+    interpreter = [python] if isinstance(python, str) else list(python)
+    argv = [*interpreter, "-I", "-S", "-c", bootstrap_code(mount_dir), "--socket", socket_path]
     if env_file is not None:
         argv += ["--env-file", env_file]
     return argv
