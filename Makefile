@@ -26,12 +26,33 @@ typecheck: ## mypy --strict on the package
 	$(BIN)/mypy src/voidrun_server
 
 pytest: ## Run pytest (starts a throwaway PostgreSQL; images cached in VOIDRUN_TEST_IMAGES_DIR)
-	@# Build (or find cached) the sandbox image first, with its progress bar, outside any test timeout.
-	VOIDRUN_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
-	$(BIN)/voidrun-server images build code
-	VOIDRUN_TEST_POSTGRES_URL=$$(scripts/pg-test.sh start) \
-	VOIDRUN_TEST_IMAGES_DIR=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images} \
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@# Every tier must run unless VOIDRUN_TEST_SKIP_TIERS names it (see CONTRIBUTING.md, "Tiers"):
+	@# a failed image build or PostgreSQL start stops here, and a tier skip fails pytest.
+	@skip=",$${VOIDRUN_TEST_SKIP_TIERS:-},"; skip=$${skip// /}; \
+	images=$${VOIDRUN_TEST_IMAGES_DIR:-/var/tmp/voidrun-test-images}; \
+	if [[ $$skip == *,sandbox,* || $$skip == *,all,* ]]; then \
+	  echo "make test: not building the sandbox image (VOIDRUN_TEST_SKIP_TIERS names sandbox)"; \
+	else \
+	  echo "VOIDRUN_IMAGES_DIR=$$images $(BIN)/voidrun-server images build code"; \
+	  VOIDRUN_IMAGES_DIR=$$images $(BIN)/voidrun-server images build code || { \
+	    echo >&2 "make test: building the sandbox image into $$images failed (see above)."; \
+	    echo >&2 "  The sandbox tier needs it: run as root with debootstrap and network access,"; \
+	    echo >&2 "  or run without sandboxes: VOIDRUN_TEST_SKIP_TIERS=sandbox,slow make test"; \
+	    exit 1; }; \
+	fi; \
+	pg_url=$${VOIDRUN_TEST_POSTGRES_URL:-}; \
+	if [[ $$skip == *,postgres,* || $$skip == *,all,* ]]; then \
+	  echo "make test: not starting PostgreSQL (VOIDRUN_TEST_SKIP_TIERS names postgres)"; \
+	elif [ -z "$$pg_url" ]; then \
+	  pg_url=$$(scripts/pg-test.sh start) && [ -n "$$pg_url" ] || { \
+	    echo >&2 "make test: scripts/pg-test.sh start failed (see above), so the postgres tier"; \
+	    echo >&2 "  cannot run. Install PostgreSQL (apt-get install postgresql), point"; \
+	    echo >&2 "  VOIDRUN_TEST_POSTGRES_URL at a server where tests may create databases,"; \
+	    echo >&2 "  or run without it: VOIDRUN_TEST_SKIP_TIERS=postgres make test"; \
+	    exit 1; }; \
+	fi; \
+	echo "$(BIN)/pytest $(PYTEST_ARGS)  (PostgreSQL: $${pg_url:-none}, images: $$images)"; \
+	VOIDRUN_TEST_POSTGRES_URL=$$pg_url VOIDRUN_TEST_IMAGES_DIR=$$images $(BIN)/pytest $(PYTEST_ARGS)
 
 fuzz: install-test ## Fuzz the API with schemathesis for longer (FUZZ_EXAMPLES, default 200)
 	VOIDRUN_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} \

@@ -1,8 +1,9 @@
-"""Shared fixtures: database backends and real server processes.
+"""Shared fixtures: database backends and real server processes; the test-tier hooks.
 
-Store and API tests run once per backend. SQLite always runs; PostgreSQL runs when
-``VOIDRUN_TEST_POSTGRES_URL`` points at a server where we may create databases (``make test``
-starts one) and is skipped with a reason otherwise.
+Tests that use ``db_url`` or the ``server`` fixture below run once per backend. SQLite always
+runs; PostgreSQL runs when ``VOIDRUN_TEST_POSTGRES_URL`` points at a server where we may create
+databases (``make test`` starts one). Without it those runs are a ``postgres`` tier skip, which
+fails the run unless ``VOIDRUN_TEST_SKIP_TIERS`` names ``postgres`` (see tests/support/tiers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import ServerProcess
+from tests.support.tiers import skip_if_opted_out, skip_tier
+
+pytest_plugins = ["tests.support.tier_plugin"]
 
 POSTGRES_URL = os.environ.get("VOIDRUN_TEST_POSTGRES_URL", "")
 BACKENDS = [
@@ -44,8 +48,9 @@ def _create_pg_database() -> str:
 def database_url(backend: str, tmp: Path) -> str:
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{tmp / 'voidrun.db'}"
+    skip_if_opted_out("postgres")
     if not POSTGRES_URL:
-        pytest.skip("VOIDRUN_TEST_POSTGRES_URL not set (make test starts PostgreSQL)")
+        skip_tier("postgres", "VOIDRUN_TEST_POSTGRES_URL is not set (make test starts PostgreSQL)")
     return _create_pg_database()
 
 

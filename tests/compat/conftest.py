@@ -11,6 +11,13 @@ from tests.support.sandboxes import sandbox_server
 from tests.support.server import ServerProcess
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here talks to a sandbox server (the autouse fixture below): the sandbox tier."""
+    for item in items:
+        if "tests/compat/" in item.path.as_posix() and item.get_closest_marker("sandbox") is None:
+            item.add_marker(pytest.mark.sandbox)
+
+
 @pytest.fixture(scope="package")
 def server() -> Iterator[ServerProcess]:
     with sandbox_server() as proc:

@@ -1,10 +1,11 @@
 """Fixtures for driver tests: a real image, a real state directory, real cgroups.
 
 These tests start real sandboxes, so they need root, user namespaces, cgroups and loop devices;
-they skip with the reason when the host lacks any of them. The image is the project's ``code``
-image built by ``build_code_image`` (cached in ``$VOIDRUN_TEST_IMAGES_DIR``, default
-``/var/tmp/voidrun-test-images``; the first build takes a few minutes). Every sandbox a test
-creates is destroyed at teardown, and the test fails if anything of it is left on the host.
+without them they are a ``sandbox`` tier skip (tests/support/tiers.py) naming what is missing.
+The image is the project's ``code`` image built by ``build_code_image`` (cached in
+``$VOIDRUN_TEST_IMAGES_DIR``, default ``/var/tmp/voidrun-test-images``; the first build takes a
+few minutes). Every sandbox a test creates is destroyed at teardown, and the test fails if
+anything of it is left on the host.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from tests.drivers.harness import DriverHarness, NamespaceHarness, mountinfo_lines
 from tests.support.images import CODE_TAG, IMAGES_DIR
+from tests.support.tiers import skip_if_opted_out, skip_tier
 from voidrun_server.drivers.base import DriverUnavailableError
 
 # bwrap runs as the sandbox uid and must traverse the state dir: not pytest's 0700 tmp_path.
@@ -53,9 +55,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def namespace_rootfs() -> Path:
+    skip_if_opted_out("sandbox")
     reason = _unavailable()
     if reason:
-        pytest.skip(reason)
+        skip_tier("sandbox", reason)
     from voidrun_server.images.build import build_code_image
 
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import pytest
 from tests.drivers.contract import sh
 from tests.drivers.harness import NamespaceHarness, eventually, proc_status, read_text
 from tests.support.cgroups import read_limits
+from tests.support.tiers import skip_tier
 from voidrun_server.drivers import (
     DriverError,
     DriverTimeoutError,
@@ -340,9 +341,10 @@ def test_seccomp_program_is_compiled_once() -> None:
     assert len(program) % 8 == 0 and len(program) > 100  # struct sock_filter is 8 bytes
 
 
+@pytest.mark.root
 def test_state_dir_must_be_reachable_by_sandbox_uid(tmp_path: Path, cgroup_parent: str) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        skip_tier("root", "the driver's state dir check runs as root")
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     os.chmod(tmp_path, 0o700)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.support.tiers import skipif_tier
 
 from voidrun_server.images import build, chroot, progress
 from voidrun_server.images.build import (
@@ -25,7 +26,10 @@ from voidrun_server.images.build import (
     image_dir,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mount need root")
+pytestmark = [
+    pytest.mark.root,
+    skipif_tier(os.geteuid() != 0, "root", "chown and mount need root"),
+]
 
 BASE = 100000
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.tiers import skip_tier, skipif_tier
 
 from voidrun_server.images import build, chroot
 from voidrun_server.images.build import (
@@ -36,10 +37,11 @@ TAG = os.environ.get(
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(3600),  # the first test to need the image pays for the build
-    pytest.mark.skipif(os.geteuid() != 0, reason="building an image needs root"),
-    pytest.mark.skipif(
+    skipif_tier(os.geteuid() != 0, "slow", "building an image needs root"),
+    skipif_tier(
         shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists(),
-        reason="apt-get install debootstrap",
+        "slow",
+        "debootstrap is not installed (apt-get install debootstrap)",
     ),
 ]
 
@@ -253,7 +255,7 @@ def test_image_works_as_root_of_a_user_namespace(scratch_root: Path) -> None:
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         _, err = proc.communicate(timeout=30)
-        pytest.skip(f"cannot create a user namespace here: {err.strip()[-200:]}")
+        skip_tier("slow", f"cannot create a user namespace here: {err.strip()[-200:]}")
     for name in ("uid_map", "gid_map"):
         Path(f"/proc/{proc.pid}/{name}").write_text(f"0 {UID_BASE} 65536\n")
     out, err = proc.communicate("go\n", timeout=120)

@@ -9,10 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.tiers import skipif_tier
 
 from voidrun_server.images.shift import OwnershipShiftError, shift_ownership
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other uids needs root")
+pytestmark = [
+    pytest.mark.root,
+    skipif_tier(os.geteuid() != 0, "root", "chown to other uids needs root"),
+]
 
 BASE = 100000
 CAP_NET_RAW = 1 << 13

@@ -10,17 +10,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.images import IMAGES_DIR, STATE_PARENT, ensure_code_image
 from tests.support.server import ServerProcess
+from tests.support.tiers import skip_if_opted_out, skip_tier
 
 
 @contextmanager
 def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
     """Start a server whose sandboxes are real; delete every sandbox and the data dir after."""
+    skip_if_opted_out("sandbox")
     if os.geteuid() != 0:
-        pytest.skip("sandboxes need root")
+        skip_tier("sandbox", "sandboxes need root")
     ensure_code_image()
     data_dir = Path(tempfile.mkdtemp(prefix="voidrun-api-", dir=STATE_PARENT))
     os.chmod(data_dir, 0o755)
