@@ -40,6 +40,7 @@ def test_create_with_every_option_and_list() -> None:
     )
     other = vr.create_sandbox(name="sdk-other", labels={"suite": "compat"})
     try:
+        assert (box.name, other.name) == ("sdk-full", "sdk-other")
         assert (box.cpu, box.mem, box.region, box.auto_sleep) == (2, 2048, "eu", False)
         assert box.env_vars == {"GREETING": "hi"}
         assert box.labels == {"suite": "compat", "kind": "full"}
@@ -56,7 +57,7 @@ def test_create_with_every_option_and_list() -> None:
         facade = vr.sandboxes.list()
         assert facade.status_code == 200
         assert {box.id, other.id} <= {s.id for s in facade.data}
-        assert next(s for s in facade.data if s.id == box.id).name == box.name
+        assert next(s for s in facade.data if s.id == box.id).name == "sdk-full"
 
         urls = box.get_public_urls()
         assert [u.port for u in urls] == [8080] and urls[0].url
