@@ -39,8 +39,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..agentclient import AgentError, FileDownload
 from ..errors import InvalidInputError, PayloadTooLargeError, VoidRunError
 from ..services.accounts import Principal
+from ..services.agents import agent_text as text
 from ..services.file_watches import WatchTicket
-from ..services.files import FileService, text
+from ..services.files import FileService
 
 MULTIPART_LIMIT = 5 * 1024 * 1024
 SEND_STALL_LIMIT = 60.0

@@ -26,6 +26,18 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
+from ..agent.protocol import (
+    BAD_REQUEST,
+    IO_ERROR,
+    IS_A_DIRECTORY,
+    NOT_A_DIRECTORY,
+    NOT_A_FILE,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    SPAWN_FAILED,
+    TOO_MANY_REQUESTS,
+    UNKNOWN_OP,
+)
 from ..agentclient import (
     AgentClient,
     AgentConnectionError,
@@ -38,7 +50,11 @@ from ..agentclient import (
 from ..drivers.base import SandboxInfo
 from ..errors import (
     DeadlineExceededError,
+    InsufficientStorageError,
+    InvalidInputError,
+    NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     SandboxUnavailableError,
     VoidRunError,
 )
@@ -62,6 +78,68 @@ class AgentSocket:
     @classmethod
     def of(cls, info: SandboxInfo) -> AgentSocket:
         return cls(info.agent_socket, info.agent_socket_owner)
+
+
+# Agent refusals that mean "the request asked for something that cannot be": 400.
+BAD_INPUT = frozenset(
+    {BAD_REQUEST, TOO_MANY_REQUESTS, IO_ERROR, IS_A_DIRECTORY, NOT_A_DIRECTORY, NOT_A_FILE}
+    | {SPAWN_FAILED}  # the image lacks the program (bash, a shell): the message names it
+)
+NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+def agent_text(value: object) -> str:
+    """Agent strings may carry surrogate escapes (non-UTF-8 names); JSON needs real text."""
+    raw = str(value)
+    try:
+        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "replace").decode("utf-8")
+
+
+def outdated_agent(exc: AgentOperationError) -> SandboxUnavailableError | None:
+    if exc.code != UNKNOWN_OP:
+        return None
+    return SandboxUnavailableError(
+        "Sandbox agent is outdated", "restart the sandbox to start this server's agent"
+    )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The one mapping from an agent's refusal (``AgentOperationError``) to our errors. The
+    contract words errors per route family, so each family names its texts:
+
+    ``failure``: error text for anything unexpected (500), or None to treat that as bad input
+    too (session-exec, CONTRACT §B.4); ``not_found``: error text for ``not_found`` (404), or None
+    to treat it as bad input (a missing cwd is the caller's mistake); ``invalid``: error text for
+    bad input (400, the agent's message as details), or None for the agent's message itself as
+    the error. An unknown op means the sandbox still runs an older agent (502); a full disk is
+    507; permission denied 403.
+    """
+
+    failure: str | None
+    not_found: str | None = None
+    invalid: str | None = None
+
+    def error(self, exc: AgentOperationError) -> VoidRunError:
+        message = agent_text(exc.message)
+        outdated = outdated_agent(exc)
+        if outdated is not None:
+            return outdated
+        if exc.code == NOT_FOUND and self.not_found is not None:
+            return NotFoundError(self.not_found, message)
+        if exc.code == PERMISSION_DENIED:
+            return PermissionDeniedError("Permission denied", message)
+        if any(reason in message for reason in NO_SPACE):
+            return InsufficientStorageError("Sandbox disk is full", message)
+        if exc.code in BAD_INPUT or exc.code == NOT_FOUND or self.failure is None:
+            return (
+                InvalidInputError(self.invalid, message)
+                if self.invalid
+                else (InvalidInputError(message))
+            )
+        return VoidRunError(self.failure, message)
 
 
 @dataclass
@@ -116,9 +194,11 @@ class AgentPool:
         work: Callable[[AgentClient], Awaitable[T]],
         *,
         deadline: float | None = None,
+        refused: Refusal | None = None,
     ) -> T:
         """Run ``work`` on the sandbox's agent, reconnecting once if the connection was found
-        broken. The agent's refusals (``AgentOperationError``) pass through unchanged; other
+        broken. The agent's refusals (``AgentOperationError``) become ``refused``'s errors (or
+        pass through unchanged without one: a caller that reports them in-band); other
         agent failures become ``SandboxUnavailableError``, a missed deadline
         ``DeadlineExceededError``, a request too large to send ``PayloadTooLargeError``.
         Anything else ``work`` raises while reading the agent's answers (a reply of the wrong
@@ -137,8 +217,10 @@ class AgentPool:
                 self.forget(sandbox_id)
                 if attempt == 2:
                     raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
-            except AgentOperationError:
-                raise
+            except AgentOperationError as exc:
+                if refused is None:
+                    raise
+                raise refused.error(exc) from exc
             except AgentRequestTooLargeError as exc:
                 raise PayloadTooLargeError("Request too large for the sandbox", str(exc)) from exc
             except AgentResponseTooLargeError as exc:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 
-from ..agent.protocol import BAD_REQUEST, IO_ERROR, NOT_FOUND, TOO_MANY_REQUESTS
 from ..agentclient import (
-    AgentOperationError,
     OpStream,
     Output,
     ProcessInfo,
@@ -26,15 +24,14 @@ from ..agentclient import (
 )
 from ..errors import (
     DeadlineExceededError,
-    InvalidInputError,
-    NotFoundError,
-    VoidRunError,
 )
 from ..schemas.processes import CommandRunRequest
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.types import utcnow
+from . import validation
 from .accounts import Principal
+from .agents import Refusal
 from .sandboxes import Running, SandboxService
 
 log = logging.getLogger(__name__)
@@ -44,8 +41,6 @@ AGENT_DEADLINE = 30.0  # every short agent call
 # sandbox even without new requests: touch its activity this often, or auto-sleep would
 # freeze it under them.
 KEEP_AWAKE_INTERVAL = 60.0
-MAX_COMMAND_CHARS = 100_000
-MAX_PATH_CHARS = 4096
 
 
 class AgentCalls:
@@ -62,12 +57,14 @@ class AgentCalls:
         running: Running,
         work: Callable[[ProcessOps], Awaitable[T]],
         deadline: float | None = AGENT_DEADLINE,
+        refused: Refusal | None = None,
     ) -> T:
         return await self.sandboxes.agents.run(
             running.row.id,
             running.agent_socket,
             lambda client: work(client.procs),
             deadline=deadline,
+            refused=refused,
         )
 
     async def call(
@@ -76,16 +73,19 @@ class AgentCalls:
         sandbox_id: str,
         work: Callable[[ProcessOps], Awaitable[T]],
         deadline: float | None = AGENT_DEADLINE,
+        refused: Refusal | None = None,
     ) -> T:
-        return await self.on(await self.running(caller, sandbox_id), work, deadline)
+        return await self.on(await self.running(caller, sandbox_id), work, deadline, refused)
 
-    async def enter(self, running: Running, make: Callable[[ProcessOps], OpStream]) -> LiveStream:
+    async def enter(
+        self, running: Running, make: Callable[[ProcessOps], OpStream], refused: Refusal
+    ) -> LiveStream:
         """Open a streaming op and wait for its head (unknown ids fail here, as JSON errors)."""
 
         async def start(procs: ProcessOps) -> OpStream:
             return await make(procs).__aenter__()
 
-        return LiveStream(await self.on(running, start), self, running)
+        return LiveStream(await self.on(running, start, refused=refused), self, running)
 
     async def keep_awake(self, running: Running) -> None:
         try:
@@ -136,31 +136,9 @@ class LiveStream:
         await self.stream.__aexit__(None, None, None)
 
 
-def translate(exc: AgentOperationError, failure: str, not_found: str) -> VoidRunError:
-    """Our error for an agent's refusal: unknown ids 404; bad input, limits and a closed stdin
-    or ended shell (``io_error`` from these ops) 400; anything else 500."""
-    if exc.code == NOT_FOUND:
-        return NotFoundError(not_found, exc.message)
-    if exc.code in (BAD_REQUEST, TOO_MANY_REQUESTS, IO_ERROR):
-        return InvalidInputError(exc.message)
-    return VoidRunError(failure, exc.message)
-
-
-def check_env_cwd(env: Mapping[str, str] | None, cwd: str | None) -> None:
-    for key, value in (env or {}).items():
-        if not key or "=" in key or "\x00" in key or "\x00" in value:
-            raise InvalidInputError("Invalid env", f"bad variable {key[:40]!r}")
-    if cwd is not None and (len(cwd) > MAX_PATH_CHARS or "\x00" in cwd or not cwd.startswith("/")):
-        raise InvalidInputError("Invalid cwd", "must be an absolute path")
-
-
-def require_command(command: str | None) -> str:
-    text = (command or "").strip()
-    if not text:
-        raise InvalidInputError("Command is required")
-    if len(text) > MAX_COMMAND_CHARS:
-        raise InvalidInputError("Command too long", f"at most {MAX_COMMAND_CHARS} characters")
-    return text
+RUN_REFUSED = Refusal(failure="Failed to run command", invalid="Failed to run command")
+PROCESS_REFUSED = Refusal(failure="Command operation failed", not_found="Process not found")
+ATTACH_REFUSED = Refusal(failure="Failed to attach", not_found="Process not found")
 
 
 class CommandService:
@@ -169,23 +147,21 @@ class CommandService:
         self.follow_limit = sandboxes.settings.command_follow_limit_seconds
 
     async def run(self, caller: Principal, sandbox_id: str, body: CommandRunRequest) -> ProcessInfo:
-        command = require_command(body.command)
-        check_env_cwd(body.env, body.cwd or None)
+        command = validation.command_text(body.command)
+        env = validation.command_env(body.env)
+        cwd = validation.command_cwd(body.cwd, absolute=True)
 
         async def work(procs: ProcessOps) -> ProcessInfo:
             return await procs.run_command(
-                command, env=body.env, cwd=body.cwd or None, time_limit=body.timeout or None
+                command, env=env, cwd=cwd, time_limit=body.timeout or None
             )
 
-        try:
-            return await self.calls.call(caller, sandbox_id, work)
-        except AgentOperationError as exc:
-            if exc.code == NOT_FOUND:  # the working directory or the shell is missing
-                raise InvalidInputError("Failed to run command", exc.message) from exc
-            raise translate(exc, "Failed to run command", "Not found") from exc
+        return await self.calls.call(caller, sandbox_id, work, refused=RUN_REFUSED)
 
     async def list(self, caller: Principal, sandbox_id: str) -> list[ProcessInfo]:
-        return await self.calls.call(caller, sandbox_id, lambda procs: procs.list_commands())
+        return await self.calls.call(
+            caller, sandbox_id, lambda procs: procs.list_commands(), refused=PROCESS_REFUSED
+        )
 
     async def kill(self, caller: Principal, sandbox_id: str, pid: int) -> None:
         await self._on_pid(caller, sandbox_id, pid, lambda procs: procs.kill_command(pid))
@@ -198,10 +174,9 @@ class CommandService:
         while True:
             # Waiting is idempotent: ask again each interval, recording activity in between.
             with anyio.move_on_after(min(KEEP_AWAKE_INTERVAL, give_up - anyio.current_time())):
-                try:
-                    return await self.calls.on(running, lambda p: p.wait_command(pid), None)
-                except AgentOperationError as exc:
-                    raise translate(exc, "Command operation failed", "Process not found") from exc
+                return await self.calls.on(
+                    running, lambda p: p.wait_command(pid), None, PROCESS_REFUSED
+                )
             if anyio.current_time() >= give_up:
                 raise DeadlineExceededError("Command still running", f"after {limit:g}s")
             await self.calls.keep_awake(running)
@@ -217,10 +192,9 @@ class CommandService:
         """Opened before the response starts, so an unknown pid is a JSON 404; closing it
         detaches (the command keeps running)."""
         running = await self.calls.running(caller, sandbox_id)
-        try:
-            return await self.calls.enter(running, lambda procs: procs.attach_command(pid))
-        except AgentOperationError as exc:
-            raise translate(exc, "Failed to attach", "Process not found") from exc
+        return await self.calls.enter(
+            running, lambda procs: procs.attach_command(pid), ATTACH_REFUSED
+        )
 
     async def _on_pid(
         self,
@@ -229,7 +203,4 @@ class CommandService:
         pid: int,
         work: Callable[[ProcessOps], Awaitable[T]],
     ) -> T:
-        try:
-            return await self.calls.call(caller, sandbox_id, work)
-        except AgentOperationError as exc:
-            raise translate(exc, "Command operation failed", "Process not found") from exc
+        return await self.calls.call(caller, sandbox_id, work, refused=PROCESS_REFUSED)

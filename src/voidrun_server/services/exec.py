@@ -6,24 +6,23 @@ shared connection; a connection found broken is dropped and the call retried onc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
-from ..agentclient import AgentClient, AgentOperationError, ExecResult
+from ..agentclient import AgentClient, ExecResult
 from ..agentclient import ExecStream as AgentExecStream
 from ..config import Settings
 from ..errors import InvalidInputError
 from ..schemas.exec import ExecRequest
+from . import validation
 from .accounts import Principal
-from .sandboxes import Running, SandboxService
+from .agents import Refusal
+from .sandboxes import SandboxService
 
-T = TypeVar("T")
-MAX_COMMAND_CHARS = 100_000
 DEFAULT_TIMEOUT = 30
 MAX_TIMEOUT = 300
-MAX_CWD_CHARS = 4096
+REFUSED = Refusal(failure="Command execution failed", invalid="Command execution failed")
 
 
 @dataclass(frozen=True)
@@ -35,21 +34,12 @@ class Command:
 
 
 def validate(body: ExecRequest) -> Command:
-    command = (body.command or "").strip()
-    if not command:
-        raise InvalidInputError("Command is required")
-    if len(command) > MAX_COMMAND_CHARS:
-        raise InvalidInputError("Command too long", f"at most {MAX_COMMAND_CHARS} characters")
+    command = validation.command_text(body.command)
     timeout = body.timeout or DEFAULT_TIMEOUT
     if not 1 <= timeout <= MAX_TIMEOUT:
         raise InvalidInputError("Invalid timeout", f"must be between 1 and {MAX_TIMEOUT} seconds")
-    env = body.env or {}
-    for key, value in env.items():
-        if not key or "=" in key or "\x00" in key or "\x00" in value:
-            raise InvalidInputError("Invalid env", f"bad variable {key[:40]!r}")
-    cwd = body.cwd or None
-    if cwd is not None and (len(cwd) > MAX_CWD_CHARS or "\x00" in cwd):
-        raise InvalidInputError("Invalid cwd")
+    env = validation.command_env(body.env)
+    cwd = validation.command_cwd(body.cwd, absolute=False)
     return Command(command=command, timeout=timeout, env=env, cwd=cwd)
 
 
@@ -57,9 +47,6 @@ class ExecService:
     def __init__(self, settings: Settings, sandboxes: SandboxService) -> None:
         self.settings = settings
         self.sandboxes = sandboxes
-
-    async def with_agent(self, running: Running, work: Callable[[AgentClient], Awaitable[T]]) -> T:
-        return await self.sandboxes.agents.run(running.row.id, running.agent_socket, work)
 
     async def run(self, caller: Principal, sandbox_id: str, command: Command) -> ExecResult:
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
@@ -73,10 +60,9 @@ class ExecService:
                 max_output=self.settings.exec_output_cap_bytes,
             )
 
-        try:
-            return await self.with_agent(running, work)
-        except AgentOperationError as exc:
-            raise InvalidInputError("Command execution failed", exc.message) from exc
+        return await self.sandboxes.agents.run(
+            running.row.id, running.agent_socket, work, refused=REFUSED
+        )
 
     @asynccontextmanager
     async def stream(
@@ -92,10 +78,9 @@ class ExecService:
             )
             return stream, await stream.__aenter__()
 
-        try:
-            cm, stream = await self.with_agent(running, open_stream)
-        except AgentOperationError as exc:
-            raise InvalidInputError("Command execution failed", exc.message) from exc
+        cm, stream = await self.sandboxes.agents.run(
+            running.row.id, running.agent_socket, open_stream, refused=REFUSED
+        )
         try:
             yield stream
         finally:

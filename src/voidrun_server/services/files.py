@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..agent.protocol import BAD_REQUEST, MAX_PAYLOAD_SIZE, UNKNOWN_OP
+from ..agent.protocol import BAD_REQUEST, MAX_PAYLOAD_SIZE
 from ..agentclient import (
     AgentClient,
     AgentConnectionError,
@@ -28,14 +28,11 @@ from ..agentclient import (
     FileDownload,
 )
 from ..errors import (
-    InsufficientStorageError,
     InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
     SandboxUnavailableError,
-    VoidRunError,
 )
 from .accounts import Principal
+from .agents import Refusal, agent_text, outdated_agent
 from .sandboxes import Running, SandboxService
 
 T = TypeVar("T")
@@ -54,15 +51,6 @@ def clean_path(value: str | None, name: str = "path", default: str | None = None
     if len(value) > MAX_PATH:
         raise InvalidInputError(f"Invalid {name}", f"at most {MAX_PATH} characters")
     return "/" + posixpath.normpath("/" + value).lstrip("/")
-
-
-def text(value: Any) -> str:
-    """Agent strings may carry surrogate escapes (non-UTF-8 names); JSON needs real text."""
-    raw = str(value)
-    try:
-        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return raw.encode("utf-8", "replace").decode("utf-8")
 
 
 def human_size(size: int) -> str:
@@ -91,46 +79,49 @@ class ExecOutcome:
 
 
 def _failed(exc: AgentOperationError) -> ExecOutcome:
+    """The exec envelope of a refused op: bad requests and an outdated agent are still HTTP
+    errors; the operation's own failure (missing file...) is ``exitCode`` 1 with stderr."""
     if exc.code == BAD_REQUEST:
-        raise InvalidInputError("Invalid request", text(exc.message))
-    _unsupported(exc)
-    return ExecOutcome("", text(exc.message).rstrip("\n") + "\n", 1)
+        raise InvalidInputError("Invalid request", agent_text(exc.message))
+    outdated = outdated_agent(exc)
+    if outdated is not None:
+        raise outdated
+    return ExecOutcome("", agent_text(exc.message).rstrip("\n") + "\n", 1)
 
 
-def _unsupported(exc: AgentOperationError) -> None:
-    if exc.code == UNKNOWN_OP:
-        raise SandboxUnavailableError(
-            "Sandbox agent is outdated", "restart the sandbox to start this server's agent"
-        )
-
-
-def transfer_error(exc: AgentOperationError, path: str) -> VoidRunError:
-    """HTTP errors for list/upload/download, which have no exec envelope to report in."""
-    _unsupported(exc)
-    message = text(exc.message)
-    if exc.code == "not_found":
-        return NotFoundError("Path not found", path)
-    if exc.code in (BAD_REQUEST, "is_a_directory", "not_a_directory", "not_a_file"):
-        return InvalidInputError("Invalid path", message)
-    if exc.code == "permission_denied":
-        return PermissionDeniedError("Permission denied", message)
-    if any(reason in message for reason in NO_SPACE):
-        return InsufficientStorageError("Sandbox disk is full", message)
-    return VoidRunError("File operation failed", message)
+# list, upload, download and watch have no exec envelope to report in: HTTP errors.
+TRANSFER_REFUSED = Refusal(
+    failure="File operation failed", not_found="Path not found", invalid="Invalid path"
+)
+DOWNLOAD_REFUSED = Refusal(
+    failure="File operation failed", not_found="File not found", invalid="Invalid path"
+)
 
 
 class FileService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
 
-    async def _with_agent(self, running: Running, work: Callable[[AgentClient], Awaitable[T]]) -> T:
-        return await self.sandboxes.agents.run(running.row.id, running.agent_socket, work)
+    async def _with_agent(
+        self,
+        running: Running,
+        work: Callable[[AgentClient], Awaitable[T]],
+        refused: Refusal | None = None,
+    ) -> T:
+        return await self.sandboxes.agents.run(
+            running.row.id, running.agent_socket, work, refused=refused
+        )
 
     async def call(
-        self, caller: Principal, sandbox_id: str, op: str, args: dict[str, Any]
+        self,
+        caller: Principal,
+        sandbox_id: str,
+        op: str,
+        args: dict[str, Any],
+        refused: Refusal | None = None,
     ) -> tuple[dict[str, Any], list[Any], bytes]:
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
-        return await self._with_agent(running, lambda agent: agent.fs_call(op, args))
+        return await self._with_agent(running, lambda agent: agent.fs_call(op, args), refused)
 
     async def run(
         self,
@@ -157,22 +148,20 @@ class FileService:
         try:
             await self._with_agent(running, lambda agent: agent.write_file(path, content))
         except AgentOperationError as exc:
-            _unsupported(exc)
-            return ExecOutcome("", f"create: {text(exc.message)}\n", 1)
+            outdated = outdated_agent(exc)
+            if outdated is not None:
+                raise outdated from exc
+            return ExecOutcome("", f"create: {agent_text(exc.message)}\n", 1)
         return ExecOutcome("")
 
     async def list(self, caller: Principal, sandbox_id: str, path: str) -> list[Any]:
-        try:
-            _, items, _ = await self.call(caller, sandbox_id, "fs.list", {"path": path})
-        except AgentOperationError as exc:
-            raise transfer_error(exc, path) from exc
+        _, items, _ = await self.call(
+            caller, sandbox_id, "fs.list", {"path": path}, TRANSFER_REFUSED
+        )
         return items
 
     async def path_exists(self, caller: Principal, sandbox_id: str, path: str) -> None:
-        try:
-            await self.call(caller, sandbox_id, "fs.stat", {"path": path})
-        except AgentOperationError as exc:
-            raise transfer_error(exc, path) from exc
+        await self.call(caller, sandbox_id, "fs.stat", {"path": path}, TRANSFER_REFUSED)
 
     async def upload(
         self, caller: Principal, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]
@@ -209,10 +198,7 @@ class FileService:
                 self.sandboxes.agents.forget(sandbox_id)
                 raise SandboxUnavailableError("Sandbox agent unreachable", str(exc)) from exc
 
-        try:
-            return await self._with_agent(running, work)
-        except AgentOperationError as exc:
-            raise transfer_error(exc, path) from exc
+        return await self._with_agent(running, work, TRANSFER_REFUSED)
 
     async def open_download(self, caller: Principal, sandbox_id: str, path: str) -> FileDownload:
         """An entered download (size known); the caller must ``__aexit__`` it."""
@@ -223,12 +209,7 @@ class FileService:
             await download.__aenter__()
             return download
 
-        try:
-            return await self._with_agent(running, work)
-        except AgentOperationError as exc:
-            if exc.code == "not_found":
-                raise NotFoundError("File not found", path) from exc
-            raise transfer_error(exc, path) from exc
+        return await self._with_agent(running, work, DOWNLOAD_REFUSED)
 
     async def open_watch(
         self,
@@ -247,7 +228,4 @@ class FileService:
             watch = agent.watch(path, recursive=recursive, ignore_hidden=ignore_hidden)
             return await stack.enter_async_context(watch)
 
-        try:
-            return await self._with_agent(running, work)
-        except AgentOperationError as exc:
-            raise transfer_error(exc, path) from exc
+        return await self._with_agent(running, work, TRANSFER_REFUSED)

@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..agentclient import AgentOperationError, ProcessOps, ShellResult, TerminalInfo
+from ..agentclient import ProcessOps, ShellResult, TerminalInfo
 from ..errors import InvalidInputError
 from ..schemas.processes import SessionExecRequest
+from . import validation
 from .accounts import Principal
-from .commands import AGENT_DEADLINE, AgentCalls, LiveStream, require_command, translate
+from .agents import Refusal
+from .commands import AGENT_DEADLINE, AgentCalls, LiveStream
 from .sandboxes import SandboxService
 
 T = TypeVar("T")
@@ -37,6 +39,12 @@ def session_id(value: str | None, required: bool = True) -> str | None:
             "Invalid session ID", f"1..{MAX_SESSION_ID_CHARS} printable characters"
         )
     return value
+
+
+# CONTRACT §B.4: a session's refusal is a 400 whose error is the agent's own text.
+SESSION_REFUSED = Refusal(failure=None)
+TERMINAL_REFUSED = Refusal(failure="Terminal operation failed", not_found="Session not found")
+ATTACH_REFUSED = Refusal(failure="Failed to open terminal", not_found="Session not found")
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,7 @@ class ShellService:
         work: Callable[[ProcessOps], Awaitable[T]],
         deadline: float = AGENT_DEADLINE,
     ) -> T:
-        try:
-            return await self.calls.call(caller, sandbox_id, work, deadline)
-        except AgentOperationError as exc:
-            raise InvalidInputError(exc.message) from exc  # §B.4: 400 {"error": <agent text>}
+        return await self.calls.call(caller, sandbox_id, work, deadline, SESSION_REFUSED)
 
     async def act(
         self, caller: Principal, sandbox_id: str, body: SessionExecRequest
@@ -79,7 +84,7 @@ class ShellService:
             return SessionOutcome(session_id=created)
         assert sid is not None
         if action == "exec":
-            command = require_command(body.command)
+            command = validation.command_text(body.command)
             limit = body.timeout or DEFAULT_SESSION_TIMEOUT
             result: ShellResult = await self._call(
                 caller,
@@ -113,12 +118,11 @@ class ShellService:
     ) -> LiveStream:
         """Opened before the response starts (unknown or busy session: a JSON 400)."""
         running = await self.calls.running(caller, sandbox_id)
-        try:
-            return await self.calls.enter(
-                running, lambda p: p.shell_exec_stream(sid, command, time_limit=limit)
-            )
-        except AgentOperationError as exc:
-            raise InvalidInputError(exc.message) from exc
+        return await self.calls.enter(
+            running,
+            lambda p: p.shell_exec_stream(sid, command, time_limit=limit),
+            SESSION_REFUSED,
+        )
 
 
 class PtyService:
@@ -128,10 +132,7 @@ class PtyService:
     async def _call(
         self, caller: Principal, sandbox_id: str, work: Callable[[ProcessOps], Awaitable[T]]
     ) -> T:
-        try:
-            return await self.calls.call(caller, sandbox_id, work)
-        except AgentOperationError as exc:
-            raise translate(exc, "Terminal operation failed", "Session not found") from exc
+        return await self.calls.call(caller, sandbox_id, work, refused=TERMINAL_REFUSED)
 
     async def create(
         self, caller: Principal, sandbox_id: str, cols: int, rows: int
@@ -165,10 +166,7 @@ class PtyService:
         Entered before the WebSocket is accepted, so failures are HTTP errors.
         """
         running = await self.calls.running(caller, sandbox_id)
-        try:
-            live = await self.calls.enter(running, lambda p: p.pty_attach(sid))
-        except AgentOperationError as exc:
-            raise translate(exc, "Failed to open terminal", "Session not found") from exc
+        live = await self.calls.enter(running, lambda p: p.pty_attach(sid), ATTACH_REFUSED)
         terminal = str(live.head.get("id", sid))
 
         async def type_in(text: str) -> None:

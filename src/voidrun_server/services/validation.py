@@ -1,4 +1,5 @@
-"""Create-time value rules, with the reference server's error texts (CONTRACT §C.4, §C.3)."""
+"""Value rules, with the reference server's error texts: sandbox creates (CONTRACT §C.4), list
+paging and filters (§C.3), and the command, env and cwd of every way to run something (§A.5)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ MAX_PORTS = 4
 MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 128 * 1024
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_COMMAND_CHARS = 100_000
+MAX_PATH_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -163,3 +166,32 @@ def page_and_limit(page: str | None, limit: str | None) -> tuple[int, int]:
     page_number = page_number if page_number and page_number >= 1 else 1
     size = 20 if not size or size <= 0 else min(size, 100)
     return page_number, size
+
+
+def command_text(command: str | None) -> str:
+    """A command to run: trimmed, required, at most ``MAX_COMMAND_CHARS``."""
+    text = (command or "").strip()
+    if not text:
+        raise InvalidInputError("Command is required")
+    if len(text) > MAX_COMMAND_CHARS:
+        raise InvalidInputError("Command too long", f"at most {MAX_COMMAND_CHARS} characters")
+    return text
+
+
+def command_env(env: dict[str, str] | None) -> dict[str, str]:
+    """Variables for one command: names without ``=`` or NUL, values without NUL."""
+    for key, value in (env or {}).items():
+        if not key or "=" in key or "\x00" in key or "\x00" in value:
+            raise InvalidInputError("Invalid env", f"bad variable {key[:40]!r}")
+    return dict(env or {})
+
+
+def command_cwd(cwd: str | None, *, absolute: bool) -> str | None:
+    """A working directory (None: the agent's default); background commands need it absolute."""
+    if not cwd:
+        return None
+    if len(cwd) > MAX_PATH_CHARS or "\x00" in cwd:
+        raise InvalidInputError("Invalid cwd", "must be an absolute path" if absolute else None)
+    if absolute and not cwd.startswith("/"):
+        raise InvalidInputError("Invalid cwd", "must be an absolute path")
+    return cwd

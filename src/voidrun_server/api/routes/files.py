@@ -24,7 +24,8 @@ from ...schemas.files import (
     FileList,
     FileListEnvelope,
 )
-from ...services.files import ExecOutcome, clean_path, human_size, text
+from ...services.agents import agent_text as text
+from ...services.files import ExecOutcome, clean_path, human_size
 from ..deps import Caller
 from . import file_streams
 from .file_streams import Files, PathQuery

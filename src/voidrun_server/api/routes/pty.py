@@ -23,8 +23,8 @@ from ...schemas.processes import (
     PTYSessionInfo,
     ResizeTerminalRequest,
 )
-from ...services.commands import MAX_COMMAND_CHARS
 from ...services.pty import PtyService
+from ...services.validation import MAX_COMMAND_CHARS
 from ..deps import Caller, Ctx
 from ..streams import Streams, revocable
 from ..ws import bridge

@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 
 from ...agentclient import AgentError
 from ...schemas.processes import SessionExecRequest, SessionExecResponse, SessionExecStreamRequest
-from ...services.commands import require_command
 from ...services.pty import DEFAULT_SESSION_TIMEOUT, ShellService, session_id
+from ...services.validation import command_text
 from ..deps import Caller, Ctx
 from ..streams import REVOKED_REASON, Streams
 from .commands import owned_stream
@@ -80,7 +80,7 @@ async def session_exec_stream(
     as ``text/plain`` (recognised by its User-Agent, as for the status dialect)."""
     sid = session_id(body.session_id)
     assert sid is not None
-    command = require_command(body.command)
+    command = command_text(body.command)
     limit = body.timeout or DEFAULT_SESSION_TIMEOUT
     live = await service.stream(caller, sandbox_id, sid, command, limit)  # errors: JSON 400
 
