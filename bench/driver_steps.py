@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import IMAGES, row
-from voidrun_server.agent.launch import agent_argv, install_agent
+from voidrun_server.agent_launch import agent_argv, install_agent
 from voidrun_server.drivers.base import SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace import disk as disk_module

@@ -13,7 +13,6 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from voidrun_server.agent.launch import AGENT_PACKAGE_DIR, PACKAGE_NAME
 from voidrun_server.agent.protocol import (
     PREFIX,
     PROTOCOL_VERSION,
@@ -22,6 +21,7 @@ from voidrun_server.agent.protocol import (
     parse_header,
     parse_prefix,
 )
+from voidrun_server.agent_launch import AGENT_PACKAGE_DIR, PACKAGE_NAME
 
 # -- process inspection ---------------------------------------------------------------------
 

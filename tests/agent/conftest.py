@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.agent_helpers import AgentFactory, AgentProcess, copy_agent
-from voidrun_server.agent.launch import agent_argv
+from voidrun_server.agent_launch import agent_argv
 
 
 @pytest.fixture(scope="session")

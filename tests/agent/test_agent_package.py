@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from voidrun_server.agent.launch import AGENT_PACKAGE_DIR, PACKAGE_NAME, agent_argv, bootstrap_code
+from voidrun_server.agent_launch import AGENT_PACKAGE_DIR, PACKAGE_NAME, agent_argv, bootstrap_code
 
 AGENT_FILES = sorted(AGENT_PACKAGE_DIR.rglob("*.py"))
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from voidrun_server.agent.launch import agent_argv, install_agent
+from voidrun_server.agent_launch import agent_argv, install_agent
 from voidrun_server.drivers.base import Driver, SandboxInfo, SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace.disk import loop_devices_for

@@ -172,7 +172,7 @@ async def test_start_after_host_reboot_like_state(harness: NamespaceHarness) -> 
 SERVER_SCRIPT = """
 import sys, anyio
 from pathlib import Path
-from voidrun_server.agent.launch import agent_argv, install_agent
+from voidrun_server.agent_launch import agent_argv, install_agent
 from voidrun_server.drivers.base import SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 

@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from .. import __version__, datadir
-from ..agent.launch import agent_argv, install_agent
+from ..agent_launch import agent_argv, install_agent
 from ..agent_runtime import install_runtime
 from ..config import Settings
 from ..drivers.base import DriverUnavailableError, Retargetable

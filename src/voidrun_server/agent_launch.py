@@ -8,10 +8,10 @@ mount directory on ``sys.path``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
 
-AGENT_PACKAGE_DIR = Path(__file__).resolve().parent
+AGENT_PACKAGE_DIR = Path(__file__).resolve().parent / "agent"
 PACKAGE_NAME = "voidrun_agent"
 DEFAULT_MOUNT_DIR = "/opt/voidrun"
 
@@ -29,9 +29,9 @@ def agent_argv(
     socket_path: str,
     mount_dir: str = DEFAULT_MOUNT_DIR,
     *,
-    env_file: Optional[str] = None,
-    python: Union[str, Sequence[str]] = "python3",
-) -> List[str]:
+    env_file: str | None = None,
+    python: str | Sequence[str] = "python3",
+) -> list[str]:
     """The agent's command line as seen inside the sandbox (paths are sandbox paths).
 
     ``python`` is the interpreter's argv: in sandboxes, the bundled runtime started through its
