@@ -27,7 +27,7 @@ import asyncio
 import subprocess
 import time
 import weakref
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from .args import bad
 from .context import AgentContext
@@ -41,7 +41,7 @@ from .protocol import (
 )
 from .reaper import exit_code
 from .ring import Ring
-from .stream import Stream
+from .stream import Handler, Stream
 
 RING_BYTES = 2 * 1024 * 1024  # both channels of one command together
 MAX_EXITED = 100  # exited commands remembered for list/wait/attach
@@ -50,8 +50,6 @@ MAX_RUNNING = 256
 # still holds them keeps writing into the ring, but the command counts as exited.
 EOF_GRACE = 1.0
 STDIN_LIMIT = 1024 * 1024  # bytes queued for a child that does not read its stdin
-
-Handler = Callable[[AgentContext, Stream, Dict[str, Any]], Awaitable[Dict[str, Any]]]
 
 
 class _Collect(asyncio.Protocol):

@@ -7,7 +7,7 @@ may send ``head``/``data`` frames through the stream, and returns the ``res`` bo
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict
+from typing import Any, Dict
 
 from .args import bad, env_map
 from .commands import COMMAND_OPS
@@ -17,9 +17,7 @@ from .fsops import FS_OPS
 from .process import op_exec, op_exec_stream
 from .pty import PTY_OPS
 from .shells import SHELL_OPS
-from .stream import Stream
-
-Handler = Callable[[AgentContext, Stream, Dict[str, Any]], Awaitable[Dict[str, Any]]]
+from .stream import Handler, Stream
 
 
 async def op_ping(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:

@@ -29,13 +29,13 @@ import secrets
 import time
 import weakref
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, Optional, Set
+from typing import Any, Deque, Dict, Optional, Set
 
 from .args import bad, req_str
 from .context import AgentContext, default_cwd
 from .protocol import IO_ERROR, NOT_FOUND, TOO_MANY_REQUESTS, OpError
 from .ring import Ring
-from .stream import Stream
+from .stream import Handler, Stream
 from .terminal import Terminal, term_size
 
 SCROLLBACK_BYTES = 256 * 1024
@@ -44,8 +44,6 @@ RESUME_BELOW = 256 * 1024
 STALL_LIMIT = 10.0
 MAX_SESSIONS = 64
 SLOW_CONSUMER = "slow_consumer"
-
-Handler = Callable[[AgentContext, Stream, Dict[str, Any]], Awaitable[Dict[str, Any]]]
 
 
 class Client:

@@ -17,7 +17,7 @@ import stat
 from typing import Any, Dict, Mapping, Set, Tuple
 
 from .context import AgentContext
-from .ops import OPS, Handler
+from .ops import OPS
 from .process import kill_group
 from .protocol import (
     BAD_REQUEST,
@@ -47,7 +47,7 @@ from .protocol import (
     parse_prefix,
 )
 from .reaper import Reaper
-from .stream import Stream
+from .stream import Handler, Stream
 
 log = logging.getLogger("voidrun_agent")
 

@@ -44,7 +44,7 @@ from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd
 from .process import TIMEOUT_EXIT_CODE
 from .protocol import IO_ERROR, NOT_FOUND, TOO_MANY_REQUESTS, OpError
 from .ring import Ring
-from .stream import Stream
+from .stream import Handler, Stream
 from .terminal import MarkedCommand, Sink, Terminal, term_size
 
 UNCLAIMED_BYTES = 256 * 1024
@@ -53,8 +53,6 @@ MAX_ID_CHARS = 100
 PAUSE_ABOVE = 1024 * 1024  # a streaming consumer this far behind pauses the terminal
 INPUT_QUIET = 0.1  # ``input`` returns once output has been quiet this long...
 INPUT_MAX_WAIT = 1.0  # ...or after this long in any case
-
-Handler = Callable[[AgentContext, Stream, Dict[str, Any]], Awaitable[Dict[str, Any]]]
 
 
 class ShellSession:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Deque, Dict, Mapping, Optional, Union
 
 from .protocol import (
     DATA,
@@ -24,12 +24,23 @@ from .protocol import (
     data_cost,
 )
 
-if TYPE_CHECKING:
-    from .server import Connection
+if TYPE_CHECKING:  # typing.Protocol is fine at run time, but keep start-up imports minimal
+    from typing import Protocol
+
+    from .context import AgentContext
+
+    class FrameSink(Protocol):
+        """Where a stream's frames go: the connection, seen only through this method."""
+
+        async def send(self, header: Mapping[str, Any], payload: bytes = b"") -> None: ...
+
+
+# What every op is: the context, its stream, its args -> the result body.
+Handler = Callable[["AgentContext", "Stream", Dict[str, Any]], Awaitable[Dict[str, Any]]]
 
 
 class Stream:
-    def __init__(self, conn: Connection, sid: int) -> None:
+    def __init__(self, conn: FrameSink, sid: int) -> None:
         self.id = sid
         self._conn = conn
         self._send_credit = INITIAL_WINDOW
