@@ -143,12 +143,9 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
         log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
         return None
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
-    service = SandboxService(settings, ctx.sessions, driver, agents, spawn=spawner(task_group))
-    agents.on_violation = service.agent_violated
-    await reconcile.reconcile_on_start(service)
-    task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
+    pool = None
     if settings.warm_pool_size and isinstance(driver, Retargetable):
-        service.pool = WarmPool(
+        pool = WarmPool(
             driver,
             agents,
             size=settings.warm_pool_size,
@@ -157,9 +154,14 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             disk_mb=settings.sandbox_disk_mb,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
         )
-        task_group.start_soon(
-            guarded, "warm pool", service.pool.run_forever, lambda: _default_rootfs(ctx)
-        )
+    service = SandboxService(
+        settings, ctx.sessions, driver, agents, spawn=spawner(task_group), pool=pool
+    )
+    agents.on_violation = service.agent_violated
+    await reconcile.reconcile_on_start(service)
+    task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
+    if pool is not None:  # after reconcile: it destroys orphans, pool sandboxes look like them
+        task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service
     return agents
 

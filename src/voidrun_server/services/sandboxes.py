@@ -69,6 +69,7 @@ class SandboxService:
         driver: Driver,
         agents: AgentPool,
         spawn: Spawn,
+        pool: WarmPool | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -79,7 +80,7 @@ class SandboxService:
         # Agent socket per running sandbox: asking the driver on every data-plane call would
         # put file reads and a thread hop on the hot path.
         self._sockets: dict[str, AgentSocket] = {}
-        self.pool: WarmPool | None = None
+        self.pool = pool
         self.starting = quotas.Reservations()
         unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
         self.disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
@@ -275,6 +276,13 @@ class SandboxService:
             return
         async with self.lock(sandbox_id):
             await self._destroy(sandbox_id, "sandbox.delete")
+        self._prune_lock(sandbox_id)
+
+    def _prune_lock(self, sandbox_id: str) -> None:
+        """Drop a deleted sandbox's lock, unless somebody holds or waits for it."""
+        lock = self._locks.get(sandbox_id)
+        if lock is not None and not lock.locked() and lock.statistics().tasks_waiting == 0:
+            del self._locks[sandbox_id]
 
     # -- lifecycle verbs -------------------------------------------------------------------
 
