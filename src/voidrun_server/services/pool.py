@@ -10,7 +10,6 @@ server destroys them on a clean shutdown.
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import anyio
 from .. import ids
 from ..agentclient import AgentClient
 from ..drivers.base import Driver, DriverError, Retargetable, SandboxSpec
-from ..errors import DeadlineExceededError, OperationFailedError, VoidRunError
+from ..errors import DeadlineExceededError, VoidRunError
 from .agents import AgentPool, AgentSocket
 
 log = logging.getLogger(__name__)
@@ -136,14 +135,9 @@ class WarmPool:
         async def personalise(agent: AgentClient) -> None:
             if env:
                 await agent.set_env(env)
-            # One shell round trip and no fsync: rewritten on every hand-out anyway.
-            writes = " && ".join(
-                f"printf %s {shlex.quote(text)} > {path}"
-                for path, text in identity_files(hostname).items()
-            )
-            result = await agent.exec(writes, timeout=10)
-            if result.exit_code != 0:
-                raise OperationFailedError("cannot write /etc/hosts", result.stderr_text)
+            async with anyio.create_task_group() as writes:  # file ops, never a shell string
+                for path, text in identity_files(hostname).items():
+                    writes.start_soon(agent.write_file, path, text.encode())
 
         async def inside() -> None:
             await self.agents.run(sandbox_id, warm.agent_socket, personalise)
