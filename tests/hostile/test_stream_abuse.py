@@ -3,10 +3,12 @@ cannot grow the server's memory (issue: a partial line was kept whole and copied
 
 from __future__ import annotations
 
+import json
+import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -84,3 +86,35 @@ def test_a_client_that_stops_reading_cannot_grow_server_memory(server: ServerPro
             time.sleep(3)
             grown = vm_kib(server.process.pid, "VmHWM") - before
         assert grown < 64 * 1024, f"server grew by {grown} KiB while the client did not read"
+
+
+def test_a_client_that_hangs_up_does_not_leave_its_command_running(
+    server: ServerProcess,
+) -> None:
+    """The exec-stream response owns the agent stream (``release``, run however the response
+    ends, also before its first byte): hanging up kills the command at once, not when its
+    timeout comes minutes later."""
+    with server.client() as client:
+        box = create_sandbox(client)["id"]
+
+        def running() -> bool:
+            ps = client.post(f"/sandboxes/{box}/exec", json={"command": "ps -eo args"})
+            return "sleep 97531" in ps.json()["data"]["stdout"]
+
+        body = json.dumps({"command": "sleep 97531", "timeout": 300}).encode()
+        head = (
+            f"POST /api/sandboxes/{box}/exec-stream HTTP/1.1\r\nHost: x\r\n"
+            f"X-API-Key: {server.api_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(head + body)
+            wait_until(running, "the command to start")
+        wait_until(lambda: not running(), "the command to be killed")
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)

@@ -58,23 +58,20 @@ async def stream_command(
     async def events() -> AsyncIterator[bytes]:
         splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         try:
-            try:
-                async for item in stream:
-                    if isinstance(item, ExecExit):
-                        for channel, splitter in splitters.items():
-                            for line in splitter.flush():
-                                yield event(channel, line)
-                        payload: dict[str, object] = {"exitCode": item.exit_code}
-                        if item.timed_out:
-                            payload["error"] = f"command timed out after {command.timeout}s"
-                        yield json_event("exit", payload)
-                        return
-                    for line in splitters[item.channel].feed(item.data):
-                        yield event(item.channel, line)
-            except AgentError as exc:
-                yield json_event("exit", {"exitCode": -1, "error": str(exc)})
-        finally:
-            await opened.__aexit__(None, None, None)
+            async for item in stream:
+                if isinstance(item, ExecExit):
+                    for channel, splitter in splitters.items():
+                        for line in splitter.flush():
+                            yield event(channel, line)
+                    payload: dict[str, object] = {"exitCode": item.exit_code}
+                    if item.timed_out:
+                        payload["error"] = f"command timed out after {command.timeout}s"
+                    yield json_event("exit", payload)
+                    return
+                for line in splitters[item.channel].feed(item.data):
+                    yield event(item.channel, line)
+        except AgentError as exc:
+            yield json_event("exit", {"exitCode": -1, "error": str(exc)})
 
     # Revocation ends the stream like an agent failure does: an ``exit`` with an error.
     final = json_event("exit", {"exitCode": -1, "error": REVOKED_REASON})
@@ -83,6 +80,9 @@ async def stream_command(
         streams=streams,
         key_id=caller.key_id,
         final=final,
+        # The response closes the agent stream (killing the command) however it ends, also
+        # when the client leaves before the first byte and ``events`` never starts.
+        release=lambda: opened.__aexit__(None, None, None),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
