@@ -96,6 +96,7 @@ TOO_MANY_REQUESTS = "too_many_requests"
 PROTOCOL_ERROR = "protocol_error"
 VERSION_MISMATCH = "version_mismatch"
 INTERNAL = "internal"
+SLOW_CONSUMER = "slow_consumer"  # a terminal client stayed behind too long
 
 Header = Dict[str, Any]
 

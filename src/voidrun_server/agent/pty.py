@@ -33,7 +33,7 @@ from typing import Any, Deque, Dict, Optional, Set
 
 from .args import bad, req_str
 from .context import AgentContext, default_cwd
-from .protocol import IO_ERROR, NOT_FOUND, TOO_MANY_REQUESTS, OpError
+from .protocol import IO_ERROR, NOT_FOUND, SLOW_CONSUMER, TOO_MANY_REQUESTS, OpError
 from .ring import Ring
 from .stream import Handler, Stream
 from .terminal import Terminal, term_size
@@ -43,7 +43,6 @@ PAUSE_ABOVE = 1024 * 1024
 RESUME_BELOW = 256 * 1024
 STALL_LIMIT = 10.0
 MAX_SESSIONS = 64
-SLOW_CONSUMER = "slow_consumer"
 
 
 class Client:

@@ -9,7 +9,21 @@
                 ...
 """
 
-from voidrun_server.agent.protocol import PROTOCOL_VERSION
+from voidrun_server.agent.protocol import (
+    BAD_REQUEST,
+    IO_ERROR,
+    IS_A_DIRECTORY,
+    MAX_PAYLOAD_SIZE,
+    NOT_A_DIRECTORY,
+    NOT_A_FILE,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    PROTOCOL_VERSION,
+    SLOW_CONSUMER,
+    SPAWN_FAILED,
+    TOO_MANY_REQUESTS,
+    UNKNOWN_OP,
+)
 
 from ._client import AgentClient
 from ._errors import (
@@ -24,8 +38,22 @@ from ._errors import (
 from ._procs import OpStream, Output, ProcessInfo, ProcessOps, ShellResult, TerminalInfo
 from ._streams import ExecExit, ExecOutput, ExecResult, ExecStream, FileDownload
 
+# The refusal codes of ``AgentOperationError.code``, and the largest chunk one frame carries:
+# the server uses these through the client, never the agent's protocol module.
 __all__ = [
+    "BAD_REQUEST",
+    "IO_ERROR",
+    "IS_A_DIRECTORY",
+    "MAX_PAYLOAD_SIZE",
+    "NOT_A_DIRECTORY",
+    "NOT_A_FILE",
+    "NOT_FOUND",
+    "PERMISSION_DENIED",
     "PROTOCOL_VERSION",
+    "SLOW_CONSUMER",
+    "SPAWN_FAILED",
+    "TOO_MANY_REQUESTS",
+    "UNKNOWN_OP",
     "AgentClient",
     "AgentConnectionError",
     "AgentError",

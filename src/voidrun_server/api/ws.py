@@ -32,8 +32,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..agent.pty import SLOW_CONSUMER
-from ..agentclient import AgentError, AgentOperationError
+from ..agentclient import SLOW_CONSUMER, AgentError, AgentOperationError
 from ..errors import VoidRunError
 from ..services.commands import LiveStream
 

@@ -26,7 +26,7 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from ..agent.protocol import (
+from ..agentclient import (
     BAD_REQUEST,
     IO_ERROR,
     IS_A_DIRECTORY,
@@ -37,8 +37,6 @@ from ..agent.protocol import (
     SPAWN_FAILED,
     TOO_MANY_REQUESTS,
     UNKNOWN_OP,
-)
-from ..agentclient import (
     AgentClient,
     AgentConnectionError,
     AgentError,

@@ -20,8 +20,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..agent.protocol import BAD_REQUEST, MAX_PAYLOAD_SIZE
 from ..agentclient import (
+    BAD_REQUEST,
+    MAX_PAYLOAD_SIZE,
     AgentClient,
     AgentConnectionError,
     AgentOperationError,
