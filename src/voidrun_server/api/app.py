@@ -22,9 +22,10 @@ from ..config import Settings
 from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
-from ..services import accounts, images, reconcile, streams
+from ..services import accounts, images, keycache, reconcile, streams
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
+from ..services.keycache import KeyCache
 from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
 from ..store import db
@@ -41,7 +42,11 @@ def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     engine = db.create_engine(settings.resolved_database_url)
     ctx = AppContext(
-        settings=settings, engine=engine, sessions=db.session_factory(engine), registry=registry
+        settings=settings,
+        engine=engine,
+        sessions=db.session_factory(engine),
+        registry=registry,
+        keys=_key_cache(settings),
     )
 
     @asynccontextmanager
@@ -69,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
                         agents.close_all()
                     task_group.cancel_scope.cancel()
         finally:
+            await ctx.keys.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -111,6 +117,11 @@ def create_app(settings: Settings) -> FastAPI:
         max_url=settings.max_url_bytes,
     )
     return app
+
+
+def _key_cache(settings: Settings) -> KeyCache:
+    size = settings.key_cache_size
+    return KeyCache(keycache.source_for(settings.resolved_database_url) if size else None, size)
 
 
 async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
