@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
                 try:
                     yield
                 finally:
+                    if ctx.sandboxes is not None:
+                        await _flush_activity(ctx.sandboxes)
                     if ctx.sandboxes is not None and ctx.sandboxes.pool is not None:
                         await ctx.sandboxes.pool.drain()
                     ctx.sandboxes = None
@@ -119,6 +121,13 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+async def _flush_activity(service: SandboxService) -> None:
+    try:
+        await service.flush_activity()
+    except Exception as exc:  # shutting down: losing a few seconds of activity is harmless
+        log.warning("could not record sandbox activity on shutdown: %s", exc)
+
+
 def _key_cache(settings: Settings) -> KeyCache:
     size = settings.key_cache_size
     return KeyCache(keycache.source_for(settings.resolved_database_url) if size else None, size)
@@ -158,6 +167,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     agents.on_violation = service.agent_violated
     await reconcile.reconcile_on_start(service)
     task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
+    task_group.start_soon(guarded, "sandbox activity", service.flush_activity_forever)
     if settings.warm_pool_size and isinstance(driver, Retargetable):
         service.pool = WarmPool(
             driver,
