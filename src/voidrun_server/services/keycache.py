@@ -23,14 +23,22 @@ How the epoch is read, per dialect (the whole point is that this is much cheaper
   ``SELECT epoch FROM key_epoch`` directly on the event loop: a WAL read transaction plus one
   B-tree page, ~10–20 µs, no thread hand-off. WAL readers never wait for writers; a rare
   ``SQLITE_BUSY`` (recovery) just means "unknown" → database path. Every commit by any
-  connection, in this process or another (CLI), is visible to the next read.
+  connection, in this process or another (CLI), is visible to the next read. Measured: 5.5 µs
+  per read (``PRAGMA data_version``, which only says that *something* changed, is 4.4 µs: not
+  worth a second step). Cheaper still would be a ``stat()`` of the WAL file, but mtimes are
+  jiffy-granular and a WAL restart rewrites it at the same size, so a commit can go unseen.
 * **PostgreSQL**: a dedicated asyncpg connection (no pool, no SQLAlchemy) runs the same query,
-  one round trip (~0.1–0.2 ms locally). Concurrent requests share reads: a request waits for a
-  read that *started after it arrived* (so it cannot be served a snapshot older than a
-  revocation that committed before it), and every request queued behind the running read shares
-  the next one. LISTEN/NOTIFY alone would save the round trip but cannot promise "the very next
-  request": a notification reaches the listener asynchronously after the commit, so a request
-  that arrives at another server meanwhile would still be served from the cache.
+  one round trip (measured 0.17 ms p50 locally). Concurrent requests share reads: a request
+  waits for a read that *started after it arrived* (so it cannot be served a snapshot older
+  than a revocation that committed before it), and every request queued behind the running read
+  shares the next one (32 clients: 6,400 reads took 201 queries). LISTEN/NOTIFY alone would save the
+  round trip but cannot promise "the very next request": a notification reaches the listener
+  asynchronously after the commit, so a request that arrives at another server meanwhile would
+  still be served from the cache.
+
+``lastUsedAt`` stays refreshed at most every ``key_touch_interval_seconds``: an entry whose
+refresh is due is treated as a miss, so one request per key and interval takes the database path
+and writes it (the first use of a key always does, so a key shows as used at once).
 """
 
 from __future__ import annotations
