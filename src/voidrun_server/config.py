@@ -117,6 +117,14 @@ class Settings(BaseSettings):
             "write to the database on every request."
         ),
     )
+    key_cache_size: Annotated[int, Field(ge=0)] = Field(
+        10_000,
+        description=(
+            "Most authenticated API keys remembered in memory (least recently used first out), "
+            "so a known key needs no database query; revocation still applies to the very next "
+            "request (a per-request read of a revocation counter). 0 turns the cache off."
+        ),
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
     cors_origins: list[str] = Field(
         ["*"], description="Origins allowed by CORS (the reference server allows all)."

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import database_url
 from tests.support.http import assert_error
 from tests.support.server import ServerProcess
 
@@ -207,3 +209,73 @@ def test_writes_are_visible_when_the_response_arrives(server: ServerProcess) -> 
                 f"{server.api}/users/me", headers={"X-API-Key": created["plainKey"]}
             )
             assert revoked.status_code == 401
+
+
+def warm(client: httpx.Client) -> None:
+    """Use a key until the server serves it from its key cache (the first use writes
+    lastUsedAt and fills the cache; the uses after it are cache hits)."""
+    for _ in range(3):
+        assert client.get("/users/me").status_code == 200
+
+
+def test_a_cached_key_revoked_through_the_cli_is_refused_by_the_next_request(
+    server: ServerProcess,
+) -> None:
+    """The CLI is another process writing the same database: the server's key cache must
+    notice its revocation on the very next request, with no delay in between."""
+    with server.client() as admin:
+        for _ in range(3):
+            created = new_key(admin, "cli-cached")
+            with server.client(created["plainKey"]) as user:
+                warm(user)
+                result = server.cli("keys", "revoke", created["keyId"], "--org", "default")
+                assert result.returncode == 0, result.stderr
+                assert_error(user.get("/users/me"), 401)
+                assert_error(user.get("/sandboxes"), 401)
+        assert admin.get("/users/me").status_code == 200  # other keys stay valid
+
+
+def test_a_cached_key_revoked_or_deactivated_through_the_api_is_refused_at_once(
+    server: ServerProcess,
+) -> None:
+    with server.client() as admin:
+        for _ in range(5):
+            created = new_key(admin, "api-cached")
+            with server.client(created["plainKey"]) as user:
+                warm(user)
+                path = f"/orgs/apikeys/{created['keyId']}"
+                off = admin.post(f"{path}/activate", json={"isActive": False})
+                assert off.status_code == 200
+                assert_error(user.get("/users/me"), 401)
+                on = admin.post(f"{path}/activate", json={"isActive": True})
+                assert on.status_code == 200
+                warm(user)
+                assert admin.delete(path).status_code == 200
+                assert_error(user.get("/users/me"), 401)
+
+
+@pytest.mark.postgres
+def test_revocation_through_one_server_applies_to_another_at_once(tmp_path: Path) -> None:
+    """Two server processes on one PostgreSQL database, each with its key cache: a key
+    revoked (or deactivated) through server A is refused by the next request to server B."""
+    url = database_url("postgres", tmp_path)
+    a = ServerProcess(data_dir=tmp_path / "a", database_url=url).start()
+    try:
+        b = ServerProcess(data_dir=tmp_path / "b", database_url=url, api_key=a.api_key).start()
+        try:
+            with a.client() as admin:
+                for _ in range(3):
+                    created = new_key(admin, "two-servers")
+                    path = f"/orgs/apikeys/{created['keyId']}"
+                    with b.client(created["plainKey"]) as on_b:
+                        warm(on_b)
+                        assert admin.post(f"{path}/activate", json={"isActive": False}).is_success
+                        assert_error(on_b.get("/users/me"), 401)
+                        assert admin.post(f"{path}/activate", json={"isActive": True}).is_success
+                        warm(on_b)
+                        assert admin.delete(path).status_code == 200
+                        assert_error(on_b.get("/users/me"), 401)
+        finally:
+            b.stop()
+    finally:
+        a.stop()

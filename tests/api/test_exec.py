@@ -204,3 +204,28 @@ def test_concurrent_execs(server: ServerProcess, client: httpx.Client, sandbox: 
     assert all(out == f"{i}\n" for _, i, out in results)
     for sid in others:
         client.delete(f"/sandboxes/{sid}")
+
+
+def test_the_data_plane_follows_status_changes_at_once(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """Running sandboxes are served from memory (services/sandboxes.py ``_live``): each of this
+    server's own status changes must apply to the very next data-plane call, and a sandbox
+    known to be running stays invisible to another org."""
+    sid = str(create_sandbox(client, name="live-map", autoSleep=False)["id"])
+    unknown = "0" * 24
+    for _ in range(3):
+        assert run(client, sid, "true")["exitCode"] == 0
+    with server.client(second_org(server, "live-map-intruders")) as intruder:
+        theirs = intruder.post(f"/sandboxes/{sid}/exec", json={"command": "true"})
+        missing = intruder.post(f"/sandboxes/{unknown}/exec", json={"command": "true"})
+        assert (theirs.status_code, theirs.json()) == (missing.status_code, missing.json())
+        assert theirs.status_code == 404
+    for verb, status in (("stop", "stopped"), ("sleep", "paused")):
+        assert client.post(f"/sandboxes/{sid}/{verb}").status_code == 200
+        assert client.get(f"/sandboxes/{sid}").json()["data"]["status"] == status
+        assert run(client, sid, "echo up")["stdout"] == "up\n"  # auto-wake
+        assert client.get(f"/sandboxes/{sid}").json()["data"]["status"] == "running"
+    assert client.delete(f"/sandboxes/{sid}").status_code == 200
+    gone = client.post(f"/sandboxes/{sid}/exec", json={"command": "true"})
+    assert_error(gone, 404)

@@ -22,9 +22,10 @@ from ..config import Settings
 from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
-from ..services import accounts, images, reconcile, streams
+from ..services import accounts, images, keycache, reconcile, streams
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
+from ..services.keycache import KeyCache
 from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
 from ..store import db
@@ -41,7 +42,11 @@ def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     engine = db.create_engine(settings.resolved_database_url)
     ctx = AppContext(
-        settings=settings, engine=engine, sessions=db.session_factory(engine), registry=registry
+        settings=settings,
+        engine=engine,
+        sessions=db.session_factory(engine),
+        registry=registry,
+        keys=_key_cache(settings),
     )
 
     @asynccontextmanager
@@ -62,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
                 try:
                     yield
                 finally:
+                    if ctx.sandboxes is not None:
+                        await _flush_activity(ctx.sandboxes)
                     if ctx.sandboxes is not None and ctx.sandboxes.pool is not None:
                         await ctx.sandboxes.pool.drain()
                     ctx.sandboxes = None
@@ -69,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
                         agents.close_all()
                     task_group.cancel_scope.cancel()
         finally:
+            await ctx.keys.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -111,6 +119,18 @@ def create_app(settings: Settings) -> FastAPI:
         max_url=settings.max_url_bytes,
     )
     return app
+
+
+async def _flush_activity(service: SandboxService) -> None:
+    try:
+        await service.flush_activity()
+    except Exception as exc:  # shutting down: losing a few seconds of activity is harmless
+        log.warning("could not record sandbox activity on shutdown: %s", exc)
+
+
+def _key_cache(settings: Settings) -> KeyCache:
+    size = settings.key_cache_size
+    return KeyCache(keycache.source_for(settings.resolved_database_url) if size else None, size)
 
 
 async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
@@ -160,6 +180,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     agents.on_violation = service.agent_violated
     await reconcile.reconcile_on_start(service)
     task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
+    task_group.start_soon(guarded, "sandbox activity", service.flush_activity_forever)
     if pool is not None:  # after reconcile: it destroys orphans, pool sandboxes look like them
         task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service

@@ -13,10 +13,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from .. import ids
 from ..config import Settings
 from ..errors import AuthenticationError, InvalidInputError, ServiceUnavailableError
 from ..services import accounts
 from ..services.accounts import Principal
+from ..services.keycache import Entry, KeyCache
 from ..services.sandboxes import SandboxService
 from ..services.streams import StreamRegistry
 from ..store.db import transaction
@@ -33,6 +35,7 @@ class AppContext:
     sandboxes: SandboxService | None = None
     sandboxes_unavailable: str = "the server is starting"
     streams: StreamRegistry = field(default_factory=StreamRegistry)
+    keys: KeyCache = field(default_factory=lambda: KeyCache(None))
 
     def sandbox_service(self) -> SandboxService:
         if self.sandboxes is None:
@@ -40,14 +43,20 @@ class AppContext:
         return self.sandboxes
 
 
-def context(connection: HTTPConnection) -> AppContext:
+def app_context(connection: HTTPConnection) -> AppContext:
     ctx: AppContext = connection.app.state.ctx
     return ctx
 
 
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its
+# thread pool, a thread hand-off (~0.1–0.3 ms) per dependency per request.
+async def context(connection: HTTPConnection) -> AppContext:
+    return app_context(connection)
+
+
 async def db(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed before the response is sent."""
-    async with context(connection).sessions() as session, session.begin():
+    async with app_context(connection).sessions() as session, session.begin():
         yield session
 
 
@@ -74,12 +83,21 @@ async def principal(
     if not plain:
         query_only = QUERY_KEY in connection.query_params
         raise AuthenticationError(NO_KEY, QUERY_KEY_ON_HTTP if query_only else None)
-    ctx = context(connection)
+    ctx = app_context(connection)
     interval = timedelta(seconds=ctx.settings.key_touch_interval_seconds)
+    digest = ids.hash_api_key(plain)
+    # A known key from memory, unless a key was revoked since (services/keycache.py).
+    epoch = await ctx.keys.epoch()
+    if epoch is not None:
+        cached = ctx.keys.lookup(digest, interval)
+        if cached is not None:
+            return cached
     # Its own short transaction: the lastUsedAt write must not hold SQLite's write lock for the
     # whole request (services open transactions of their own).
     async with transaction(ctx.sessions) as session:
-        return await accounts.authenticate(session, plain, interval)
+        found, used = await accounts.authenticate_digest(session, digest, interval)
+    ctx.keys.add(digest, Entry(found, used), epoch)
+    return found
 
 
 # scope="function": commit before the response is sent. The default ("request") would commit

@@ -30,7 +30,7 @@ POLICY_VIOLATION = 1008
 CLOSE_LIMIT = 5.0
 
 
-def stream_registry(ctx: Ctx) -> StreamRegistry:
+async def stream_registry(ctx: Ctx) -> StreamRegistry:
     return ctx.streams
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -101,14 +101,25 @@ async def create_key(
 
 
 async def authenticate(session: AsyncSession, plain: str, touch_interval: timedelta) -> Principal:
-    """One indexed lookup per request, no cache: a revoked key fails on its very next use."""
-    key = await repo.key_by_hash(session, ids.hash_api_key(plain))
+    """One indexed lookup: a revoked key fails on its very next use."""
+    principal, _ = await authenticate_digest(session, ids.hash_api_key(plain), touch_interval)
+    return principal
+
+
+async def authenticate_digest(
+    session: AsyncSession, digest: str, touch_interval: timedelta
+) -> tuple[Principal, datetime | None]:
+    """The caller of a key digest and the key's ``lastUsedAt`` after this use (refreshed when
+    older than ``touch_interval``). ``services/keycache.py`` caches the result."""
+    key = await repo.key_by_hash(session, digest)
     if key is None or not key.is_active:
         raise AuthenticationError()
     now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at >= touch_interval:
+    used = key.last_used_at
+    if used is None or now - used >= touch_interval:
         await repo.set_key_last_used(session, key.id, now)
-    return Principal(key_id=key.id, org_id=key.org_id, user_id=key.created_by)
+        used = now
+    return Principal(key_id=key.id, org_id=key.org_id, user_id=key.created_by), used
 
 
 async def list_keys(session: AsyncSession, org_id: str) -> Sequence[ApiKey]:
@@ -125,6 +136,8 @@ async def _key(session: AsyncSession, org_id: str, key_id: str) -> ApiKey:
 async def set_key_active(session: AsyncSession, org_id: str, key_id: str, active: bool) -> ApiKey:
     key = await _key(session, org_id, key_id)
     key.is_active = active
+    if not active:
+        await repo.bump_key_epoch(session)  # key caches must forget it (services/keycache.py)
     await session.flush()
     return key
 
@@ -141,6 +154,7 @@ async def revoke_key(session: AsyncSession, org_id: str, key_id: str) -> None:
     key = await _key(session, org_id, key_id)
     repo.record_revoked(session, key)
     await session.delete(key)
+    await repo.bump_key_epoch(session)  # key caches must forget it (services/keycache.py)
     await session.flush()
 
 

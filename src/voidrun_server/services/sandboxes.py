@@ -3,6 +3,16 @@
 The database holds the desired state, the driver the actual one. Every change goes: lock the
 sandbox → ask the driver → record the result in one short transaction. Driver calls carry their
 own deadlines; cleanup after a failed create is shielded from cancellation.
+
+The data plane (``ensure_running``) touches no database when it can help it: this process owns
+its sandboxes and makes every status change itself (``set_status``, ``_act``, the health check's
+``forget_runtime``), so it keeps the rows of its running sandboxes in ``_live`` and updates it
+with each change; a miss reads the database once and refills it, unless a status changed
+meanwhile. Ownership is checked against the caller's org on every call (an entry of another org
+takes the database path, whose 404 is the one for an unknown id). Activity timestamps are
+recorded in memory and written in one transaction every ``activity_flush_interval`` by
+``flush_activity_forever`` (the app's task group), and before every auto-sleep pass
+(``reconcile.auto_sleep``), so auto-sleep never sees a sandbox in use as idle.
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +61,7 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 VIOLATION_EVENT = "sandbox.agent_violation"
 ACTIVITY_WRITE_INTERVAL = timedelta(seconds=5)
+MIN_ACTIVITY_FLUSH = 0.2
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,11 @@ class SandboxService:
         # Agent socket per running sandbox: asking the driver on every data-plane call would
         # put file reads and a thread hop on the hot path.
         self._sockets: dict[str, AgentSocket] = {}
+        # Rows of the sandboxes known to be running, for the data plane (see module doc);
+        # ``_changes`` counts status changes so that a refill after a miss cannot undo one.
+        self._live: dict[str, Sandbox] = {}
+        self._changes = 0
+        self._activity: dict[str, datetime] = {}  # last use not yet written
         self.pool = pool
         self.starting = quotas.Reservations()
         unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
@@ -115,7 +131,12 @@ class SandboxService:
     def forget_runtime(self, sandbox_id: str) -> None:
         """Drop cached connection state of a sandbox found dead (the health check)."""
         self._sockets.pop(sandbox_id, None)
+        self._not_live(sandbox_id)
         self.agents.forget(sandbox_id)
+
+    def _not_live(self, sandbox_id: str) -> None:
+        self._live.pop(sandbox_id, None)
+        self._changes += 1
 
     def lock(self, sandbox_id: str) -> anyio.Lock:
         return self._locks.setdefault(sandbox_id, anyio.Lock())
@@ -305,6 +326,13 @@ class SandboxService:
 
     async def ensure_running(self, caller: Principal, sandbox_id: str) -> Running:
         """For data-plane calls: wake a paused/stopped sandbox, refresh its activity time."""
+        live = self._live.get(sandbox_id)
+        if live is not None and live.org_id == caller.org_id:
+            socket = self._sockets.get(sandbox_id)
+            if socket is not None:
+                self._activity[sandbox_id] = utcnow()
+                return Running(row=live, agent_socket=socket)
+        changes = self._changes
         row = await self.get(caller, sandbox_id)
         if row.status != Status.RUNNING:
             async with self.lock(sandbox_id):
@@ -315,11 +343,13 @@ class SandboxService:
                 action = AUTO_WAKE[status]
                 if action is not None:
                     await self._act(row, action)
-        await self._touch(row)
+        self._activity[sandbox_id] = utcnow()
         socket = self._sockets.get(sandbox_id)
         if socket is None:
             socket = AgentSocket.of(await self.driver.inspect(sandbox_id))
             self._sockets[sandbox_id] = socket
+        if changes == self._changes and row.status == Status.RUNNING:
+            self._live[sandbox_id] = row
         return Running(row=row, agent_socket=socket)
 
     async def idle_transition(self, sandbox_id: str, expected: Status, action: Action) -> None:
@@ -342,6 +372,7 @@ class SandboxService:
     async def _destroy(self, sandbox_id: str, event: str) -> None:
         """Remove everything of the sandbox and keep its row as ``deleted``. Caller holds
         the sandbox lock."""
+        self._not_live(sandbox_id)
         self.agents.forget(sandbox_id)
         self.agents.freeze(sandbox_id, False)
         await self.driver.destroy(sandbox_id)
@@ -350,6 +381,7 @@ class SandboxService:
     async def _act(self, row: Sandbox, action: Action) -> None:
         """Ask the driver, then record. Caller holds the sandbox lock."""
         sandbox_id = row.id
+        self._not_live(sandbox_id)  # until set_status records the outcome
         try:
             if action is Action.PAUSE:
                 self.agents.freeze(sandbox_id, True)
@@ -392,21 +424,47 @@ class SandboxService:
             raise InvalidInputError("pause is not supported by this driver", self.driver.name)
         return self.driver
 
-    async def _touch(self, row: Sandbox) -> None:
-        now = utcnow()
-        # Throttled, but never so much that a sandbox in use looks idle to auto-sleep (§C.6).
+    @property
+    def activity_flush_interval(self) -> float:
+        """Batched, but never so rarely that a sandbox in use looks idle to auto-sleep (§C.6);
+        ``reconcile.auto_sleep`` flushes before each pass as well."""
         idle = timedelta(seconds=self.settings.pause_after_idle_seconds)
-        if now - row.last_activity_at < min(ACTIVITY_WRITE_INTERVAL, idle / 4):
+        interval = min(ACTIVITY_WRITE_INTERVAL, idle / 4).total_seconds()
+        return max(interval, MIN_ACTIVITY_FLUSH)
+
+    async def flush_activity(self) -> None:
+        """Write the activity recorded in memory since the last flush, in one transaction."""
+        if not self._activity:
             return
-        async with transaction(self.sessions) as session:
-            await repo.touch_activity(session, row.id, now)
+        pending, self._activity = self._activity, {}
+        try:
+            async with transaction(self.sessions) as session:
+                for sandbox_id, when in pending.items():
+                    await repo.touch_activity(session, sandbox_id, when)
+        except BaseException:
+            for sandbox_id, when in pending.items():  # keep it for the next flush
+                newer = self._activity.get(sandbox_id)
+                if newer is None or newer < when:
+                    self._activity[sandbox_id] = when
+            raise
+
+    async def flush_activity_forever(self) -> None:
+        """The background loop owned by the app's task group."""
+        while True:
+            await anyio.sleep(self.activity_flush_interval)
+            try:
+                await self.flush_activity()
+            except Exception as exc:  # a database hiccup must not end the loop
+                log.warning("could not record sandbox activity: %s", exc)
 
     async def set_status(
         self, sandbox_id: str, status: Status, *, error: str | None = None, event: str = ""
     ) -> None:
         now = utcnow()
+        self._not_live(sandbox_id)
         if status is not Status.RUNNING:
             self._sockets.pop(sandbox_id, None)
+            self._activity.pop(sandbox_id, None)
         async with transaction(self.sessions) as session:
             row = await repo.get(session, sandbox_id)
             if row is None:
@@ -424,6 +482,8 @@ class SandboxService:
             elif status is Status.DELETED:
                 row.deleted_at = now
             repo.record(session, event or f"sandbox.{status}", row.org_id, sandbox_id)
+        if status is Status.RUNNING and row is not None and sandbox_id in self._sockets:
+            self._live[sandbox_id] = row
 
 
 def _hostname(name: str) -> str:

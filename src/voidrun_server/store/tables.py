@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .types import UtcDateTime, utcnow
@@ -83,6 +93,17 @@ class RevokedApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     org_id: Mapped[str] = mapped_column(String(24))
     revoked_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class KeyEpoch(Base):
+    """One row (``id = 1``) whose ``epoch`` grows with every revocation or deactivation of a
+    key, in the same transaction: servers cache authenticated keys and drop the cache when the
+    epoch they see moves (``services/keycache.py``)."""
+
+    __tablename__ = "key_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Image(Base):

@@ -39,7 +39,7 @@ router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 SSE_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
-def command_service(ctx: Ctx) -> CommandService:
+async def command_service(ctx: Ctx) -> CommandService:
     return CommandService(ctx.sandbox_service())
 
 

@@ -18,7 +18,7 @@ from ..streams import REVOKED_REASON, GuardedStreamingResponse, Streams
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 
 
-def exec_service(ctx: Ctx) -> ExecService:
+async def exec_service(ctx: Ctx) -> ExecService:
     return ExecService(ctx.settings, ctx.sandbox_service())
 
 

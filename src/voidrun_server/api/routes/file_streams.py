@@ -30,11 +30,11 @@ from ..streams import Streams, revocable
 router = APIRouter()
 
 
-def file_service(ctx: Ctx) -> FileService:
+async def file_service(ctx: Ctx) -> FileService:
     return FileService(ctx.sandbox_service())
 
 
-def watch_registry(connection: HTTPConnection) -> WatchRegistry:
+async def watch_registry(connection: HTTPConnection) -> WatchRegistry:
     state = connection.app.state
     registry: WatchRegistry | None = getattr(state, "file_watches", None)
     if registry is None:

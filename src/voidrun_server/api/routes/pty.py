@@ -32,7 +32,7 @@ from ..ws import bridge
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 
 
-def pty_service(ctx: Ctx) -> PtyService:
+async def pty_service(ctx: Ctx) -> PtyService:
     return PtyService(ctx.sandbox_service())
 
 

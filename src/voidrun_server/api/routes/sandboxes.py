@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/sandboxes", tags=["Sandboxes"])
 SDK_USER_AGENTS = ("voidrun-python-sdk/",)  # CONTRACT decision 1
 
 
-def sdk_dialect(request: Request, ctx: Ctx) -> bool:
+async def sdk_dialect(request: Request, ctx: Ctx) -> bool:
     """Whether this caller must see ``snapshotted`` instead of ``paused``/``stopped``."""
     dialect = ctx.settings.status_dialect
     if dialect is StatusDialect.AUTO:
@@ -35,7 +35,7 @@ def sdk_dialect(request: Request, ctx: Ctx) -> bool:
     return dialect is StatusDialect.SDK
 
 
-def service(ctx: Ctx) -> SandboxService:
+async def service(ctx: Ctx) -> SandboxService:
     return ctx.sandbox_service()
 
 

@@ -28,7 +28,7 @@ NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosnif
 NDJSON_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}
 
 
-def shell_service(ctx: Ctx) -> ShellService:
+async def shell_service(ctx: Ctx) -> ShellService:
     return ShellService(ctx.sandbox_service())
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..tables import ApiKey, Org, OrgMember, RevokedApiKey, User
+from ..tables import ApiKey, KeyEpoch, Org, OrgMember, RevokedApiKey, User
 
 
 async def org_by_name(session: AsyncSession, name: str) -> Org | None:
@@ -94,3 +94,12 @@ async def inactive_key_ids(session: AsyncSession, key_ids: Sequence[str]) -> set
     query = select(ApiKey.id).where(ApiKey.id.in_(key_ids), ApiKey.is_active.is_(True))
     active = set((await session.execute(query)).scalars().all())
     return {key_id for key_id in key_ids if key_id not in active}
+
+
+async def bump_key_epoch(session: AsyncSession) -> None:
+    """Tell every server's key cache that some key stopped being valid (commits with the
+    caller's transaction)."""
+    statement = update(KeyEpoch).where(KeyEpoch.id == 1).values(epoch=KeyEpoch.epoch + 1)
+    if (await session.execute(statement)).rowcount == 0:  # type: ignore[attr-defined]
+        session.add(KeyEpoch(id=1, epoch=1))
+        await session.flush()
