@@ -123,7 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 async def _flush_activity(service: SandboxService) -> None:
     try:
-        await service.flush_activity()
+        await service.activity.flush()
     except Exception as exc:  # shutting down: losing a few seconds of activity is harmless
         log.warning("could not record sandbox activity on shutdown: %s", exc)
 
@@ -180,7 +180,7 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
     agents.on_violation = service.agent_violated
     await reconcile.reconcile_on_start(service)
     task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
-    task_group.start_soon(guarded, "sandbox activity", service.flush_activity_forever)
+    task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
     if pool is not None:  # after reconcile: it destroys orphans, pool sandboxes look like them
         task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service

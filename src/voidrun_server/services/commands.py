@@ -26,9 +26,6 @@ from ..errors import (
     DeadlineExceededError,
 )
 from ..schemas.processes import CommandRunRequest
-from ..store.db import transaction
-from ..store.repos import sandboxes as repo
-from ..store.types import utcnow
 from . import validation
 from .accounts import Principal
 from .agents import Refusal
@@ -87,12 +84,8 @@ class AgentCalls:
 
         return LiveStream(await self.on(running, start, refused=refused), self, running)
 
-    async def keep_awake(self, running: Running) -> None:
-        try:
-            async with transaction(self.sandboxes.sessions) as session:
-                await repo.touch_activity(session, running.row.id, utcnow())
-        except Exception as exc:  # a database hiccup must not end the stream
-            log.warning("could not record activity of %s: %s", running.row.id, exc)
+    def keep_awake(self, running: Running) -> None:
+        self.sandboxes.activity.record(running.row.id)
 
 
 @dataclass
@@ -128,7 +121,7 @@ class LiveStream:
                 except StopAsyncIteration:
                     return
             if anyio.current_time() - touched >= KEEP_AWAKE_INTERVAL:
-                await self.calls.keep_awake(self.running)
+                self.calls.keep_awake(self.running)
                 touched = anyio.current_time()
             yield chunk
 
@@ -179,7 +172,7 @@ class CommandService:
                 )
             if anyio.current_time() >= give_up:
                 raise DeadlineExceededError("Command still running", f"after {limit:g}s")
-            await self.calls.keep_awake(running)
+            self.calls.keep_awake(running)
 
     async def stdin(
         self, caller: Principal, sandbox_id: str, pid: int, data: str, eof: bool

@@ -111,7 +111,7 @@ async def check_health(service: SandboxService) -> None:
 
 async def auto_sleep(service: SandboxService) -> None:
     settings = service.settings
-    await service.flush_activity()  # activity is batched in memory (services/sandboxes.py)
+    await service.activity.flush()  # activity is batched in memory (services/activity.py)
     now = utcnow()
     pause_before = now - timedelta(seconds=settings.pause_after_idle_seconds)
     stop_before = now - timedelta(seconds=settings.stop_after_paused_seconds)

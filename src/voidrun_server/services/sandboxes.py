@@ -10,9 +10,7 @@ its sandboxes and makes every status change itself (``set_status``, ``_act``, th
 with each change; a miss reads the database once and refills it, unless a status changed
 meanwhile. Ownership is checked against the caller's org on every call (an entry of another org
 takes the database path, whose 404 is the one for an unknown id). Activity timestamps are
-recorded in memory and written in one transaction every ``activity_flush_interval`` by
-``flush_activity_forever`` (the app's task group), and before every auto-sleep pass
-(``reconcile.auto_sleep``), so auto-sleep never sees a sandbox in use as idle.
+recorded in memory and written in batches (``services/activity.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +49,7 @@ from ..store.tables import Sandbox
 from ..store.types import utcnow
 from . import images, quotas, validation
 from .accounts import Principal
+from .activity import ActivityLog
 from .agents import AgentPool, AgentSocket
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
 from .pool import WarmPool
@@ -60,8 +58,6 @@ from .storage import DiskFloor
 log = logging.getLogger(__name__)
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 VIOLATION_EVENT = "sandbox.agent_violation"
-ACTIVITY_WRITE_INTERVAL = timedelta(seconds=5)
-MIN_ACTIVITY_FLUSH = 0.2
 
 
 @dataclass(frozen=True)
@@ -95,7 +91,7 @@ class SandboxService:
         # ``_changes`` counts status changes so that a refill after a miss cannot undo one.
         self._live: dict[str, Sandbox] = {}
         self._changes = 0
-        self._activity: dict[str, datetime] = {}  # last use not yet written
+        self.activity = ActivityLog(sessions, settings.pause_after_idle_seconds)
         self.pool = pool
         self.starting = quotas.Reservations()
         unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
@@ -330,7 +326,7 @@ class SandboxService:
         if live is not None and live.org_id == caller.org_id:
             socket = self._sockets.get(sandbox_id)
             if socket is not None:
-                self._activity[sandbox_id] = utcnow()
+                self.activity.record(sandbox_id)
                 return Running(row=live, agent_socket=socket)
         changes = self._changes
         row = await self.get(caller, sandbox_id)
@@ -343,7 +339,7 @@ class SandboxService:
                 action = AUTO_WAKE[status]
                 if action is not None:
                     await self._act(row, action)
-        self._activity[sandbox_id] = utcnow()
+        self.activity.record(sandbox_id)
         socket = self._sockets.get(sandbox_id)
         if socket is None:
             socket = AgentSocket.of(await self.driver.inspect(sandbox_id))
@@ -424,39 +420,6 @@ class SandboxService:
             raise InvalidInputError("pause is not supported by this driver", self.driver.name)
         return self.driver
 
-    @property
-    def activity_flush_interval(self) -> float:
-        """Batched, but never so rarely that a sandbox in use looks idle to auto-sleep (§C.6);
-        ``reconcile.auto_sleep`` flushes before each pass as well."""
-        idle = timedelta(seconds=self.settings.pause_after_idle_seconds)
-        interval = min(ACTIVITY_WRITE_INTERVAL, idle / 4).total_seconds()
-        return max(interval, MIN_ACTIVITY_FLUSH)
-
-    async def flush_activity(self) -> None:
-        """Write the activity recorded in memory since the last flush, in one transaction."""
-        if not self._activity:
-            return
-        pending, self._activity = self._activity, {}
-        try:
-            async with transaction(self.sessions) as session:
-                for sandbox_id, when in pending.items():
-                    await repo.touch_activity(session, sandbox_id, when)
-        except BaseException:
-            for sandbox_id, when in pending.items():  # keep it for the next flush
-                newer = self._activity.get(sandbox_id)
-                if newer is None or newer < when:
-                    self._activity[sandbox_id] = when
-            raise
-
-    async def flush_activity_forever(self) -> None:
-        """The background loop owned by the app's task group."""
-        while True:
-            await anyio.sleep(self.activity_flush_interval)
-            try:
-                await self.flush_activity()
-            except Exception as exc:  # a database hiccup must not end the loop
-                log.warning("could not record sandbox activity: %s", exc)
-
     async def set_status(
         self, sandbox_id: str, status: Status, *, error: str | None = None, event: str = ""
     ) -> None:
@@ -464,7 +427,7 @@ class SandboxService:
         self._not_live(sandbox_id)
         if status is not Status.RUNNING:
             self._sockets.pop(sandbox_id, None)
-            self._activity.pop(sandbox_id, None)
+            self.activity.forget(sandbox_id)
         async with transaction(self.sessions) as session:
             row = await repo.get(session, sandbox_id)
             if row is None:
