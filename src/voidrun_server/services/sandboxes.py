@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,10 +31,8 @@ from ..drivers.base import (
     DriverError,
     Pausable,
     SandboxInfo,
-    SandboxSpec,
 )
 from ..errors import (
-    DeadlineExceededError,
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
@@ -47,12 +44,13 @@ from ..store.repos import sandboxes as repo
 from ..store.repos.quotas import Usage
 from ..store.tables import Sandbox
 from ..store.types import utcnow
-from . import images, quotas, validation
+from . import quotas
 from .accounts import Principal
 from .activity import ActivityLog
 from .agents import AgentPool, AgentSocket
 from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
 from .pool import WarmPool
+from .provisioning import Provisioner, describe
 from .storage import DiskFloor
 
 log = logging.getLogger(__name__)
@@ -93,6 +91,7 @@ class SandboxService:
         self._changes = 0
         self.activity = ActivityLog(sessions, settings.pause_after_idle_seconds)
         self.pool = pool
+        self.provisioner = Provisioner(self)
         self.starting = quotas.Reservations()
         unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
         self.disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
@@ -154,85 +153,12 @@ class SandboxService:
         async with self.sessions() as session:
             return await repo.page_in_org(session, caller.org_id, (page - 1) * limit, limit, labels)
 
-    # -- create ----------------------------------------------------------------------------
+    # -- create (services/provisioning.py) ----------------------------------------------------
 
     async def create(self, caller: Principal, body: SandboxCreate) -> Sandbox:
-        request = validation.validate_create(body, self.settings.default_image, caller.org_id)
-        async with self.sessions() as session:
-            image = await images.resolve(session, caller.org_id, request.image)
-        disk_mb = self.settings.sandbox_disk_mb
-        wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
-        if self.pool is not None:  # do not burn a warm sandbox on a create that must fail
-            async with self.sessions() as session:
-                await self._check_quota(session, caller.org_id, wanted, lock=False)
-        await self.disk_floor.reserve_for_create(disk_mb)
-        warm = self.pool.take(Path(image.rootfs), disk_mb) if self.pool else None
-        row = Sandbox(
-            id=warm.sandbox_id if warm else ids.new_id(),
-            org_id=caller.org_id,
-            created_by=caller.user_id,
-            name=request.name,
-            image=f"{image.name}:{image.tag}",
-            image_id=image.id,
-            cpu=request.cpu,
-            mem=request.mem,
-            disk_mb=disk_mb,
-            status=Status.RUNNING,
-            env_vars=request.env_vars,
-            labels=request.labels,
-            ports=[p.model_dump() for p in request.ports],
-            auto_sleep=request.auto_sleep,
-            region=request.region,
-            ref_id=request.ref_id,
-        )
-        try:
-            async with transaction(self.sessions) as session:
-                await self._check_quota(session, caller.org_id, wanted)  # locks the org first
-                session.add(row)
-                repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
-        except BaseException:
-            if warm is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._destroy_quietly(warm.sandbox_id)
-            raise
-        if warm is not None:
-            async with self.lock(row.id):
-                try:
-                    assert self.pool is not None
-                    await self.pool.hand_out(
-                        warm,
-                        row.id,
-                        hostname=_hostname(row.name),
-                        cpu=row.cpu,
-                        mem_mb=row.mem,
-                        env=dict(row.env_vars),
-                    )
-                    self._sockets[row.id] = warm.agent_socket
-                except VoidRunError as exc:
-                    await self._discard_failed_create(row.id, exc)
-                    raise VoidRunError("Failed to create sandbox", _describe(exc)) from exc
-            return row
-        spec = SandboxSpec(
-            sandbox_id=row.id,
-            hostname=_hostname(row.name),
-            rootfs=Path(image.rootfs),
-            cpu=row.cpu,
-            mem_mb=row.mem,
-            disk_mb=row.disk_mb,
-            env=dict(row.env_vars),
-        )
-        if not request.sync:
-            self.spawn(lambda: self._boot_in_background(spec))
-            return row
-        async with self.lock(row.id):
-            try:
-                await self._boot(spec)
-            except VoidRunError as exc:
-                await self._discard_failed_create(row.id, exc)
-                raise VoidRunError("Failed to create sandbox", _describe(exc)) from exc
-        return row
+        return await self.provisioner.create(caller, body)
 
-    async def _check_quota(
+    async def check_quota(
         self,
         session: AsyncSession,
         org_id: str,
@@ -243,38 +169,6 @@ class SandboxService:
     ) -> None:
         pending = self.starting.held(org_id, besides=besides)
         await quotas.check(session, self.settings, org_id, wanted, pending, lock=lock)
-
-    async def _boot(self, spec: SandboxSpec) -> None:
-        seconds = self.settings.sandbox_ready_timeout_seconds + 5
-        try:
-            with anyio.fail_after(seconds):
-                info = await self.driver.create(spec)
-                await self.agents.ping(spec.sandbox_id, AgentSocket.of(info))
-        except TimeoutError:
-            raise DeadlineExceededError("Sandbox did not start in time", f"{seconds:g}s") from None
-        self._sockets[spec.sandbox_id] = AgentSocket.of(info)
-
-    async def _boot_in_background(self, spec: SandboxSpec) -> None:
-        async with self.lock(spec.sandbox_id):
-            try:
-                await self._boot(spec)
-            except VoidRunError as exc:
-                log.warning("background create of %s failed: %s", spec.sandbox_id, exc)
-                with anyio.CancelScope(shield=True):
-                    await self._destroy_quietly(spec.sandbox_id)
-                    await self.set_status(spec.sandbox_id, Status.ERROR, error=_describe(exc))
-
-    async def _discard_failed_create(self, sandbox_id: str, exc: VoidRunError) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._destroy_quietly(sandbox_id)
-            await self.set_status(sandbox_id, Status.DELETED, error=_describe(exc))
-
-    async def _destroy_quietly(self, sandbox_id: str) -> None:
-        self.agents.forget(sandbox_id)
-        try:
-            await self.driver.destroy(sandbox_id)
-        except DriverError as exc:
-            log.error("could not clean up sandbox %s: %s", sandbox_id, exc)
 
     # -- update / delete -------------------------------------------------------------------
 
@@ -401,15 +295,15 @@ class SandboxService:
                 wanted = Usage(cpu=row.cpu, mem_mb=row.mem)
                 with self.starting.hold(row.org_id, sandbox_id, wanted):
                     async with transaction(self.sessions) as session:
-                        await self._check_quota(session, row.org_id, wanted, besides=sandbox_id)
+                        await self.check_quota(session, row.org_id, wanted, besides=sandbox_id)
                     info = await self._start(sandbox_id)
                     await self.agents.ping(sandbox_id, AgentSocket.of(info))
                     self._sockets[sandbox_id] = AgentSocket.of(info)
                     await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:
-                await self.set_status(sandbox_id, Status.ERROR, error=_describe(exc))
-            raise VoidRunError(f"{action.value.capitalize()} failed", _describe(exc)) from exc
+                await self.set_status(sandbox_id, Status.ERROR, error=describe(exc))
+            raise VoidRunError(f"{action.value.capitalize()} failed", describe(exc)) from exc
 
     async def _start(self, sandbox_id: str) -> SandboxInfo:
         with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
@@ -447,12 +341,3 @@ class SandboxService:
             repo.record(session, event or f"sandbox.{status}", row.org_id, sandbox_id)
         if status is Status.RUNNING and row is not None and sandbox_id in self._sockets:
             self._live[sandbox_id] = row
-
-
-def _hostname(name: str) -> str:
-    """Sandbox names may be 253-character subdomains; a hostname label holds 63."""
-    return name[:63].rstrip("-.") or "sandbox"
-
-
-def _describe(exc: VoidRunError) -> str:
-    return f"{exc.message}: {exc.details}" if exc.details else exc.message

@@ -1,0 +1,163 @@
+"""Provisioning: turning a create request into a running sandbox (cold, or from the warm pool).
+
+Kept apart from ``services/sandboxes.py`` (reads, verbs, the data plane): a create validates and
+resolves the image, checks the org's quotas and the host's free-space floor, records the row
+(quota check and insert in one transaction that locks the org row first), then either hands out
+a warm-pool sandbox or boots a new one — in the request (``sync``, the default) or in the
+background. A create that fails leaves nothing behind: cleanup is shielded from cancellation
+and the row ends ``deleted`` (or ``error`` for a background boot) with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .. import ids
+from ..drivers.base import DriverError, SandboxSpec
+from ..errors import DeadlineExceededError, VoidRunError
+from ..schemas.sandboxes import SandboxCreate
+from ..store.db import transaction
+from ..store.repos import sandboxes as repo
+from ..store.tables import Sandbox
+from . import images, validation
+from .accounts import Principal
+from .agents import AgentSocket
+from .lifecycle import Status
+from .quotas import Usage
+
+if TYPE_CHECKING:
+    from .sandboxes import SandboxService
+
+log = logging.getLogger(__name__)
+
+
+def hostname_of(name: str) -> str:
+    """Sandbox names may be 253-character subdomains; a hostname label holds 63."""
+    return name[:63].rstrip("-.") or "sandbox"
+
+
+def describe(exc: VoidRunError) -> str:
+    return f"{exc.message}: {exc.details}" if exc.details else exc.message
+
+
+class Provisioner:
+    def __init__(self, service: SandboxService) -> None:
+        self.service = service
+
+    async def create(self, caller: Principal, body: SandboxCreate) -> Sandbox:
+        request = validation.validate_create(
+            body, self.service.settings.default_image, caller.org_id
+        )
+        async with self.service.sessions() as session:
+            image = await images.resolve(session, caller.org_id, request.image)
+        disk_mb = self.service.settings.sandbox_disk_mb
+        wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
+        if self.service.pool is not None:  # do not burn a warm sandbox on a create that must fail
+            async with self.service.sessions() as session:
+                await self.service.check_quota(session, caller.org_id, wanted, lock=False)
+        await self.service.disk_floor.reserve_for_create(disk_mb)
+        warm = self.service.pool.take(Path(image.rootfs), disk_mb) if self.service.pool else None
+        row = Sandbox(
+            id=warm.sandbox_id if warm else ids.new_id(),
+            org_id=caller.org_id,
+            created_by=caller.user_id,
+            name=request.name,
+            image=f"{image.name}:{image.tag}",
+            image_id=image.id,
+            cpu=request.cpu,
+            mem=request.mem,
+            disk_mb=disk_mb,
+            status=Status.RUNNING,
+            env_vars=request.env_vars,
+            labels=request.labels,
+            ports=[p.model_dump() for p in request.ports],
+            auto_sleep=request.auto_sleep,
+            region=request.region,
+            ref_id=request.ref_id,
+        )
+        try:
+            async with transaction(self.service.sessions) as session:
+                await self.service.check_quota(
+                    session, caller.org_id, wanted
+                )  # locks the org first
+                session.add(row)
+                repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
+        except BaseException:
+            if warm is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._destroy_quietly(warm.sandbox_id)
+            raise
+        if warm is not None:
+            async with self.service.lock(row.id):
+                try:
+                    assert self.service.pool is not None
+                    await self.service.pool.hand_out(
+                        warm,
+                        row.id,
+                        hostname=hostname_of(row.name),
+                        cpu=row.cpu,
+                        mem_mb=row.mem,
+                        env=dict(row.env_vars),
+                    )
+                    self.service._sockets[row.id] = warm.agent_socket
+                except VoidRunError as exc:
+                    await self._discard_failed_create(row.id, exc)
+                    raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
+            return row
+        spec = SandboxSpec(
+            sandbox_id=row.id,
+            hostname=hostname_of(row.name),
+            rootfs=Path(image.rootfs),
+            cpu=row.cpu,
+            mem_mb=row.mem,
+            disk_mb=row.disk_mb,
+            env=dict(row.env_vars),
+        )
+        if not request.sync:
+            self.service.spawn(lambda: self._boot_in_background(spec))
+            return row
+        async with self.service.lock(row.id):
+            try:
+                await self._boot(spec)
+            except VoidRunError as exc:
+                await self._discard_failed_create(row.id, exc)
+                raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
+        return row
+
+    async def _boot(self, spec: SandboxSpec) -> None:
+        seconds = self.service.settings.sandbox_ready_timeout_seconds + 5
+        try:
+            with anyio.fail_after(seconds):
+                info = await self.service.driver.create(spec)
+                await self.service.agents.ping(spec.sandbox_id, AgentSocket.of(info))
+        except TimeoutError:
+            raise DeadlineExceededError("Sandbox did not start in time", f"{seconds:g}s") from None
+        self.service._sockets[spec.sandbox_id] = AgentSocket.of(info)
+
+    async def _boot_in_background(self, spec: SandboxSpec) -> None:
+        async with self.service.lock(spec.sandbox_id):
+            try:
+                await self._boot(spec)
+            except VoidRunError as exc:
+                log.warning("background create of %s failed: %s", spec.sandbox_id, exc)
+                with anyio.CancelScope(shield=True):
+                    await self._destroy_quietly(spec.sandbox_id)
+                    await self.service.set_status(
+                        spec.sandbox_id, Status.ERROR, error=describe(exc)
+                    )
+
+    async def _discard_failed_create(self, sandbox_id: str, exc: VoidRunError) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._destroy_quietly(sandbox_id)
+            await self.service.set_status(sandbox_id, Status.DELETED, error=describe(exc))
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        self.service.agents.forget(sandbox_id)
+        try:
+            await self.service.driver.destroy(sandbox_id)
+        except DriverError as exc:
+            log.error("could not clean up sandbox %s: %s", sandbox_id, exc)
