@@ -122,6 +122,18 @@ async def authenticate_digest(
     return Principal(key_id=key.id, org_id=key.org_id, user_id=key.created_by), used
 
 
+async def me(session: AsyncSession, user_id: str) -> tuple[User, Sequence[Org]]:
+    """The calling user and the orgs they belong to."""
+    user = await repo.user_by_id(session, user_id)
+    if user is None:
+        raise NotFoundError("user not found")
+    return user, await repo.orgs_of_user(session, user.id)
+
+
+async def members(session: AsyncSession, org_id: str) -> Sequence[User]:
+    return await repo.org_members(session, org_id)
+
+
 async def list_keys(session: AsyncSession, org_id: str) -> Sequence[ApiKey]:
     return await repo.keys_of_org(session, org_id)
 

@@ -15,7 +15,6 @@ from ...schemas.accounts import (
 )
 from ...schemas.common import Envelope, MessageEnvelope, envelope
 from ...services import accounts
-from ...store.repos import accounts as repo
 from ..deps import Caller, Db
 
 router = APIRouter(prefix="/api/orgs", tags=["Organizations"])
@@ -23,7 +22,7 @@ router = APIRouter(prefix="/api/orgs", tags=["Organizations"])
 
 @router.get("/users", response_model=Envelope[list[UserPublic]])
 async def list_members(caller: Caller, session: Db) -> dict[str, Any]:
-    users = await repo.org_members(session, caller.org_id)
+    users = await accounts.members(session, caller.org_id)
     data = [UserPublic.model_validate(u).model_dump(by_alias=True, mode="json") for u in users]
     return envelope("users", data)
 

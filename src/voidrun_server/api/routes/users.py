@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ...errors import NotFoundError
 from ...schemas.accounts import Me, OrgRef
-from ...store.repos import accounts as repo
+from ...services import accounts
 from ..deps import Caller, Db
 
 router = APIRouter(prefix="/api/users", tags=["Users"])
@@ -14,10 +13,7 @@ router = APIRouter(prefix="/api/users", tags=["Users"])
 
 @router.get("/me", response_model=Me)
 async def me(caller: Caller, session: Db) -> Me:
-    user = await repo.user_by_id(session, caller.user_id)
-    if user is None:
-        raise NotFoundError("user not found")
-    orgs = await repo.orgs_of_user(session, user.id)
+    user, orgs = await accounts.me(session, caller.user_id)
     return Me(
         id=user.id,
         name=user.name,
