@@ -12,18 +12,15 @@ import pytest
 
 from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 from voidrun_server.api.sse import MAX_LINE
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 RING_BYTES = 2 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

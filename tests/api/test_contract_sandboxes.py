@@ -11,7 +11,11 @@ import pytest
 
 from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    sandbox_server,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
@@ -20,12 +24,6 @@ NAME_RULE = (
     "invalid name: value must be a valid DNS-1123 subdomain (lowercase letters, digits, "
     "'-' and '.', starting and ending with a letter or digit, at most 253 characters)"
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 @pytest.fixture

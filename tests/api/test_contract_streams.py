@@ -9,7 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    sandbox_server,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
@@ -19,12 +23,6 @@ SSE_HEADERS = {
     "connection": "keep-alive",
     "x-accel-buffering": "no",
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -28,17 +28,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
 from tests.support.memory import reset_peak_rss, vm_kib
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,20 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from tests.support.memory import reset_peak_rss, vm_kib
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.sandbox
 ZEROS = {"command": "cat /dev/zero", "timeout": 60}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 def version_latencies(server: ServerProcess, count: int) -> list[float]:

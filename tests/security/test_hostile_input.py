@@ -14,18 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.routes import http_routes
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 from voidrun_server.api.app import create_app
 from voidrun_server.config import Settings
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

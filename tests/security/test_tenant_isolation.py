@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,10 @@ from websockets.sync.client import connect
 
 from tests.api.test_accounts import new_key, second_org
 from tests.support.routes import http_routes, websocket_routes
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import (
+    create_sandbox,
+    shared_sandbox_server,  # noqa: F401 - the "server" fixture
+)
 from tests.support.server import ServerProcess
 from voidrun_server.api.app import create_app
 from voidrun_server.config import Settings
@@ -67,12 +69,6 @@ def fill(path: str, ids: dict[str, str]) -> str:
     if "/files/watch/" in path and "watch_id" in ids:
         ids = {**ids, "session_id": ids["watch_id"]}
     return re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), MISSING), path).removeprefix("/api")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        yield proc
 
 
 def test_every_resource_route_hides_other_orgs(server: ServerProcess, tmp_path: Path) -> None:

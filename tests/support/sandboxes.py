@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.images import IMAGES_DIR, STATE_PARENT, ensure_code_image
 from tests.support.server import ServerProcess
@@ -47,6 +48,14 @@ def backend_env(backend: str) -> dict[str, str]:
     if backend == "sqlite":
         return {}
     return {"VOIDRUN_DATABASE_URL": database_url(backend, Path())}
+
+
+@pytest.fixture(scope="module", name="server")
+def shared_sandbox_server() -> Iterator[ServerProcess]:
+    """One real server with real sandboxes per test module: import it into a module and
+    its tests get it as ``server``."""
+    with sandbox_server() as proc:
+        yield proc
 
 
 def create_sandbox(client: httpx.Client, **body: object) -> dict[str, object]:
