@@ -87,3 +87,14 @@ def test_concurrent_allocations_are_distinct(tmp_path: Path) -> None:
 def test_area_must_fit_below_uid_max(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         make(tmp_path, first=2**32 - RANGE_SIZE, max_ranges=2)
+
+
+def test_marker_off_the_grid_still_blocks_its_ids(tmp_path: Path) -> None:
+    """A marker left by a different VOIDRUN_SANDBOX_UID_BASE overlaps two slots of this grid:
+    neither may be handed out while its sandbox lives."""
+    first = DEFAULT_FIRST_BASE
+    ranges = make(tmp_path, first=first, max_ranges=3)
+    (tmp_path / "state" / ("o" * 24)).mkdir()
+    ranges.directory.mkdir(mode=0o700)
+    os.symlink("o" * 24, ranges.directory / str(first + RANGE_SIZE // 2))
+    assert ranges.allocate("a" * 24) == first + 2 * RANGE_SIZE

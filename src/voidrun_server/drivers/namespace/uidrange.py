@@ -113,9 +113,12 @@ class UidRanges:
             for reclaim in (False, True):
                 if reclaim and not self._reclaim_stale():
                     break
-                taken = [(base, RANGE_SIZE) for base in self._markers()]
-                for base in self.bases():
-                    if _overlaps(base, blocked) or _overlaps(base, taken):
+                taken = set(self._markers())  # a set: linear in the sandboxes, not square
+                slots = self.bases()
+                # markers off this grid (left by another VOIDRUN_SANDBOX_UID_BASE) still block
+                odd = [(base, RANGE_SIZE) for base in taken if base not in slots]
+                for base in slots:
+                    if base in taken or _overlaps(base, blocked) or _overlaps(base, odd):
                         continue
                     try:
                         os.symlink(sandbox_id, self.directory / str(base))
