@@ -175,10 +175,18 @@ class Settings(BaseSettings):
         30.0, description="How long create/start waits for the sandbox agent to answer."
     )
     warm_pool_size: Annotated[int, Field(ge=0, le=64)] = Field(
-        0,
+        2,
         description=(
             "Sandboxes of the default image kept started ahead of time and handed out on create "
-            "(a few ms instead of ~100 ms). Each idle one costs ~10 MiB. 0 turns the pool off."
+            "(rename, resize and environment instead of a boot). Each idle one costs what an "
+            "idle sandbox costs (docs/benchmarks.md, Density). 0 turns the pool off."
+        ),
+    )
+    warm_pool_min_free_memory_mb: Annotated[int, Field(ge=0)] = Field(
+        1024,
+        description=(
+            "The warm pool refills only while the host has at least this much available memory "
+            "(MemAvailable), and never while a caller's create is in flight."
         ),
     )
     org_max_sandboxes: Annotated[int, Field(ge=0)] = Field(

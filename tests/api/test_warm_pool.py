@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support.cgroups import read_limits, sandbox_cgroups
+from tests.support.http import assert_error
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
 
@@ -82,3 +83,31 @@ def test_shutdown_destroys_the_pool(server: ServerProcess) -> None:
     leftovers = [p for p in (server.data_dir / "sandboxes").iterdir() if len(p.name) == 24]
     assert leftovers == []
     server.start()
+
+
+def test_refused_create_keeps_the_pool(server: ServerProcess) -> None:
+    """A create the org's quota refuses takes nothing from the pool."""
+    with server.client() as client:
+        wait_for_pool(server, client, 2)
+        pooled = pooled_dirs(server, client)
+        result = server.cli("orgs", "quota", "default", "--max-sandboxes", "0")
+        assert result.returncode == 0, result.stderr
+        try:
+            assert_error(client.post("/sandboxes", json={"name": "refused"}), 403)
+        finally:
+            server.cli("orgs", "quota", "default", "--max-sandboxes", "100")
+        assert pooled_dirs(server, client) == pooled
+
+
+def test_pool_is_on_by_default_and_yields_to_a_short_host() -> None:
+    """Default settings fill a pool; a host under the memory floor gets no pool sandboxes, and
+    creates still work (booted cold)."""
+    with sandbox_server() as default, default.client() as client:
+        wait_for_pool(default, client, 1)
+    with sandbox_server(VOIDRUN_WARM_POOL_MIN_FREE_MEMORY_MB=str(1 << 40)) as short:
+        with short.client() as client:
+            box = create_sandbox(client, name="cold")
+            assert run(client, box["id"], "hostname") == "cold\n"
+            time.sleep(1.5)  # several refill checks
+            assert pooled_dirs(short, client) == set()
+            client.delete(f"/sandboxes/{box['id']}")

@@ -19,7 +19,7 @@ from .. import __version__, datadir
 from ..agent_launch import agent_argv, install_agent
 from ..agent_runtime import install_runtime
 from ..config import Settings
-from ..drivers.base import DriverUnavailableError, Retargetable
+from ..drivers.base import DiskAccounting, DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, reconcile, streams
@@ -28,6 +28,7 @@ from ..services.background import guarded, spawner
 from ..services.keycache import KeyCache
 from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
+from ..services.storage import DiskFloor
 from ..store import db
 from . import errors
 from .deps import AppContext
@@ -163,6 +164,8 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
         log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
         return None
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
+    unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
+    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
     pool = None
     if settings.warm_pool_size and isinstance(driver, Retargetable):
         pool = WarmPool(
@@ -173,9 +176,17 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
             mem_mb=1024,
             disk_mb=settings.sandbox_disk_mb,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
+            min_free_memory_mb=settings.warm_pool_min_free_memory_mb,
+            disk_floor=disk_floor,
         )
     service = SandboxService(
-        settings, ctx.sessions, driver, agents, spawn=spawner(task_group), pool=pool
+        settings,
+        ctx.sessions,
+        driver,
+        agents,
+        spawn=spawner(task_group),
+        disk_floor=disk_floor,
+        pool=pool,
     )
     agents.on_violation = service.agent_violated
     await reconcile.reconcile_on_start(service)

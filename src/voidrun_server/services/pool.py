@@ -1,16 +1,20 @@
 """A warm pool: sandboxes of the default image started ahead of time and handed out on create.
 
-Starting a sandbox is dominated by its agent's Python start-up (~100 ms here); taking one that
-is already up and giving it the caller's hostname, limits and environment takes a few ms.
-``VOIDRUN_WARM_POOL_SIZE`` sandboxes are kept ready (0 = off). They have no database row until
-handed out, so after a crash the start-up reconcile destroys them like any orphan, and the
-server destroys them on a clean shutdown.
+Taking a sandbox that is already up and giving it the caller's hostname, limits and environment
+costs a few ms less than booting one. ``VOIDRUN_WARM_POOL_SIZE`` sandboxes are kept ready
+(0 = off). They have no database row until handed out, so after a crash the start-up reconcile
+destroys them like any orphan, and the server destroys them on a clean shutdown.
+
+The refill never competes with the host's real work: it waits while a caller's create is in
+flight, while the host's available memory is under ``VOIDRUN_WARM_POOL_MIN_FREE_MEMORY_MB``,
+and while the disk floor (``VOIDRUN_MIN_FREE_DISK_MB``) would not hold another sandbox disk.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +25,22 @@ from ..agentclient import AgentClient
 from ..drivers.base import Driver, DriverError, Retargetable, SandboxSpec
 from ..errors import DeadlineExceededError, VoidRunError
 from .agents import AgentPool, AgentSocket
+from .storage import DiskFloor
 
 log = logging.getLogger(__name__)
 POOL_HOSTNAME = "sandbox"
 RETRY_DELAY = 5.0
+ROOM_POLL = 0.5
+MIB = 1 << 20
+
+
+def available_memory_mb(meminfo: str = "/proc/meminfo") -> int:
+    """The kernel's MemAvailable estimate (a read of procfs: memory-backed, never blocks)."""
+    with open(meminfo, "rb") as f:
+        for line in f:
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
 
 
 def identity_files(hostname: str) -> dict[str, str]:
@@ -54,14 +70,38 @@ class WarmPool:
         mem_mb: int,
         disk_mb: int,
         ready_timeout: float,
+        min_free_memory_mb: int = 0,
+        disk_floor: DiskFloor | None = None,
     ) -> None:
         self.driver = driver
         self.agents = agents
         self.size = size
         self.cpu, self.mem_mb, self.disk_mb = cpu, mem_mb, disk_mb
         self.ready_timeout = ready_timeout
+        self.min_free_memory_mb = min_free_memory_mb
+        self.disk_floor = disk_floor
         self._ready: list[Warm] = []
         self._wanted = anyio.Event()
+        self._creating = 0  # callers' creates in flight: the refill waits for them
+        self._quiet = anyio.Event()
+        self._quiet.set()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Mark a caller's create as in flight (the refill waits until none is)."""
+        if self._creating == 0:
+            self._quiet = anyio.Event()
+        self._creating += 1
+        try:
+            yield
+        finally:
+            self._creating -= 1
+            if self._creating == 0:
+                self._quiet.set()
+
+    def give_back(self, warm: Warm) -> None:
+        """A taken sandbox that was not handed out after all (the create's insert failed)."""
+        self._ready.insert(0, warm)
 
     def take(self, rootfs: Path, disk_mb: int) -> Warm | None:
         """A ready sandbox of that image and disk size, if there is one (and ask for another)."""
@@ -90,10 +130,21 @@ class WarmPool:
                 await self._wanted.wait()
                 continue
             try:
+                await self._wait_for_room()
                 self._ready.append(await self._start(rootfs))
             except Exception as exc:  # whatever it was, try again later; never end the loop
                 log.warning("warm pool: could not start a sandbox: %r", exc)
                 await anyio.sleep(RETRY_DELAY)
+
+    async def _wait_for_room(self) -> None:
+        """Until no caller's create is in flight and the host has memory and disk to spare."""
+        while True:
+            await self._quiet.wait()
+            if available_memory_mb() >= self.min_free_memory_mb:
+                break
+            await anyio.sleep(ROOM_POLL)
+        if self.disk_floor is not None:
+            await self.disk_floor.reserve_for_create(self.disk_mb)  # 507 -> retry later
 
     async def _start(self, rootfs: Path) -> Warm:
         spec = SandboxSpec(

@@ -11,6 +11,7 @@ and the row ends ``deleted`` (or ``error`` for a background boot) with the reaso
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,12 @@ from ..errors import DeadlineExceededError, VoidRunError
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
-from ..store.tables import Sandbox
+from ..store.tables import Image, Sandbox
 from . import images, validation
 from .accounts import Principal
 from .agents import AgentSocket
 from .lifecycle import Status
+from .pool import Warm
 from .quotas import Usage
 
 if TYPE_CHECKING:
@@ -52,44 +54,29 @@ class Provisioner:
         request = validation.validate_create(
             body, self.service.settings.default_image, caller.org_id
         )
-        async with self.service.sessions() as session:
-            image = await images.resolve(session, caller.org_id, request.image)
         disk_mb = self.service.settings.sandbox_disk_mb
         wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
-        if self.service.pool is not None:  # do not burn a warm sandbox on a create that must fail
-            async with self.service.sessions() as session:
-                await self.service.check_quota(session, caller.org_id, wanted, lock=False)
-        await self.service.disk_floor.reserve_for_create(disk_mb)
-        warm = self.service.pool.take(Path(image.rootfs), disk_mb) if self.service.pool else None
-        row = Sandbox(
-            id=warm.sandbox_id if warm else ids.new_id(),
-            org_id=caller.org_id,
-            created_by=caller.user_id,
-            name=request.name,
-            image=f"{image.name}:{image.tag}",
-            image_id=image.id,
-            cpu=request.cpu,
-            mem=request.mem,
-            disk_mb=disk_mb,
-            status=Status.RUNNING,
-            env_vars=request.env_vars,
-            labels=request.labels,
-            ports=[p.model_dump() for p in request.ports],
-            auto_sleep=request.auto_sleep,
-            region=request.region,
-            ref_id=request.ref_id,
-        )
-        try:
+        pool = self.service.pool
+        with pool.serving() if pool is not None else nullcontext():
+            return await self._create(caller, request, disk_mb, wanted)
+
+    async def _create(
+        self, caller: Principal, request: validation.CreateRequest, disk_mb: int, wanted: Usage
+    ) -> Sandbox:
+        pool, warm = self.service.pool, None
+        try:  # one transaction: image, quota (org row locked first) and the new row
             async with transaction(self.service.sessions) as session:
-                await self.service.check_quota(
-                    session, caller.org_id, wanted
-                )  # locks the org first
+                image = await images.resolve(session, caller.org_id, request.image)
+                await self.service.check_quota(session, caller.org_id, wanted)
+                await self.service.disk_floor.reserve_for_create(disk_mb)
+                # taken only once the quota allows it, and given back if the insert fails
+                warm = pool.take(Path(image.rootfs), disk_mb) if pool is not None else None
+                row = self._row(caller, request, image, disk_mb, warm)
                 session.add(row)
                 repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
         except BaseException:
-            if warm is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._destroy_quietly(warm.sandbox_id)
+            if warm is not None and pool is not None:
+                pool.give_back(warm)
             raise
         if warm is not None:
             async with self.service.lock(row.id):
@@ -127,6 +114,33 @@ class Provisioner:
                 await self._discard_failed_create(row.id, exc)
                 raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
         return row
+
+    @staticmethod
+    def _row(
+        caller: Principal,
+        request: validation.CreateRequest,
+        image: Image,
+        disk_mb: int,
+        warm: Warm | None,
+    ) -> Sandbox:
+        return Sandbox(
+            id=warm.sandbox_id if warm else ids.new_id(),
+            org_id=caller.org_id,
+            created_by=caller.user_id,
+            name=request.name,
+            image=f"{image.name}:{image.tag}",
+            image_id=image.id,
+            cpu=request.cpu,
+            mem=request.mem,
+            disk_mb=disk_mb,
+            status=Status.RUNNING,
+            env_vars=request.env_vars,
+            labels=request.labels,
+            ports=[p.model_dump() for p in request.ports],
+            auto_sleep=request.auto_sleep,
+            region=request.region,
+            ref_id=request.ref_id,
+        )
 
     async def _boot(self, spec: SandboxSpec) -> None:
         seconds = self.service.settings.sandbox_ready_timeout_seconds + 5

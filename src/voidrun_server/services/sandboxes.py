@@ -26,7 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import ids
 from ..config import Settings
 from ..drivers.base import (
-    DiskAccounting,
     Driver,
     DriverError,
     Pausable,
@@ -74,6 +73,7 @@ class SandboxService:
         driver: Driver,
         agents: AgentPool,
         spawn: Spawn,
+        disk_floor: DiskFloor,
         pool: WarmPool | None = None,
     ) -> None:
         self.settings = settings
@@ -93,8 +93,7 @@ class SandboxService:
         self.pool = pool
         self.provisioner = Provisioner(self)
         self.starting = quotas.Reservations()
-        unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
-        self.disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
+        self.disk_floor = disk_floor
 
     def agent_violated(self, sandbox_id: str, reason: str) -> None:
         """The sandbox's agent broke the protocol (``AgentPool.on_violation``): stop the
