@@ -144,7 +144,8 @@ class WarmPool:
                 break
             await anyio.sleep(ROOM_POLL)
         if self.disk_floor is not None:
-            await self.disk_floor.reserve_for_create(self.disk_mb)  # 507 -> retry later
+            # leaving room for one caller's disk too; InsufficientStorageError: retry later
+            await self.disk_floor.reserve_for_create(self.disk_mb, headroom_mb=self.disk_mb)
 
     async def _start(self, rootfs: Path) -> Warm:
         spec = SandboxSpec(

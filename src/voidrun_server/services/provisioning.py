@@ -68,9 +68,10 @@ class Provisioner:
             async with transaction(self.service.sessions) as session:
                 image = await images.resolve(session, caller.org_id, request.image)
                 await self.service.check_quota(session, caller.org_id, wanted)
-                await self.service.disk_floor.reserve_for_create(disk_mb)
                 # taken only once the quota allows it, and given back if the insert fails
                 warm = pool.take(Path(image.rootfs), disk_mb) if pool is not None else None
+                if warm is None:  # a warm sandbox's disk exists: only a new one needs room
+                    await self.service.disk_floor.reserve_for_create(disk_mb)
                 row = self._row(caller, request, image, disk_mb, warm)
                 session.add(row)
                 repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)

@@ -44,8 +44,9 @@ class DiskFloor:
         stats = os.statvfs(self.data_dir)
         return stats.f_bavail * stats.f_frsize
 
-    async def reserve_for_create(self, disk_mb: int) -> None:
-        """Refuse (507) a new sandbox disk the host could not hold while keeping the floor."""
+    async def reserve_for_create(self, disk_mb: int, headroom_mb: int = 0) -> None:
+        """Refuse (507) a new sandbox disk the host could not hold while keeping the floor
+        (plus ``headroom_mb`` more: the warm pool leaves room for a caller's create)."""
         if self.floor <= 0:
             return
         if time.monotonic() - self._cached_at >= CACHE_SECONDS:
@@ -55,7 +56,7 @@ class DiskFloor:
         free = self.free_bytes()
         new = disk_mb * MIB
         left = free - self._cached - new
-        if left < self.floor:
+        if left < self.floor + headroom_mb * MIB:
             raise InsufficientStorageError(
                 "Insufficient storage on the server",
                 f"a new {disk_mb} MiB sandbox disk would leave {_mib(left)} MiB of the host's "
