@@ -27,9 +27,33 @@ def server() -> Iterator[ServerProcess]:
         yield proc
 
 
+POOL_HOSTNAME = "sandbox"  # a warm-pool sandbox's hostname until it is handed out
+POOL_SIZE = 2  # VOIDRUN_WARM_POOL_SIZE's default
+
+
+def unowned_dirs(server: ServerProcess, rows: set[str]) -> dict[str, str]:
+    """Sandbox directories without a row -> the hostname in their record."""
+    state_dir = server.data_dir / "sandboxes"
+    found = {}
+    for entry in state_dir.iterdir() if state_dir.exists() else []:
+        if entry.name.startswith(".") or not entry.is_dir() or entry.name in rows:
+            continue
+        try:
+            found[entry.name] = json.loads((entry / "state.json").read_text())["hostname"]
+        except (OSError, ValueError, KeyError):
+            found[entry.name] = ""
+    return found
+
+
 def crash_and_restart(server: ServerProcess) -> None:
+    """SIGKILL and start again; the warm pool's sandboxes of before must not survive (they
+    have no row: the start-up reconcile destroys them like any orphan)."""
+    with server.client() as client:
+        rows = {r["id"] for r in client.get("/sandboxes", params={"limit": 100}).json()["data"]}
+    old_pool = set(unowned_dirs(server, rows))
     server.stop(signal.SIGKILL)
     server.start()
+    server.old_pool = old_pool  # type: ignore[attr-defined]
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -48,10 +72,17 @@ def assert_consistent(server: ServerProcess, client: httpx.Client) -> list[dict[
     rows = client.get("/sandboxes", params={"limit": 100}).json()["data"]
     by_id = {row["id"]: row for row in rows}
     state_dir = server.data_dir / "sandboxes"
-    for entry in state_dir.iterdir() if state_dir.exists() else []:
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        assert entry.name in by_id, f"orphan sandbox dir {entry}"
+    unowned = unowned_dirs(server, set(by_id))
+    for _ in range(200):  # a pool sandbox being created has no record yet: let it finish
+        if all(unowned.values()):
+            break
+        time.sleep(0.05)
+        unowned = unowned_dirs(server, set(by_id))
+    old_pool = getattr(server, "old_pool", set())
+    assert not set(unowned) & old_pool, "a warm-pool sandbox survived the crash"
+    # only the new warm pool may have directories without rows
+    assert set(unowned.values()) <= {POOL_HOSTNAME}, f"orphan sandbox dirs {unowned}"
+    assert len(unowned) <= POOL_SIZE, f"orphan sandbox dirs {unowned}"
     for row in rows:
         if row["status"] == "running":
             result = client.post(f"/sandboxes/{row['id']}/exec", json={"command": "echo ok"})
@@ -61,6 +92,8 @@ def assert_consistent(server: ServerProcess, client: httpx.Client) -> list[dict[
             assert not cgroups_of(str(row["id"])), row
     for mount in mounts_under(state_dir):
         sandbox_id = Path(mount).relative_to(state_dir).parts[0]
+        if sandbox_id not in by_id:  # a warm-pool sandbox (checked above, or made since)
+            continue
         assert by_id.get(sandbox_id, {}).get("status") in ("running", "paused"), mount
     return list(rows)
 
@@ -109,7 +142,8 @@ def test_kill_during_creates(server: ServerProcess) -> None:
         for row in rows:
             assert client.delete(f"/sandboxes/{row['id']}").status_code == 200
             assert not cgroups_of(str(row["id"])), row
-        assert not mounts_under(server.data_dir / "sandboxes")
+        pool = unowned_dirs(server, set())
+        assert all(m.split("/")[-2] in pool for m in mounts_under(server.data_dir / "sandboxes"))
 
 
 def test_kill_during_streamed_exec(server: ServerProcess) -> None:
