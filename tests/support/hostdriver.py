@@ -155,7 +155,7 @@ class HostDriver:
     ) -> None:
         """``agent_mount`` holds the agent package as ``voidrun_agent`` (``copy_agent``)."""
         self.state_dir = state_dir.resolve()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         self._mount = agent_mount
         self._python = tuple(python)
         self._ready_timeout = ready_timeout
