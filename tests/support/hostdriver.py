@@ -42,7 +42,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,9 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
+
+# The namespace driver's deadline rules: timeouts and host errors in the driver's exception tree.
+from voidrun_server.drivers.namespace.driver import _operation
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
 
@@ -125,18 +128,6 @@ def freeze_tree(root: int, deadline: float) -> list[_Proc]:
         if time.monotonic() > deadline:
             raise DriverTimeoutError("could not stop every process of the sandbox")
         time.sleep(0.001)
-
-
-@contextlib.contextmanager
-def _operation(what: str, seconds: float) -> Iterator[float]:
-    """A deadline for ``what``, with timeouts and host errors in the driver's exception tree."""
-    try:
-        with anyio.fail_after(seconds):
-            yield time.monotonic() + seconds
-    except TimeoutError as exc:
-        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:g}s") from exc
-    except OSError as exc:
-        raise DriverError(f"{what} failed", str(exc)) from exc
 
 
 class HostDriver:
