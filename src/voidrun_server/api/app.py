@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -19,7 +20,7 @@ from .. import __version__, datadir
 from ..agent_launch import agent_argv, install_agent
 from ..agent_runtime import install_runtime
 from ..config import Settings
-from ..drivers.base import Driver, DriverUnavailableError, Retargetable
+from ..drivers.base import DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, reconcile, streams
@@ -34,6 +35,9 @@ from .deps import AppContext
 from .middleware import HttpMetrics, RequestContextMiddleware
 from .routes import commands, exec, files, orgs, pty, sandboxes, sessions, system, users
 from .routes import images as image_routes
+
+if TYPE_CHECKING:
+    from ..drivers.base import Driver
 
 log = logging.getLogger(__name__)
 
