@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHECKED := src tests bench
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint typecheck pytest fuzz openapi install install-test clean
+.PHONY: help serve test test-fast lint typecheck pytest fuzz openapi install install-test clean
 
 help: ## Show the available targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,6 +17,9 @@ serve: install ## Install, build the code image if missing, run the server on 12
 
 test: install-test ## Install test deps (pip + apt), then lint, type-check and run the whole suite
 	@$(MAKE) --no-print-directory lint typecheck pytest
+
+test-fast: install-test ## Only the tiers that need no root, image or PostgreSQL: unit, inprocess
+	$(BIN)/pytest -m "not (postgres or root or sandbox or slow)" $(PYTEST_ARGS)
 
 lint: ## ruff check + format check
 	$(BIN)/ruff check $(CHECKED)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import database_url
 from tests.support.http import assert_error
-from tests.support.server import ServerProcess
+from tests.support.server import ApiServer, ServerProcess
 
 KEY_FORMAT = re.compile(r"^vr_[A-Za-z0-9_-]{43}$")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
@@ -23,15 +23,9 @@ def new_key(client: httpx.Client, name: str = "test") -> dict[str, str]:
     return response.json()
 
 
-def second_org(server: ServerProcess, org: str) -> str:
-    """An independent tenant, created through the CLI while the server runs."""
-    assert server.cli("orgs", "create", org).returncode == 0
-    email = f"owner@{org}.example"
-    result = server.cli("users", "create", "--org", org, "--email", email)
-    assert result.returncode == 0, result.stderr
-    result = server.cli("keys", "create", "--org", org, "--name", "main")
-    assert result.returncode == 0, result.stderr
-    plain = result.stdout.strip().splitlines()[-1]
+def second_org(server: ApiServer, org: str) -> str:
+    """An independent tenant (through the CLI for a server process); its API key."""
+    plain = server.new_tenant(org)
     assert KEY_FORMAT.match(plain)
     return plain
 

@@ -14,6 +14,7 @@ from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
 from tests.support.sandboxes import (
     create_sandbox,
+    sandbox_workdir,  # noqa: F401 - the "workdir" fixture
     shared_sandbox_server,  # noqa: F401 - the "server" fixture
 )
 from tests.support.server import ServerProcess
@@ -92,14 +93,14 @@ def sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
             data.append(line[5:].strip())
 
 
-def test_run_list_attach_stdin_wait(client: httpx.Client, sandbox: str) -> None:
-    script = "echo first; echo oops >&2; touch /tmp/printed1; "
-    script += "while [ ! -e /tmp/gate1 ]; do sleep 0.02; done; "
+def test_run_list_attach_stdin_wait(client: httpx.Client, sandbox: str, workdir: str) -> None:
+    script = f"echo first; echo oops >&2; touch {workdir}/printed1; "
+    script += f"while [ ! -e {workdir}/gate1 ]; do sleep 0.02; done; "
     script += "echo live; read line; echo got $line; exit 3"
     pid = start(client, sandbox, script)
     assert listed(client, sandbox)[pid]["running"] is True
     # it printed its first lines before we attach (they come from the replay)
-    until(lambda: "printed1" in sh(client, sandbox, "ls /tmp").split(), "first lines")
+    until(lambda: "printed1" in sh(client, sandbox, f"ls {workdir}").split(), "first lines")
 
     events = []
     attach = {"pid": pid}
@@ -109,7 +110,7 @@ def test_run_list_attach_stdin_wait(client: httpx.Client, sandbox: str) -> None:
         for name, data in sse(stream):
             events.append((name, data))
             if data == "first":
-                sh(client, sandbox, "touch /tmp/gate1")  # "live" comes after we attached
+                sh(client, sandbox, f"touch {workdir}/gate1")  # "live" comes after we attached
             if data == "live":
                 stdin = {"pid": pid, "data": "hello\n"}
                 written = client.post(f"/sandboxes/{sandbox}/commands/stdin", json=stdin)
@@ -144,16 +145,19 @@ def test_timeout_kills(client: httpx.Client, sandbox: str) -> None:
     assert done["exitCode"] == 124 and isinstance(done["error"], str)
 
 
-def test_commands_outlive_requests_and_clients(server: ServerProcess, sandbox: str) -> None:
+def test_commands_outlive_requests_and_clients(
+    server: ServerProcess, sandbox: str, workdir: str
+) -> None:
     with server.client() as first:
-        pid = start(first, sandbox, "while [ ! -e /tmp/gate2 ]; do sleep 0.02; done; echo done")
+        gate = f"{workdir}/gate2"
+        pid = start(first, sandbox, f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done")
         with first.stream(
             "POST", f"/sandboxes/{sandbox}/commands/attach", json={"pid": pid}
         ) as stream:
             assert stream.status_code == 200  # then the client goes away mid-stream
     with server.client() as second:
         assert listed(second, sandbox)[pid]["running"] is True
-        sh(second, sandbox, "touch /tmp/gate2")
+        sh(second, sandbox, f"touch {gate}")
         assert wait(second, sandbox, pid)["exitCode"] == 0
         attach = {"pid": pid}
         with second.stream("POST", f"/sandboxes/{sandbox}/commands/attach", json=attach) as s:

@@ -15,6 +15,7 @@ from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
 from tests.support.sandboxes import (
     create_sandbox,
+    sandbox_workdir,  # noqa: F401 - the "workdir" fixture
     shared_sandbox_server,  # noqa: F401 - the "server" fixture
 )
 from tests.support.server import ServerProcess
@@ -65,13 +66,13 @@ def test_exit_codes(client: httpx.Client, sandbox: str, command: str, code: int)
     assert run(client, sandbox, command)["exitCode"] == code
 
 
-def test_stdout_stderr_env_cwd(client: httpx.Client, sandbox: str) -> None:
+def test_stdout_stderr_env_cwd(client: httpx.Client, sandbox: str, workdir: str) -> None:
     data = run(client, sandbox, "echo out; echo err >&2; echo $FROM_BOX $MINE; pwd", cwd="/tmp",
                env={"MINE": "req"})  # fmt: skip
     assert data["stdout"] == "out\nbox req\n/tmp\n" and data["stderr"] == "err\n"
     override = run(client, sandbox, "echo $FROM_BOX", env={"FROM_BOX": "request"})
     assert override["stdout"] == "request\n"
-    assert run(client, sandbox, "pwd")["stdout"] == "/root\n"
+    assert run(client, sandbox, "pwd")["stdout"] == f"{workdir}\n"
     missing = client.post(f"/sandboxes/{sandbox}/exec", json={"command": "pwd", "cwd": "/nope"})
     assert_error(missing, 400)
 
@@ -91,9 +92,9 @@ def test_large_and_binary_output(client: httpx.Client, sandbox: str) -> None:
 
 
 def test_streaming_delivers_output_before_the_command_ends(
-    client: httpx.Client, sandbox: str
+    client: httpx.Client, sandbox: str, workdir: str
 ) -> None:
-    gate = f"/tmp/gate-{time.monotonic_ns()}"
+    gate = f"{workdir}/gate-{time.monotonic_ns()}"
     command = f"echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second >&2; exit 3"
     body = {"command": command, "timeout": 30, "env": None, "cwd": None}  # as the SDK sends it
     headers = {"Accept": "text/event-stream"}
@@ -170,11 +171,11 @@ def test_unknown_and_foreign_sandboxes(
 
 def test_exec_wakes_paused_and_stopped_sandboxes(client: httpx.Client) -> None:
     sid = str(create_sandbox(client, name="sleepy")["id"])
-    run(client, sid, "echo kept > /root/f")
+    run(client, sid, "echo kept > ~/f")
     client.post(f"/sandboxes/{sid}/pause")
-    assert run(client, sid, "cat /root/f")["stdout"] == "kept\n"
+    assert run(client, sid, "cat ~/f")["stdout"] == "kept\n"
     client.post(f"/sandboxes/{sid}/stop")
-    assert run(client, sid, "cat /root/f")["stdout"] == "kept\n"
+    assert run(client, sid, "cat ~/f")["stdout"] == "kept\n"
     assert client.get(f"/sandboxes/{sid}").json()["data"]["status"] == "running"
     client.delete(f"/sandboxes/{sid}")
     assert_error(client.post(f"/sandboxes/{sid}/exec", json={"command": "true"}), 404)

@@ -30,6 +30,7 @@ from tests.support.http import assert_error
 from tests.support.memory import reset_peak_rss, vm_kib
 from tests.support.sandboxes import (
     create_sandbox,
+    sandbox_workdir,  # noqa: F401 - the "workdir" fixture
     shared_sandbox_server,  # noqa: F401 - the "server" fixture
 )
 from tests.support.server import ServerProcess
@@ -117,22 +118,25 @@ class Files:
 # -- the SDK's exact request forms (CONTRACT §E.5) -------------------------------------------
 
 
-def test_sdk_request_forms(client: httpx.Client, api: Files, box: str) -> None:
+def test_sdk_request_forms(client: httpx.Client, api: Files, box: str, workdir: str) -> None:
     sdk = {"User-Agent": "VoidRun-Python-SDK/0.1.0", "Accept": "application/json"}
     response = client.post(
-        f"/sandboxes/{box}/files/upload?path=/tmp/a",
+        f"/sandboxes/{box}/files/upload?path={workdir}/a",
         content=b"hello\n",
         headers={**sdk, "Content-Type": "text/plain; charset=utf-8"},
     )
-    assert response.status_code == 200 and response.json()["data"] == {"path": "/tmp/a", "size": 6}
+    assert response.status_code == 200 and response.json()["data"] == {
+        "path": f"{workdir}/a",
+        "size": 6,
+    }
     response = client.post(
-        f"/sandboxes/{box}/files/create?path=/tmp/c",
+        f"/sandboxes/{box}/files/create?path={workdir}/c",
         headers={**sdk, "Content-Type": "application/json"},
     )
     assert response.status_code == 200 and response.json()["data"]["exitCode"] == 0
-    response = client.get(f"/sandboxes/{box}/files/head-tail?path=/tmp/a&lines=5&head=false")
+    response = client.get(f"/sandboxes/{box}/files/head-tail?path={workdir}/a&lines=5&head=false")
     assert response.json()["data"]["stdout"] == "hello\n"
-    response = client.get(f"/sandboxes/{box}/files/search?path=/tmp&pattern=%2A.txt")
+    response = client.get(f"/sandboxes/{box}/files/search?path={workdir}&pattern=%2A.txt")
     assert response.status_code == 200 and response.json()["data"]["exitCode"] == 0
     # no body, no type: the error names the missing field
     missing = {"mkdir": "path is", "copy": "from and to", "move": "from and to"}
@@ -140,7 +144,7 @@ def test_sdk_request_forms(client: httpx.Client, api: Files, box: str) -> None:
     for op, what in missing.items():
         response = client.post(f"/sandboxes/{box}/files/{op}", headers=sdk)
         assert assert_error(response, 400) == {"error": f"{what} required"}, op
-    assert api.read("/tmp/c") == b""
+    assert api.read(f"{workdir}/c") == b""
 
 
 # -- list, upload, download ---------------------------------------------------------------------
@@ -148,169 +152,180 @@ def test_sdk_request_forms(client: httpx.Client, api: Files, box: str) -> None:
 ODD_NAMES = ["plain.txt", "with space.txt", "quo'te\"s.txt", "ünïcødé ✓.txt", "-dash", "a;b&c|d"]
 
 
-def test_list_shapes_and_odd_names(api: Files) -> None:
+def test_list_shapes_and_odd_names(api: Files, workdir: str) -> None:
     for name in ODD_NAMES:
-        api.upload(f"/root/odd/{name}", name.encode())
-    api.ok("POST", "/mkdir", path="/root/odd/sub dir")
-    files = {f["name"]: f for f in api.ls("/root/odd")}
+        api.upload(f"{workdir}/odd/{name}", name.encode())
+    api.ok("POST", "/mkdir", path=f"{workdir}/odd/sub dir")
+    files = {f["name"]: f for f in api.ls(f"{workdir}/odd")}
     assert sorted(files) == sorted([*ODD_NAMES, "sub dir"])
     for name in ODD_NAMES:
         info = files[name]
-        assert info["path"] == f"/root/odd/{name}" and info["size"] == len(name.encode())
+        assert info["path"] == f"{workdir}/odd/{name}" and info["size"] == len(name.encode())
         assert info["mode"] == "-rw-r--r--" and info["isDir"] is False
         datetime.fromisoformat(info["modTime"])
-        assert api.read(f"/root/odd/{name}") == name.encode()
+        assert api.read(f"{workdir}/odd/{name}") == name.encode()
     assert files["sub dir"]["isDir"] is True and files["sub dir"]["mode"].startswith("d")
-    assert any(f["name"] == "odd" for f in api.client.get(api.base).json()["data"]["files"])
-    assert api.names("/root//odd/../odd/./sub dir") == []
+    assert api.names(f"{workdir}//odd/../odd/./sub dir") == []
 
 
-def test_list_errors(api: Files) -> None:
+def test_list_errors(api: Files, workdir: str) -> None:
     assert_error(api.client.get(api.base, params={"path": "/nope/none"}), 404)
-    api.upload("/root/just-a-file", b"x")
-    assert_error(api.client.get(api.base, params={"path": "/root/just-a-file"}), 400)
+    api.upload(f"{workdir}/just-a-file", b"x")
+    assert_error(api.client.get(api.base, params={"path": f"{workdir}/just-a-file"}), 400)
 
 
-def test_upload_forms_and_download_headers(api: Files) -> None:
-    body = api.upload("/root/up/deep/er/empty.bin", b"")
-    assert body["data"] == {"path": "/root/up/deep/er/empty.bin", "size": 0}
-    response = api.download("/root/up/deep/er/empty.bin")
+def test_upload_forms_and_download_headers(api: Files, workdir: str) -> None:
+    body = api.upload(f"{workdir}/up/deep/er/empty.bin", b"")
+    assert body["data"] == {"path": f"{workdir}/up/deep/er/empty.bin", "size": 0}
+    response = api.download(f"{workdir}/up/deep/er/empty.bin")
     assert response.status_code == 200 and response.content == b""
     assert response.headers["content-length"] == "0"
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.headers["content-disposition"] == 'attachment; filename="empty.bin"'
     blob = bytes(range(256)) * 1000
-    api.upload("/root/up/ünï code.bin", blob, **{"Content-Type": "application/octet-stream"})
-    response = api.download("/root/up/ünï code.bin")
+    api.upload(f"{workdir}/up/ünï code.bin", blob, **{"Content-Type": "application/octet-stream"})
+    response = api.download(f"{workdir}/up/ünï code.bin")
     assert response.content == blob and response.headers["content-length"] == str(len(blob))
     disposition = response.headers["content-disposition"]
     assert disposition.startswith('attachment; filename="')
     assert f"filename*=UTF-8''{quote('ünï code.bin')}" in disposition
     response = api.client.post(
-        f"{api.base}/upload", params={"path": "/root/up/multi.bin"}, files={"file": ("x", blob)}
+        f"{api.base}/upload",
+        params={"path": f"{workdir}/up/multi.bin"},
+        files={"file": ("x", blob)},
     )
     assert response.status_code == 200 and response.json()["data"]["size"] == len(blob)
-    assert api.read("/root/up/multi.bin") == blob
+    assert api.read(f"{workdir}/up/multi.bin") == blob
     big = api.client.post(
         f"{api.base}/upload",
-        params={"path": "/root/up/too-big"},
+        params={"path": f"{workdir}/up/too-big"},
         files={"file": ("x", b"0" * (6 * MiB))},
     )
     assert_error(big, 413)
-    assert "too-big" not in api.names("/root/up")
+    assert "too-big" not in api.names(f"{workdir}/up")
 
 
-def test_download_errors_are_json_before_streaming(api: Files) -> None:
-    assert_error(api.download("/root/missing.bin"), 404)
-    api.ok("POST", "/mkdir", path="/root/a-dir")
-    assert_error(api.download("/root/a-dir"), 400)
+def test_download_errors_are_json_before_streaming(api: Files, workdir: str) -> None:
+    assert_error(api.download(f"{workdir}/missing.bin"), 404)
+    api.ok("POST", "/mkdir", path=f"{workdir}/a-dir")
+    assert_error(api.download(f"{workdir}/a-dir"), 400)
     assert_error(api.client.get(f"{api.base}/download"), 400)
 
 
-def test_upload_into_a_directory_or_below_a_file_is_refused(api: Files) -> None:
-    api.ok("POST", "/mkdir", path="/root/updir")
-    response = api.client.post(f"{api.base}/upload", params={"path": "/root/updir"}, content=b"x")
-    assert_error(response, 400)
-    api.upload("/root/upfile", b"x")
+def test_upload_into_a_directory_or_below_a_file_is_refused(api: Files, workdir: str) -> None:
+    api.ok("POST", "/mkdir", path=f"{workdir}/updir")
     response = api.client.post(
-        f"{api.base}/upload", params={"path": "/root/upfile/child"}, content=b"x"
+        f"{api.base}/upload", params={"path": f"{workdir}/updir"}, content=b"x"
     )
     assert_error(response, 400)
-    assert api.names("/root/updir") == []
+    api.upload(f"{workdir}/upfile", b"x")
+    response = api.client.post(
+        f"{api.base}/upload", params={"path": f"{workdir}/upfile/child"}, content=b"x"
+    )
+    assert_error(response, 400)
+    assert api.names(f"{workdir}/updir") == []
 
 
 # -- exec-envelope ops ---------------------------------------------------------------------------
 
 
-def test_mkdir_create_copy_move_delete(api: Files) -> None:
-    api.ok("POST", "/mkdir", path="/root/ops/a/b")
-    api.ok("POST", "/mkdir", path="/root/ops/a/b")  # -p
-    api.ok("POST", "/create", path="/root/ops/new/empty")
-    assert api.read("/root/ops/new/empty") == b""
-    api.ok("POST", "/create", path="/root/ops/q.txt", content="from query")
-    assert api.read("/root/ops/q.txt") == b"from query"
+def test_mkdir_create_copy_move_delete(api: Files, workdir: str) -> None:
+    api.ok("POST", "/mkdir", path=f"{workdir}/ops/a/b")
+    api.ok("POST", "/mkdir", path=f"{workdir}/ops/a/b")  # -p
+    api.ok("POST", "/create", path=f"{workdir}/ops/new/empty")
+    assert api.read(f"{workdir}/ops/new/empty") == b""
+    api.ok("POST", "/create", path=f"{workdir}/ops/q.txt", content="from query")
+    assert api.read(f"{workdir}/ops/q.txt") == b"from query"
     response = api.client.post(
-        f"{api.base}/create", params={"path": "/root/ops/j.txt"}, json={"content": "from body"}
+        f"{api.base}/create", params={"path": f"{workdir}/ops/j.txt"}, json={"content": "from body"}
     )
-    assert response.status_code == 200 and api.read("/root/ops/j.txt") == b"from body"
-    api.ok("POST", "/create", path="/root/ops/j.txt")  # touch keeps the data
-    assert api.read("/root/ops/j.txt") == b"from body"
-    api.ok("POST", "/copy", **{"from": "/root/ops/j.txt", "to": "/root/ops/a/b"})
-    api.ok("POST", "/copy", **{"from": "/root/ops/a", "to": "/root/ops/copy/of/a"})
-    assert api.read("/root/ops/copy/of/a/b/j.txt") == b"from body"
-    api.ok("POST", "/move", **{"from": "/root/ops/q.txt", "to": "/root/ops/moved/q2.txt"})
-    assert api.read("/root/ops/moved/q2.txt") == b"from query" and not api.exists("/root/ops/q.txt")
-    api.ok("DELETE", "", path="/root/ops/copy")
-    api.ok("DELETE", "", path="/root/ops/never/existed")  # rm -f: exit 0
-    assert "copy" not in api.names("/root/ops")
+    assert response.status_code == 200 and api.read(f"{workdir}/ops/j.txt") == b"from body"
+    api.ok("POST", "/create", path=f"{workdir}/ops/j.txt")  # touch keeps the data
+    assert api.read(f"{workdir}/ops/j.txt") == b"from body"
+    api.ok("POST", "/copy", **{"from": f"{workdir}/ops/j.txt", "to": f"{workdir}/ops/a/b"})
+    api.ok("POST", "/copy", **{"from": f"{workdir}/ops/a", "to": f"{workdir}/ops/copy/of/a"})
+    assert api.read(f"{workdir}/ops/copy/of/a/b/j.txt") == b"from body"
+    api.ok("POST", "/move", **{"from": f"{workdir}/ops/q.txt", "to": f"{workdir}/ops/moved/q2.txt"})
+    assert api.read(f"{workdir}/ops/moved/q2.txt") == b"from query" and not api.exists(
+        f"{workdir}/ops/q.txt"
+    )
+    api.ok("DELETE", "", path=f"{workdir}/ops/copy")
+    api.ok("DELETE", "", path=f"{workdir}/ops/never/existed")  # rm -f: exit 0
+    assert "copy" not in api.names(f"{workdir}/ops")
 
 
-def test_operation_failures_are_exit_codes_not_http_errors(api: Files) -> None:
+def test_operation_failures_are_exit_codes_not_http_errors(api: Files, workdir: str) -> None:
     for method, op, params in [
-        ("GET", "/stat", {"path": "/root/nope"}),
-        ("GET", "/du", {"path": "/root/nope"}),
-        ("GET", "/head-tail", {"path": "/root/nope"}),
-        ("GET", "/search", {"path": "/root/nope", "pattern": "x"}),
-        ("POST", "/copy", {"from": "/root/nope", "to": "/root/x"}),
-        ("POST", "/move", {"from": "/root/nope", "to": "/root/x"}),
-        ("POST", "/chmod", {"path": "/root/nope", "mode": "644"}),
-        ("POST", "/compress", {"path": "/root/nope"}),
-        ("POST", "/extract", {"archive": "/root/nope.zip"}),
+        ("GET", "/stat", {"path": f"{workdir}/nope"}),
+        ("GET", "/du", {"path": f"{workdir}/nope"}),
+        ("GET", "/head-tail", {"path": f"{workdir}/nope"}),
+        ("GET", "/search", {"path": f"{workdir}/nope", "pattern": "x"}),
+        ("POST", "/copy", {"from": f"{workdir}/nope", "to": f"{workdir}/x"}),
+        ("POST", "/move", {"from": f"{workdir}/nope", "to": f"{workdir}/x"}),
+        ("POST", "/chmod", {"path": f"{workdir}/nope", "mode": "644"}),
+        ("POST", "/compress", {"path": f"{workdir}/nope"}),
+        ("POST", "/extract", {"archive": f"{workdir}/nope.zip"}),
     ]:
         data = api.run(method, op, **params)
-        assert data["exitCode"] != 0 and "/root/nope" in data["stderr"], (op, data)
+        assert data["exitCode"] != 0 and f"{workdir}/nope" in data["stderr"], (op, data)
         assert "No such file or directory" in data["stderr"] and data["stdout"] == ""
-    api.upload("/root/plain-file", b"x")
-    data = api.run("POST", "/mkdir", path="/root/plain-file")
+    api.upload(f"{workdir}/plain-file", b"x")
+    data = api.run("POST", "/mkdir", path=f"{workdir}/plain-file")
     assert data["exitCode"] == 1 and data["stderr"].startswith("mkdir: ")
+
+
+def test_paths_default_to_root_and_root_itself_is_never_deleted(api: Files) -> None:
+    """Not shared with ``tests/inprocess``: there "/" and "/root" are the host's."""
+    api.upload("/root/default-dir/match-at-root.txt", b"")
+    assert any(f["name"] == "default-dir" for f in api.client.get(api.base).json()["data"]["files"])
+    assert "/root/default-dir/match-at-root.txt" in api.ok("GET", "/search", pattern="match-at")
     data = api.run("DELETE", "", path="/")
     assert data["exitCode"] == 1 and "dangerous" in data["stderr"]
 
 
-def test_chmod_and_stat(api: Files) -> None:
-    api.upload("/root/modes/script.sh", b"#!/bin/sh\n")
-    api.ok("POST", "/chmod", path="/root/modes/script.sh", mode="755")
-    info = api.stat("/root/modes/script.sh")
+def test_chmod_and_stat(api: Files, workdir: str) -> None:
+    api.upload(f"{workdir}/modes/script.sh", b"#!/bin/sh\n")
+    api.ok("POST", "/chmod", path=f"{workdir}/modes/script.sh", mode="755")
+    info = api.stat(f"{workdir}/modes/script.sh")
     assert info == {
-        "path": "/root/modes/script.sh",
+        "path": f"{workdir}/modes/script.sh",
         "size": 10,
         "mode": f"{stat.S_IFREG | 0o755:x}",
         "mtime": info["mtime"],
         "type": "regular file",
     }
     assert isinstance(info["mtime"], int) and abs(info["mtime"] - time.time()) < 24 * 3600
-    api.ok("POST", "/chmod", path="/root/modes/script.sh", mode="0644")
-    assert api.stat("/root/modes/script.sh")["mode"] == "81a4"
-    assert [f["mode"] for f in api.ls("/root/modes")] == ["-rw-r--r--"]
-    assert api.stat("/root/modes")["type"] == "directory"
+    api.ok("POST", "/chmod", path=f"{workdir}/modes/script.sh", mode="0644")
+    assert api.stat(f"{workdir}/modes/script.sh")["mode"] == "81a4"
+    assert [f["mode"] for f in api.ls(f"{workdir}/modes")] == ["-rw-r--r--"]
+    assert api.stat(f"{workdir}/modes")["type"] == "directory"
     for bad in ("", "9", "75", "12345", "abc", "0o755", "-755"):
         assert_error(api.client.post(f"{api.base}/chmod", params={"path": "/x", "mode": bad}), 400)
 
 
-def test_du_head_tail_and_search(api: Files) -> None:
-    api.upload("/root/q/lines.txt", "".join(f"line {i}\n" for i in range(1, 21)).encode())
-    api.upload("/root/q/sub/match-1.log", b"")
-    api.upload("/root/q/sub/deeper/match-2.log", b"")
-    du = api.ok("GET", "/du", path="/root/q")
+def test_du_head_tail_and_search(api: Files, workdir: str) -> None:
+    api.upload(f"{workdir}/q/lines.txt", "".join(f"line {i}\n" for i in range(1, 21)).encode())
+    api.upload(f"{workdir}/q/sub/match-1.log", b"")
+    api.upload(f"{workdir}/q/sub/deeper/match-2.log", b"")
+    du = api.ok("GET", "/du", path=f"{workdir}/q")
     size, path = du.rstrip("\n").split("\t")
-    assert path == "/root/q" and size[-1] in "KM" and du.endswith("\n")
-    assert api.ok("GET", "/head-tail", path="/root/q/lines.txt") == "".join(
+    assert path == f"{workdir}/q" and size[-1] in "KM" and du.endswith("\n")
+    assert api.ok("GET", "/head-tail", path=f"{workdir}/q/lines.txt") == "".join(
         f"line {i}\n" for i in range(1, 11)
     )
-    tail = api.ok("GET", "/head-tail", path="/root/q/lines.txt", lines="3", head="false")
+    tail = api.ok("GET", "/head-tail", path=f"{workdir}/q/lines.txt", lines="3", head="false")
     assert tail == "line 18\nline 19\nline 20\n"
-    assert api.ok("GET", "/head-tail", path="/root/q/lines.txt", lines="0") == "line 1\n"
-    assert api.ok("GET", "/head-tail", path="/root/q/lines.txt", lines="x", head="True") == (
+    assert api.ok("GET", "/head-tail", path=f"{workdir}/q/lines.txt", lines="0") == "line 1\n"
+    assert api.ok("GET", "/head-tail", path=f"{workdir}/q/lines.txt", lines="x", head="True") == (
         "".join(f"line {i}\n" for i in range(11, 21))  # only literal "true" means head
     )
-    found = api.ok("GET", "/search", path="/root/q", pattern="match").splitlines()
-    assert found == ["/root/q/sub/match-1.log", "/root/q/sub/deeper/match-2.log"]
-    assert api.ok("GET", "/search", path="/root/q", pattern="*.log").count("\n") == 2
-    api.upload("/root/match-at-root.txt", b"")
-    assert "/root/match-at-root.txt" in api.ok("GET", "/search", pattern="match-at")
-    assert_error(api.client.get(f"{api.base}/search", params={"path": "/root"}), 400)
+    found = api.ok("GET", "/search", path=f"{workdir}/q", pattern="match").splitlines()
+    assert found == [f"{workdir}/q/sub/match-1.log", f"{workdir}/q/sub/deeper/match-2.log"]
+    assert api.ok("GET", "/search", path=f"{workdir}/q", pattern="*.log").count("\n") == 2
+    assert_error(api.client.get(f"{api.base}/search", params={"path": f"{workdir}"}), 400)
     assert_error(
-        api.client.get(f"{api.base}/search", params={"path": "/root", "pattern": "x" * 1025}), 400
+        api.client.get(f"{api.base}/search", params={"path": f"{workdir}", "pattern": "x" * 1025}),
+        400,
     )
 
 
@@ -318,8 +333,8 @@ def test_du_head_tail_and_search(api: Files) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tar.gz", "tar.bz2", "zip"])
-def test_archive_round_trip(api: Files, fmt: str) -> None:
-    root = f"/root/arch-{fmt}"
+def test_archive_round_trip(api: Files, fmt: str, workdir: str) -> None:
+    root = f"{workdir}/arch-{fmt}"
     api.upload(f"{root}/proj/ünï code.txt", b"unicode")
     api.upload(f"{root}/proj/sub/empty", b"")
     api.upload(f"{root}/proj/run.sh", b"#!/bin/sh\n")
@@ -341,13 +356,15 @@ def test_archive_round_trip(api: Files, fmt: str) -> None:
         assert "proj/ünï code.txt" in tarfile.open(fileobj=io.BytesIO(local)).getnames()
 
 
-def test_archive_request_errors(api: Files) -> None:
-    compress = api.client.post(f"{api.base}/compress", params={"path": "/root", "format": "rar"})
+def test_archive_request_errors(api: Files, workdir: str) -> None:
+    compress = api.client.post(
+        f"{api.base}/compress", params={"path": f"{workdir}", "format": "rar"}
+    )
     assert_error(compress, 400)
-    extract = api.client.post(f"{api.base}/extract", params={"archive": "/root/file.rar"})
+    extract = api.client.post(f"{api.base}/extract", params={"archive": f"{workdir}/file.rar"})
     assert_error(extract, 400)
-    api.upload("/root/junk.tgz", b"this is not gzip")
-    data = api.run("POST", "/extract", archive="/root/junk.tgz", dest="/root/junk-out")
+    api.upload(f"{workdir}/junk.tgz", b"this is not gzip")
+    data = api.run("POST", "/extract", archive=f"{workdir}/junk.tgz", dest=f"{workdir}/junk-out")
     assert data["exitCode"] == 1 and "not a valid tar archive" in data["stderr"]
 
 
@@ -379,34 +396,40 @@ def evil_zip(names: list[str], links: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-EVIL = {
-    "tar-absolute.tar.gz": evil_tar([("/root/pwned-abs", "file", "x")]),
-    "tar-dotdot.tar.gz": evil_tar([("../../pwned-dotdot", "file", "x")]),
-    "tar-symlink-out.tar": evil_tar([("l", "sym", "../.."), ("l/pwned-sym", "file", "x")], "w"),
-    "tar-symlink-abs.tar.bz2": evil_tar([("l", "sym", "/root"), ("l/pwned", "file", "x")], "w:bz2"),
-    "tar-dot-link-chain.tgz": evil_tar(
-        [("d", "sym", "."), ("e", "sym", "d/../../.."), ("e/pwned-chain", "file", "x")]
-    ),
-    "tar-hardlink-out.tar.gz": evil_tar([("h", "hard", "../../root/victim")]),
-    "tar-hardlink-abs.tar.gz": evil_tar([("h", "hard", "/root/victim")]),
-    "zip-slip.zip": evil_zip(["../../pwned-zip", "/root/pwned-zip-abs", "a/../../../pwned-z"], {}),
-    "zip-symlink.zip": evil_zip(["l/pwned-zip-sym"], {"l": "/root"}),
-}
+def evil_archives(root: str) -> dict[str, bytes]:
+    """Archives whose entries aim outside where they are extracted (``{root}/evil/x/y``)."""
+    return {
+        "tar-absolute.tar.gz": evil_tar([(f"{root}/pwned-abs", "file", "x")]),
+        "tar-dotdot.tar.gz": evil_tar([("../../pwned-dotdot", "file", "x")]),
+        "tar-symlink-out.tar": evil_tar([("l", "sym", "../.."), ("l/pwned-sym", "file", "x")], "w"),
+        "tar-symlink-abs.tar.bz2": evil_tar(
+            [("l", "sym", root), ("l/pwned", "file", "x")], "w:bz2"
+        ),
+        "tar-dot-link-chain.tgz": evil_tar(
+            [("d", "sym", "."), ("e", "sym", "d/../../.."), ("e/pwned-chain", "file", "x")]
+        ),
+        "tar-hardlink-out.tar.gz": evil_tar([("h", "hard", "../../../victim")]),
+        "tar-hardlink-abs.tar.gz": evil_tar([("h", "hard", f"{root}/victim")]),
+        "zip-slip.zip": evil_zip(
+            ["../../pwned-zip", f"{root}/pwned-zip-abs", "a/../../../pwned-z"], {}
+        ),
+        "zip-symlink.zip": evil_zip(["l/pwned-zip-sym"], {"l": root}),
+    }
 
 
-@pytest.mark.parametrize("name", sorted(EVIL))
-def test_malicious_archives_cannot_escape(api: Files, name: str) -> None:
-    api.upload("/root/victim", b"victim")
-    before = sorted(api.names("/root"))
-    api.upload(f"/srv/evil/{name}", EVIL[name])
-    data = api.run("POST", "/extract", archive=f"/srv/evil/{name}", dest="/srv/evil/x/y")
+@pytest.mark.parametrize("name", sorted(evil_archives("/root")))
+def test_malicious_archives_cannot_escape(api: Files, name: str, workdir: str) -> None:
+    evil = f"{workdir}/evil"
+    api.upload(f"{workdir}/victim", b"victim")
+    api.upload(f"{evil}/{name}", evil_archives(workdir)[name])
+    before = sorted(api.names(workdir))
+    data = api.run("POST", "/extract", archive=f"{evil}/{name}", dest=f"{evil}/x/y")
     assert data["exitCode"] == 2 and "refused" in data["stderr"], data
-    assert sorted(api.names("/root")) == before and api.read("/root/victim") == b"victim"
-    assert not [n for n in api.names("/srv") if n.startswith("pwned")]
-    assert not [n for n in api.names("/") if n.startswith("pwned")]
-    found = api.ok("GET", "/search", path="/", pattern="pwned")
-    assert all(p.startswith("/srv/evil/x/y/") for p in found.splitlines()), found
-    for info in api.ls("/srv/evil/x/y"):
+    assert sorted(api.names(workdir)) == before and api.read(f"{workdir}/victim") == b"victim"
+    assert not [n for n in api.names(evil) if n.startswith("pwned")]
+    found = api.ok("GET", "/search", path=workdir, pattern="pwned")
+    assert all(p.startswith(f"{evil}/x/y/") for p in found.splitlines()), found
+    for info in api.ls(f"{evil}/x/y"):
         if info["mode"].startswith("l"):
             link = api.stat(info["path"])
             assert link["type"] == "symbolic link"

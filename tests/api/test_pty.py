@@ -18,6 +18,7 @@ from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
 from tests.support.sandboxes import (
     create_sandbox,
+    sandbox_workdir,  # noqa: F401 - the "workdir" fixture
     shared_sandbox_server,  # noqa: F401 - the "server" fixture
 )
 from tests.support.server import ServerProcess
@@ -76,14 +77,14 @@ def test_session_state_persists_across_calls(client: httpx.Client, sandbox: str)
     assert session(client, sandbox, action="close", sessionId=sid) == {"success": True}
 
 
-def test_read_is_answered_by_input(server: ServerProcess, sandbox: str) -> None:
+def test_read_is_answered_by_input(server: ServerProcess, sandbox: str, workdir: str) -> None:
     with server.client() as client:
         sid = session(client, sandbox, action="create", sessionId="asker")["sessionId"]
         assert sid == "asker"
 
         def ask() -> dict[str, object]:
             with server.client() as own:
-                command = "touch /tmp/asking; read -r x; echo got $x"
+                command = f"touch {workdir}/asking; read -r x; echo got $x"
                 return session(own, sandbox, action="exec", sessionId=sid, command=command)
 
         with ThreadPoolExecutor(1) as pool:
@@ -91,7 +92,7 @@ def test_read_is_answered_by_input(server: ServerProcess, sandbox: str) -> None:
             deadline = time.monotonic() + 60
             while (
                 "asking"
-                not in client.post(f"/sandboxes/{sandbox}/exec", json={"command": "ls /tmp"})
+                not in client.post(f"/sandboxes/{sandbox}/exec", json={"command": f"ls {workdir}"})
                 .json()["data"]["stdout"]
                 .split()
             ):

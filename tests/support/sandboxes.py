@@ -58,6 +58,13 @@ def shared_sandbox_server() -> Iterator[ServerProcess]:
         yield proc
 
 
+@pytest.fixture(name="workdir")
+def sandbox_workdir() -> str:
+    """The sandbox's home and default working directory, where a test's files go: /root in a
+    real sandbox (``tests/inprocess`` gives the host directory its host-driver agent uses)."""
+    return "/root"
+
+
 def create_sandbox(client: httpx.Client, **body: object) -> dict[str, object]:
     """POST /sandboxes and return the Sandbox object (asserts 201)."""
     response = client.post("/sandboxes", json={"name": "box", **body})

@@ -11,10 +11,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 BIN = Path(sys.executable).with_name("voidrun-server")
+
+
+class ApiServer(Protocol):
+    """What route tests ask of a server: :class:`ServerProcess`, or the app in this process
+    (``tests/support/inprocess.py``)."""
+
+    api_key: str
+
+    def client(self, key: str | None = None) -> httpx.Client: ...
+
+    def new_tenant(self, org: str) -> str:
+        """A new org with an owner and an API key; returns the plain key."""
+        ...
 
 
 def free_port() -> int:
@@ -100,3 +114,12 @@ class ServerProcess:
         return httpx.Client(
             base_url=self.api, headers={"X-API-Key": key or self.api_key}, timeout=30
         )
+
+    def new_tenant(self, org: str) -> str:
+        """An independent tenant, created through the CLI while the server runs."""
+        assert self.cli("orgs", "create", org).returncode == 0
+        result = self.cli("users", "create", "--org", org, "--email", f"owner@{org}.example")
+        assert result.returncode == 0, result.stderr
+        result = self.cli("keys", "create", "--org", org, "--name", "main")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]

@@ -23,6 +23,11 @@ SKIP_TIERS_ENV = "VOIDRUN_TEST_SKIP_TIERS"
 # tier -> (what it needs, how to get it). Order is the order of the summary lines.
 TIERS: dict[str, tuple[str, str]] = {
     "unit": ("nothing beyond `make install-test`", "run `make install-test`"),
+    "inprocess": (
+        "nothing beyond `make install-test`: no root, image or PostgreSQL (the app runs in the "
+        "test process, each sandbox's agent as a host process of the current user)",
+        "run `make install-test`; as a non-root user, a writable TMPDIR",
+    ),
     "postgres": (
         "a PostgreSQL server in VOIDRUN_TEST_POSTGRES_URL",
         "install PostgreSQL (`apt-get install postgresql`) and run `make test`, which starts one "

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -36,10 +37,15 @@ from .middleware import HttpMetrics, RequestContextMiddleware
 from .routes import commands, exec, files, orgs, pty, sandboxes, sessions, system, users
 from .routes import images as image_routes
 
+if TYPE_CHECKING:
+    from ..drivers.base import Driver
+
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
+    """The app. ``driver`` replaces the runtime ``settings.driver`` names; only tests pass one
+    (``tests/support/hostdriver.py``), the server never does."""
     registry = CollectorRegistry()
     engine = db.create_engine(settings.resolved_database_url)
     ctx = AppContext(
@@ -64,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
                     ctx.streams,
                     ctx.sessions,
                 )
-                agents = await _start_sandboxes(ctx, task_group)
+                agents = await _start_sandboxes(ctx, task_group, driver)
                 try:
                     yield
                 finally:
@@ -134,35 +140,21 @@ def _key_cache(settings: Settings) -> KeyCache:
     return KeyCache(keycache.source_for(settings.resolved_database_url) if size else None, size)
 
 
-async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
+async def _start_sandboxes(
+    ctx: AppContext, task_group: anyio.abc.TaskGroup, driver: Driver | None = None
+) -> AgentPool | None:
     """Load the driver, register built images, re-adopt sandboxes, start the watch loop.
 
     A host that cannot run sandboxes still serves the account API; sandbox routes then answer
     503 with the reason and what to install.
     """
     settings = ctx.settings
-    # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount,
-    # with the interpreter that runs it (never the sandbox's own python3).
-    agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
-    runtime = await anyio.to_thread.run_sync(install_runtime, settings.runtime_root)
+    if driver is None:
+        driver = await _configured_driver(ctx)
+    if driver is None:
+        return None
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
-    try:
-        driver = create_driver(
-            settings.driver,
-            state_dir=settings.sandboxes_dir,
-            uid_base=settings.sandbox_uid_base,
-            uid_ranges=settings.sandbox_uid_ranges,
-            agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
-            agent_dir=agent_dir,
-            runtime_dir=runtime.host_dir,
-            ready_timeout=settings.sandbox_ready_timeout_seconds,
-            pids_max=settings.sandbox_pids_max,
-        )
-    except DriverUnavailableError as exc:
-        ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
-        return None
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
     unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
     disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
@@ -196,6 +188,32 @@ async def _start_sandboxes(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> 
         task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service
     return agents
+
+
+async def _configured_driver(ctx: AppContext) -> Driver | None:
+    """The driver ``settings.driver`` names, or None (and why, in the context) if this host
+    cannot run it."""
+    settings = ctx.settings
+    # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount,
+    # with the interpreter that runs it (never the sandbox's own python3).
+    agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
+    runtime = await anyio.to_thread.run_sync(install_runtime, settings.runtime_root)
+    try:
+        return create_driver(
+            settings.driver,
+            state_dir=settings.sandboxes_dir,
+            uid_base=settings.sandbox_uid_base,
+            uid_ranges=settings.sandbox_uid_ranges,
+            agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
+            agent_dir=agent_dir,
+            runtime_dir=runtime.host_dir,
+            ready_timeout=settings.sandbox_ready_timeout_seconds,
+            pids_max=settings.sandbox_pids_max,
+        )
+    except DriverUnavailableError as exc:
+        ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
+        return None
 
 
 async def _default_rootfs(ctx: AppContext) -> Path | None:
