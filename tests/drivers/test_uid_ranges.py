@@ -84,6 +84,9 @@ async def test_each_sandbox_has_its_own_range_outside_subuid(
     info_c = await driver.create(spec_c)
     assert host_range(info_c) == range_a
     assert host_range(info_b) == range_b
+    # the reused range's image view (its idmap namespace is kept for reuse) is still root's
+    status, out = await sh(info_c, "stat -c '%u %g' /etc/passwd /usr/bin; touch /root/c; id -u")
+    assert (status, out.split()) == (0, ["0", "0", "0", "0", "0"])
 
 
 async def test_inotify_exhaustion_stays_inside_one_sandbox(harness: NamespaceHarness) -> None:

@@ -25,7 +25,9 @@ the server is threaded, so it cannot ``unshare`` itself nor fork a Python child 
 server waits until the child's ``/proc/<pid>/ns/user`` differs from its own, writes the maps
 (host root may map any range; the namespace is owned by root, not by ``S``, so the sandbox has
 no power over it), opens the namespace, and kills the child; the mount keeps a reference to the
-namespace. Measured cost: docs/benchmarks.md ("idmapped image mount").
+namespace. Measured cost: docs/benchmarks.md ("idmapped image mount"). The namespace is kept
+(one fd per map, at most ``_CACHE_LIMIT``) and reused when a range is handed out again, so most
+creates skip the helper: ranges are allocated lowest-first and reused after a destroy.
 
 The three syscalls have the same numbers on x86_64 and aarch64 (the generic table); other
 architectures are refused with :class:`DriverUnavailableError`.
@@ -40,6 +42,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +68,9 @@ _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
 _MNT_DETACH = 2
 _HELPER_TIMEOUT = 5.0
+_CACHE_LIMIT = 8192  # above the 4094 ranges one node hands out by default
+_userns_cache: dict[tuple[IdRange, IdRange], int] = {}
+_cache_lock = threading.Lock()
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -160,13 +166,31 @@ def _userns_fd(uids: IdRange, gids: IdRange, deadline: float) -> int:
         helper.wait()
 
 
+def _mapped_userns(uids: IdRange, gids: IdRange, deadline: float) -> tuple[int, bool]:
+    """A user namespace fd with these maps, and whether the caller must close it (the
+    namespace is kept for the next mount with the same maps unless the cache is full)."""
+    key = (uids, gids)
+    with _cache_lock:
+        cached = _userns_cache.get(key)
+    if cached is not None:
+        return cached, False
+    fd = _userns_fd(uids, gids, deadline)
+    with _cache_lock:
+        if len(_userns_cache) >= _CACHE_LIMIT:
+            return fd, True
+        kept = _userns_cache.setdefault(key, fd)
+    if kept != fd:  # another thread made the same namespace meanwhile
+        os.close(fd)
+    return kept, False
+
+
 def mount_idmapped(
     source: Path, target: Path, uids: IdRange, gids: IdRange, deadline: float
 ) -> None:
     """Attach a read-only view of ``source`` at ``target`` (an existing empty directory),
     with on-disk owners translated by ``uids``/``gids``. Blocking: call from a worker thread."""
     open_tree, move_mount, mount_setattr = _numbers()
-    userns = _userns_fd(uids, gids, deadline)
+    userns, owned = _mapped_userns(uids, gids, deadline)
     try:
         try:
             tree = _syscall(
@@ -213,7 +237,8 @@ def mount_idmapped(
         finally:
             os.close(tree)
     finally:
-        os.close(userns)
+        if owned:
+            os.close(userns)
 
 
 def _mount_id(path: Path) -> int | None:
