@@ -54,6 +54,9 @@ from .provisioning import Provisioner, describe
 from .storage import DiskFloor
 
 log = logging.getLogger(__name__)
+# What routes read of a sandbox (its stored row, never written outside this layer); routes
+# import this name, never ``store.tables``.
+SandboxRecord = Sandbox
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 VIOLATION_EVENT = "sandbox.agent_violation"
 

@@ -19,8 +19,7 @@ from ...schemas.sandboxes import (
 )
 from ...services import validation
 from ...services.lifecycle import Status, present
-from ...services.sandboxes import SandboxService
-from ...store.tables import Sandbox
+from ...services.sandboxes import SandboxRecord, SandboxService
 from ..deps import Caller, Ctx
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Sandboxes"])
@@ -43,7 +42,7 @@ Sdk = Annotated[bool, Depends(sdk_dialect)]
 Service = Annotated[SandboxService, Depends(service)]
 
 
-def public(row: Sandbox, sdk: bool) -> SandboxPublic:
+def public(row: SandboxRecord, sdk: bool) -> SandboxPublic:
     ports = [PortSpec.model_validate(p) for p in row.ports]
     return SandboxPublic(
         id=row.id,
