@@ -71,5 +71,5 @@ def test_relative_imports_are_resolved() -> None:
     routes = PACKAGE / "api" / "routes" / "sandboxes.py"
     assert module_name(routes) == "voidrun_server.api.routes.sandboxes"
     names = [name for _, name in imports(routes)]
-    assert "voidrun_server.services.sandboxes.SandboxRecord" in names  # from ...services…
+    assert "voidrun_server.services.sandboxes.SandboxRow" in names  # from ...services…
     assert "voidrun_server.api.deps.Caller" in names  # from ..deps import Caller
