@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..agentclient import BAD_REQUEST, AgentOperationError
+from ..errors import InvalidInputError
 from ..schemas.files import FileInfo
 from .agents import agent_text as text
+from .agents import outdated_agent
 
 Body = dict[str, Any]
 
@@ -30,6 +33,17 @@ class ExecOutcome:
 
 
 Render = Callable[[Body, bytes], ExecOutcome]
+
+
+def refused(exc: AgentOperationError) -> ExecOutcome:
+    """The exec envelope of a refused op: bad requests and an outdated agent are still HTTP
+    errors; the operation's own failure (missing file...) is ``exitCode`` 1 with stderr."""
+    if exc.code == BAD_REQUEST:
+        raise InvalidInputError("Invalid request", text(exc.message))
+    outdated = outdated_agent(exc)
+    if outdated is not None:
+        raise outdated
+    return ExecOutcome("", text(exc.message).rstrip("\n") + "\n", 1)
 
 
 def nothing(body: Body, out: bytes) -> ExecOutcome:

@@ -1,10 +1,10 @@
 """The files API on top of the sandbox agent's ``fs.*``/``file.*`` ops (CONTRACT §A.6, §B.6).
 
-One method per route. Each checks its arguments first (``file_args.py``: every problem there
-is a 400 before the sandbox is touched), then asks the agent. Ops that the reference server ran
-as shell commands answer the exec envelope (``file_results.py``): the agent's refusal is an
-``exitCode`` with stderr, never an HTTP error. Transfers (list, upload, download, watch) map
-agent errors to HTTP statuses instead.
+One method per route (whose docstring says what it does). Each checks its arguments first
+(``file_args.py``: every problem there is a 400 before the sandbox is touched), then asks the
+agent. Ops that the reference server ran as shell commands answer the exec envelope
+(``file_results.py``): the agent's refusal is an ``exitCode`` with stderr, never an HTTP error.
+Transfers (list, upload, download, watch) map agent errors to HTTP statuses instead.
 
 Every call makes sure the sandbox runs (auto-wake) and retries once on a fresh connection when
 the shared one turns out broken — never for uploads whose body was already partly consumed.
@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..agentclient import (
-    BAD_REQUEST,
     MAX_PAYLOAD_SIZE,
     AgentClient,
     AgentConnectionError,
     AgentOperationError,
 )
-from ..errors import InvalidInputError, SandboxUnavailableError
+from ..errors import SandboxUnavailableError
 from ..schemas.files import FileInfo, WatchRequest
 from . import file_args as check
 from . import file_results as results
@@ -36,17 +35,6 @@ from .file_watches import WatchRegistry, WatchTicket
 from .sandboxes import Running, SandboxService
 
 T = TypeVar("T")
-
-
-def _failed(exc: AgentOperationError) -> ExecOutcome:
-    """The exec envelope of a refused op: bad requests and an outdated agent are still HTTP
-    errors; the operation's own failure (missing file...) is ``exitCode`` 1 with stderr."""
-    if exc.code == BAD_REQUEST:
-        raise InvalidInputError("Invalid request", agent_text(exc.message))
-    outdated = outdated_agent(exc)
-    if outdated is not None:
-        raise outdated
-    return ExecOutcome("", agent_text(exc.message).rstrip("\n") + "\n", 1)
 
 
 # list, upload, download and watch have no exec envelope to report in: HTTP errors.
@@ -86,7 +74,6 @@ class FileService:
     # -- exec-envelope ops -------------------------------------------------------------------
 
     async def delete(self, caller: Principal, sandbox_id: str, path: str | None) -> ExecOutcome:
-        """``rm -rf``: recursive; a missing path is success."""
         return await self._run(caller, sandbox_id, "fs.delete", {"path": check.clean_path(path)})
 
     async def head_tail(
@@ -105,13 +92,11 @@ class FileService:
     async def search(
         self, caller: Principal, sandbox_id: str, path: str | None, pattern: str | None
     ) -> ExecOutcome:
-        """``find <path> -name '*<pattern>*' -type f | head -100``."""
         found = check.search_pattern(pattern)
         args = {"path": check.clean_path(path, default="/root"), "pattern": found}
         return await self._run(caller, sandbox_id, "fs.search", args, results.found_paths)
 
     async def mkdir(self, caller: Principal, sandbox_id: str, path: str | None) -> ExecOutcome:
-        """``mkdir -p``."""
         return await self._run(caller, sandbox_id, "fs.mkdir", {"path": check.clean_path(path)})
 
     async def create(
@@ -142,13 +127,11 @@ class FileService:
     async def copy(
         self, caller: Principal, sandbox_id: str, source: str | None, target: str | None
     ) -> ExecOutcome:
-        """``cp -r``: into ``to`` if it is a directory; parents of ``to`` are created."""
         return await self._from_to(caller, sandbox_id, "fs.copy", source, target)
 
     async def move(
         self, caller: Principal, sandbox_id: str, source: str | None, target: str | None
     ) -> ExecOutcome:
-        """``mv -f``: into ``to`` if it is a directory; parents of ``to`` are created."""
         return await self._from_to(caller, sandbox_id, "fs.move", source, target)
 
     async def chmod(
@@ -169,14 +152,12 @@ class FileService:
     async def compress(
         self, caller: Principal, sandbox_id: str, path: str | None, fmt: str | None
     ) -> ExecOutcome:
-        """Writes ``<path>.<format>`` next to ``path``, holding ``basename(path)``."""
         args = {"path": check.clean_path(path), "format": check.archive_format(fmt)}
         return await self._run(caller, sandbox_id, "fs.compress", args)
 
     async def extract(
         self, caller: Principal, sandbox_id: str, archive: str | None, dest: str | None
     ) -> ExecOutcome:
-        """Entries escaping ``dest`` are refused and reported (exit code 2)."""
         source = check.archive_path(archive)
         target = check.clean_path(dest, "dest", default=source.rsplit("/", 1)[0])
         args = {"archive": source, "dest": target}
@@ -187,7 +168,6 @@ class FileService:
     async def list_dir(
         self, caller: Principal, sandbox_id: str, path: str | None
     ) -> list[FileInfo]:
-        """Directory listing (``lstat``: symlinks are listed as links), sorted by name."""
         args = {"path": check.clean_path(path, default="/root")}
         _, items, _ = await self._call(caller, sandbox_id, "fs.list", args, TRANSFER_REFUSED)
         return [results.file_info(item) for item in items]
@@ -312,7 +292,7 @@ class FileService:
         try:
             body, _, out = await self._call(caller, sandbox_id, op, args)
         except AgentOperationError as exc:
-            return _failed(exc)
+            return results.refused(exc)
         return render(body, out)
 
     async def _from_to(
