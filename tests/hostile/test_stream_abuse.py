@@ -88,9 +88,9 @@ def test_a_client_that_stops_reading_cannot_grow_server_memory(server: ServerPro
 def test_a_client_that_hangs_up_does_not_leave_its_command_running(
     server: ServerProcess,
 ) -> None:
-    """The exec-stream response owns the agent stream (``release``, run however the response
-    ends, also before its first byte): hanging up kills the command at once, not when its
-    timeout comes minutes later."""
+    """The exec-stream route holds the agent stream on its ``StreamOwner`` (``api/streams.py``),
+    which releases it however the response ends, also before its first byte: hanging up kills
+    the command at once, not when its timeout comes minutes later."""
     with server.client() as client:
         box = create_sandbox(client)["id"]
 

@@ -8,7 +8,8 @@ server about a window of memory. Only multipart bodies are buffered, and those a
 rest of the body is read and discarded before answering, so clients that send the whole body
 before reading the response still get the JSON error instead of a reset connection.
 
-Download: the agent's stream goes out as it arrives, with ``Content-Length`` from its ``head``.
+Download: the agent's stream goes out as it arrives, with ``Content-Length`` from its ``head``;
+the route's ``StreamOwner`` (``api/streams.py``) holds the file open until the response ends.
 
 Watch: events are forwarded one per text frame. A slow client is backpressure, not a buffer:
 we read the next event only after the previous frame was handed to the socket, so at most one
@@ -24,24 +25,24 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from email.message import Message
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..agentclient import AgentError, FileDownload
+from ..agentclient import AgentError
 from ..errors import InvalidInputError, PayloadTooLargeError, VoidRunError
+from ..schemas.files import Uploaded
 from ..services.accounts import Principal
 from ..services.agents import agent_text as text
-from ..services.file_watches import WatchTicket
-from ..services.files import FileService
+from ..services.file_args import file_target
+from ..services.files import Download, FileService
+from .streams import StreamOwner
 
 MULTIPART_LIMIT = 5 * 1024 * 1024
 SEND_STALL_LIMIT = 60.0
@@ -70,20 +71,23 @@ UPLOAD_BODY_DOC: dict[str, Any] = {
 
 
 async def receive_upload(
-    request: Request, files: FileService, caller: Principal, sandbox_id: str, target: str
-) -> int:
+    request: Request, files: FileService, caller: Principal, sandbox_id: str, path: str | None
+) -> Uploaded:
+    target = file_target(path)  # before any byte of the body is read
     chunks = request.stream()
     try:
         content_type = request.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/form-data"):
             data = multipart_file(await _read_limited(chunks), content_type)
-            return await files.upload(caller, sandbox_id, target, _one(data))
-        return await files.upload(caller, sandbox_id, target, chunks)
+            size = await files.upload(caller, sandbox_id, target, _one(data))
+        else:
+            size = await files.upload(caller, sandbox_id, target, chunks)
     except ClientDisconnect:
         raise InvalidInputError("Upload aborted", "the client disconnected") from None
     except VoidRunError:
         await _drain(chunks)
         raise
+    return Uploaded(path=target, size=size)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -146,36 +150,20 @@ def content_disposition(path: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
-class DownloadResponse(StreamingResponse):
-    """Streams a download and always releases it, even if the body was never started."""
-
-    def __init__(self, download: FileDownload, path: str) -> None:
-        self.download = download
-        headers = {
-            "Content-Disposition": content_disposition(path),
-            "Content-Length": str(download.size),
-        }
-        super().__init__(_body(download), media_type="application/octet-stream", headers=headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.download.__aexit__(None, None, None)
-
-
-async def _body(download: FileDownload) -> AsyncIterator[bytes]:
-    remaining = download.size  # never more than Content-Length, even if the file grew
-    async for chunk in download:
-        if len(chunk) >= remaining:
-            yield chunk[:remaining]
-            return
-        remaining -= len(chunk)
-        yield chunk
-
-
-def download_response(download: FileDownload, path: str) -> DownloadResponse:
-    return DownloadResponse(download, path)
+def download_response(owner: StreamOwner, caller: Principal, download: Download) -> Response:
+    """The file's bytes as they arrive; ``owner`` holds the file open until the response ends.
+    A revoked key cuts the body short (its length was promised in ``Content-Length``)."""
+    headers = {
+        "Content-Disposition": content_disposition(download.path),
+        "Content-Length": str(download.size),
+    }
+    return owner.respond(
+        download.chunks,
+        caller,
+        final=None,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
 
 
 # -- watch -------------------------------------------------------------------------------------
@@ -188,34 +176,23 @@ def public_event(event: dict[str, Any]) -> str:
     return json.dumps(clean, ensure_ascii=False, separators=(",", ":"))
 
 
-async def stream_watch(
-    websocket: WebSocket, files: FileService, caller: Principal, ticket: WatchTicket
-) -> None:
-    """Start the agent's watch (errors are HTTP denials), accept, forward until one side ends."""
-    async with AsyncExitStack() as stack:
-        events = await files.open_watch(
-            stack,
-            caller,
-            ticket.sandbox_id,
-            ticket.path,
-            recursive=ticket.recursive,
-            ignore_hidden=ticket.ignore_hidden,
-        )
-        await websocket.accept()
-        code, reason = NORMAL, "client left"
-        async with anyio.create_task_group() as tasks:
+async def forward_watch(websocket: WebSocket, events: AsyncIterator[dict[str, Any]]) -> None:
+    """Accept, forward the watch's events until one side ends, then close with the reason."""
+    await websocket.accept()
+    code, reason = NORMAL, "client left"
+    async with anyio.create_task_group() as tasks:
 
-            async def discard_input() -> None:
-                try:
-                    while (await websocket.receive())["type"] != "websocket.disconnect":
-                        pass
-                except (WebSocketDisconnect, RuntimeError, OSError):
+        async def discard_input() -> None:
+            try:
+                while (await websocket.receive())["type"] != "websocket.disconnect":
                     pass
-                tasks.cancel_scope.cancel()
-
-            tasks.start_soon(discard_input)
-            code, reason = await _forward(websocket, events)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
             tasks.cancel_scope.cancel()
+
+        tasks.start_soon(discard_input)
+        code, reason = await _forward(websocket, events)
+        tasks.cancel_scope.cancel()
     with anyio.move_on_after(CLOSE_LIMIT, shield=True):
         try:
             await websocket.close(code, reason)

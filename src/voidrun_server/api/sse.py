@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
-
-from fastapi.responses import StreamingResponse
 
 MAX_LINE = 64 * 1024  # longest piece of a line sent as one event
 _LINE_BREAK = re.compile("\r\n|\r|\n")
@@ -74,8 +71,3 @@ class LineSplitter:
             out.append(bytes(buf).decode("utf-8", errors="replace").rstrip("\r"))
             buf.clear()
         return out
-
-
-def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    """Stream ``events``; when the client disconnects Starlette cancels the iterator."""
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -18,7 +18,8 @@ carries the path together with that uid, so a socket swapped for another one is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -238,6 +239,31 @@ class AgentPool:
                 self._violated(sandbox_id, error)
                 raise SandboxUnavailableError("Sandbox agent error", str(error)) from exc
         raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def open(
+        self,
+        sandbox_id: str,
+        socket: AgentSocket,
+        make: Callable[[AgentClient], AbstractAsyncContextManager[T]],
+        *,
+        deadline: float | None = None,
+        refused: Refusal | None = None,
+    ) -> AsyncIterator[T]:
+        """Hold a streaming request (``make(client)``: an exec stream, a file read, a watch)
+        open for as long as the caller's ``async with``. Entering it goes through :meth:`run`
+        (reconnect once, refusals through ``refused``), so it fails before any data; what goes
+        wrong while reading is the caller's to report."""
+
+        async def enter(client: AgentClient) -> tuple[AsyncExitStack, T]:
+            stack = AsyncExitStack()
+            return stack, await stack.enter_async_context(make(client))
+
+        stack, opened = await self.run(
+            sandbox_id, socket, enter, deadline=deadline, refused=refused
+        )
+        async with stack:
+            yield opened
 
     def _violated(self, sandbox_id: str, error: AgentError) -> None:
         self.forget(sandbox_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -74,15 +75,20 @@ class AgentCalls:
     ) -> T:
         return await self.on(await self.running(caller, sandbox_id), work, deadline, refused)
 
-    async def enter(
+    @asynccontextmanager
+    async def open(
         self, running: Running, make: Callable[[ProcessOps], OpStream], refused: Refusal
-    ) -> LiveStream:
-        """Open a streaming op and wait for its head (unknown ids fail here, as JSON errors)."""
-
-        async def start(procs: ProcessOps) -> OpStream:
-            return await make(procs).__aenter__()
-
-        return LiveStream(await self.on(running, start, refused=refused), self, running)
+    ) -> AsyncIterator[LiveStream]:
+        """Hold a streaming op open; its head arrives before this yields (unknown ids fail
+        here, as JSON errors)."""
+        async with self.sandboxes.agents.open(
+            running.row.id,
+            running.agent_socket,
+            lambda client: make(client.procs),
+            deadline=AGENT_DEADLINE,
+            refused=refused,
+        ) as stream:
+            yield LiveStream(stream, self, running)
 
     def keep_awake(self, running: Running) -> None:
         self.sandboxes.activity.record(running.row.id)
@@ -124,9 +130,6 @@ class LiveStream:
                 self.calls.keep_awake(self.running)
                 touched = anyio.current_time()
             yield chunk
-
-    async def close(self) -> None:
-        await self.stream.__aexit__(None, None, None)
 
 
 RUN_REFUSED = Refusal(failure="Failed to run command", invalid="Failed to run command")
@@ -181,13 +184,17 @@ class CommandService:
             caller, sandbox_id, pid, lambda procs: procs.write_stdin(pid, data, eof=eof)
         )
 
-    async def attach(self, caller: Principal, sandbox_id: str, pid: int) -> LiveStream:
-        """Opened before the response starts, so an unknown pid is a JSON 404; closing it
+    @asynccontextmanager
+    async def attach(
+        self, caller: Principal, sandbox_id: str, pid: int
+    ) -> AsyncIterator[LiveStream]:
+        """Entered before the response starts, so an unknown pid is a JSON 404; leaving it
         detaches (the command keeps running)."""
         running = await self.calls.running(caller, sandbox_id)
-        return await self.calls.enter(
+        async with self.calls.open(
             running, lambda procs: procs.attach_command(pid), ATTACH_REFUSED
-        )
+        ) as live:
+            yield live
 
     async def _on_pid(
         self,

@@ -72,16 +72,13 @@ class ExecService:
         error; leaving it (client gone, error) kills the command."""
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
 
-        async def open_stream(agent: AgentClient) -> tuple[AgentExecStream, AgentExecStream]:
-            stream = agent.exec_stream(
+        def open_stream(agent: AgentClient) -> AgentExecStream:
+            return agent.exec_stream(
                 command.command, env=command.env, cwd=command.cwd, timeout=command.timeout
             )
-            return stream, await stream.__aenter__()
 
-        cm, stream = await self.sandboxes.agents.run(
+        agents = self.sandboxes.agents
+        async with agents.open(
             running.row.id, running.agent_socket, open_stream, refused=REFUSED
-        )
-        try:
+        ) as stream:
             yield stream
-        finally:
-            await cm.__aexit__(None, None, None)

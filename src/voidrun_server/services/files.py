@@ -1,93 +1,40 @@
-"""The files API on top of the sandbox agent's ``fs.*``/``file.*`` ops (CONTRACT §A.6).
+"""The files API on top of the sandbox agent's ``fs.*``/``file.*`` ops (CONTRACT §A.6, §B.6).
 
-Paths are validated and normalised here, before anything reaches the agent (which resolves
-them with real syscalls inside the sandbox's mount namespace, never through a shell). Ops that
-the reference server ran as shell commands answer the exec envelope: a failure of the
-operation itself (missing file, not a directory...) is a result with a non-zero ``exitCode``
-and a shell-style message on stderr, never an HTTP error. Transfers (list, upload, download)
-map agent errors to HTTP statuses instead.
+One method per route (whose docstring says what it does). Each checks its arguments first
+(``file_args.py``: every problem there is a 400 before the sandbox is touched), then asks the
+agent. Ops that the reference server ran as shell commands answer the exec envelope
+(``file_results.py``): the agent's refusal is an ``exitCode`` with stderr, never an HTTP error.
+Transfers (list, upload, download, watch) map agent errors to HTTP statuses instead.
 
 Every call makes sure the sandbox runs (auto-wake) and retries once on a fresh connection when
 the shared one turns out broken — never for uploads whose body was already partly consumed.
+Downloads and watches are context managers: the route holds them open (``api/streams.py``).
 """
 
 from __future__ import annotations
 
-import math
-import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..agentclient import (
-    BAD_REQUEST,
     MAX_PAYLOAD_SIZE,
     AgentClient,
     AgentConnectionError,
     AgentOperationError,
-    FileDownload,
 )
-from ..errors import (
-    InvalidInputError,
-    SandboxUnavailableError,
-)
+from ..errors import SandboxUnavailableError
+from ..schemas.files import FileInfo, WatchRequest
+from . import file_args as check
+from . import file_results as results
 from .accounts import Principal
 from .agents import Refusal, agent_text, outdated_agent
+from .file_results import ExecOutcome, Render
+from .file_watches import WatchRegistry, WatchTicket
 from .sandboxes import Running, SandboxService
 
 T = TypeVar("T")
-MAX_PATH = 4096
-NO_SPACE = ("No space left on device", "Disk quota exceeded")
-
-
-def clean_path(value: str | None, name: str = "path", default: str | None = None) -> str:
-    """Absolute and collapsed; 400 for missing, NUL bytes or over 4096 characters."""
-    if not value:
-        if default is None:
-            raise InvalidInputError(f"{name} is required")
-        value = default
-    if "\x00" in value:
-        raise InvalidInputError(f"Invalid {name}", "must not contain NUL bytes")
-    if len(value) > MAX_PATH:
-        raise InvalidInputError(f"Invalid {name}", f"at most {MAX_PATH} characters")
-    return "/" + posixpath.normpath("/" + value).lstrip("/")
-
-
-def human_size(size: int) -> str:
-    """``du -h``: powers of 1024, rounded up, one decimal below 10."""
-    if size < 1024:
-        return str(size)
-    units = "KMGTPE"
-    power = min(int(math.log(size, 1024)), len(units))
-    while power > 1 and size < 1024**power:  # log() may round up at exact powers
-        power -= 1
-    value = size / 1024**power
-    tenths = math.ceil(value * 10)
-    if tenths < 100:
-        return f"{tenths / 10:.1f}{units[power - 1]}"
-    rounded = math.ceil(value)
-    if rounded >= 1024 and power < len(units):
-        return f"1.0{units[power]}"
-    return f"{rounded}{units[power - 1]}"
-
-
-@dataclass(frozen=True)
-class ExecOutcome:
-    stdout: str
-    stderr: str = ""
-    exit_code: int = 0
-
-
-def _failed(exc: AgentOperationError) -> ExecOutcome:
-    """The exec envelope of a refused op: bad requests and an outdated agent are still HTTP
-    errors; the operation's own failure (missing file...) is ``exitCode`` 1 with stderr."""
-    if exc.code == BAD_REQUEST:
-        raise InvalidInputError("Invalid request", agent_text(exc.message))
-    outdated = outdated_agent(exc)
-    if outdated is not None:
-        raise outdated
-    return ExecOutcome("", agent_text(exc.message).rstrip("\n") + "\n", 1)
 
 
 # list, upload, download and watch have no exec envelope to report in: HTTP errors.
@@ -99,55 +46,77 @@ DOWNLOAD_REFUSED = Refusal(
 )
 
 
+@dataclass(frozen=True)
+class Download:
+    """An open file read: its (clean) path, its size at opening, and exactly that many bytes
+    (never more, even if the file grew meanwhile)."""
+
+    path: str
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
+async def _at_most(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    remaining = size
+    async for chunk in chunks:
+        if len(chunk) >= remaining:
+            yield chunk[:remaining]
+            return
+        remaining -= len(chunk)
+        yield chunk
+
+
 class FileService:
-    def __init__(self, sandboxes: SandboxService) -> None:
+    def __init__(self, sandboxes: SandboxService, watches: WatchRegistry) -> None:
         self.sandboxes = sandboxes
+        self.watches = watches
 
-    async def _with_agent(
-        self,
-        running: Running,
-        work: Callable[[AgentClient], Awaitable[T]],
-        refused: Refusal | None = None,
-    ) -> T:
-        return await self.sandboxes.agents.run(
-            running.row.id, running.agent_socket, work, refused=refused
-        )
+    # -- exec-envelope ops -------------------------------------------------------------------
 
-    async def call(
+    async def delete(self, caller: Principal, sandbox_id: str, path: str | None) -> ExecOutcome:
+        return await self._run(caller, sandbox_id, "fs.delete", {"path": check.clean_path(path)})
+
+    async def head_tail(
         self,
         caller: Principal,
         sandbox_id: str,
-        op: str,
-        args: dict[str, Any],
-        refused: Refusal | None = None,
-    ) -> tuple[dict[str, Any], list[Any], bytes]:
-        running = await self.sandboxes.ensure_running(caller, sandbox_id)
-        return await self._with_agent(running, lambda agent: agent.fs_call(op, args), refused)
-
-    async def run(
-        self,
-        caller: Principal,
-        sandbox_id: str,
-        op: str,
-        args: dict[str, Any],
-        render: Callable[[dict[str, Any], bytes], ExecOutcome] | None = None,
+        path: str | None,
+        lines: str | None,
+        head: str | None,
     ) -> ExecOutcome:
-        """An exec-envelope op: the agent's refusal becomes ``exitCode`` 1 and stderr."""
-        try:
-            body, _, out = await self.call(caller, sandbox_id, op, args)
-        except AgentOperationError as exc:
-            return _failed(exc)
-        return render(body, out) if render else ExecOutcome("")
+        """The first (``head`` absent or ``true``) or last ``lines`` lines."""
+        target, count = check.clean_path(path), check.line_count(lines)
+        args = {"path": target, "lines": count, "head": head in (None, "true")}
+        return await self._run(caller, sandbox_id, "fs.headtail", args, results.head_tail)
+
+    async def search(
+        self, caller: Principal, sandbox_id: str, path: str | None, pattern: str | None
+    ) -> ExecOutcome:
+        found = check.search_pattern(pattern)
+        args = {"path": check.clean_path(path, default="/root"), "pattern": found}
+        return await self._run(caller, sandbox_id, "fs.search", args, results.found_paths)
+
+    async def mkdir(self, caller: Principal, sandbox_id: str, path: str | None) -> ExecOutcome:
+        return await self._run(caller, sandbox_id, "fs.mkdir", {"path": check.clean_path(path)})
 
     async def create(
-        self, caller: Principal, sandbox_id: str, path: str, content: bytes | None
+        self,
+        caller: Principal,
+        sandbox_id: str,
+        path: str | None,
+        content: str | None,
+        body: Callable[[], Awaitable[bytes]],
+        content_type: str,
     ) -> ExecOutcome:
-        """``touch`` (keeping existing data) or, with content, an atomic write of it."""
-        if content is None:
-            return await self.run(caller, sandbox_id, "fs.touch", {"path": path})
+        """``touch`` (keeping existing data) or, with content (``content`` or the request
+        body, see ``file_args.created_content``), an atomic write of it."""
+        target = check.clean_path(path)
+        data = check.created_content(content, content_type, await body())
+        if data is None:
+            return await self._run(caller, sandbox_id, "fs.touch", {"path": target})
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
         try:
-            await self._with_agent(running, lambda agent: agent.write_file(path, content))
+            await self._with_agent(running, lambda agent: agent.write_file(target, data))
         except AgentOperationError as exc:
             outdated = outdated_agent(exc)
             if outdated is not None:
@@ -155,19 +124,59 @@ class FileService:
             return ExecOutcome("", f"create: {agent_text(exc.message)}\n", 1)
         return ExecOutcome("")
 
-    async def list(self, caller: Principal, sandbox_id: str, path: str) -> list[Any]:
-        _, items, _ = await self.call(
-            caller, sandbox_id, "fs.list", {"path": path}, TRANSFER_REFUSED
-        )
-        return items
+    async def copy(
+        self, caller: Principal, sandbox_id: str, source: str | None, target: str | None
+    ) -> ExecOutcome:
+        return await self._from_to(caller, sandbox_id, "fs.copy", source, target)
 
-    async def path_exists(self, caller: Principal, sandbox_id: str, path: str) -> None:
-        await self.call(caller, sandbox_id, "fs.stat", {"path": path}, TRANSFER_REFUSED)
+    async def move(
+        self, caller: Principal, sandbox_id: str, source: str | None, target: str | None
+    ) -> ExecOutcome:
+        return await self._from_to(caller, sandbox_id, "fs.move", source, target)
+
+    async def chmod(
+        self, caller: Principal, sandbox_id: str, path: str | None, mode: str | None
+    ) -> ExecOutcome:
+        args = {"path": check.clean_path(path), "mode": check.file_mode(mode)}
+        return await self._run(caller, sandbox_id, "fs.chmod", args)
+
+    async def stat(self, caller: Principal, sandbox_id: str, path: str | None) -> ExecOutcome:
+        args = {"path": check.clean_path(path)}
+        return await self._run(caller, sandbox_id, "fs.stat", args, results.stat_line)
+
+    async def disk_usage(self, caller: Principal, sandbox_id: str, path: str | None) -> ExecOutcome:
+        target = check.clean_path(path, default="/root")
+        render = results.disk_usage_of(target)
+        return await self._run(caller, sandbox_id, "fs.du", {"path": target}, render)
+
+    async def compress(
+        self, caller: Principal, sandbox_id: str, path: str | None, fmt: str | None
+    ) -> ExecOutcome:
+        args = {"path": check.clean_path(path), "format": check.archive_format(fmt)}
+        return await self._run(caller, sandbox_id, "fs.compress", args)
+
+    async def extract(
+        self, caller: Principal, sandbox_id: str, archive: str | None, dest: str | None
+    ) -> ExecOutcome:
+        source = check.archive_path(archive)
+        target = check.clean_path(dest, "dest", default=source.rsplit("/", 1)[0])
+        args = {"archive": source, "dest": target}
+        return await self._run(caller, sandbox_id, "fs.extract", args, results.extract_problems)
+
+    # -- transfers ---------------------------------------------------------------------------
+
+    async def list_dir(
+        self, caller: Principal, sandbox_id: str, path: str | None
+    ) -> list[FileInfo]:
+        args = {"path": check.clean_path(path, default="/root")}
+        _, items, _ = await self._call(caller, sandbox_id, "fs.list", args, TRANSFER_REFUSED)
+        return [results.file_info(item) for item in items]
 
     async def upload(
         self, caller: Principal, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]
     ) -> int:
-        """Stream ``chunks`` into ``path`` (atomic on the agent side); returns the size.
+        """Stream ``chunks`` into ``path`` (clean, see ``file_args.file_target``; atomic on
+        the agent side); returns the size.
 
         Chunks are regrouped into frame-sized pieces; the agent's flow control stops us
         reading the request (and so the client sending) while the sandbox disk catches up.
@@ -201,32 +210,93 @@ class FileService:
 
         return await self._with_agent(running, work, TRANSFER_REFUSED)
 
-    async def open_download(self, caller: Principal, sandbox_id: str, path: str) -> FileDownload:
-        """An entered download (size known); the caller must ``__aexit__`` it."""
+    @asynccontextmanager
+    async def download(
+        self, caller: Principal, sandbox_id: str, path: str | None
+    ) -> AsyncIterator[Download]:
+        """The file, open (its size known) while the context lasts."""
+        target = check.clean_path(path)
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        async with self.sandboxes.agents.open(
+            running.row.id,
+            running.agent_socket,
+            lambda agent: agent.read_file(target),
+            refused=DOWNLOAD_REFUSED,
+        ) as opened:
+            yield Download(target, opened.size, _at_most(opened, opened.size))
 
-        async def work(agent: AgentClient) -> FileDownload:
-            download = agent.read_file(path)
-            await download.__aenter__()
-            return download
+    async def start_watch(self, caller: Principal, sandbox_id: str, body: WatchRequest) -> str:
+        """Check the path and hand out a watch session id (``file_watches.py``)."""
+        path = check.clean_path(body.path)
+        await self._call(caller, sandbox_id, "fs.stat", {"path": path}, TRANSFER_REFUSED)
+        ticket = WatchTicket(
+            org_id=caller.org_id,
+            sandbox_id=sandbox_id,
+            path=path,
+            recursive=body.recursive is True,
+            ignore_hidden=body.ignore_hidden is not False,
+        )
+        return self.watches.add(ticket)
 
-        return await self._with_agent(running, work, DOWNLOAD_REFUSED)
+    def claim_watch(self, session_id: str, caller: Principal, sandbox_id: str) -> WatchTicket:
+        return self.watches.claim(session_id, caller, sandbox_id)
 
-    async def open_watch(
+    @asynccontextmanager
+    async def watch(
+        self, caller: Principal, ticket: WatchTicket
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """The agent's watch, in place before this yields; events flow while it lasts."""
+        running = await self.sandboxes.ensure_running(caller, ticket.sandbox_id)
+        async with self.sandboxes.agents.open(
+            running.row.id,
+            running.agent_socket,
+            lambda agent: agent.watch(
+                ticket.path, recursive=ticket.recursive, ignore_hidden=ticket.ignore_hidden
+            ),
+            refused=TRANSFER_REFUSED,
+        ) as events:
+            yield events
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _with_agent(
         self,
-        stack: AsyncExitStack,
+        running: Running,
+        work: Callable[[AgentClient], Awaitable[T]],
+        refused: Refusal | None = None,
+    ) -> T:
+        return await self.sandboxes.agents.run(
+            running.row.id, running.agent_socket, work, refused=refused
+        )
+
+    async def _call(
+        self,
         caller: Principal,
         sandbox_id: str,
-        path: str,
-        *,
-        recursive: bool,
-        ignore_hidden: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Start the agent's watch (entered on ``stack``); events flow once this returns."""
+        op: str,
+        args: dict[str, Any],
+        refused: Refusal | None = None,
+    ) -> tuple[dict[str, Any], list[Any], bytes]:
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        return await self._with_agent(running, lambda agent: agent.fs_call(op, args), refused)
 
-        async def work(agent: AgentClient) -> AsyncIterator[dict[str, Any]]:
-            watch = agent.watch(path, recursive=recursive, ignore_hidden=ignore_hidden)
-            return await stack.enter_async_context(watch)
+    async def _run(
+        self,
+        caller: Principal,
+        sandbox_id: str,
+        op: str,
+        args: dict[str, Any],
+        render: Render = results.nothing,
+    ) -> ExecOutcome:
+        """An exec-envelope op: the agent's refusal becomes ``exitCode`` 1 and stderr."""
+        try:
+            body, _, out = await self._call(caller, sandbox_id, op, args)
+        except AgentOperationError as exc:
+            return results.refused(exc)
+        return render(body, out)
 
-        return await self._with_agent(running, work, TRANSFER_REFUSED)
+    async def _from_to(
+        self, caller: Principal, sandbox_id: str, op: str, source: str | None, target: str | None
+    ) -> ExecOutcome:
+        origin, destination = check.from_to(source, target)
+        return await self._run(caller, sandbox_id, op, {"from": origin, "to": destination})

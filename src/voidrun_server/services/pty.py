@@ -113,16 +113,18 @@ class ShellService:
         await self._call(caller, sandbox_id, lambda p: p.shell_close(sid))
         return SessionOutcome()
 
+    @asynccontextmanager
     async def stream(
         self, caller: Principal, sandbox_id: str, sid: str, command: str, limit: int
-    ) -> LiveStream:
-        """Opened before the response starts (unknown or busy session: a JSON 400)."""
+    ) -> AsyncIterator[LiveStream]:
+        """Entered before the response starts (unknown or busy session: a JSON 400)."""
         running = await self.calls.running(caller, sandbox_id)
-        return await self.calls.enter(
+        async with self.calls.open(
             running,
             lambda p: p.shell_exec_stream(sid, command, time_limit=limit),
             SESSION_REFUSED,
-        )
+        ) as live:
+            yield live
 
 
 class PtyService:
@@ -166,13 +168,10 @@ class PtyService:
         Entered before the WebSocket is accepted, so failures are HTTP errors.
         """
         running = await self.calls.running(caller, sandbox_id)
-        live = await self.calls.enter(running, lambda p: p.pty_attach(sid), ATTACH_REFUSED)
-        terminal = str(live.head.get("id", sid))
+        async with self.calls.open(running, lambda p: p.pty_attach(sid), ATTACH_REFUSED) as live:
+            terminal = str(live.head.get("id", sid))
 
-        async def type_in(text: str) -> None:
-            await self.calls.on(running, lambda p: p.pty_input(terminal, text))
+            async def type_in(text: str) -> None:
+                await self.calls.on(running, lambda p: p.pty_input(terminal, text))
 
-        try:
             yield live, type_in
-        finally:
-            await live.close()

@@ -17,7 +17,7 @@ from ..drivers.base import DriverError, SandboxNotFoundError, SandboxState
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.types import utcnow
-from .lifecycle import Action, Status
+from .lifecycle import Status, Verb
 from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,10 @@ async def auto_sleep(service: SandboxService) -> None:
         try:
             if row.status == Status.RUNNING and row.auto_sleep:
                 if row.last_activity_at < pause_before:
-                    await service.idle_transition(row.id, Status.RUNNING, Action.PAUSE)
+                    await service.idle_step(row.id, Verb.IDLE_PAUSE)
             elif row.status == Status.PAUSED and (row.paused_at or now) < stop_before:
-                await service.idle_transition(row.id, Status.PAUSED, Action.STOP)
+                await service.idle_step(row.id, Verb.IDLE_STOP)
             elif row.status == Status.STOPPED and (row.stopped_at or now) < delete_before:
-                await service.idle_delete(row.id)
+                await service.idle_step(row.id, Verb.IDLE_DELETE)
         except Exception as exc:  # one stuck sandbox must not block the others
             log.warning("auto-sleep step for %s failed: %s", row.id, exc)

@@ -1,8 +1,9 @@
 """Sandboxes: create, read, update, delete, lifecycle verbs and auto-wake for the data plane.
 
 The database holds the desired state, the driver the actual one. Every change goes: lock the
-sandbox → ask the driver → record the result in one short transaction. Driver calls carry their
-own deadlines; cleanup after a failed create is shielded from cancellation.
+sandbox → look the verb and status up in ``lifecycle.TRANSITIONS`` (a wrong state is the
+contract's error) → ask the driver → record the result in one short transaction. Driver calls
+carry their own deadlines; cleanup after a failed create is shielded from cancellation.
 
 The data plane (``ensure_running``) touches no database when it can help it: this process owns
 its sandboxes and makes every status change itself (``set_status``, ``_act``, the health check's
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,6 @@ from ..drivers.base import (
 )
 from ..errors import (
     InvalidInputError,
-    InvalidStateError,
     NotFoundError,
     VoidRunError,
 )
@@ -47,12 +48,16 @@ from . import quotas
 from .accounts import Principal
 from .activity import ActivityLog
 from .agents import AgentPool, AgentSocket
-from .lifecycle import AUTO_WAKE, VERBS, Action, Status, action_for
+from .lifecycle import MESSAGES, RESULT, Action, Status, Verb, allows, step
+from .locks import KeyedLocks
 from .pool import WarmPool
 from .provisioning import Provisioner, describe
 from .storage import DiskFloor
 
 log = logging.getLogger(__name__)
+# What routes read of a sandbox (its stored row, never written outside this layer); routes
+# import this name, never ``store.tables``.
+SandboxRow = Sandbox
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 VIOLATION_EVENT = "sandbox.agent_violation"
 
@@ -81,7 +86,7 @@ class SandboxService:
         self.driver = driver
         self.agents = agents
         self.spawn = spawn
-        self._locks: dict[str, anyio.Lock] = {}
+        self.locks = KeyedLocks()  # one per sandbox while in use: never grows
         # Agent socket per running sandbox: asking the driver on every data-plane call would
         # put file reads and a thread hop on the hot path.
         self._sockets: dict[str, AgentSocket] = {}
@@ -132,8 +137,9 @@ class SandboxService:
         self._live.pop(sandbox_id, None)
         self._changes += 1
 
-    def lock(self, sandbox_id: str) -> anyio.Lock:
-        return self._locks.setdefault(sandbox_id, anyio.Lock())
+    def lock(self, sandbox_id: str) -> AbstractAsyncContextManager[None]:
+        """Serialises status changes of one sandbox (``services/locks.py``)."""
+        return self.locks.hold(sandbox_id)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -181,37 +187,21 @@ class SandboxService:
         return row
 
     async def delete(self, caller: Principal, sandbox_id: str) -> None:
-        row = await self.get(caller, sandbox_id)
-        if row.status == Status.DELETED:
-            return
-        async with self.lock(sandbox_id):
-            await self._destroy(sandbox_id, "sandbox.delete")
-        self._prune_lock(sandbox_id)
-
-    def _prune_lock(self, sandbox_id: str) -> None:
-        """Drop a deleted sandbox's lock, unless somebody holds or waits for it."""
-        lock = self._locks.get(sandbox_id)
-        if lock is not None and not lock.locked() and lock.statistics().tasks_waiting == 0:
-            del self._locks[sandbox_id]
+        await self.apply_verb(caller, sandbox_id, Verb.DELETE)
 
     # -- lifecycle verbs -------------------------------------------------------------------
 
     async def apply_verb(
-        self, caller: Principal, sandbox_id: str, verb_name: str, sdk: bool
+        self, caller: Principal, sandbox_id: str, verb: Verb, sdk: bool = False
     ) -> str:
-        """Run a lifecycle verb; returns the success message for the envelope."""
-        verb = VERBS[verb_name]
-        await self.get(caller, sandbox_id)
+        """Run an API verb (``lifecycle.TRANSITIONS``); returns the envelope's message."""
+        await self.get(caller, sandbox_id)  # unknown ids: 404 before waiting for the lock
         async with self.lock(sandbox_id):
             row = await self.get(caller, sandbox_id)
-            status = Status(row.status)
-            action = action_for(verb, status, sdk)
-            if action is None:
-                raise InvalidStateError(
-                    details=f"sandbox is not {verb.expected} (current status: {row.status})"
-                )
-            await self._act(row, action)
-        return verb.message
+            action = step(verb, Status(row.status), sdk)
+            if action is not None:
+                await self._act(row, action, verb)
+        return MESSAGES[verb]
 
     async def ensure_running(self, caller: Principal, sandbox_id: str) -> Running:
         """For data-plane calls: wake a paused/stopped sandbox, refresh its activity time."""
@@ -226,12 +216,9 @@ class SandboxService:
         if row.status != Status.RUNNING:
             async with self.lock(sandbox_id):
                 row = await self.get(caller, sandbox_id)
-                status = Status(row.status)
-                if status not in AUTO_WAKE:
-                    raise NotFoundError("Sandbox not running", f"current status: {row.status}")
-                action = AUTO_WAKE[status]
+                action = step(Verb.USE, Status(row.status))
                 if action is not None:
-                    await self._act(row, action)
+                    await self._act(row, action, Verb.USE)
         self.activity.record(sandbox_id)
         socket = self._sockets.get(sandbox_id)
         if socket is None:
@@ -241,36 +228,24 @@ class SandboxService:
             self._live[sandbox_id] = row
         return Running(row=row, agent_socket=socket)
 
-    async def idle_transition(self, sandbox_id: str, expected: Status, action: Action) -> None:
-        """An auto-sleep step: applies only if the sandbox is still in ``expected``."""
+    async def idle_step(self, sandbox_id: str, verb: Verb) -> None:
+        """An auto-sleep step (``Verb.IDLE_*``): applies only if the sandbox is still in a
+        status the table allows it from (it may have changed since the scan)."""
         async with self.lock(sandbox_id):
             async with self.sessions() as session:
                 row = await repo.get(session, sandbox_id)
-            if row is not None and row.status == expected:
+            if row is None or not allows(verb, Status(row.status)):
+                return
+            action = step(verb, Status(row.status))
+            if action is not None:
                 log.info("auto-sleep: %s %s", action.value, sandbox_id)
-                await self._act(row, action)
+                await self._act(row, action, verb)
 
-    async def idle_delete(self, sandbox_id: str) -> None:
-        async with self.lock(sandbox_id):
-            async with self.sessions() as session:
-                row = await repo.get(session, sandbox_id)
-            if row is not None and row.status == Status.STOPPED:
-                log.info("auto-sleep: delete %s", sandbox_id)
-                await self._destroy(sandbox_id, "sandbox.auto_delete")
-
-    async def _destroy(self, sandbox_id: str, event: str) -> None:
-        """Remove everything of the sandbox and keep its row as ``deleted``. Caller holds
-        the sandbox lock."""
-        self._not_live(sandbox_id)
-        self.agents.forget(sandbox_id)
-        self.agents.freeze(sandbox_id, False)
-        await self.driver.destroy(sandbox_id)
-        await self.set_status(sandbox_id, Status.DELETED, event=event)
-
-    async def _act(self, row: Sandbox, action: Action) -> None:
-        """Ask the driver, then record. Caller holds the sandbox lock."""
+    async def _act(self, row: Sandbox, action: Action, verb: Verb) -> None:
+        """Ask the driver, then record ``RESULT[action]``. Caller holds the sandbox lock."""
         sandbox_id = row.id
         self._not_live(sandbox_id)  # until set_status records the outcome
+        status, event = RESULT[action], f"sandbox.{action.value}"
         try:
             if action is Action.PAUSE:
                 self.agents.freeze(sandbox_id, True)
@@ -279,16 +254,17 @@ class SandboxService:
                 except BaseException:
                     self.agents.freeze(sandbox_id, False)
                     raise
-                await self.set_status(sandbox_id, Status.PAUSED, event="sandbox.pause")
             elif action is Action.RESUME:
                 await self._pausable().resume(sandbox_id)
                 self.agents.freeze(sandbox_id, False)
-                await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.resume")
-            elif action is Action.STOP:
+            elif action in (Action.STOP, Action.DESTROY):
                 self.agents.forget(sandbox_id)
                 self.agents.freeze(sandbox_id, False)
-                await self.driver.stop(sandbox_id)
-                await self.set_status(sandbox_id, Status.STOPPED, event="sandbox.stop")
+                if action is Action.STOP:
+                    await self.driver.stop(sandbox_id)
+                else:
+                    await self.driver.destroy(sandbox_id)
+                    event = "sandbox.auto_delete" if verb is Verb.IDLE_DELETE else "sandbox.delete"
             else:
                 # Starting takes CPU and memory again: reserve, check, boot, record.
                 wanted = Usage(cpu=row.cpu, mem_mb=row.mem)
@@ -298,11 +274,11 @@ class SandboxService:
                     info = await self._start(sandbox_id)
                     await self.agents.ping(sandbox_id, AgentSocket.of(info))
                     self._sockets[sandbox_id] = AgentSocket.of(info)
-                    await self.set_status(sandbox_id, Status.RUNNING, event="sandbox.start")
         except DriverError as exc:
             if action is Action.START:
                 await self.set_status(sandbox_id, Status.ERROR, error=describe(exc))
             raise VoidRunError(f"{action.value.capitalize()} failed", describe(exc)) from exc
+        await self.set_status(sandbox_id, status, event=event)
 
     async def _start(self, sandbox_id: str) -> SandboxInfo:
         with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):

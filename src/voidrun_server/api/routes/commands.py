@@ -28,12 +28,10 @@ from ...schemas.processes import (
     PidRequest,
     ProcessInfo,
 )
-from ...services.accounts import Principal
 from ...services.commands import CommandService, LiveStream
-from ...services.streams import StreamRegistry
 from ..deps import Caller, Ctx
 from ..sse import SSE_HEADERS, LineSplitter, event, json_event
-from ..streams import REVOKED_REASON, GuardedStreamingResponse, Streams
+from ..streams import REVOKED_REASON, Owner, Streams
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 SSE_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
@@ -57,30 +55,6 @@ def public(process: AgentProcess) -> ProcessInfo:
         start_time=epoch(process.start_time),
         running=process.running,
         exit_code=None if process.running else process.exit_code,
-    )
-
-
-def owned_stream(
-    live: LiveStream,
-    content: AsyncIterator[bytes],
-    media_type: str,
-    headers: dict[str, str],
-    *,
-    streams: StreamRegistry,
-    caller: Principal,
-    final: bytes,
-) -> StreamingResponse:
-    """Stream ``content``; close ``live`` even if the response never starts (the agent stream is
-    opened before the response so its errors are JSON), end with ``final`` if the key is
-    revoked meanwhile."""
-    return GuardedStreamingResponse(
-        content,
-        streams=streams,
-        key_id=caller.key_id,
-        final=final,
-        release=live.close,
-        media_type=media_type,
-        headers=headers,
     )
 
 
@@ -145,45 +119,42 @@ async def write_stdin(
 
 @router.post("/{sandbox_id}/commands/attach", response_class=StreamingResponse, responses=SSE_DOC)
 async def attach_command(
-    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands, streams: Streams
+    sandbox_id: str, body: PidRequest, caller: Caller, service: Commands, owner: Owner
 ) -> StreamingResponse:
     """SSE: buffered output first, then live ``stdout``/``stderr`` lines, then one ``exit``."""
-    live = await service.attach(caller, sandbox_id, body.pid)  # unknown pid: a JSON 404
-
-    async def events() -> AsyncIterator[bytes]:
-        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
-        try:
-            async for chunk in live.chunks(service.follow_limit):
-                if chunk is None:
-                    yield b": keepalive\n\n"  # a comment: clients and proxies see life
-                    continue
-                for line in splitters[chunk.channel].feed(chunk.data):
-                    yield event(chunk.channel, line)
-        except AgentError as exc:
-            yield json_event("error", {"error": str(exc)})
-            return
-        except DeadlineExceededError as exc:
-            yield json_event("error", {"error": f"{exc.message} ({exc.details}); attach again"})
-            return
-        for channel, splitter in splitters.items():
-            for line in splitter.flush():
-                yield event(channel, line)
-        result = live.result
-        code = result.get("exitCode")
-        payload: dict[str, object] = {"exitCode": code if type(code) is int else -1}
-        if result.get("timedOut"):
-            payload["error"] = "command timed out and was killed"
-        if result.get("dropped"):
-            payload["outputDropped"] = result["dropped"]  # bytes the ring had discarded
-        yield json_event("exit", payload)
-
-    final = json_event("error", {"error": REVOKED_REASON})
-    return owned_stream(
-        live,
-        events(),
-        "text/event-stream",
-        SSE_HEADERS,
-        streams=streams,
-        caller=caller,
-        final=final,
+    live = await owner.enter(service.attach(caller, sandbox_id, body.pid))  # unknown: JSON 404
+    return owner.respond(
+        attach_events(live, service.follow_limit),
+        caller,
+        final=json_event("error", {"error": REVOKED_REASON}),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
     )
+
+
+async def attach_events(live: LiveStream, limit: float) -> AsyncIterator[bytes]:
+    splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+    try:
+        async for chunk in live.chunks(limit):
+            if chunk is None:
+                yield b": keepalive\n\n"  # a comment: clients and proxies see life
+                continue
+            for line in splitters[chunk.channel].feed(chunk.data):
+                yield event(chunk.channel, line)
+    except AgentError as exc:
+        yield json_event("error", {"error": str(exc)})
+        return
+    except DeadlineExceededError as exc:
+        yield json_event("error", {"error": f"{exc.message} ({exc.details}); attach again"})
+        return
+    for channel, splitter in splitters.items():
+        for line in splitter.flush():
+            yield event(channel, line)
+    result = live.result
+    code = result.get("exitCode")
+    payload: dict[str, object] = {"exitCode": code if type(code) is int else -1}
+    if result.get("timedOut"):
+        payload["error"] = "command timed out and was killed"
+    if result.get("dropped"):
+        payload["outputDropped"] = result["dropped"]  # bytes the ring had discarded
+    yield json_event("exit", payload)

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ...agentclient import AgentError, ExecExit
+from ...agentclient import AgentError, ExecExit, ExecStream
 from ...schemas.exec import ExecData, ExecRequest, ExecResponse
 from ...services.exec import ExecService, validate
 from ..deps import Caller, Ctx
 from ..sse import SSE_HEADERS, LineSplitter, event, json_event
-from ..streams import REVOKED_REASON, GuardedStreamingResponse, Streams
+from ..streams import REVOKED_REASON, Owner
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 
@@ -48,41 +48,39 @@ async def run_command(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def stream_command(
-    sandbox_id: str, body: ExecRequest, caller: Caller, service: Exec, streams: Streams
+    sandbox_id: str, body: ExecRequest, caller: Caller, service: Exec, owner: Owner
 ) -> StreamingResponse:
     """``stdout``/``stderr`` events, one per line, as produced; then one ``exit`` event."""
     command = validate(body)
-    opened = service.stream(caller, sandbox_id, command)
-    stream = await opened.__aenter__()  # errors here are ordinary JSON responses
-
-    async def events() -> AsyncIterator[bytes]:
-        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
-        try:
-            async for item in stream:
-                if isinstance(item, ExecExit):
-                    for channel, splitter in splitters.items():
-                        for line in splitter.flush():
-                            yield event(channel, line)
-                    payload: dict[str, object] = {"exitCode": item.exit_code}
-                    if item.timed_out:
-                        payload["error"] = f"command timed out after {command.timeout}s"
-                    yield json_event("exit", payload)
-                    return
-                for line in splitters[item.channel].feed(item.data):
-                    yield event(item.channel, line)
-        except AgentError as exc:
-            yield json_event("exit", {"exitCode": -1, "error": str(exc)})
-
-    # Revocation ends the stream like an agent failure does: an ``exit`` with an error.
-    final = json_event("exit", {"exitCode": -1, "error": REVOKED_REASON})
-    return GuardedStreamingResponse(
-        events(),
-        streams=streams,
-        key_id=caller.key_id,
-        final=final,
-        # The response closes the agent stream (killing the command) however it ends, also
-        # when the client leaves before the first byte and ``events`` never starts.
-        release=lambda: opened.__aexit__(None, None, None),
+    # Entered before the response: its errors are JSON, and leaving it kills the command.
+    stream = await owner.enter(service.stream(caller, sandbox_id, command))
+    return owner.respond(
+        exec_events(stream, command.timeout),
+        caller,
+        final=REVOKED,
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
+
+
+# Revocation ends the stream like an agent failure does: an ``exit`` with an error.
+REVOKED = json_event("exit", {"exitCode": -1, "error": REVOKED_REASON})
+
+
+async def exec_events(stream: ExecStream, time_limit: int) -> AsyncIterator[bytes]:
+    splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+    try:
+        async for item in stream:
+            if isinstance(item, ExecExit):
+                for channel, splitter in splitters.items():
+                    for line in splitter.flush():
+                        yield event(channel, line)
+                payload: dict[str, object] = {"exitCode": item.exit_code}
+                if item.timed_out:
+                    payload["error"] = f"command timed out after {time_limit}s"
+                yield json_event("exit", payload)
+                return
+            for line in splitters[item.channel].feed(item.data):
+                yield event(item.channel, line)
+    except AgentError as exc:
+        yield json_event("exit", {"exitCode": -1, "error": str(exc)})

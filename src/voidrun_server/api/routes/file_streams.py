@@ -13,25 +13,19 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response
 from starlette.requests import HTTPConnection
 
-from ...errors import InvalidInputError
 from ...schemas.files import (
-    Uploaded,
     UploadEnvelope,
     WatchEnvelope,
     WatchRequest,
     WatchStarted,
 )
-from ...services.file_watches import WatchRegistry, WatchTicket
-from ...services.files import FileService, clean_path
+from ...services.file_watches import WatchRegistry
+from ...services.files import FileService
 from .. import file_transfer as transfer
 from ..deps import Caller, Ctx
-from ..streams import Streams, revocable
+from ..streams import Owner
 
 router = APIRouter()
-
-
-async def file_service(ctx: Ctx) -> FileService:
-    return FileService(ctx.sandbox_service())
 
 
 async def watch_registry(connection: HTTPConnection) -> WatchRegistry:
@@ -42,8 +36,14 @@ async def watch_registry(connection: HTTPConnection) -> WatchRegistry:
     return registry
 
 
-Files = Annotated[FileService, Depends(file_service)]
 Watches = Annotated[WatchRegistry, Depends(watch_registry)]
+
+
+async def file_service(ctx: Ctx, watches: Watches) -> FileService:
+    return FileService(ctx.sandbox_service(), watches)
+
+
+Files = Annotated[FileService, Depends(file_service)]
 PathQuery = Annotated[str | None, Query(description="Absolute path in the sandbox.")]
 
 
@@ -56,11 +56,8 @@ async def upload_file(
     sandbox_id: str, request: Request, caller: Caller, files: Files, path: PathQuery = None
 ) -> UploadEnvelope:
     """Raw body (any content type) or multipart field ``file`` (≤5 MB); atomic, parents made."""
-    target = clean_path(path)
-    if target == "/":
-        raise InvalidInputError("Invalid path", "path must name a file")
-    size = await transfer.receive_upload(request, files, caller, sandbox_id, target)
-    return UploadEnvelope(message="File uploaded", data=Uploaded(path=target, size=size))
+    uploaded = await transfer.receive_upload(request, files, caller, sandbox_id, path)
+    return UploadEnvelope(message="File uploaded", data=uploaded)
 
 
 @router.get(
@@ -69,29 +66,19 @@ async def upload_file(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_file(
-    sandbox_id: str, caller: Caller, files: Files, path: PathQuery = None
+    sandbox_id: str, caller: Caller, files: Files, owner: Owner, path: PathQuery = None
 ) -> Response:
     """The file's bytes, streamed, with ``Content-Length`` and an attachment file name."""
-    target = clean_path(path)
-    download = await files.open_download(caller, sandbox_id, target)
-    return transfer.download_response(download, target)
+    download = await owner.enter(files.download(caller, sandbox_id, path))
+    return transfer.download_response(owner, caller, download)
 
 
 @router.post("/{sandbox_id}/files/watch", response_model=WatchEnvelope)
 async def start_watch(
-    sandbox_id: str, body: WatchRequest, caller: Caller, files: Files, watches: Watches
+    sandbox_id: str, body: WatchRequest, caller: Caller, files: Files
 ) -> WatchEnvelope:
     """Returns a session id; events stream on the WebSocket ``…/watch/{sessionId}/stream``."""
-    path = clean_path(body.path)
-    await files.path_exists(caller, sandbox_id, path)
-    ticket = WatchTicket(
-        org_id=caller.org_id,
-        sandbox_id=sandbox_id,
-        path=path,
-        recursive=body.recursive is True,
-        ignore_hidden=body.ignore_hidden is not False,
-    )
-    session_id = watches.add(ticket)
+    session_id = await files.start_watch(caller, sandbox_id, body)
     return WatchEnvelope(message="watch started", data=WatchStarted(session_id=session_id))
 
 
@@ -102,10 +89,10 @@ async def watch_stream(
     session_id: str,
     caller: Caller,
     files: Files,
-    watches: Watches,
-    streams: Streams,
+    owner: Owner,
 ) -> None:
     """One JSON FileEvent per text frame; client frames are read and discarded."""
-    ticket = watches.claim(session_id, caller, sandbox_id)
-    async with revocable(websocket, streams, caller):
-        await transfer.stream_watch(websocket, files, caller, ticket)
+    ticket = files.claim_watch(session_id, caller, sandbox_id)
+    async with owner.revocable(websocket, caller):
+        events = await owner.enter(files.watch(caller, ticket))
+        await transfer.forward_watch(websocket, events)

@@ -26,7 +26,7 @@ from ...schemas.processes import (
 from ...services.pty import PtyService
 from ...services.validation import MAX_COMMAND_CHARS
 from ..deps import Caller, Ctx
-from ..streams import Streams, revocable
+from ..streams import Owner
 from ..ws import bridge
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
@@ -47,12 +47,12 @@ def public(info: TerminalInfo) -> dict[str, Any]:
 
 @router.websocket("/{sandbox_id}/pty")
 async def ephemeral_terminal(
-    websocket: WebSocket, sandbox_id: str, caller: Caller, service: Terminals, streams: Streams
+    websocket: WebSocket, sandbox_id: str, caller: Caller, service: Terminals, owner: Owner
 ) -> None:
     """An interactive root login shell that lives exactly as long as this WebSocket."""
-    async with revocable(websocket, streams, caller):
-        async with service.attach(caller, sandbox_id, None) as (output, type_in):
-            await bridge(websocket, output, type_in)
+    async with owner.revocable(websocket, caller):
+        output, type_in = await owner.enter(service.attach(caller, sandbox_id, None))
+        await bridge(websocket, output, type_in)
 
 
 @router.post("/{sandbox_id}/pty/sessions", response_model=DataEnvelope)
@@ -83,12 +83,12 @@ async def attach_session(
     session_id: str,
     caller: Caller,
     service: Terminals,
-    streams: Streams,
+    owner: Owner,
 ) -> None:
     """Attach to a persistent terminal: its scrollback first, then live output."""
-    async with revocable(websocket, streams, caller):
-        async with service.attach(caller, sandbox_id, session_id) as (output, type_in):
-            await bridge(websocket, output, type_in)
+    async with owner.revocable(websocket, caller):
+        output, type_in = await owner.enter(service.attach(caller, sandbox_id, session_id))
+        await bridge(websocket, output, type_in)
 
 
 @router.delete("/{sandbox_id}/pty/sessions/{session_id}", response_model=MessageEnvelope)

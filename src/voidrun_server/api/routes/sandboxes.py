@@ -18,9 +18,8 @@ from ...schemas.sandboxes import (
     SandboxUpdate,
 )
 from ...services import validation
-from ...services.lifecycle import Status, present
-from ...services.sandboxes import SandboxService
-from ...store.tables import Sandbox
+from ...services.lifecycle import Status, Verb, present
+from ...services.sandboxes import SandboxRow, SandboxService
 from ..deps import Caller, Ctx
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Sandboxes"])
@@ -43,7 +42,7 @@ Sdk = Annotated[bool, Depends(sdk_dialect)]
 Service = Annotated[SandboxService, Depends(service)]
 
 
-def public(row: Sandbox, sdk: bool) -> SandboxPublic:
+def public(row: SandboxRow, sdk: bool) -> SandboxPublic:
     ports = [PortSpec.model_validate(p) for p in row.ports]
     return SandboxPublic(
         id=row.id,
@@ -119,7 +118,7 @@ async def delete_sandbox(sandbox_id: str, caller: Caller, sandboxes: Service) ->
     return envelope("Sandbox deleted")
 
 
-def _verb_route(verb: str) -> None:
+def _verb_route(verb: Verb) -> None:
     async def apply(
         sandbox_id: str, caller: Caller, sandboxes: Service, sdk: Sdk
     ) -> dict[str, Any]:
@@ -135,7 +134,7 @@ def _verb_route(verb: str) -> None:
     )
 
 
-for _verb in ("start", "stop", "pause", "resume", "sleep", "wake"):
+for _verb in (Verb.START, Verb.STOP, Verb.PAUSE, Verb.RESUME, Verb.SLEEP, Verb.WAKE):
     _verb_route(_verb)
 
 

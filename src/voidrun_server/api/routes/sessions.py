@@ -17,11 +17,11 @@ from fastapi.responses import StreamingResponse
 
 from ...agentclient import AgentError
 from ...schemas.processes import SessionExecRequest, SessionExecResponse, SessionExecStreamRequest
+from ...services.commands import LiveStream
 from ...services.pty import DEFAULT_SESSION_TIMEOUT, ShellService, session_id
 from ...services.validation import command_text
 from ..deps import Caller, Ctx
-from ..streams import REVOKED_REASON, Streams
-from .commands import owned_stream
+from ..streams import REVOKED_REASON, Owner
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Execution"])
 NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -70,7 +70,7 @@ async def session_exec_stream(
     caller: Caller,
     service: Shells,
     request: Request,
-    streams: Streams,
+    owner: Owner,
 ) -> StreamingResponse:
     """NDJSON: ``{"type":"stdout","data":…}`` lines as output comes, then
     ``{"type":"exit","exitCode":N}`` (or ``{"type":"error","error":…}``).
@@ -82,39 +82,36 @@ async def session_exec_stream(
     assert sid is not None
     command = command_text(body.command)
     limit = body.timeout or DEFAULT_SESSION_TIMEOUT
-    live = await service.stream(caller, sandbox_id, sid, command, limit)  # errors: JSON 400
-
-    async def lines() -> AsyncIterator[bytes]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        try:
-            async for chunk in live.chunks():
-                if chunk is None:
-                    continue  # quiet; NDJSON has no comment lines
-                data = decoder.decode(chunk.data)
-                if data:
-                    yield ndjson({"type": "stdout", "data": data})
-        except AgentError as exc:
-            yield ndjson({"type": "error", "error": str(exc)})
-            return
-        rest = decoder.decode(b"", final=True)
-        if rest:
-            yield ndjson({"type": "stdout", "data": rest})
-        result = live.result
-        exit_line: dict[str, Any] = {"type": "exit", "exitCode": result.get("exitCode", -1)}
-        if result.get("timedOut"):
-            exit_line["error"] = f"command still running after {limit}s"
-        yield ndjson(exit_line)
-
-    final = ndjson({"type": "error", "error": REVOKED_REASON})
-    return owned_stream(
-        live,
-        lines(),
-        ndjson_media_type(request),
-        NDJSON_HEADERS,
-        streams=streams,
-        caller=caller,
-        final=final,
+    live = await owner.enter(service.stream(caller, sandbox_id, sid, command, limit))  # JSON 400
+    return owner.respond(
+        session_lines(live, limit),
+        caller,
+        final=ndjson({"type": "error", "error": REVOKED_REASON}),
+        media_type=ndjson_media_type(request),
+        headers=NDJSON_HEADERS,
     )
+
+
+async def session_lines(live: LiveStream, limit: int) -> AsyncIterator[bytes]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        async for chunk in live.chunks():
+            if chunk is None:
+                continue  # quiet; NDJSON has no comment lines
+            data = decoder.decode(chunk.data)
+            if data:
+                yield ndjson({"type": "stdout", "data": data})
+    except AgentError as exc:
+        yield ndjson({"type": "error", "error": str(exc)})
+        return
+    rest = decoder.decode(b"", final=True)
+    if rest:
+        yield ndjson({"type": "stdout", "data": rest})
+    result = live.result
+    exit_line: dict[str, Any] = {"type": "exit", "exitCode": result.get("exitCode", -1)}
+    if result.get("timedOut"):
+        exit_line["error"] = f"command still running after {limit}s"
+    yield ndjson(exit_line)
 
 
 def ndjson_media_type(request: Request) -> str:

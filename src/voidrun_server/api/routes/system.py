@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from ... import __version__
 from ...schemas.accounts import Health, Version
+from ...services import health as readiness
 from ..deps import Ctx
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["System"])
 metrics_router = APIRouter(include_in_schema=False)
 
@@ -30,11 +27,7 @@ async def version() -> Version:
 )
 async def health(ctx: Ctx) -> Response:
     """Liveness and readiness: answers 200 only when the database answers."""
-    try:
-        async with ctx.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception as exc:  # any database failure means "not ready"
-        log.warning("health check failed: %s", exc)
+    if not await readiness.database_answers(ctx.engine):
         body = Health(status="unavailable", database="error")
         return JSONResponse(body.model_dump(by_alias=True), status_code=503)
     return JSONResponse(Health(status="ok", database="ok").model_dump(by_alias=True))
