@@ -32,6 +32,7 @@ from voidrun_server.services.lifecycle import (
 )
 from voidrun_server.services.locks import KeyedLocks
 from voidrun_server.services.sandboxes import SandboxService
+from voidrun_server.services.storage import DiskFloor
 from voidrun_server.store import db
 from voidrun_server.store.tables import Sandbox
 
@@ -103,7 +104,9 @@ async def sandbox_service(
     async with anyio.create_task_group() as tasks:
         agents = AgentsThatAnswer(tasks, connect_timeout=1)
         driver = RecordingDriver()
-        yield SandboxService(Settings(data_dir=data_dir), sessions, driver, agents, lambda _: None)
+        settings = Settings(data_dir=data_dir)
+        floor = DiskFloor(data_dir, settings.min_free_disk_mb)
+        yield SandboxService(settings, sessions, driver, agents, lambda _: None, floor)
         tasks.cancel_scope.cancel()
 
 
