@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -23,9 +24,19 @@ def server() -> Iterator[ServerProcess]:
 
 
 def pooled_dirs(server: ServerProcess, client: httpx.Client) -> set[str]:
+    """Sandboxes on disk without a row whose driver record says running (a pool sandbox still
+    being created has a directory before its cgroups and record)."""
     rows = {b["id"] for b in client.get("/sandboxes", params={"limit": 100}).json()["data"]}
-    on_disk = {p.name for p in (server.data_dir / "sandboxes").iterdir() if len(p.name) == 24}
-    return on_disk - rows
+    found = set()
+    for path in (server.data_dir / "sandboxes").iterdir():
+        if len(path.name) != 24 or path.name in rows:
+            continue
+        try:
+            if json.loads((path / "state.json").read_text())["phase"] == "running":
+                found.add(path.name)
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
 
 
 def wait_for_pool(server: ServerProcess, client: httpx.Client, size: int) -> None:
