@@ -175,7 +175,11 @@ class NamespaceDriver:
                     f"CA bundle {ca_bundle} not found",
                     hint="set VOIDRUN_SANDBOX_CA_BUNDLE to a PEM file (or to nothing)",
                 )
-            check_traversable(ca_bundle, uid_base, "ca_bundle")
+            check_traversable(ca_bundle.parent, uid_base, "ca_bundle")
+            if not ca_bundle.stat().st_mode & 0o004:
+                raise DriverUnavailableError(
+                    f"CA bundle {ca_bundle} is not world-readable", hint=f"chmod o+r {ca_bundle}"
+                )
         cgroups = detect_cgroups(cgroup_parent)
         cgroups.ensure_parent()
         self._host = SandboxHost(

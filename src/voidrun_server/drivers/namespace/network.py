@@ -1,7 +1,8 @@
 """The host side of sandbox networking: the subnet, the gateway, and one sandbox's wiring.
 
 At start (``HostNetwork(...)``) the server claims its subnet: it refuses one that overlaps a
-route it does not own, puts the gateway address on a dummy link ``vrgw<tag>`` that also holds
+route it does not own, puts the gateway address on an empty bridge ``vrgw<tag>`` (a bridge
+without ports: hosts without the ``dummy`` module have bridges) that also holds
 the subnet's route (packets to unassigned addresses end there), turns IPv4 forwarding on and
 rebuilds its nftables table from the sandboxes' records, so a restart re-adopts every
 sandbox's rules exactly. Links and namespaces of running sandboxes survive a restart untouched.
@@ -18,6 +19,7 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ class HostNetwork:
                 f"sandbox subnet {config.subnet} is too small", hint="use a /16 .. /28"
             )
         self.config = config
+        self.state_dir = state_dir
         tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:6]
         self.table = f"voidrun_{tag}"
         self.dummy = f"vrgw{tag}"
@@ -89,7 +92,7 @@ class HostNetwork:
     def _claim_subnet(self) -> None:
         with self._lock:
             try:
-                self._ipr.link("add", ifname=self.dummy, kind="dummy", state="up")
+                self._ipr.link("add", ifname=self.dummy, kind="bridge", state="up")
             except NetlinkError as exc:
                 _ignore_exists(exc)
             index = self._ipr.link_lookup(ifname=self.dummy)[0]
@@ -125,17 +128,20 @@ class HostNetwork:
         for record in records:
             policy = self.policy_of(record)
             domains |= nftables.domains_of(policy)
-            if record.net_address and record.init is not None:
+            run = RunDir.of(self.state_dir, record.sandbox_id)
+            if record.net_address and os.path.ismount(run.netns):  # wired now
                 link = netns.host_link_name(record.sandbox_id)
                 address = ipaddress.IPv4Address(record.net_address)
                 chains.append(
-                    nftables.sandbox_rules(self.table, record.sandbox_id, link, address, policy)
+                    nftables.sandbox_rules(
+                        self.table, record.sandbox_id, link, address, policy, new=True
+                    )
                 )
         script += nftables.domain_sets(self.table, sorted(domains), ())
         self.nft.run(script + "".join(chains))
 
     def remove_all(self) -> None:
-        """Table and dummy link (when the server stops with no sandbox left)."""
+        """Table and gateway link (when the server stops with no sandbox left)."""
         self.nft.run(nftables.delete_table(self.table))
         with self._lock, contextlib.suppress(NetlinkError):
             self._ipr.link("del", ifname=self.dummy)
@@ -183,22 +189,27 @@ class HostNetwork:
                         bandwidth_mbit=self.config.bandwidth_mbit,
                     ),
                 )
-            self.apply_policy(record)
+            self._rules(record, new=True)
         except BaseException:
             self.detach(run, record.sandbox_id)
             raise
 
     def apply_policy(self, record: SandboxRecord) -> None:
+        self._rules(record, new=False)
+
+    def _rules(self, record: SandboxRecord, *, new: bool) -> None:
         assert record.net_address is not None
         link = netns.host_link_name(record.sandbox_id)
         address = ipaddress.IPv4Address(record.net_address)
         policy = self.policy_of(record)
-        self.nft.run(nftables.sandbox_rules(self.table, record.sandbox_id, link, address, policy))
+        self.nft.run(
+            nftables.sandbox_rules(self.table, record.sandbox_id, link, address, policy, new=new)
+        )
 
     def detach(self, run: RunDir, sandbox_id: str) -> None:
         """Rules, link and namespace of one sandbox (each only if present)."""
         link = netns.host_link_name(sandbox_id)
-        self.nft.run(nftables.remove_sandbox(self.table, sandbox_id, link))
+        self.nft.run_tolerant(nftables.remove_sandbox(self.table, sandbox_id, link))
         with self._lock:
             netns.unwire(self._ipr, link)
         netns.remove(run.netns)

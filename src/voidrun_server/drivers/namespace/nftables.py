@@ -91,6 +91,15 @@ class Nft:
             raise DriverError("nftables refused a change", err.strip()[:2000])
         return out
 
+    def run_tolerant(self, commands: Iterable[str]) -> None:
+        """Each command on its own; "not there" is fine (cleanup of what may be gone)."""
+        for command in commands:
+            try:
+                self.run(command)
+            except DriverError as exc:
+                if "No such file or directory" not in (exc.details or ""):
+                    raise
+
 
 def table_script(
     table: str,
@@ -157,9 +166,16 @@ def domains_of(policy: NetworkPolicy) -> set[str]:
 
 
 def sandbox_rules(
-    table: str, sandbox_id: str, link: str, address: ipaddress.IPv4Address, policy: NetworkPolicy
+    table: str,
+    sandbox_id: str,
+    link: str,
+    address: ipaddress.IPv4Address,
+    policy: NetworkPolicy,
+    *,
+    new: bool,
 ) -> str:
-    """(Re)write one sandbox's chain and map entry; its domains' sets must exist."""
+    """(Re)write one sandbox's chain (in one transaction: the next packet sees the new rules);
+    ``new`` also enters its link in the map. Its domains' sets must exist."""
     t, chain = f"inet {table}", _chain(sandbox_id)
     lines = [
         f"add chain {t} {chain}",
@@ -169,24 +185,23 @@ def sandbox_rules(
         f"add rule {t} {chain} ip daddr @never4 drop",
         f"add rule {t} {chain} ip daddr @private4 ip daddr != @private_ok4 drop",
         *(f"add rule {t} {chain} {rule}" for rule in _policy_rules(chain, policy)),
-        f'add element {t} links {{ "{link}" }}',
-        f'add element {t} sandboxes {{ "{link}" : jump {chain} }}',
     ]
+    if new:
+        lines += [
+            f'add element {t} links {{ "{link}" }}',
+            f'add element {t} sandboxes {{ "{link}" : jump {chain} }}',
+        ]
     return "\n".join(lines) + "\n"
 
 
-def remove_sandbox(table: str, sandbox_id: str, link: str) -> str:
+def remove_sandbox(table: str, sandbox_id: str, link: str) -> list[str]:
+    """Separate commands (each may find nothing to delete): map entry, link, chain."""
     t, chain = f"inet {table}", _chain(sandbox_id)
-    return "\n".join(
-        [
-            f'add element {t} links {{ "{link}" }}',  # so that the deletes cannot fail
-            f'delete element {t} links {{ "{link}" }}',
-            f'add element {t} sandboxes {{ "{link}" : drop }}',
-            f'delete element {t} sandboxes {{ "{link}" }}',
-            f"add chain {t} {chain}",
-            f"delete chain {t} {chain}",
-        ]
-    )
+    return [
+        f'delete element {t} sandboxes {{ "{link}" }}',
+        f'delete element {t} links {{ "{link}" }}',
+        f"delete chain {t} {chain}",
+    ]
 
 
 def domain_sets(table: str, add: Iterable[str], drop: Iterable[str]) -> str:
