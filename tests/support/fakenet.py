@@ -62,7 +62,9 @@ class FakeInternet:
     def start(self) -> FakeInternet:
         _ip("netns", "add", self.name)
         try:
-            _ip("link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", self.name)
+            _ip(
+                "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", self.name
+            )
             _ip("addr", "add", f"{self.host_address}/28", "dev", self.link)
             _ip("link", "set", self.link, "up")
             inside = ["-n", self.name]

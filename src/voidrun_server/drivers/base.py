@@ -261,6 +261,10 @@ class Networked(Protocol):
         """Byte counters of the sandbox's link; None when it has none now (stopped)."""
         ...
 
+    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
+        """Counters of every wired sandbox (sysfs reads; cheap enough for a metrics scrape)."""
+        ...
+
     async def netns_path(self, sandbox_id: str) -> Path:
         """A path to the sandbox's network namespace (for ``setns``); DriverError if none."""
         ...

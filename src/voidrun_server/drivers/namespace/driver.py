@@ -395,6 +395,14 @@ class NamespaceDriver:
         counters = await anyio.to_thread.run_sync(net.host.usage, sandbox_id)
         return NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1]) if counters else None
 
+    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
+        found: dict[str, NetworkUsage] = {}
+        for sandbox_id in self.net.sandboxes() if self.net is not None else ():
+            counters = netns.link_counters(netns.host_link_name(sandbox_id))
+            if counters is not None:
+                found[sandbox_id] = NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1])
+        return found
+
     async def netns_path(self, sandbox_id: str) -> Path:
         run = self._host.run_dir(sandbox_id)
         with _operation("netns", self._op_timeout):

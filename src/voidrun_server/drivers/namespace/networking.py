@@ -68,5 +68,5 @@ class Networking:
     async def serve(self) -> None:
         await self.resolver.serve()
 
-    def idle(self) -> bool:
-        return not self._domains
+    def sandboxes(self) -> list[str]:
+        return list(self._domains)

@@ -11,7 +11,7 @@ start and changed per sandbox afterwards, each change one transaction::
     input (hook input)       iifname @links: replies, DNS to the gateway, nothing else
     postrouting (nat)        ip saddr <subnet> ip daddr != <subnet> masquerade
     sb_<id>                  anti-spoofing, IPv6, always-refused ranges, denyOut, then the
-                             policy; every path ends in accept or drop
+                             policy; every path ends in accept, drop (spoofing) or reject
     d_<hash>                 addresses the resolver returned for one domain (all sandboxes)
 
 The rules run in the host's network namespace, which no sandbox can enter. Commands go to
@@ -32,6 +32,8 @@ from voidrun_server.drivers.netpolicy import split
 
 __all__ = ["Nft", "domain_set", "sandbox_rules", "table_script"]
 
+# Refused connections fail at once (like a firewall that says no), not after a timeout.
+REJECT = "reject with icmpx type admin-prohibited"
 # Never reachable from a sandbox, whatever the policy or the server's settings.
 NEVER_V4 = (
     "0.0.0.0/8",
@@ -135,7 +137,7 @@ table {t} {{
     ct state established,related accept
     ip daddr {gateway} udp dport 53 accept
     ip daddr {gateway} tcp dport 53 accept
-    drop
+    {REJECT}
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat - 5; policy accept;
@@ -145,20 +147,20 @@ table {t} {{
 """
 
 
-def _policy_rules(chain: str, policy: NetworkPolicy) -> list[str]:
+def _policy_rules(policy: NetworkPolicy) -> list[str]:
     deny, allow = split(policy.deny_out), split(policy.allow_out)
     rules = []
     if deny.v4:
-        rules.append(f"ip daddr {{ {_elements(deny.v4)} }} drop")
-    rules += [f"ip daddr @{domain_set(d)} drop" for d in deny.domains]
+        rules.append(f"ip daddr {{ {_elements(deny.v4)} }} {REJECT}")
+    rules += [f"ip daddr @{domain_set(d)} {REJECT}" for d in deny.domains]
     if not policy.allow_internet:
-        return [*rules, "drop"]
+        return [*rules, REJECT]
     if not policy.allow_out:
         return [*rules, "accept"]
     if allow.v4:
         rules.append(f"ip daddr {{ {_elements(allow.v4)} }} accept")
     rules += [f"ip daddr @{domain_set(d)} accept" for d in allow.domains]
-    return [*rules, "drop"]
+    return [*rules, REJECT]
 
 
 def domains_of(policy: NetworkPolicy) -> set[str]:
@@ -182,9 +184,9 @@ def sandbox_rules(
         f"flush chain {t} {chain}",
         f"add rule {t} {chain} meta nfproto ipv6 drop",
         f"add rule {t} {chain} ip saddr != {address} drop",
-        f"add rule {t} {chain} ip daddr @never4 drop",
-        f"add rule {t} {chain} ip daddr @private4 ip daddr != @private_ok4 drop",
-        *(f"add rule {t} {chain} {rule}" for rule in _policy_rules(chain, policy)),
+        f"add rule {t} {chain} ip daddr @never4 {REJECT}",
+        f"add rule {t} {chain} ip daddr @private4 ip daddr != @private_ok4 {REJECT}",
+        *(f"add rule {t} {chain} {rule}" for rule in _policy_rules(policy)),
     ]
     if new:
         lines += [

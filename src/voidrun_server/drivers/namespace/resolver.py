@@ -89,7 +89,7 @@ class Resolver:
             "cache-size=1000",
             f"pid-file={self.pid_file}",
             "log-facility=-",
-            *(f"server={u}" for u in self.upstreams),
+            *(f"server={u}" for u in self.upstreams),  # dnsmasq syntax: ip, ip#port, /dom/ip
             *(f"nftset=/{d}/4#inet#{self.table}#{domain_set(d)}" for d in sorted(self.domains)),
         ]
         return "\n".join(lines) + "\n"
