@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from ..config import Settings
 from ..drivers import netpolicy
-from ..drivers.base import Driver, NetworkPolicy, Networked, NetworkUsage
+from ..drivers.base import Driver, Networked, NetworkPolicy, NetworkUsage
 from ..drivers.namespace.network import NetworkConfig
 from ..drivers.namespace.resolver import host_resolvers
 from ..errors import InvalidInputError

@@ -25,8 +25,8 @@ from ..agentclient import AgentClient
 from ..drivers.base import (
     Driver,
     DriverError,
-    NetworkPolicy,
     Networked,
+    NetworkPolicy,
     Retargetable,
     SandboxSpec,
 )

@@ -20,8 +20,8 @@ from ...schemas.sandboxes import (
     SandboxUpdate,
 )
 from ...services import validation
-from ...services.networking import NetworkUsage
 from ...services.lifecycle import Status, present
+from ...services.networking import NetworkUsage
 from ...services.sandboxes import SandboxService
 from ...store.tables import Sandbox
 from ..deps import Caller, Ctx
