@@ -22,18 +22,16 @@ import ctypes
 import ipaddress
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-__all__ = ["Wiring", "create", "entered", "host_link_name", "in_own_thread", "remove", "wire"]
+__all__ = ["Wiring", "create", "entered", "host_link_name", "remove", "wire"]
 
-T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
 MNT_DETACH = 2
@@ -44,26 +42,6 @@ INSIDE_SYSCTLS = {
     "ipv6/conf/all/disable_ipv6": "1",
     "ipv6/conf/default/disable_ipv6": "1",
 }
-
-
-def in_own_thread(fn: Callable[[], T]) -> T:
-    """``fn()`` in a new thread. pyroute2's sync API runs an asyncio loop of its own and
-    refuses to in a thread whose loop already runs (the server's)."""
-    box: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            box.append(fn())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="voidrun-netlink")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return box[0]
 
 
 def _check(result: int, what: str) -> None:

@@ -14,16 +14,17 @@ Blocking: worker threads only.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -35,6 +36,7 @@ from voidrun_server.drivers.namespace.state import RunDir, SandboxRecord
 __all__ = ["HostNetwork", "NetworkConfig"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 ROUTE_PROTOCOL = 0xD5  # marks our routes (rtnetlink protocol numbers >= 0xC0 are free)
 
 
@@ -65,8 +67,11 @@ class HostNetwork:
         self.table = f"voidrun_{tag}"
         self.dummy = f"vrgw{tag}"
         self.gateway = config.subnet.network_address + 1
-        self._lock = threading.Lock()  # the host netlink socket and the address book
-        self._ipr = IPRoute()
+        self._lock = threading.Lock()  # the address book
+        # pyroute2 keeps an event loop and transport per calling thread: one thread does all
+        # host netlink work, so there is one of each (and close() releases them).
+        self._netlink_thread = ThreadPoolExecutor(1, thread_name_prefix="voidrun-netlink")
+        self._ipr: IPRoute = self._netlink(IPRoute)
         self.nft = nftables.Nft()
         records = [r for r in records if r.net_address]
         self._used = {ipaddress.IPv4Address(r.net_address) for r in records}
@@ -74,11 +79,14 @@ class HostNetwork:
         self._claim_subnet()
         self.rebuild(records)
 
+    def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._netlink_thread.submit(fn, *args).result()
+
     # -- the subnet ---------------------------------------------------------------------------
 
     def _check_overlap(self, ours: set[str]) -> None:
         subnet = self.config.subnet
-        for route in netns.routes(self._ipr):
+        for route in self._netlink(netns.routes, self._ipr):
             dst = route["dst"]
             if dst.prefixlen == 0 or not dst.overlaps(subnet):
                 continue
@@ -90,33 +98,35 @@ class HostNetwork:
             )
 
     def _claim_subnet(self) -> None:
-        with self._lock:
-            try:
-                self._ipr.link("add", ifname=self.dummy, kind="bridge", state="up")
-            except NetlinkError as exc:
-                _ignore_exists(exc)
-            index = self._ipr.link_lookup(ifname=self.dummy)[0]
-            self._ipr.link("set", index=index, state="up")
-            try:
-                self._ipr.addr("add", index=index, address=str(self.gateway), prefixlen=32)
-            except NetlinkError as exc:
-                _ignore_exists(exc)
-            subnet = self.config.subnet
-            try:
-                self._ipr.route(
-                    "add",
-                    dst=str(subnet.network_address),
-                    dst_len=subnet.prefixlen,
-                    oif=index,
-                    proto=ROUTE_PROTOCOL,
-                )
-            except NetlinkError as exc:
-                _ignore_exists(exc)
+        self._netlink(self._claim_links)
         with open("/proc/sys/net/ipv4/ip_forward", "r+") as f:
             if f.read().strip() != "1":
                 log.info("turning on IPv4 forwarding (net.ipv4.ip_forward=1) for sandboxes")
                 f.seek(0)
                 f.write("1")
+
+    def _claim_links(self) -> None:
+        try:
+            self._ipr.link("add", ifname=self.dummy, kind="bridge", state="up")
+        except NetlinkError as exc:
+            _ignore_exists(exc)
+        index = self._ipr.link_lookup(ifname=self.dummy)[0]
+        self._ipr.link("set", index=index, state="up")
+        try:
+            self._ipr.addr("add", index=index, address=str(self.gateway), prefixlen=32)
+        except NetlinkError as exc:
+            _ignore_exists(exc)
+        subnet = self.config.subnet
+        try:
+            self._ipr.route(
+                "add",
+                dst=str(subnet.network_address),
+                dst_len=subnet.prefixlen,
+                oif=index,
+                proto=ROUTE_PROTOCOL,
+            )
+        except NetlinkError as exc:
+            _ignore_exists(exc)
 
     def rebuild(self, records: Iterable[SandboxRecord]) -> None:
         """The whole table from the records (running and paused sandboxes get their chains)."""
@@ -140,11 +150,15 @@ class HostNetwork:
         script += nftables.domain_sets(self.table, sorted(domains), ())
         self.nft.run(script + "".join(chains))
 
+    def close(self) -> None:
+        """Release the netlink socket (tests; a server keeps it for its lifetime)."""
+        self._netlink(self._ipr.close)
+        self._netlink_thread.shutdown()
+
     def remove_all(self) -> None:
         """Table and gateway link (when the server stops with no sandbox left)."""
         self.nft.run(nftables.delete_table(self.table))
-        with self._lock, contextlib.suppress(NetlinkError):
-            self._ipr.link("del", ifname=self.dummy)
+        self._netlink(netns.unwire, self._ipr, self.dummy)
 
     # -- one sandbox --------------------------------------------------------------------------
 
@@ -176,19 +190,15 @@ class HostNetwork:
         )  # leftovers of a sandbox that died or a host that rebooted
         netns.create(run.netns)
         try:
-            with self._lock:
-                netns.wire(
-                    self._ipr,
-                    run.netns,
-                    netns.Wiring(
-                        link=link,
-                        address=address,
-                        gateway=self.gateway,
-                        prefixlen=self.config.subnet.prefixlen,
-                        route_protocol=ROUTE_PROTOCOL,
-                        bandwidth_mbit=self.config.bandwidth_mbit,
-                    ),
-                )
+            wiring = netns.Wiring(
+                link=link,
+                address=address,
+                gateway=self.gateway,
+                prefixlen=self.config.subnet.prefixlen,
+                route_protocol=ROUTE_PROTOCOL,
+                bandwidth_mbit=self.config.bandwidth_mbit,
+            )
+            self._netlink(netns.wire, self._ipr, run.netns, wiring)
             self._rules(record, new=True)
         except BaseException:
             self.detach(run, record.sandbox_id)
@@ -210,8 +220,7 @@ class HostNetwork:
         """Rules, link and namespace of one sandbox (each only if present)."""
         link = netns.host_link_name(sandbox_id)
         self.nft.run_tolerant(nftables.remove_sandbox(self.table, sandbox_id, link))
-        with self._lock:
-            netns.unwire(self._ipr, link)
+        self._netlink(netns.unwire, self._ipr, link)
         netns.remove(run.netns)
 
     def ensure_sets(self, add: Iterable[str], drop: Iterable[str]) -> None:

@@ -14,7 +14,6 @@ import anyio
 import anyio.to_thread
 
 from voidrun_server.drivers.base import NetworkPolicy
-from voidrun_server.drivers.namespace.netns import in_own_thread
 from voidrun_server.drivers.namespace.network import HostNetwork, NetworkConfig
 from voidrun_server.drivers.namespace.nftables import domains_of
 from voidrun_server.drivers.namespace.resolver import Resolver
@@ -28,7 +27,7 @@ class Networking:
         self, state_dir: Path, config: NetworkConfig, records: Iterable[SandboxRecord]
     ) -> None:
         records = [r for r in records if r.net_address]
-        self.host = in_own_thread(lambda: HostNetwork(state_dir, config, records))
+        self.host = HostNetwork(state_dir, config, records)
         self.resolver = Resolver(
             state_dir / ".network", str(self.host.gateway), config.upstreams, self.host.table
         )
