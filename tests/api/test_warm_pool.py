@@ -24,7 +24,11 @@ def server() -> Iterator[ServerProcess]:
 
 def pooled_dirs(server: ServerProcess, client: httpx.Client) -> set[str]:
     rows = {b["id"] for b in client.get("/sandboxes", params={"limit": 100}).json()["data"]}
-    on_disk = {p.name for p in (server.data_dir / "sandboxes").iterdir() if len(p.name) == 24}
+    on_disk = {  # state.json: running, not half-created (networking widens that window)
+        p.name
+        for p in (server.data_dir / "sandboxes").iterdir()
+        if len(p.name) == 24 and (p / "state.json").exists()
+    }
     return on_disk - rows
 
 
@@ -111,3 +115,33 @@ def test_pool_is_on_by_default_and_yields_to_a_short_host() -> None:
             time.sleep(1.5)  # several refill checks
             assert pooled_dirs(short, client) == set()
             client.delete(f"/sandboxes/{box['id']}")
+
+
+def test_pooled_sandbox_gets_the_callers_network_policy(server: ServerProcess) -> None:
+    import hashlib
+    import subprocess
+
+    with server.client() as client:
+        wait_for_pool(server, client, 2)
+        pooled = pooled_dirs(server, client)
+        box = create_sandbox(
+            client, name="pool-net", network={"allowInternetAccess": False, "denyOut": ["1.2.3.4"]}
+        )
+        assert box["id"] in pooled, "the create did not use a warm sandbox"
+        assert box["network"] == {
+            "allowInternetAccess": False,
+            "allowOut": [],
+            "denyOut": ["1.2.3.4"],
+        }
+        state_dir = (server.data_dir / "sandboxes").resolve()
+        table = "voidrun_" + hashlib.sha256(str(state_dir).encode()).hexdigest()[:6]
+        chain = subprocess.run(
+            ["nft", "list", "chain", "inet", table, f"sb_{box['id']}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        rules = [line.strip() for line in chain.splitlines() if line.startswith("\t\t")]
+        assert rules[-2:] == [
+            "ip daddr 1.2.3.4 reject with icmpx admin-prohibited",
+            "reject with icmpx admin-prohibited",
+        ], chain
