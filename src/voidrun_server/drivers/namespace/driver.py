@@ -19,6 +19,7 @@ blocking work lives in ``host.py`` (and each mechanism in its own module). The r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -66,6 +67,8 @@ from voidrun_server.drivers.namespace.usage import unwritten_bytes
 from voidrun_server.drivers.namespace.userns import find_setpriv
 
 __all__ = ["NamespaceDriver", "check_host"]
+
+log = logging.getLogger(__name__)
 
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -430,6 +433,11 @@ class NamespaceDriver:
             await self.net.serve()
         finally:
             with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(self._op_timeout):  # creates being undone at shutdown
+                    for lock in list(self._locks.values()):
+                        async with lock:
+                            pass
                 records = await anyio.to_thread.run_sync(self._host.records)
-                if not any(r.net_address for r in records):
+                if not any(r.net_address for r in records):  # nothing left to serve
                     await anyio.to_thread.run_sync(self.net.host.remove_all)
+                    log.info("sandbox network: no sandbox left, removed its rules and links")

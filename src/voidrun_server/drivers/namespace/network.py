@@ -185,9 +185,8 @@ class HostNetwork:
         assert record.net_address is not None
         link = netns.host_link_name(record.sandbox_id)
         address = ipaddress.IPv4Address(record.net_address)
-        self.detach(
-            run, record.sandbox_id
-        )  # leftovers of a sandbox that died or a host that rebooted
+        if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
+            self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
         netns.create(run.netns)
         try:
             wiring = netns.Wiring(
