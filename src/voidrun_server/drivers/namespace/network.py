@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ __all__ = ["HostNetwork", "NetworkConfig"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ROUTE_PROTOCOL = 0xD5  # marks our routes (rtnetlink protocol numbers >= 0xC0 are free)
+SANDBOX_LINK = re.compile(r"^vr[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class HostNetwork:
                 continue
             if route["oif"] == self.dummy or route["oif"] in ours:
                 continue
+            if route["proto"] == ROUTE_PROTOCOL and SANDBOX_LINK.match(route["oif"] or ""):
+                continue  # a sandbox link (ours from a crash mid-create: reconcile removes it)
             raise DriverUnavailableError(
                 f"sandbox subnet {subnet} overlaps the host route {dst} (dev {route['oif']})",
                 hint="choose a free range in VOIDRUN_SANDBOX_SUBNET (see `ip route`)",
