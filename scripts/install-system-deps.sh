@@ -15,6 +15,9 @@ need debootstrap command -v debootstrap
 need e2fsprogs command -v mkfs.ext4
 need util-linux command -v losetup
 need ca-certificates test -d /etc/ssl/certs
+need nftables command -v nft            # sandbox egress rules (docs/network.md)
+need dnsmasq command -v dnsmasq        # the sandboxes' resolver
+need iproute2 command -v ip
 if [ "$tier" = test ]; then
   need postgresql bash -c 'ls -d /usr/lib/postgresql/*/bin/initdb'
 fi

@@ -7,6 +7,7 @@ explicitly to whatever needs it; nothing reads the environment behind its back.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -171,6 +172,49 @@ class Settings(BaseSettings):
             "stopped) one node keeps; 4094 ends just below systemd's foreign uid range."
         ),
     )
+    sandbox_network: bool = Field(
+        True,
+        description=(
+            "Wire each sandbox to the host's uplink under an egress policy (docs/network.md; "
+            "needs nftables and dnsmasq). False: sandboxes are loopback-only."
+        ),
+    )
+    sandbox_subnet: ipaddress.IPv4Network = Field(
+        ipaddress.IPv4Network("10.213.0.0/16"),
+        description=(
+            "Sandbox addresses come from here (the first is the gateway and resolver). Must not "
+            "overlap any route of the host: the server refuses to start otherwise."
+        ),
+    )
+    sandbox_internet_default: bool = Field(
+        True,
+        description="allowInternetAccess of sandboxes created without a network policy.",
+    )
+    sandbox_allowed_private_cidrs: list[ipaddress.IPv4Network] = Field(
+        [],
+        description=(
+            "Private ranges (RFC 1918, 100.64.0.0/10) sandboxes may reach; all are refused "
+            'by default. JSON list, e.g. ["10.20.0.0/16"].'
+        ),
+    )
+    sandbox_dns_upstreams: list[str] = Field(
+        [],
+        description=(
+            "Servers the sandboxes' resolver forwards to, in dnsmasq --server syntax (ip, "
+            "ip#port, /domain/ip); empty: the host's nameservers from /etc/resolv.conf."
+        ),
+    )
+    sandbox_bandwidth_mbit: Annotated[int, Field(ge=0)] = Field(
+        0, description="Per-sandbox bandwidth cap in Mbit/s, each direction (tc); 0: none."
+    )
+    sandbox_ca_bundle: Path | None = Field(
+        Path("/etc/ssl/certs/ca-certificates.crt"),
+        description=(
+            "PEM bundle every sandbox trusts: mounted read-only over the image's "
+            "/etc/ssl/certs/ca-certificates.crt and named by SSL_CERT_FILE, REQUESTS_CA_BUNDLE, "
+            "PIP_CERT and NODE_EXTRA_CA_CERTS. Default the host's own bundle; empty: the image's."
+        ),
+    )
     sandbox_ready_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
         30.0, description="How long create/start waits for the sandbox agent to answer."
     )
@@ -273,6 +317,11 @@ class Settings(BaseSettings):
                     f"VOIDRUN_BOOTSTRAP_API_KEY is too weak: {problem}; {ids.GENERATE_KEY_HINT}"
                 )
         return value
+
+    @field_validator("sandbox_ca_bundle", mode="before")
+    @classmethod
+    def _no_bundle(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("data_dir")
     @classmethod

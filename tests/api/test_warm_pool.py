@@ -122,3 +122,33 @@ def test_pool_is_on_by_default_and_yields_to_a_short_host() -> None:
             time.sleep(1.5)  # several refill checks
             assert pooled_dirs(short, client) == set()
             client.delete(f"/sandboxes/{box['id']}")
+
+
+def test_pooled_sandbox_gets_the_callers_network_policy(server: ServerProcess) -> None:
+    import hashlib
+    import subprocess
+
+    with server.client() as client:
+        wait_for_pool(server, client, 2)
+        pooled = pooled_dirs(server, client)
+        box = create_sandbox(
+            client, name="pool-net", network={"allowInternetAccess": False, "denyOut": ["1.2.3.4"]}
+        )
+        assert box["id"] in pooled, "the create did not use a warm sandbox"
+        assert box["network"] == {
+            "allowInternetAccess": False,
+            "allowOut": [],
+            "denyOut": ["1.2.3.4"],
+        }
+        state_dir = (server.data_dir / "sandboxes").resolve()
+        table = "voidrun_" + hashlib.sha256(str(state_dir).encode()).hexdigest()[:6]
+        chain = subprocess.run(
+            ["nft", "list", "chain", "inet", table, f"sb_{box['id']}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        rules = [line.strip() for line in chain.splitlines() if line.startswith("\t\t")]
+        assert rules[-2:] == [
+            "ip daddr 1.2.3.4 reject with icmpx admin-prohibited",
+            "reject with icmpx admin-prohibited",
+        ], chain

@@ -37,6 +37,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_test_subnet() -> str:
+    """A /24 for one test server's sandboxes that no host route overlaps (servers on one host
+    must not share a subnet; the server refuses to start on an overlap)."""
+    import ipaddress
+
+    out = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    taken = []
+    for line in out.splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first and first != "default":
+            taken.append(ipaddress.ip_network(first, strict=False))
+    for _ in range(100):
+        candidate = ipaddress.ip_network(
+            f"10.{200 + secrets.randbelow(8)}.{secrets.randbelow(256)}.0/24"
+        )
+        if not any(candidate.overlaps(net) for net in taken):
+            return str(candidate)
+    raise RuntimeError("no free /24 in 10.200.0.0/13 for test sandboxes")
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -45,6 +65,7 @@ class ServerProcess:
     api_key: str = field(default_factory=lambda: "vr_test_" + secrets.token_urlsafe(24))
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    sandbox_subnet: str = field(default_factory=free_test_subnet)
 
     @property
     def url(self) -> str:
@@ -68,6 +89,7 @@ class ServerProcess:
             VOIDRUN_LOG_LEVEL="info",
             # The agent's bundled interpreter: built once per machine, not per test server.
             VOIDRUN_AGENT_RUNTIME_DIR="/var/tmp/voidrun-test-runtime",
+            VOIDRUN_SANDBOX_SUBNET=self.sandbox_subnet,
         )
         env.update(self.extra_env)
         return env

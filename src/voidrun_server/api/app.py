@@ -23,7 +23,7 @@ from ..config import Settings
 from ..drivers.base import DiskAccounting, DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
 from ..errors import InvalidInputError
-from ..services import accounts, images, keycache, reconcile, streams
+from ..services import accounts, images, keycache, networking, reconcile, streams
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
 from ..services.keycache import KeyCache
@@ -181,6 +181,11 @@ async def _start_sandboxes(
         pool=pool,
     )
     agents.on_violation = service.agent_violated
+    wired = networking.networked(driver)
+    if wired is not None:  # the sandboxes' resolver, and their traffic in /metrics
+        task_group.start_soon(guarded, "sandbox network", wired.serve_network)
+        if settings.metrics_enabled:
+            ctx.registry.register(networking.UsageCollector(wired.network_usage_snapshot))
     await reconcile.reconcile_on_start(service)
     task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
     task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
@@ -209,6 +214,8 @@ async def _configured_driver(ctx: AppContext) -> Driver | None:
             runtime_dir=runtime.host_dir,
             ready_timeout=settings.sandbox_ready_timeout_seconds,
             pids_max=settings.sandbox_pids_max,
+            network=networking.driver_config(settings),
+            ca_bundle=settings.sandbox_ca_bundle,
         )
     except DriverUnavailableError as exc:
         ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message

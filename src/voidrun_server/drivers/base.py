@@ -4,8 +4,9 @@ A driver turns a :class:`SandboxSpec` into an isolated environment whose first p
 agent, and reports what exists right now. It never touches the database: the services layer owns
 the desired state and reconciles it against :meth:`Driver.inspect` / :meth:`Driver.recover`.
 
-Optional capabilities are separate Protocols (:class:`Pausable`, :class:`Observable`) so callers
-check ``isinstance(driver, Pausable)`` instead of catching ``NotImplementedError``.
+Optional capabilities are separate Protocols (:class:`Pausable`, :class:`Observable`,
+:class:`Networked`) so callers check ``isinstance(driver, Pausable)`` instead of catching
+``NotImplementedError``.
 
 Exceptions::
 
@@ -20,6 +21,7 @@ Exceptions::
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,9 @@ from voidrun_server.errors import (
 
 __all__ = [
     "Driver",
+    "NetworkPolicy",
+    "NetworkUsage",
+    "Networked",
     "DriverError",
     "DriverTimeoutError",
     "DriverUnavailableError",
@@ -46,6 +51,45 @@ __all__ = [
     "SandboxStateError",
     "SandboxStats",
 ]
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Where a sandbox may connect to (docs/network.md). Entries are addresses, CIDRs, domain
+    names or ``*.suffix`` wildcards, checked by ``netpolicy.problems`` before they get here.
+    Deny wins over allow; a non-empty ``allow_out`` refuses everything else; without
+    ``allow_internet`` nothing leaves (the sandbox's resolver still answers)."""
+
+    allow_internet: bool = True
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "allowInternetAccess": self.allow_internet,
+            "allowOut": list(self.allow_out),
+            "denyOut": list(self.deny_out),
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, object]) -> NetworkPolicy:
+        allow, deny = data.get("allowOut") or [], data.get("denyOut") or []
+        assert isinstance(allow, list) and isinstance(deny, list)
+        return cls(
+            allow_internet=bool(data.get("allowInternetAccess", True)),
+            allow_out=tuple(str(e) for e in allow),
+            deny_out=tuple(str(e) for e in deny),
+        )
+
+
+@dataclass(frozen=True)
+class NetworkUsage:
+    """Bytes through the sandbox's link since it last started (its interface counters)."""
+
+    rx_bytes: int
+    """Received by the sandbox (downloads)."""
+    tx_bytes: int
+    """Sent by the sandbox (uploads, requests)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +111,8 @@ class SandboxSpec:
     """Size of the writable layer; writes beyond it fail with ENOSPC inside."""
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
     """Written to the agent's env file; applied to commands the agent runs, not to the agent."""
+    network: NetworkPolicy | None = None
+    """Egress policy; None: the driver's default (a driver without networking: loopback only)."""
 
 
 class SandboxState(enum.Enum):
@@ -194,4 +240,42 @@ class DiskAccounting(Protocol):
     def unwritten_disk_bytes(self) -> int:
         """Host bytes the sandboxes' sparse disks may still claim: size minus what is already
         allocated, summed over every disk on the data dir's filesystem. Blocking."""
+        ...
+
+
+@runtime_checkable
+class Networked(Protocol):
+    """Sandboxes wired to the host's uplink under an egress policy the sandbox cannot change.
+
+    ``network_enabled`` is False when the driver runs its sandboxes loopback-only (its
+    networking turned off): then only :meth:`open_connection` works."""
+
+    network_enabled: bool
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Apply a new policy to a running, paused or stopped sandbox; open connections are
+        judged by it from their next packet on."""
+        ...
+
+    async def network_usage(self, sandbox_id: str) -> NetworkUsage | None:
+        """Byte counters of the sandbox's link; None when it has none now (stopped)."""
+        ...
+
+    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
+        """Counters of every wired sandbox (sysfs reads; cheap enough for a metrics scrape)."""
+        ...
+
+    async def netns_path(self, sandbox_id: str) -> Path:
+        """A path to the sandbox's network namespace (for ``setns``); DriverError if none."""
+        ...
+
+    async def open_connection(self, sandbox_id: str, port: int) -> socket.socket:
+        """A TCP socket created inside the sandbox's network namespace and connected to its
+        127.0.0.1:``port`` (blocking mode; the caller owns it). DriverError when nothing
+        listens there or the sandbox is not running."""
+        ...
+
+    async def serve_network(self) -> None:
+        """Run the host side that needs a process (the sandboxes' resolver) until cancelled;
+        meant for the app's task group. Returns at once when networking is off."""
         ...

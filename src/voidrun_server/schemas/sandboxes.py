@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from .common import WireModel
 
@@ -13,6 +13,31 @@ from .common import WireModel
 class PortSpec(BaseModel):
     protocol: Literal["http", "tcp"] = "http"
     port: int
+
+
+class NetworkSpec(WireModel):
+    """Egress policy (docs/network.md). Absent fields: the server default on create, the
+    current value on update."""
+
+    model_config = ConfigDict(
+        alias_generator=WireModel.model_config.get("alias_generator"),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    allow_internet_access: StrictBool | None = Field(
+        None, description="False: nothing leaves the sandbox (its resolver still answers)."
+    )
+    allow_out: list[str] | None = Field(
+        None,
+        description="Addresses, CIDRs, domains, *.suffix; when non-empty only these are reachable.",
+    )
+    deny_out: list[str] | None = Field(None, description="Refused even when allowed; wins.")
+
+
+class NetworkUsagePublic(WireModel):
+    rx_bytes: int = Field(description="Received by the sandbox since it last started.")
+    tx_bytes: int = Field(description="Sent by the sandbox since it last started.")
 
 
 class SandboxCreate(WireModel):
@@ -32,6 +57,7 @@ class SandboxCreate(WireModel):
     labels: dict[str, str] | None = None
     ports: list[PortSpec] | None = None
     publish_ports: list[int] | None = Field(None, description="Legacy form of `ports`.")
+    network: NetworkSpec | None = Field(None, description="Extension: egress policy.")
 
 
 class SandboxUpdate(WireModel):
@@ -41,7 +67,14 @@ class SandboxUpdate(WireModel):
         extra="forbid",
     )
 
-    auto_sleep: StrictBool
+    auto_sleep: StrictBool | None = None
+    network: NetworkSpec | None = Field(None, description="Extension: a new egress policy.")
+
+    @model_validator(mode="after")
+    def _something(self) -> SandboxUpdate:
+        if self.auto_sleep is None and self.network is None:
+            raise ValueError("nothing to update: give autoSleep or network")
+        return self
 
 
 class SandboxPublic(WireModel):
@@ -65,6 +98,10 @@ class SandboxPublic(WireModel):
     updated_at: datetime
     error: str | None = Field(
         None, description="Extension: why the sandbox is in status error or killed."
+    )
+    network: NetworkSpec | None = Field(None, description="Extension: its egress policy.")
+    network_usage: NetworkUsagePublic | None = Field(
+        None, description="Extension (GET of one sandbox): bytes through its link."
     )
 
 

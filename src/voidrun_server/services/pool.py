@@ -22,7 +22,14 @@ import anyio
 
 from .. import ids
 from ..agentclient import AgentClient
-from ..drivers.base import Driver, DriverError, Retargetable, SandboxSpec
+from ..drivers.base import (
+    Driver,
+    DriverError,
+    Networked,
+    NetworkPolicy,
+    Retargetable,
+    SandboxSpec,
+)
 from ..errors import DeadlineExceededError, VoidRunError
 from .agents import AgentPool, AgentSocket
 from .storage import DiskFloor
@@ -175,14 +182,18 @@ class WarmPool:
         cpu: int,
         mem_mb: int,
         env: dict[str, str],
+        network: NetworkPolicy | None = None,
     ) -> None:
-        """Make a taken sandbox the caller's: hostname, limits, environment. The host side
-        (driver) and the inside (agent) are independent, so they run at the same time."""
+        """Make a taken sandbox the caller's: hostname, limits, environment, egress policy
+        (it was started under the server's default). The host side (driver) and the inside
+        (agent) are independent, so they run at the same time."""
         driver = self.driver
         assert isinstance(driver, Retargetable)
 
         async def outside() -> None:
             await driver.retarget(sandbox_id, hostname=hostname, cpu=cpu, mem_mb=mem_mb, env=env)
+            if network is not None and isinstance(driver, Networked):
+                await driver.set_network_policy(sandbox_id, network)
 
         async def personalise(agent: AgentClient) -> None:
             if env:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .. import ids
-from ..drivers.base import DriverError, SandboxSpec
+from ..drivers.base import DriverError, NetworkPolicy, SandboxSpec
 from ..errors import DeadlineExceededError, VoidRunError
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.tables import Image, Sandbox
-from . import images, validation
+from . import images, networking, validation
 from .accounts import Principal
 from .agents import AgentSocket
 from .lifecycle import Status
@@ -54,14 +54,22 @@ class Provisioner:
         request = validation.validate_create(
             body, self.service.settings.default_image, caller.org_id
         )
+        policy = networking.requested_policy(
+            self.service.settings, self.service.driver, body.network, None
+        )
         disk_mb = self.service.settings.sandbox_disk_mb
         wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
         pool = self.service.pool
         with pool.serving() if pool is not None else nullcontext():
-            return await self._create(caller, request, disk_mb, wanted)
+            return await self._create(caller, request, disk_mb, wanted, policy)
 
     async def _create(
-        self, caller: Principal, request: validation.CreateRequest, disk_mb: int, wanted: Usage
+        self,
+        caller: Principal,
+        request: validation.CreateRequest,
+        disk_mb: int,
+        wanted: Usage,
+        policy: NetworkPolicy | None,
     ) -> Sandbox:
         pool, warm = self.service.pool, None
         try:  # one transaction: image, quota (org row locked first) and the new row
@@ -73,6 +81,7 @@ class Provisioner:
                 if warm is None:  # a warm sandbox's disk exists: only a new one needs room
                     await self.service.disk_floor.reserve_for_create(disk_mb)
                 row = self._row(caller, request, image, disk_mb, warm)
+                row.network = policy.to_wire() if policy is not None else None
                 session.add(row)
                 repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
         except BaseException:
@@ -90,6 +99,7 @@ class Provisioner:
                         cpu=row.cpu,
                         mem_mb=row.mem,
                         env=dict(row.env_vars),
+                        network=policy,
                     )
                     self.service._sockets[row.id] = warm.agent_socket
                 except VoidRunError as exc:
@@ -104,6 +114,7 @@ class Provisioner:
             mem_mb=row.mem,
             disk_mb=row.disk_mb,
             env=dict(row.env_vars),
+            network=policy,
         )
         if not request.sync:
             self.service.spawn(lambda: self._boot_in_background(spec))

@@ -30,21 +30,25 @@ from ..config import Settings
 from ..drivers.base import (
     Driver,
     DriverError,
+    NetworkPolicy,
+    NetworkUsage,
     Pausable,
     SandboxInfo,
+    SandboxNotFoundError,
 )
 from ..errors import (
     InvalidInputError,
+    InvalidStateError,
     NotFoundError,
     VoidRunError,
 )
-from ..schemas.sandboxes import SandboxCreate
+from ..schemas.sandboxes import NetworkSpec, SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.repos.quotas import Usage
 from ..store.tables import Sandbox
 from ..store.types import utcnow
-from . import quotas
+from . import networking, quotas
 from .accounts import Principal
 from .activity import ActivityLog
 from .agents import AgentPool, AgentSocket
@@ -177,14 +181,55 @@ class SandboxService:
 
     # -- update / delete -------------------------------------------------------------------
 
-    async def update(self, caller: Principal, sandbox_id: str, auto_sleep: bool) -> Sandbox:
+    async def update(
+        self,
+        caller: Principal,
+        sandbox_id: str,
+        auto_sleep: bool | None,
+        network: NetworkSpec | None = None,
+    ) -> Sandbox:
         await self.get(caller, sandbox_id)
+        if network is not None:
+            async with self.lock(sandbox_id):
+                await self._set_network(await self.get(caller, sandbox_id), network)
         async with transaction(self.sessions) as session:
             row = await repo.get(session, sandbox_id)
             assert row is not None
-            row.auto_sleep = auto_sleep
-            repo.record(session, "sandbox.update", caller.org_id, sandbox_id, autoSleep=auto_sleep)
+            changes: dict[str, object] = {}
+            if auto_sleep is not None:
+                row.auto_sleep = changes["autoSleep"] = auto_sleep
+            if network is not None:
+                changes["network"] = True
+            repo.record(session, "sandbox.update", caller.org_id, sandbox_id, **changes)
         return row
+
+    async def _set_network(self, row: Sandbox, spec: NetworkSpec) -> None:
+        """Check, apply (live: the driver's rules change under open connections), record."""
+        current = NetworkPolicy.from_wire(row.network) if row.network else None
+        policy = networking.requested_policy(self.settings, self.driver, spec, current)
+        if row.status == Status.DELETED:
+            raise InvalidStateError(details="sandbox is deleted")
+        driver = networking.networked(self.driver)
+        assert driver is not None and policy is not None
+        try:
+            await driver.set_network_policy(row.id, policy)
+        except SandboxNotFoundError:
+            pass  # nothing on this node (killed): the row's policy applies at its next start
+        except DriverError as exc:
+            raise VoidRunError("Update failed", describe(exc)) from exc
+        async with transaction(self.sessions) as session:
+            stored = await repo.get(session, row.id)
+            assert stored is not None
+            stored.network = policy.to_wire()
+
+    async def network_usage(self, row: Sandbox) -> NetworkUsage | None:
+        driver = networking.networked(self.driver)
+        if driver is None or row.status not in (Status.RUNNING, Status.PAUSED):
+            return None
+        try:
+            return await driver.network_usage(row.id)
+        except DriverError:
+            return None
 
     async def delete(self, caller: Principal, sandbox_id: str) -> None:
         await self.apply_verb(caller, sandbox_id, Verb.DELETE)

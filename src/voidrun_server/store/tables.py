@@ -140,6 +140,7 @@ class Sandbox(Base):
     env_vars: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    network: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # egress policy, wire form
     auto_sleep: Mapped[bool] = mapped_column(Boolean, default=True)
     region: Mapped[str] = mapped_column(String(64), default="")
     ref_id: Mapped[str] = mapped_column(String(256), default="")

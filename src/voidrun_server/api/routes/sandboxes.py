@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from ...config import StatusDialect
 from ...schemas.common import MessageEnvelope, envelope
 from ...schemas.sandboxes import (
+    NetworkSpec,
+    NetworkUsagePublic,
     PortSpec,
     PublicUrl,
     SandboxCreate,
@@ -19,6 +21,7 @@ from ...schemas.sandboxes import (
 )
 from ...services import validation
 from ...services.lifecycle import Status, Verb, present
+from ...services.networking import NetworkUsage
 from ...services.sandboxes import SandboxRow, SandboxService
 from ..deps import Caller, Ctx
 
@@ -42,7 +45,7 @@ Sdk = Annotated[bool, Depends(sdk_dialect)]
 Service = Annotated[SandboxService, Depends(service)]
 
 
-def public(row: SandboxRow, sdk: bool) -> SandboxPublic:
+def public(row: SandboxRow, sdk: bool, usage: NetworkUsage | None = None) -> SandboxPublic:
     ports = [PortSpec.model_validate(p) for p in row.ports]
     return SandboxPublic(
         id=row.id,
@@ -64,6 +67,10 @@ def public(row: SandboxRow, sdk: bool) -> SandboxPublic:
         publish_ports=[p.port for p in ports] or None,
         updated_at=row.updated_at,
         error=(row.error or None) if row.status in (Status.ERROR, Status.KILLED) else None,
+        network=NetworkSpec.model_validate(row.network) if row.network else None,
+        network_usage=NetworkUsagePublic(rx_bytes=usage.rx_bytes, tx_bytes=usage.tx_bytes)
+        if usage
+        else None,
     )
 
 
@@ -101,14 +108,15 @@ async def get_sandbox(
     sandbox_id: str, caller: Caller, sandboxes: Service, sdk: Sdk
 ) -> SandboxSingle:
     row = await sandboxes.get(caller, sandbox_id)
-    return SandboxSingle(message="Sandbox details fetched", data=public(row, sdk))
+    usage = await sandboxes.network_usage(row)
+    return SandboxSingle(message="Sandbox details fetched", data=public(row, sdk, usage))
 
 
 @router.patch("/{sandbox_id}", response_model=SandboxSingle, response_model_exclude_none=True)
 async def update_sandbox(
     sandbox_id: str, body: SandboxUpdate, caller: Caller, sandboxes: Service, sdk: Sdk
 ) -> SandboxSingle:
-    row = await sandboxes.update(caller, sandbox_id, body.auto_sleep)
+    row = await sandboxes.update(caller, sandbox_id, body.auto_sleep, body.network)
     return SandboxSingle(message="Sandbox updated", data=public(row, sdk))
 
 

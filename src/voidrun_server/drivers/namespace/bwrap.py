@@ -42,6 +42,7 @@ MIN_VERSION = (0, 10)
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_MOUNT = "/opt/voidrun/voidrun_agent"
 RUNTIME_MOUNT = "/opt/voidrun/runtime"  # the agent's own interpreter (agent_runtime.py)
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # Docker's default capability set minus CAP_NET_RAW (raw/packet sockets: ARP and ICMP spoofing on
 # any network the sandbox is later wired to; ``ping`` works without it through ICMP datagram
@@ -123,13 +124,19 @@ def bwrap_argv(
     payload: Sequence[str],
     fds: BwrapFds,
     caps: Sequence[str] = DEFAULT_CAPS,
+    share_net: bool = False,
+    ca_bundle: Path | None = None,
 ) -> list[str]:
+    """``share_net``: stay in the network namespace bwrap is started in (the server made it,
+    ``netns.py``) instead of a new loopback-only one; ``ca_bundle`` is mounted read-only over
+    the image's system CA bundle."""
     argv = [
         str(bwrap),
         "--unshare-user", "--uid", "0", "--gid", "0",
         "--userns-block-fd", str(fds.userns_block),
         "--info-fd", str(fds.info),
-        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+        *([] if share_net else ["--unshare-net"]),
         "--hostname", hostname,
         "--overlay-src", str(lower), "--overlay", str(upper), str(work), "/",
         "--proc", "/proc",
@@ -139,6 +146,7 @@ def bwrap_argv(
         "--ro-bind", str(agent_dir), AGENT_MOUNT,
         *(["--ro-bind", str(runtime_dir), RUNTIME_MOUNT] if runtime_dir else []),
         "--bind", str(run_dir), sandbox_run_dir,
+        *(["--ro-bind", str(ca_bundle), CA_BUNDLE] if ca_bundle else []),
         "--chdir", "/",
         "--clearenv", "--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/root",
         "--new-session",

@@ -19,8 +19,10 @@ blocking work lives in ``host.py`` (and each mechanism in its own module). The r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +34,8 @@ from voidrun_server.drivers.base import (
     DriverError,
     DriverTimeoutError,
     DriverUnavailableError,
+    NetworkPolicy,
+    NetworkUsage,
     SandboxInfo,
     SandboxNotFoundError,
     SandboxSpec,
@@ -39,10 +43,12 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
-from voidrun_server.drivers.namespace import idmount
+from voidrun_server.drivers.namespace import idmount, netns
 from voidrun_server.drivers.namespace.bwrap import find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
+from voidrun_server.drivers.namespace.network import NetworkConfig
+from voidrun_server.drivers.namespace.networking import Networking
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
 from voidrun_server.drivers.namespace.seccomp import compile_bpf
@@ -61,6 +67,8 @@ from voidrun_server.drivers.namespace.usage import unwritten_bytes
 from voidrun_server.drivers.namespace.userns import find_setpriv
 
 __all__ = ["NamespaceDriver", "check_host"]
+
+log = logging.getLogger(__name__)
 
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -125,6 +133,8 @@ class NamespaceDriver:
         cgroup_parent: str = "voidrun",
         pids_max: int = 1024,
         env_file_option: str | None = "--env-file",
+        network: NetworkConfig | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
         """Check the host and prepare; raises DriverUnavailableError with a hint if it can't.
 
@@ -136,6 +146,8 @@ class NamespaceDriver:
         the server's parent group in every hierarchy; ``pids_max`` caps processes per sandbox.
         Each sandbox gets its own range of 65,536 host uids: ``uid_ranges`` slots from
         ``uid_base``, skipping every range listed in ``subid_files`` (``uidrange.py``).
+        ``network``: wire each sandbox to the host under an egress policy (docs/network.md);
+        None keeps sandboxes loopback-only. ``ca_bundle`` is what sandboxes trust for TLS.
         """
         _check_privileges()
         idmount.check_support()
@@ -159,6 +171,18 @@ class NamespaceDriver:
         if runtime_dir is not None:
             runtime_dir = runtime_dir.resolve()
             check_traversable(runtime_dir, uid_base, "runtime_dir")
+        if ca_bundle is not None:
+            ca_bundle = ca_bundle.resolve()
+            if not ca_bundle.is_file():
+                raise DriverUnavailableError(
+                    f"CA bundle {ca_bundle} not found",
+                    hint="set VOIDRUN_SANDBOX_CA_BUNDLE to a PEM file (or to nothing)",
+                )
+            check_traversable(ca_bundle.parent, uid_base, "ca_bundle")
+            if not ca_bundle.stat().st_mode & 0o004:
+                raise DriverUnavailableError(
+                    f"CA bundle {ca_bundle} is not world-readable", hint=f"chmod o+r {ca_bundle}"
+                )
         cgroups = detect_cgroups(cgroup_parent)
         cgroups.ensure_parent()
         self._host = SandboxHost(
@@ -173,7 +197,13 @@ class NamespaceDriver:
             runtime_dir=runtime_dir,
             env_file_option=env_file_option,
             pids_max=pids_max,
+            ca_bundle=ca_bundle,
         )
+        self.net: Networking | None = None
+        if network is not None:
+            self.net = Networking(state_dir, network, self._host.records())
+            self._host.network = self.net.host
+        self.network_enabled = self.net is not None
         self._ready_timeout = ready_timeout
         self._op_timeout = op_timeout
         self._locks: dict[str, anyio.Lock] = {}
@@ -206,6 +236,8 @@ class NamespaceDriver:
                 owned: list[bool] = []  # non-empty once the run dir is ours to clean up
                 done = False
                 try:
+                    if self.net is not None:  # domain sets before the rules naming them
+                        await self.net.want(spec.sandbox_id, self.net.policy(spec.network))
                     init, owner = await anyio.to_thread.run_sync(
                         self._host.create, run, spec, owned, deadline
                     )
@@ -213,9 +245,12 @@ class NamespaceDriver:
                     done = True
                     return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, owner)
                 finally:
-                    if owned and not done:
+                    if not done:
                         with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(self._host.destroy, run)
+                            if owned:
+                                await anyio.to_thread.run_sync(self._host.destroy, run)
+                            if self.net is not None:
+                                await self.net.settle(spec.sandbox_id, None)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
@@ -253,6 +288,8 @@ class NamespaceDriver:
             # own waits (host.CLEANUP_TIMEOUT), so this cannot hang forever.
             with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._host.destroy, run)
+                if self.net is not None:
+                    await self.net.settle(sandbox_id, None)
         self._forget_lock(sandbox_id)
 
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
@@ -338,3 +375,69 @@ class NamespaceDriver:
         for key in spec.env:
             if not key or "=" in key or "\0" in key:
                 raise DriverError("invalid environment variable name", repr(key))
+
+    # -- Networked --------------------------------------------------------------------------
+
+    def _networking(self) -> Networking:
+        if self.net is None:
+            raise DriverError("sandbox networking is off", "set VOIDRUN_SANDBOX_NETWORK=true")
+        return self.net
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        net = self._networking()
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("network policy", self._op_timeout):
+                record = await self._record(run)
+                await net.want(sandbox_id, policy)
+                await anyio.to_thread.run_sync(self._host.set_policy, run, record, policy.to_wire())
+                await net.settle(sandbox_id, policy)
+
+    async def network_usage(self, sandbox_id: str) -> NetworkUsage | None:
+        net = self._networking()
+        counters = await anyio.to_thread.run_sync(net.host.usage, sandbox_id)
+        return NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1]) if counters else None
+
+    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
+        found: dict[str, NetworkUsage] = {}
+        for sandbox_id in self.net.sandboxes() if self.net is not None else ():
+            counters = netns.link_counters(netns.host_link_name(sandbox_id))
+            if counters is not None:
+                found[sandbox_id] = NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1])
+        return found
+
+    async def netns_path(self, sandbox_id: str) -> Path:
+        run = self._host.run_dir(sandbox_id)
+        with _operation("netns", self._op_timeout):
+            if self.net is not None and await anyio.to_thread.run_sync(os.path.ismount, run.netns):
+                return run.netns
+            info = await self.inspect(sandbox_id)  # loopback-only: the sandbox's own
+            if info.pid is None:
+                raise SandboxStateError("the sandbox is not running", sandbox_id)
+            return Path(f"/proc/{info.pid}/ns/net")
+
+    async def open_connection(self, sandbox_id: str, port: int) -> socket.socket:
+        if not 1 <= port <= 65535:
+            raise DriverError("invalid port", str(port))
+        path = await self.netns_path(sandbox_id)
+        with _operation(f"connect to port {port}", self._op_timeout):
+            try:
+                return await anyio.to_thread.run_sync(netns.connect_inside, path, port, 5.0)
+            except ConnectionRefusedError as exc:
+                raise DriverError(f"nothing listens on port {port} in the sandbox") from exc
+
+    async def serve_network(self) -> None:
+        if self.net is None:
+            return
+        try:
+            await self.net.serve()
+        finally:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(self._op_timeout):  # creates being undone at shutdown
+                    for lock in list(self._locks.values()):
+                        async with lock:
+                            pass
+                records = await anyio.to_thread.run_sync(self._host.records)
+                if not any(r.net_address for r in records):  # nothing left to serve
+                    await anyio.to_thread.run_sync(self.net.host.remove_all)
+                    log.info("sandbox network: no sandbox left, removed its rules and links")

@@ -38,9 +38,10 @@ from voidrun_server.drivers.base import (
     SandboxStats,
 )
 from voidrun_server.drivers.namespace import disk, idmount
-from voidrun_server.drivers.namespace.bwrap import BwrapFds, bwrap_argv
+from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
+from voidrun_server.drivers.namespace.network import HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
@@ -87,6 +88,13 @@ def reap(pid: int) -> None:
 
 
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+CA_ENV = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+)
 
 
 class SandboxHost:
@@ -106,6 +114,8 @@ class SandboxHost:
         runtime_dir: Path | None,
         env_file_option: str | None,
         pids_max: int,
+        network: HostNetwork | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.uids = uids
@@ -120,6 +130,8 @@ class SandboxHost:
         self._env_file_option = env_file_option
         self._pids_max = pids_max
         self._templates = disk.DiskTemplates(state_dir / ".templates")
+        self.network = network
+        self._ca_bundle = ca_bundle
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
@@ -154,6 +166,7 @@ class SandboxHost:
         disk.claim_layer(run.disk_mount, base, base)
         self._write_identity(run, spec.hostname, base)
         self._write_env(run, spec.env, base)
+        address = self.network.allocate() if self.network is not None else None
         record = SandboxRecord(
             sandbox_id=spec.sandbox_id,
             hostname=spec.hostname,
@@ -163,8 +176,15 @@ class SandboxHost:
             disk_mb=spec.disk_mb,
             uid_base=base,
             phase=Phase.CREATING,
+            net_address=str(address) if address else None,
+            net_policy=spec.network.to_wire() if spec.network else None,
         )
-        return self._launch(run, record, deadline), base
+        try:
+            return self._launch(run, record, deadline), base
+        except BaseException:
+            if self.network is not None:
+                self.network.release(record.net_address)
+            raise
 
     def start(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
         """New processes over the kept disk (mounting it again after a stop or a reboot)."""
@@ -186,6 +206,7 @@ class SandboxHost:
         lower = self._mount_lower(run, record, deadline)
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
+        networked = self.network is not None and record.net_address is not None
         payload = self._agent_argv(SANDBOX_SOCKET)
         if self._env_file_option:
             payload = [*payload, self._env_file_option, SANDBOX_ENV_FILE]
@@ -203,9 +224,14 @@ class SandboxHost:
                 hostname=record.hostname,
                 payload=payload,
                 fds=fds,
+                share_net=networked,
+                ca_bundle=self._ca_bundle,
             )
 
         base = record.uid_base
+        if networked:
+            assert self.network is not None
+            self.network.attach(run, record)
         try:
             launched = launch(
                 build,
@@ -217,10 +243,16 @@ class SandboxHost:
                 cgroup_paths=record.cgroups,
                 log_file=run.log_file,
                 deadline=deadline,
+                netns=run.netns if networked else None,
             )
-        except DriverError as exc:
-            tail = run.log_tail()
-            raise type(exc)(exc.message, tail or exc.details) from exc
+        except BaseException as exc:
+            if networked:
+                assert self.network is not None
+                self.network.detach(run, record.sandbox_id)
+            if isinstance(exc, DriverError):
+                tail = run.log_tail()
+                raise type(exc)(exc.message, tail or exc.details) from exc
+            raise
         record.monitor, record.init, record.phase = launched.monitor, launched.init, Phase.RUNNING
         write_record(run, record)
         return launched.init
@@ -259,13 +291,16 @@ class SandboxHost:
             "hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
             "::1\tlocalhost ip6-localhost ip6-loopback\n",
         }
+        if self.network is not None:  # the server's resolver, on the gateway
+            files["resolv.conf"] = f"nameserver {self.network.gateway}\noptions timeout:2\n"
         for name, text in files.items():
             self._write_private(etc / name, text.encode(), 0o644, owner)
 
     def _write_env(self, run: RunDir, env: Mapping[str, str], owner: int) -> None:
         """A new file, then rename: replaces whatever the sandbox may have put at that name
         (a symlink included) without ever writing through it."""
-        data = json.dumps(dict(env), sort_keys=True).encode()
+        trust = {name: CA_BUNDLE for name in CA_ENV} if self._ca_bundle else {}
+        data = json.dumps({**trust, **env}, sort_keys=True).encode()
         tmp = run.run / f".env.{os.getpid()}.{time.monotonic_ns()}"
         self._write_private(tmp, data, 0o600, owner)
         os.rename(tmp, run.run / "env")
@@ -297,6 +332,8 @@ class SandboxHost:
         """Kill everything and release kernel objects; only the run directory stays."""
         deadline = time.monotonic() + CLEANUP_TIMEOUT
         self._kill(record, deadline)
+        if self.network is not None and record.net_address:
+            self.network.detach(run, record.sandbox_id)
         idmount.unmount_detach(run.lower)
         disk.unmount(run.disk_mount, deadline)
         disk.detach_loop_devices(run.disk_image, deadline)
@@ -315,10 +352,13 @@ class SandboxHost:
             self.cgroups.remove(paths, deadline)
         if not run.root.exists():
             return
+        if self.network is not None:
+            self.network.detach(run, run.sandbox_id)
+            self.network.release(record.net_address if record else None)
         idmount.unmount_detach(run.lower)
         disk.unmount(run.disk_mount, deadline)
         disk.detach_loop_devices(run.disk_image, deadline)
-        for mount_point in (run.lower, run.disk_mount):
+        for mount_point in (run.lower, run.disk_mount, run.netns):
             if idmount.is_mount_point(mount_point):
                 raise DriverError(f"{mount_point} is still mounted; not deleting it")
         shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
@@ -399,3 +439,20 @@ class SandboxHost:
 
     def stats(self, record: SandboxRecord) -> SandboxStats:
         return self.cgroups.stats(record.cgroups)
+
+    def records(self) -> list[SandboxRecord]:
+        found = []
+        with os.scandir(self.state_dir) as entries:
+            for entry in entries:
+                if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                    record = read_record(RunDir(Path(entry.path)))
+                    if record is not None:
+                        found.append(record)
+        return found
+
+    def set_policy(self, run: RunDir, record: SandboxRecord, policy: dict[str, object]) -> None:
+        """Record the policy; a sandbox with a link gets it at once, a stopped one at start."""
+        record.net_policy = policy
+        write_record(run, record)
+        if self.network is not None and os.path.ismount(run.netns):
+            self.network.apply_policy(record)

@@ -24,12 +24,16 @@ child from the server would save that exec, ~1 ms, but needs CAP_SYS_RESOURCE, w
 in containers often lack - this one does.) A core file would otherwise be written by the kernel
 into the sandbox's cwd with whatever secrets the process held.
 
+With ``netns``, the spawning thread steps into the sandbox's network namespace for the spawn
+(``netns.entered``): bwrap and everything it starts are born there.
+
 bwrap runs detached from the server (new session, stdio to a log file, no
 ``--die-with-parent``) so a server restart leaves it running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -44,6 +48,7 @@ from typing import Any
 from voidrun_server.drivers.base import DriverError, DriverTimeoutError, DriverUnavailableError
 from voidrun_server.drivers.namespace.bwrap import BwrapFds
 from voidrun_server.drivers.namespace.cgroups import Cgroups
+from voidrun_server.drivers.namespace.netns import entered
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.seccomp import open_bpf_fd
 from voidrun_server.drivers.namespace.userns import IdMap
@@ -112,6 +117,7 @@ def launch(
     cgroup_paths: dict[str, str],
     log_file: Path,
     deadline: float,
+    netns: Path | None = None,
 ) -> Launched:
     """Start bwrap, place the sandbox, release it. Blocking: call from a worker thread.
 
@@ -129,7 +135,8 @@ def launch(
         kwargs.update(user=idmap.base, group=idmap.base, extra_groups=[])
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        with cgroups.born_inside(cgroup_paths) as inside:
+        in_netns = entered(netns) if netns is not None else contextlib.nullcontext()
+        with in_netns, cgroups.born_inside(cgroup_paths) as inside:
             popen = _DetachedPopen(
                 argv,
                 stdin=subprocess.DEVNULL,

@@ -8,6 +8,8 @@ down a sandbox lives on disk, not in memory::
     <state_dir>/<id>/state.json   this record (written atomically: temp file + rename)
     <state_dir>/<id>/lower/       the image, idmapped to the sandbox's uid range, read-only
                                   (a mount while running or paused; see idmount.py)
+    <state_dir>/<id>/netns        its network namespace, pinned by a bind mount (running,
+                                  paused; see netns.py); owned by the host's user namespace
     <state_dir>/<id>/disk.img     sparse ext4 image: the sandbox's size-limited disk
     <state_dir>/<id>/disk/        its mount point (only while running or paused):
         upper/ work/              the overlay root's writable layer
@@ -83,6 +85,10 @@ class RunDir:
         return self.root / "lower"
 
     @property
+    def netns(self) -> Path:
+        return self.root / "netns"
+
+    @property
     def disk_image(self) -> Path:
         return self.root / "disk.img"
 
@@ -138,6 +144,10 @@ class SandboxRecord:
     cgroups: dict[str, str] = field(default_factory=dict)
     monitor: ProcessRef | None = None  # bwrap's monitor process (host pid namespace)
     init: ProcessRef | None = None  # the sandbox's pid 1: the agent
+    net_address: str | None = None
+    """Its IPv4 address on the sandbox subnet; None: loopback only (networking off)."""
+    net_policy: dict[str, Any] | None = None
+    """Its egress policy in wire form (``NetworkPolicy.to_wire``); None: the default."""
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -155,6 +165,8 @@ class SandboxRecord:
             "cgroups": dict(self.cgroups),
             "monitor": self.monitor.to_json() if self.monitor else None,
             "init": self.init.to_json() if self.init else None,
+            "net_address": self.net_address,
+            "net_policy": self.net_policy,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -175,6 +187,8 @@ class SandboxRecord:
             cgroups={str(k): str(v) for k, v in dict(data.get("cgroups") or {}).items()},
             monitor=ProcessRef.from_json(data.get("monitor")),
             init=ProcessRef.from_json(data.get("init")),
+            net_address=str(data["net_address"]) if data.get("net_address") else None,
+            net_policy=dict(data["net_policy"]) if data.get("net_policy") else None,
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
         )

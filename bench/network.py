@@ -1,0 +1,115 @@
+"""Sandbox networking: what it costs, measured beside the same thing without it, same run.
+
+Usage: .venv/bin/python bench/network.py [-n 30] [--part create]   (root; builds the code
+image if missing). One part per figure; each prints its own table:
+
+* ``create``: ``POST /api/sandboxes`` (sync, no warm pool) p50/p95/p99 with
+  ``VOIDRUN_SANDBOX_NETWORK=false`` (loopback only) and ``true`` (namespace, veth pair,
+  nftables chain), one server each, creates interleaved in rounds so both see the same host.
+* ``attach``: the host-side step alone (``HostNetwork.attach``: namespace, veth pair,
+  addresses, routes, the sandbox's nftables chain) and its ``detach``, in this process: what
+  networking adds to a create, without the noise of a whole create on a busy host.
+* (to come: ``proxy``, the preview proxy's latency and throughput beside direct requests.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Callable
+
+from _harness import Server, row, server
+
+BATCH = 5
+
+
+def create_once(srv: Server, name: str) -> float:
+    with srv.client() as client:
+        started = time.perf_counter()
+        response = client.post("/sandboxes", json={"name": name})
+        elapsed = (time.perf_counter() - started) * 1000
+        response.raise_for_status()
+        client.delete(f"/sandboxes/{response.json()['data']['id']}").raise_for_status()
+    return elapsed
+
+
+def part_create(n: int) -> None:
+    subnet = "10.213.250.0/24"  # bench only: a /24 of the default range
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "off": stack.enter_context(
+                server(VOIDRUN_WARM_POOL_SIZE="0", VOIDRUN_SANDBOX_NETWORK="false")
+            ),
+            "on": stack.enter_context(
+                server(VOIDRUN_WARM_POOL_SIZE="0", VOIDRUN_SANDBOX_SUBNET=subnet)
+            ),
+        }
+        for mode, srv in servers.items():  # warm-up (disk templates, caches)
+            for i in range(3):
+                create_once(srv, f"warm-{mode}-{i}")
+        for round_ in range(0, n, BATCH):
+            for mode, srv in servers.items():
+                for i in range(min(BATCH, n - round_)):
+                    samples[mode].append(create_once(srv, f"bench-{mode}-{round_ + i}"))
+    print(f"{'what (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={n}")
+    print(row("POST /api/sandboxes, networking off (loopback)", samples["off"]))
+    print(row("POST /api/sandboxes, networking on", samples["on"]))
+
+
+def part_attach(n: int) -> None:
+    import ipaddress
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from voidrun_server import ids
+    from voidrun_server.drivers.namespace.network import HostNetwork, NetworkConfig
+    from voidrun_server.drivers.namespace.state import Phase, RunDir, SandboxRecord
+
+    state = Path(tempfile.mkdtemp(prefix="voidrun-bench-net-", dir="/var/tmp"))
+    config = NetworkConfig(subnet=ipaddress.ip_network("10.213.251.0/24"), upstreams=())
+    host = HostNetwork(state, config, [])
+    attach, detach = [], []
+    try:
+        for i in range(n + 3):
+            sid = ids.new_id()
+            run = RunDir.of(state, sid)
+            os.mkdir(run.root)
+            record = SandboxRecord(sid, "b", "/", 1, 64, 64, 0, Phase.CREATING)
+            record.net_address = str(host.allocate())
+            started = time.perf_counter()
+            host.attach(run, record)
+            middle = time.perf_counter()
+            host.detach(run, sid)
+            ended = time.perf_counter()
+            host.release(record.net_address)
+            if i >= 3:
+                attach.append((middle - started) * 1000)
+                detach.append((ended - middle) * 1000)
+    finally:
+        host.remove_all()
+        host.close()
+        shutil.rmtree(state)
+    print(f"{'what (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={n}")
+    print(row("attach: netns + veth + addresses + routes + nft chain", attach))
+    print(row("detach", detach))
+
+
+PARTS: dict[str, Callable[[int], None]] = {"create": part_create, "attach": part_attach}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=30)
+    parser.add_argument("--part", choices=sorted(PARTS), action="append")
+    args = parser.parse_args()
+    for name in args.part or sorted(PARTS):
+        print(f"== {name}")
+        PARTS[name](args.n)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The host's nftables rules for sandbox egress: rendering and applying them.
+
+One table per server (``inet voidrun_<tag>``; the tag comes from the data dir, so servers on
+one host never touch each other's rules), rebuilt atomically from the sandboxes' records at
+start and changed per sandbox afterwards, each change one transaction::
+
+    forward (hook forward)   iifname vmap @sandboxes       → chain sb_<id> of that veth
+                             ip saddr <subnet> drop          (a veth not in the map yet)
+                             oifname @links ct state established,related accept
+                             oifname @links drop             (nothing new into a sandbox)
+    input (hook input)       iifname @links: replies, DNS to the gateway, nothing else
+    postrouting (nat)        ip saddr <subnet> ip daddr != <subnet> masquerade
+    sb_<id>                  anti-spoofing, IPv6, always-refused ranges, denyOut, then the
+                             policy; every path ends in accept, drop (spoofing) or reject
+    d_<hash>                 addresses the resolver returned for one domain (all sandboxes)
+
+The rules run in the host's network namespace, which no sandbox can enter. Commands go to
+libnftables in-process (no ``nft`` spawn: ~0.5 ms instead of ~5 ms per change).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import ipaddress
+import threading
+from collections.abc import Iterable, Sequence
+
+from voidrun_server.drivers.base import DriverError, DriverUnavailableError, NetworkPolicy
+from voidrun_server.drivers.netpolicy import split
+
+__all__ = ["Nft", "domain_set", "sandbox_rules", "table_script"]
+
+# Refused connections fail at once (like a firewall that says no), not after a timeout.
+REJECT = "reject with icmpx type admin-prohibited"
+# Never reachable from a sandbox, whatever the policy or the server's settings.
+NEVER_V4 = (
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",  # link-local, cloud metadata
+    "224.0.0.0/3",  # multicast, reserved, broadcast
+)
+# Refused unless VOIDRUN_SANDBOX_ALLOWED_PRIVATE_CIDRS lists them.
+PRIVATE_V4 = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
+
+
+def domain_set(domain: str) -> str:
+    return "d_" + hashlib.sha256(domain.encode()).hexdigest()[:16]
+
+
+def _chain(sandbox_id: str) -> str:
+    return f"sb_{sandbox_id}"
+
+
+def _elements(items: Iterable[object]) -> str:
+    return ", ".join(str(i) for i in items)
+
+
+class Nft:
+    """libnftables through ctypes; one context, used by one thread at a time."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as exc:
+            raise DriverUnavailableError(
+                "nftables is not installed (sandbox networking needs libnftables)",
+                hint="apt-get install nftables dnsmasq, or VOIDRUN_SANDBOX_NETWORK=false",
+            ) from exc
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        for fn in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+            getattr(lib, fn).restype = ctypes.c_char_p
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(0)
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._lock = threading.Lock()
+
+    def run(self, script: str) -> str:
+        """Run ``script`` as one transaction (all of it or nothing); returns nft's output."""
+        with self._lock:
+            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+        if rc != 0:
+            raise DriverError("nftables refused a change", err.strip()[:2000])
+        return out
+
+    def run_tolerant(self, commands: Iterable[str]) -> None:
+        """Each command on its own; "not there" is fine (cleanup of what may be gone)."""
+        for command in commands:
+            try:
+                self.run(command)
+            except DriverError as exc:
+                if "No such file or directory" not in (exc.details or ""):
+                    raise
+
+
+def table_script(
+    table: str,
+    subnet: ipaddress.IPv4Network,
+    gateway: ipaddress.IPv4Address,
+    private_ok: Sequence[ipaddress.IPv4Network],
+) -> str:
+    """The table without any sandbox (replacing whatever was there, atomically)."""
+    t = f"inet {table}"
+    ok = f"elements = {{ {_elements(private_ok)} }}" if private_ok else ""
+    return f"""
+table {t} {{}}
+delete table {t}
+table {t} {{
+  set never4 {{ type ipv4_addr; flags interval; elements = {{ {_elements(NEVER_V4)}, {subnet} }} }}
+  set private4 {{ type ipv4_addr; flags interval; elements = {{ {_elements(PRIVATE_V4)} }} }}
+  set private_ok4 {{ type ipv4_addr; flags interval; {ok} }}
+  set links {{ type ifname; }}
+  map sandboxes {{ type ifname : verdict; }}
+  chain forward {{
+    type filter hook forward priority filter - 5; policy accept;
+    iifname vmap @sandboxes
+    ip saddr {subnet} drop
+    oifname @links ct state established,related accept
+    oifname @links drop
+    ip daddr {subnet} drop
+  }}
+  chain input {{
+    type filter hook input priority filter - 5; policy accept;
+    iifname @links jump from_sandbox
+  }}
+  chain from_sandbox {{
+    ct state established,related accept
+    ip daddr {gateway} udp dport 53 accept
+    ip daddr {gateway} tcp dport 53 accept
+    {REJECT}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat - 5; policy accept;
+    ip saddr {subnet} ip daddr != {subnet} masquerade
+  }}
+}}
+"""
+
+
+def _policy_rules(policy: NetworkPolicy) -> list[str]:
+    deny, allow = split(policy.deny_out), split(policy.allow_out)
+    rules = []
+    if deny.v4:
+        rules.append(f"ip daddr {{ {_elements(deny.v4)} }} {REJECT}")
+    rules += [f"ip daddr @{domain_set(d)} {REJECT}" for d in deny.domains]
+    if not policy.allow_internet:
+        return [*rules, REJECT]
+    if not policy.allow_out:
+        return [*rules, "accept"]
+    if allow.v4:
+        rules.append(f"ip daddr {{ {_elements(allow.v4)} }} accept")
+    rules += [f"ip daddr @{domain_set(d)} accept" for d in allow.domains]
+    return [*rules, REJECT]
+
+
+def domains_of(policy: NetworkPolicy) -> set[str]:
+    return set(split(policy.allow_out).domains) | set(split(policy.deny_out).domains)
+
+
+def sandbox_rules(
+    table: str,
+    sandbox_id: str,
+    link: str,
+    address: ipaddress.IPv4Address,
+    policy: NetworkPolicy,
+    *,
+    new: bool,
+) -> str:
+    """(Re)write one sandbox's chain (in one transaction: the next packet sees the new rules);
+    ``new`` also enters its link in the map. Its domains' sets must exist."""
+    t, chain = f"inet {table}", _chain(sandbox_id)
+    lines = [
+        f"add chain {t} {chain}",
+        f"flush chain {t} {chain}",
+        f"add rule {t} {chain} meta nfproto ipv6 drop",
+        f"add rule {t} {chain} ip saddr != {address} drop",
+        f"add rule {t} {chain} ip daddr @never4 {REJECT}",
+        f"add rule {t} {chain} ip daddr @private4 ip daddr != @private_ok4 {REJECT}",
+        *(f"add rule {t} {chain} {rule}" for rule in _policy_rules(policy)),
+    ]
+    if new:
+        lines += [
+            f'add element {t} links {{ "{link}" }}',
+            f'add element {t} sandboxes {{ "{link}" : jump {chain} }}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def remove_sandbox(table: str, sandbox_id: str, link: str) -> list[str]:
+    """Separate commands (each may find nothing to delete): map entry, link, chain."""
+    t, chain = f"inet {table}", _chain(sandbox_id)
+    return [
+        f'delete element {t} sandboxes {{ "{link}" }}',
+        f'delete element {t} links {{ "{link}" }}',
+        f"delete chain {t} {chain}",
+    ]
+
+
+def domain_sets(table: str, add: Iterable[str], drop: Iterable[str]) -> str:
+    t = f"inet {table}"
+    lines = [f"add set {t} {domain_set(d)} {{ type ipv4_addr; size 65536; }}" for d in add]
+    lines += [f"delete set {t} {domain_set(d)}" for d in drop]
+    return "\n".join(lines) + "\n"
+
+
+def delete_table(table: str) -> str:
+    return f"table inet {table} {{}}\ndelete table inet {table}\n"

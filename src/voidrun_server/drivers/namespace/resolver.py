@@ -1,0 +1,186 @@
+"""The sandboxes' resolver: one ``dnsmasq``, started and supervised by the server.
+
+It listens on the gateway address only (sandboxes' ``/etc/resolv.conf`` points there; the
+input rules let sandboxes reach nothing else on the host), forwards to the configured upstreams
+(default: the host's own resolvers from /etc/resolv.conf) and, for every domain some policy
+names, adds the IPv4 addresses it answered to that domain's nftables set (``--nftset``), which
+is what makes domain entries in ``allowOut``/``denyOut`` enforceable.
+
+dnsmasq reads its ``--nftset`` lines only at start, so a change of the set of domains restarts
+it (tens of ms; :meth:`Resolver.update` returns once the new one answers). It is restarted
+when it dies. A dnsmasq left behind by a previous server process (pid file) is ended first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from voidrun_server.drivers.base import DriverUnavailableError
+from voidrun_server.drivers.namespace.nftables import domain_set
+
+__all__ = ["Resolver", "find_dnsmasq", "host_resolvers"]
+
+log = logging.getLogger(__name__)
+RESTART_DELAY = 1.0
+READY_TIMEOUT = 5.0
+
+
+def find_dnsmasq() -> str:
+    path = shutil.which("dnsmasq", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        raise DriverUnavailableError(
+            "dnsmasq is not installed (the sandboxes' resolver)",
+            hint="apt-get install dnsmasq nftables, or VOIDRUN_SANDBOX_NETWORK=false",
+        )
+    return path
+
+
+def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The host's IPv4 nameservers (dnsmasq runs on the host, so a local stub works too)."""
+    found: list[str] = []
+    with contextlib.suppress(OSError), open(resolv_conf) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver" and ":" not in parts[1]:
+                found.append(parts[1])
+    return tuple(found)
+
+
+class Resolver:
+    def __init__(self, work_dir: Path, listen: str, upstreams: Iterable[str], table: str) -> None:
+        self.binary = find_dnsmasq()
+        self.work_dir = work_dir
+        self.listen = listen
+        self.upstreams = tuple(upstreams)
+        self.table = table
+        self.domains: frozenset[str] = frozenset()
+        self._changed = anyio.Event()
+        self._ready = anyio.Event()
+        self._generation = 0
+        self._served = -1
+
+    @property
+    def conf_file(self) -> Path:
+        return self.work_dir / "dnsmasq.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.work_dir / "dnsmasq.pid"
+
+    def config(self) -> str:
+        lines = [
+            "no-resolv",
+            "no-hosts",
+            "bind-interfaces",
+            f"listen-address={self.listen}",
+            "cache-size=1000",
+            f"pid-file={self.pid_file}",
+            "log-facility=-",
+            *(f"server={u}" for u in self.upstreams),  # dnsmasq syntax: ip, ip#port, /dom/ip
+            *(f"nftset=/{d}/4#inet#{self.table}#{domain_set(d)}" for d in sorted(self.domains)),
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def update(self, domains: Iterable[str]) -> None:
+        """Serve these domains' sets; waits for the restarted dnsmasq when they changed."""
+        wanted = frozenset(domains)
+        if wanted == self.domains:
+            return
+        self.domains = wanted
+        self._generation += 1
+        self._ready = anyio.Event()
+        self._changed.set()
+        with anyio.move_on_after(READY_TIMEOUT):
+            while self._served < self._generation:
+                await self._ready.wait()
+
+    def _end_stale(self) -> None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if str(self.conf_file).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex((self.listen, 53)) == 0:
+                    return
+            time.sleep(0.005)
+
+    async def serve(self) -> None:
+        """Run dnsmasq until cancelled (the app's task group), restarting it as needed."""
+        self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(self._end_stale)
+        log_path = self.work_dir / "dnsmasq.log"
+        while True:
+            generation = self._generation
+            self._changed = anyio.Event()
+            log_fd = await anyio.to_thread.run_sync(self._prepare, log_path)
+            try:
+                process = await anyio.open_process(
+                    [self.binary, "--keep-in-foreground", f"--conf-file={self.conf_file}"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                )
+            finally:
+                os.close(log_fd)
+            exited = await self._run(process, generation)
+            if exited:
+                log.warning("the sandboxes' resolver (dnsmasq) exited; see %s", log_path)
+                await anyio.sleep(RESTART_DELAY)
+
+    def _prepare(self, log_path: Path) -> int:
+        self.conf_file.write_text(self.config())
+        return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    async def _run(self, process: anyio.abc.Process, generation: int) -> bool:
+        """Until dnsmasq exits (True) or the domains change (False)."""
+        exited = False
+        try:
+            await anyio.to_thread.run_sync(self._wait_listening)
+            self._served = generation
+            self._ready.set()
+            async with anyio.create_task_group() as group:
+
+                async def wait_exit() -> None:
+                    nonlocal exited
+                    await process.wait()
+                    exited = True
+                    group.cancel_scope.cancel()
+
+                async def wait_change() -> None:
+                    await self._changed.wait()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(wait_exit)
+                group.start_soon(wait_change)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.terminate()
+                    with anyio.move_on_after(2):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+        return exited
