@@ -14,12 +14,15 @@ Exceptions::
           ├── SandboxNotFoundError     no such sandbox on this node (nothing on disk)
           ├── SandboxStateError        the sandbox exists but is in the wrong state for this
           ├── DriverUnavailableError   the runtime cannot run on this host (carries .hint)
-          └── DriverTimeoutError       ran past its deadline (also a DeadlineExceededError)
+          ├── DriverTimeoutError       ran past its deadline (also a DeadlineExceededError)
+          └── PortClosedError          nothing listens on that port in the sandbox (also a
+                                       SandboxUnavailableError: 502)
 """
 
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Protocol, runtime_checkable
 from voidrun_server.errors import (
     DeadlineExceededError,
     OperationFailedError,
+    SandboxUnavailableError,
     ServiceUnavailableError,
 )
 
@@ -38,6 +42,8 @@ __all__ = [
     "DriverUnavailableError",
     "Observable",
     "Pausable",
+    "PortClosedError",
+    "PortOpener",
     "Retargetable",
     "SandboxInfo",
     "SandboxNotFoundError",
@@ -131,6 +137,10 @@ class DriverTimeoutError(DeadlineExceededError, DriverError):
     message = "Sandbox runtime operation timed out"
 
 
+class PortClosedError(SandboxUnavailableError, DriverError):
+    message = "Nothing listens on that port in the sandbox"
+
+
 @runtime_checkable
 class Driver(Protocol):
     """One runtime. Every method has its own deadline and leaves nothing behind on failure."""
@@ -194,4 +204,16 @@ class DiskAccounting(Protocol):
     def unwritten_disk_bytes(self) -> int:
         """Host bytes the sandboxes' sparse disks may still claim: size minus what is already
         allocated, summed over every disk on the data dir's filesystem. Blocking."""
+        ...
+
+
+@runtime_checkable
+class PortOpener(Protocol):
+    async def open_port(self, sandbox_id: str, port: int, *, within: float) -> socket.socket:
+        """A TCP connection to ``port`` on the sandbox's own loopback, reachable from nothing
+        else on the host: connected, non-blocking, owned by the caller (who closes it).
+
+        Raises :class:`PortClosedError` when nothing listens there, :class:`DriverTimeoutError`
+        after ``within`` seconds, :class:`SandboxStateError` when the sandbox has no
+        processes (stopped or gone)."""
         ...

@@ -10,7 +10,6 @@ from ...config import StatusDialect
 from ...schemas.common import MessageEnvelope, envelope
 from ...schemas.sandboxes import (
     PortSpec,
-    PublicUrl,
     SandboxCreate,
     SandboxList,
     SandboxPublic,
@@ -137,21 +136,3 @@ def _verb_route(verb: str) -> None:
 
 for _verb in ("start", "stop", "pause", "resume", "sleep", "wake"):
     _verb_route(_verb)
-
-
-@router.get("/{sandbox_id}/public-urls")
-async def public_urls(
-    sandbox_id: str, caller: Caller, sandboxes: Service, ctx: Ctx
-) -> dict[str, Any]:
-    """A URL per declared http port, from ``VOIDRUN_PUBLIC_URL_TEMPLATE``."""
-    row = await sandboxes.get(caller, sandbox_id)
-    template = ctx.settings.public_url_template
-    urls = [
-        PublicUrl(
-            port=p["port"],
-            url=template.format(id=row.id, short_id=row.id[-8:], port=p["port"], name=row.name),
-        ).model_dump()
-        for p in row.ports
-        if p.get("protocol", "http") == "http"
-    ]
-    return envelope("Public URLs fetched", urls)

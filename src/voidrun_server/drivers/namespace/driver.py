@@ -43,6 +43,7 @@ from voidrun_server.drivers.namespace import idmount
 from voidrun_server.drivers.namespace.bwrap import find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
+from voidrun_server.drivers.namespace.ports import NetnsPorts
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
 from voidrun_server.drivers.namespace.seccomp import compile_bpf
@@ -105,8 +106,9 @@ def _operation(what: str, seconds: float) -> Iterator[float]:
         raise DriverError(f"{what} failed", str(exc)) from exc
 
 
-class NamespaceDriver:
-    """Sandboxes as namespaced process trees on this host (see the package docstring)."""
+class NamespaceDriver(NetnsPorts):
+    """Sandboxes as namespaced process trees on this host (see the package docstring);
+    ``open_port`` (the preview proxy's way in) comes from ``ports.py``."""
 
     name = "namespace"
 
