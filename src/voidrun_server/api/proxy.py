@@ -179,7 +179,7 @@ def forwarded_headers(scope: Scope, preview: Preview) -> list[tuple[bytes, bytes
     scheme = {"wss": "https", "ws": "http"}.get(scope.get("scheme", "http"), scope.get("scheme"))
     out += [
         (b"host", f"localhost:{preview.port}".encode()),
-        (b"x-forwarded-for", forwarded_for + b", " + client if forwarded_for else client),
+        (b"x-forwarded-for", _forwarded_for(forwarded_for, client)),
         (b"x-forwarded-proto", str(scheme).encode()),
     ]
     if host:
@@ -187,6 +187,16 @@ def forwarded_headers(scope: Scope, preview: Preview) -> list[tuple[bytes, bytes
     if preview.prefix:
         out.append((b"x-forwarded-prefix", preview.prefix.encode("latin-1")))
     return out
+
+
+def _forwarded_for(chain: bytes, client: bytes) -> bytes:
+    """The chain with the client appended, unless uvicorn already took the client from it
+    (``--proxy-headers`` with a trusted peer: then it ends with the client)."""
+    if not chain:
+        return client
+    if chain.rsplit(b",", 1)[-1].strip() == client:
+        return chain
+    return chain + b", " + client
 
 
 def _without_token_cookie(cookie_headers: list[str]) -> str:

@@ -32,6 +32,7 @@ class _Relay(Response):
     """Hands the raw ASGI connection to the proxy (bodies stream; nothing is buffered)."""
 
     def __init__(self, preview: Preview) -> None:
+        super().__init__()
         self.preview = preview
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
