@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterable, Iterator
 from contextlib import contextmanager
@@ -57,6 +58,11 @@ __all__ = ["ConnectionLimits", "ProxyService", "Target"]
 SECRET_FILE = "preview-secret"
 KEEPALIVE_CONNECTIONS = 512
 KEEPALIVE_SECONDS = 30.0
+# A sandbox's org and ports never change, so they are remembered briefly (no query per request);
+# whether it still exists and runs is checked on every request by the wake.
+OWNER_TTL = 5.0
+OWNER_CACHE = 10_000
+TOUCH_EVERY = 1.0
 NO_CREDENTIALS = "authentication required"
 HOW_TO_AUTHENTICATE = (
     "send X-API-Key, or the sandbox's traffic token (public-urls' trafficToken) in the "
@@ -111,6 +117,8 @@ class ProxyService:
         self.limits = ConnectionLimits(
             settings.proxy_max_connections_per_sandbox, settings.proxy_max_connections_per_org
         )
+        self._owners: dict[str, tuple[float, str, list[dict[str, Any]]]] = {}
+        self._touched: dict[str, float] = {}
         driver = sandboxes.driver
         self._opener = driver if isinstance(driver, PortOpener) else None
         self.pool = httpcore.AsyncConnectionPool(
@@ -131,31 +139,44 @@ class ProxyService:
         self, sandbox_id: str, port: int, caller: Principal | None, token: str | None
     ) -> Target:
         """The target, if these credentials may reach it (see the module docstring)."""
-        row = None
-        if ids.is_id(sandbox_id):
-            async with self.sandboxes.sessions() as session:
-                row = await repo.get(session, sandbox_id)
-        if row is not None and row.status == Status.DELETED:
-            row = None
+        owner = await self._owner(sandbox_id)
         declared = None
-        if row is not None:
-            declared = next((p for p in row.ports if p.get("port") == port and _is_http(p)), None)
+        if owner is not None:
+            declared = next((p for p in owner[1] if p.get("port") == port and _is_http(p)), None)
         public = declared is not None and declared.get("public") is True
         if public:
             pass  # anyone, with or without credentials
         elif caller is not None:
-            if row is None or row.org_id != caller.org_id:
+            if owner is None or owner[0] != caller.org_id:
                 raise NotFoundError("Sandbox not found")
         elif token is None:
             raise AuthenticationError(NO_CREDENTIALS, HOW_TO_AUTHENTICATE)
-        elif row is None or not self.tokens.check(row.id, token):
+        elif owner is None or not self.tokens.check(sandbox_id, token):
             raise AuthenticationError("invalid traffic token", HOW_TO_AUTHENTICATE)
-        if row is None or declared is None:
+        if owner is None or declared is None:
             raise NotFoundError(
                 f"Port {port} is not declared",
                 "only ports declared with protocol http in the sandbox's ports are served",
             )
-        return Target(row.id, row.org_id, port, public)
+        return Target(sandbox_id, owner[0], port, public)
+
+    async def _owner(self, sandbox_id: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """(org id, declared ports) of a sandbox that is not deleted."""
+        now = time.monotonic()
+        cached = self._owners.get(sandbox_id)
+        if cached is not None and now - cached[0] < OWNER_TTL:
+            return cached[1], cached[2]
+        row = None
+        if ids.is_id(sandbox_id):
+            async with self.sandboxes.sessions() as session:
+                row = await repo.get(session, sandbox_id)
+        if row is None or row.status == Status.DELETED:
+            self._owners.pop(sandbox_id, None)
+            return None
+        if len(self._owners) >= OWNER_CACHE:
+            self._owners.clear()
+        self._owners[sandbox_id] = (now, row.org_id, list(row.ports))
+        return row.org_id, list(row.ports)
 
     def token_for(self, sandbox_id: str) -> str:
         return self.tokens.token_for(sandbox_id)
@@ -166,8 +187,13 @@ class ProxyService:
         await self.sandboxes.ensure_running(owner, target.sandbox_id)
 
     def touch(self, target: Target) -> None:
-        """The sandbox is in use (auto-sleep)."""
-        self.sandboxes.activity.record(target.sandbox_id)
+        """The sandbox is in use (auto-sleep); cheap enough for every chunk."""
+        now = time.monotonic()
+        if now - self._touched.get(target.sandbox_id, 0.0) >= TOUCH_EVERY:
+            if len(self._touched) >= OWNER_CACHE:
+                self._touched.clear()
+            self._touched[target.sandbox_id] = now
+            self.sandboxes.activity.record(target.sandbox_id)
 
     # -- connections -----------------------------------------------------------------------
 
