@@ -28,6 +28,8 @@ IMAGES = Path(os.environ.get("VOIDRUN_TEST_IMAGES_DIR", "/var/tmp/voidrun-test-i
 class Server:
     api: str
     key: str
+    pid: int = 0
+    """The server process (for CPU accounting)."""
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, headers={"X-API-Key": self.key}, timeout=120)
@@ -90,7 +92,7 @@ def server(**env: str) -> Iterator[Server]:
                 time.sleep(0.05)
         else:
             raise RuntimeError("server did not start")
-        yield Server(api=api, key=key)
+        yield Server(api=api, key=key, pid=proc.pid)
     finally:
         # Sandboxes outlive the server by design: delete them before removing the data dir.
         with Server(api=api, key=key).client() as client:

@@ -299,11 +299,53 @@ class Settings(BaseSettings):
             "then wait answers 504 and attach ends with an error event (call again to go on)."
         ),
     )
-    public_url_template: str = Field(
-        "http://127.0.0.1:{port}",
+    public_domain: str = Field(
+        "",
         description=(
-            "URL reported by /sandboxes/{id}/public-urls for each declared http port; "
-            "placeholders {id}, {short_id}, {port}, {name}."
+            "Domain for preview hosts: a request whose Host is {port}-{sandbox id}.<domain> goes "
+            "to that port in the sandbox (one wildcard DNS entry serves all). Empty: previews "
+            "only at /api/sandboxes/{id}/ports/{port}/ on the API's own host."
+        ),
+    )
+    public_base_url: str = Field(
+        "",
+        description=(
+            "The server's external URL (scheme, host, port; e.g. https://sandbox.example.com "
+            "behind a TLS proxy), used for the URLs /sandboxes/{id}/public-urls reports. Empty: "
+            "http://<host>:<port> of the bind address (127.0.0.1 when bound to all addresses)."
+        ),
+    )
+    public_url_template: str = Field(
+        "",
+        description=(
+            "Overrides the URLs /sandboxes/{id}/public-urls reports, for an operator's own "
+            "proxy; placeholders {id}, {short_id}, {port}, {name}. Empty: the built-in proxy's "
+            "URLs (the preview host when VOIDRUN_PUBLIC_DOMAIN is set, else the path form)."
+        ),
+    )
+    proxy_connect_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        5.0,
+        description="How long a proxied request waits for a connection to the sandbox's port.",
+    )
+    proxy_response_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        60.0,
+        description=(
+            "How long a proxied request waits for the response head (or a WebSocket for its "
+            "handshake) once the request is sent; then 504. The body is not timed: streams and "
+            "long downloads go on while the client reads."
+        ),
+    )
+    proxy_max_connections_per_sandbox: Annotated[int, Field(ge=1)] = Field(
+        256,
+        description=(
+            "Most proxied requests and WebSockets open at once to one sandbox; one more gets 429."
+        ),
+    )
+    proxy_max_connections_per_org: Annotated[int, Field(ge=1)] = Field(
+        1024,
+        description=(
+            "Most proxied requests and WebSockets open at once to all of an org's sandboxes; one "
+            "more gets 429."
         ),
     )
 
@@ -363,6 +405,15 @@ class Settings(BaseSettings):
     @property
     def bootstrap_key_file(self) -> Path:
         return self.data_dir / "bootstrap-key"
+
+    @property
+    def external_base_url(self) -> str:
+        """``public_base_url``, or the bind address as a URL (no trailing slash)."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(env var, current value, description) for every field; secrets are masked."""

@@ -14,10 +14,13 @@
      ├── UriTooLongError              request target over a configured limit
      ├── InsufficientStorageError     a disk or quota is full
      ├── SandboxUnavailableError      the sandbox/agent did not answer
+     │    └── UpstreamError           a server in the sandbox answered a proxied request badly
      ├── ServiceUnavailableError      a server component is not available (e.g. no driver)
      ├── OperationFailedError         a runtime operation failed on our side (driver, agent)
      ├── DeadlineExceededError        an operation ran past its deadline
-     └── CapacityError                no room for more sandboxes right now
+     │    └── UpstreamTimeoutError    a server in the sandbox did not answer a proxied request
+     ├── CapacityError                no room for more sandboxes right now
+     └── TooManyConnectionsError      a tenant's share of proxied connections is in use
 
 ``api/errors.py`` maps each class to a status code in one table.
 """
@@ -78,6 +81,10 @@ class SandboxUnavailableError(VoidRunError):
     message = "Sandbox unavailable"
 
 
+class UpstreamError(SandboxUnavailableError):
+    message = "Bad response from the server in the sandbox"
+
+
 class ServiceUnavailableError(VoidRunError):
     message = "Service unavailable"
 
@@ -90,5 +97,13 @@ class DeadlineExceededError(VoidRunError):
     message = "Operation timed out"
 
 
+class UpstreamTimeoutError(DeadlineExceededError):
+    message = "The server in the sandbox did not answer in time"
+
+
 class CapacityError(VoidRunError):
     message = "Server at capacity"
+
+
+class TooManyConnectionsError(VoidRunError):
+    message = "Too many proxied connections"

@@ -15,7 +15,7 @@ import pytest
 from tests.drivers.contract import sh
 from tests.drivers.harness import NamespaceHarness
 from tests.support.server import free_test_subnet
-from voidrun_server.drivers.base import DriverError, NetworkPolicy
+from voidrun_server.drivers.base import DriverError, NetworkPolicy, PortClosedError
 from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace.network import NetworkConfig
 
@@ -52,7 +52,7 @@ conn, _ = srv.accept(); conn.sendall(b"hello " + conn.recv(100)); conn.close()
 """
 
 
-async def test_open_connection_reaches_the_sandbox_loopback(
+async def test_open_port_reaches_the_sandbox_loopback(
     namespace_harness: NamespaceHarness, driver: NamespaceDriver
 ) -> None:
     spec = namespace_harness.spec()
@@ -64,12 +64,13 @@ async def test_open_connection_reaches_the_sandbox_loopback(
             if namespace_harness.read_writable(spec.sandbox_id, "/tmp/ready") is not None:
                 break
             await anyio.sleep(0.05)
-        sock = await driver.open_connection(spec.sandbox_id, 80)
+        sock = await driver.open_port(spec.sandbox_id, 80, within=5)
+        sock.setblocking(True)
         with sock:
             sock.sendall(b"proxy")
             assert sock.recv(100) == b"hello proxy"
-    with pytest.raises(DriverError, match="nothing listens on port 81"):
-        await driver.open_connection(spec.sandbox_id, 81)
+    with pytest.raises(PortClosedError):
+        await driver.open_port(spec.sandbox_id, 81, within=5)
 
 
 async def test_the_namespace_belongs_to_the_host_and_survives_pause(

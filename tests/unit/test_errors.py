@@ -43,6 +43,10 @@ EXPECTED_STATUS = {
     "SandboxStateError": 500,
     "DriverUnavailableError": 503,
     "DriverTimeoutError": 504,
+    "PortClosedError": 502,
+    "UpstreamError": 502,
+    "UpstreamTimeoutError": 504,
+    "TooManyConnectionsError": 429,
 }
 
 

@@ -34,8 +34,10 @@ from ..store import db
 from . import errors
 from .deps import AppContext
 from .middleware import HttpMetrics, RequestContextMiddleware
+from .preview_hosts import PreviewHostMiddleware
 from .routes import commands, exec, files, orgs, pty, sandboxes, sessions, system, users
 from .routes import images as image_routes
+from .routes import proxy as proxy_routes
 
 if TYPE_CHECKING:
     from ..drivers.base import Driver
@@ -108,6 +110,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         pty.router,
         files.router,
         image_routes.router,
+        proxy_routes.router,
     ):
         app.include_router(router)
     if settings.metrics_enabled:
@@ -125,6 +128,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         max_body=settings.max_json_body_bytes,
         max_url=settings.max_url_bytes,
     )
+    app.add_middleware(PreviewHostMiddleware, domain=settings.public_domain)  # outermost
     return app
 
 

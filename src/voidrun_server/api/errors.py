@@ -32,6 +32,7 @@ STATUS_BY_ERROR: dict[type[errors.VoidRunError], int] = {
     errors.OperationFailedError: 500,
     errors.DeadlineExceededError: 504,
     errors.CapacityError: 529,
+    errors.TooManyConnectionsError: 429,
     errors.VoidRunError: 500,
 }
 

@@ -17,8 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
-# Routes whose bodies are streamed to disk and so are exempt from the JSON body limit.
+# Routes whose bodies are streamed (to disk, or to a sandbox's server through the preview proxy)
+# and so are exempt from the JSON body limit.
 STREAMED_BODY_SUFFIXES = ("/files/upload",)
+STREAMED_BODY_PATHS = re.compile(r"/api/sandboxes/[^/]+/ports/")
 
 
 class HttpMetrics:
@@ -81,7 +83,9 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
-        if scope["type"] == "http" and not scope["path"].endswith(STREAMED_BODY_SUFFIXES):
+        path = scope["path"]
+        streamed = path.endswith(STREAMED_BODY_SUFFIXES) or STREAMED_BODY_PATHS.match(path)
+        if scope["type"] == "http" and not streamed:
             replay = await self._read_limited_body(scope, receive, send, request_id)
             if replay is None:
                 return

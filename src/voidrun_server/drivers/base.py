@@ -15,7 +15,9 @@ Exceptions::
           ├── SandboxNotFoundError     no such sandbox on this node (nothing on disk)
           ├── SandboxStateError        the sandbox exists but is in the wrong state for this
           ├── DriverUnavailableError   the runtime cannot run on this host (carries .hint)
-          └── DriverTimeoutError       ran past its deadline (also a DeadlineExceededError)
+          ├── DriverTimeoutError       ran past its deadline (also a DeadlineExceededError)
+          └── PortClosedError          nothing listens on that port in the sandbox (also a
+                                       SandboxUnavailableError: 502)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Protocol, runtime_checkable
 from voidrun_server.errors import (
     DeadlineExceededError,
     OperationFailedError,
+    SandboxUnavailableError,
     ServiceUnavailableError,
 )
 
@@ -43,6 +46,8 @@ __all__ = [
     "DriverUnavailableError",
     "Observable",
     "Pausable",
+    "PortClosedError",
+    "PortOpener",
     "Retargetable",
     "SandboxInfo",
     "SandboxNotFoundError",
@@ -177,6 +182,10 @@ class DriverTimeoutError(DeadlineExceededError, DriverError):
     message = "Sandbox runtime operation timed out"
 
 
+class PortClosedError(SandboxUnavailableError, DriverError):
+    message = "Nothing listens on that port in the sandbox"
+
+
 @runtime_checkable
 class Driver(Protocol):
     """One runtime. Every method has its own deadline and leaves nothing behind on failure."""
@@ -248,7 +257,8 @@ class Networked(Protocol):
     """Sandboxes wired to the host's uplink under an egress policy the sandbox cannot change.
 
     ``network_enabled`` is False when the driver runs its sandboxes loopback-only (its
-    networking turned off): then only :meth:`open_connection` works."""
+    networking turned off). The preview proxy's way in is :class:`PortOpener`, with or
+    without networking."""
 
     network_enabled: bool
 
@@ -269,13 +279,19 @@ class Networked(Protocol):
         """A path to the sandbox's network namespace (for ``setns``); DriverError if none."""
         ...
 
-    async def open_connection(self, sandbox_id: str, port: int) -> socket.socket:
-        """A TCP socket created inside the sandbox's network namespace and connected to its
-        127.0.0.1:``port`` (blocking mode; the caller owns it). DriverError when nothing
-        listens there or the sandbox is not running."""
-        ...
-
     async def serve_network(self) -> None:
         """Run the host side that needs a process (the sandboxes' resolver) until cancelled;
         meant for the app's task group. Returns at once when networking is off."""
+        ...
+
+
+@runtime_checkable
+class PortOpener(Protocol):
+    async def open_port(self, sandbox_id: str, port: int, *, within: float) -> socket.socket:
+        """A TCP connection to ``port`` on the sandbox's own loopback, reachable from nothing
+        else on the host: connected, non-blocking, owned by the caller (who closes it).
+
+        Raises :class:`PortClosedError` when nothing listens there, :class:`DriverTimeoutError`
+        after ``within`` seconds, :class:`SandboxStateError` when the sandbox has no
+        processes (stopped or gone)."""
         ...

@@ -13,6 +13,10 @@ from .common import WireModel
 class PortSpec(BaseModel):
     protocol: Literal["http", "tcp"] = "http"
     port: int
+    public: bool | None = Field(
+        None,
+        description="Extension: true serves the port's previews to anyone, without credentials.",
+    )
 
 
 class NetworkSpec(WireModel):
@@ -129,6 +133,10 @@ class SandboxSingle(BaseModel):
 class PublicUrl(BaseModel):
     port: int
     url: str
+    public: bool = Field(False, description="Extension: reachable without credentials.")
+    trafficToken: str | None = Field(  # noqa: N815 - wire name
+        None, description="Extension: opens the sandbox's private ports (docs/previews.md)."
+    )
 
 
 class ImagePublic(WireModel):

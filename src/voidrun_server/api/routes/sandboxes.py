@@ -12,7 +12,6 @@ from ...schemas.sandboxes import (
     NetworkSpec,
     NetworkUsagePublic,
     PortSpec,
-    PublicUrl,
     SandboxCreate,
     SandboxList,
     SandboxPublic,
@@ -144,21 +143,3 @@ def _verb_route(verb: Verb) -> None:
 
 for _verb in (Verb.START, Verb.STOP, Verb.PAUSE, Verb.RESUME, Verb.SLEEP, Verb.WAKE):
     _verb_route(_verb)
-
-
-@router.get("/{sandbox_id}/public-urls")
-async def public_urls(
-    sandbox_id: str, caller: Caller, sandboxes: Service, ctx: Ctx
-) -> dict[str, Any]:
-    """A URL per declared http port, from ``VOIDRUN_PUBLIC_URL_TEMPLATE``."""
-    row = await sandboxes.get(caller, sandbox_id)
-    template = ctx.settings.public_url_template
-    urls = [
-        PublicUrl(
-            port=p["port"],
-            url=template.format(id=row.id, short_id=row.id[-8:], port=p["port"], name=row.name),
-        ).model_dump()
-        for p in row.ports
-        if p.get("protocol", "http") == "http"
-    ]
-    return envelope("Public URLs fetched", urls)

@@ -15,6 +15,7 @@ Module map (one concept each)::
     state.py     run directory layout and the state.json record
     procs.py     (pid, start time) process identity that survives restarts
     ready.py     safe connect to the agent socket, readiness polling
+    ports.py     connections into the sandbox's network namespace (the preview proxy)
 """
 
 from voidrun_server.drivers.namespace.driver import NamespaceDriver, check_host

@@ -185,20 +185,6 @@ def link_counters(link: str) -> tuple[int, int] | None:
         return None
 
 
-def connect_inside(path: Path, port: int, timeout: float) -> socket.socket:
-    """A TCP socket made in the namespace at ``path``, connected to its 127.0.0.1:port."""
-    with entered(path):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        sock.settimeout(None)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def routes(host: IPRoute) -> list[dict[str, Any]]:
     """Main-table IPv4 routes as ``{"dst": network, "oif": name or None, "proto": int}``."""
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in host.get_links()}

@@ -1,0 +1,329 @@
+"""The preview proxy's front: one request in, one exchange with a server in the sandbox.
+
+Both URL forms end here (``routes/proxy.py`` for ``/api/sandboxes/{id}/ports/{port}/…``,
+``preview_hosts.py`` for ``{port}-{id}.<domain>``): credentials are read, the service decides
+(``services/proxy.py``), then the request is relayed as plain ASGI, so bodies stream both ways:
+
+* The request body goes up as it arrives (Content-Length kept, otherwise chunked), the response
+  body comes down chunk by chunk, each sent only once the client's socket took the previous one
+  (uvicorn's flow control): a slow reader slows the sandbox's server, memory stays one chunk.
+* Hop-by-hop headers (RFC 9110 §7.6.1, and those the Connection header names) stay on their own
+  hop; the API key, the traffic token (header, query parameter, cookie) never reach the sandbox.
+  Upstream sees ``Host: localhost:<port>`` (dev servers check it) and ``X-Forwarded-For``,
+  ``-Proto``, ``-Host`` and ``-Prefix`` (the path prefix of the path form).
+* A client that goes away closes the upstream connection at once (a task watches for
+  ``http.disconnect`` while the body streams). A server inside that breaks off mid-body aborts
+  the client's connection (uvicorn closes it when the app returns before the body's end), so
+  the client sees a truncated response, never a complete-looking one.
+
+WebSockets are relayed in ``proxy_ws.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import anyio
+import httpcore
+from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from ..services.accounts import Principal
+from ..services.proxy import ProxyService, Target
+from .deps import QUERY_KEY, app_context, principal
+from .proxy_ws import relay_websocket
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "x-voidrun-token"
+TOKEN_PARAM = "voidrun_token"
+TOKEN_COOKIE = "voidrun_token"
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",  # 100-continue is this server's business with its client
+    }
+)
+NOT_FORWARDED = frozenset(
+    {b"host", b"x-api-key", TOKEN_HEADER.encode(), b"cookie", b"content-length"}
+    | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
+)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body ended."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One proxied request: where it goes and how it arrived."""
+
+    sandbox_id: str
+    port: int
+    path: str
+    """The path upstream (``/`` and below), percent-encoded as the client sent it."""
+    prefix: str
+    """What the client's path has in front of ``path`` ("" on a preview host)."""
+
+    def cookie_path(self) -> str:
+        return f"{self.prefix}/" if self.prefix else "/"
+
+
+async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) -> None:
+    """Authorize, wake, relay. Errors before the response starts are raised (VoidRunError)."""
+    connection = HTTPConnection(scope)
+    proxy = await proxy_service(connection)
+    token, token_in_query = _token(connection)
+    caller = await _caller(connection)
+    target = await proxy.authorize(preview.sandbox_id, preview.port, caller, token)
+    with proxy.limits.hold(target):
+        await proxy.wake(target)
+        if scope["type"] == "websocket":
+            upstream = _upstream_target(scope, preview)
+            headers = forwarded_headers(scope, preview)
+            await relay_websocket(WebSocket(scope, receive, send), proxy, target, upstream, headers)
+        else:
+            cookie = _token_cookie(scope, preview, token) if token_in_query else None
+            await _relay_http(scope, receive, send, proxy, target, preview, cookie)
+
+
+async def proxy_service(connection: HTTPConnection) -> ProxyService:
+    """The app's proxy service, made on first use (and again after a lifespan restart)."""
+    ctx = app_context(connection)
+    sandboxes = ctx.sandbox_service()
+    state = connection.app.state
+    current: ProxyService | None = getattr(state, "preview_proxy", None)
+    if current is None or current.sandboxes is not sandboxes:
+        made = await ProxyService.create(ctx.settings, sandboxes)
+        current = getattr(state, "preview_proxy", None)  # another request may have won
+        if current is None or current.sandboxes is not sandboxes:
+            state.preview_proxy = current = made
+    return current
+
+
+async def _caller(connection: HTTPConnection) -> Principal | None:
+    key = connection.headers.get("x-api-key")
+    if not key and connection.scope["type"] == "websocket":
+        key = connection.query_params.get(QUERY_KEY)
+    return await principal(connection, key) if key else None
+
+
+def _token(connection: HTTPConnection) -> tuple[str | None, bool]:
+    """The traffic token and whether it came in the query (then it becomes a cookie)."""
+    header = connection.headers.get(TOKEN_HEADER)
+    if header:
+        return header, False
+    query = connection.query_params.get(TOKEN_PARAM)
+    if query:
+        return query, True
+    return connection.cookies.get(TOKEN_COOKIE) or None, False
+
+
+def _token_cookie(scope: Scope, preview: Preview, token: str | None) -> bytes | None:
+    if not token:
+        return None
+    secure = "; Secure" if scope.get("scheme") in ("https", "wss") else ""
+    return (
+        f"{TOKEN_COOKIE}={token}; Path={preview.cookie_path()}; HttpOnly; SameSite=Lax{secure}"
+    ).encode()
+
+
+def _upstream_target(scope: Scope, preview: Preview) -> bytes:
+    """Path and query for the sandbox: our credentials taken out of the query."""
+    query: bytes = scope.get("query_string", b"")
+    if query and (TOKEN_PARAM.encode() in query or QUERY_KEY.encode() in query):
+        kept = [
+            (k, v)
+            for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            if k not in (TOKEN_PARAM, QUERY_KEY)
+        ]
+        query = urlencode(kept).encode("latin-1")
+    path = preview.path.encode("latin-1")
+    return path + b"?" + query if query else path
+
+
+def forwarded_headers(scope: Scope, preview: Preview) -> list[tuple[bytes, bytes]]:
+    """The client's end-to-end headers for the sandbox, plus Host and X-Forwarded-*."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    dropped = set(HOP_BY_HOP | NOT_FORWARDED)
+    host = b""
+    forwarded_for = b""
+    cookies: list[str] = []
+    for name, value in headers:
+        if name == b"connection":
+            dropped.update(v.strip().lower() for v in value.split(b","))
+        elif name == b"host":
+            host = value
+        elif name == b"x-forwarded-for":
+            forwarded_for = value
+        elif name == b"cookie":
+            cookies.append(value.decode("latin-1"))
+    out = [(name, value) for name, value in headers if name not in dropped]
+    kept_cookies = _without_token_cookie(cookies)
+    if kept_cookies:
+        out.append((b"cookie", kept_cookies.encode("latin-1")))
+    client = (scope.get("client") or ("", 0))[0].encode()
+    scheme = {"wss": "https", "ws": "http"}.get(scope.get("scheme", "http"), scope.get("scheme"))
+    out += [
+        (b"host", f"localhost:{preview.port}".encode()),
+        (b"x-forwarded-for", _forwarded_for(forwarded_for, client)),
+        (b"x-forwarded-proto", str(scheme).encode()),
+    ]
+    if host:
+        out.append((b"x-forwarded-host", host))
+    if preview.prefix:
+        out.append((b"x-forwarded-prefix", preview.prefix.encode("latin-1")))
+    return out
+
+
+def _forwarded_for(chain: bytes, client: bytes) -> bytes:
+    """The chain with the client appended, unless uvicorn already took the client from it
+    (``--proxy-headers`` with a trusted peer: then it ends with the client)."""
+    if not chain:
+        return client
+    if chain.rsplit(b",", 1)[-1].strip() == client:
+        return chain
+    return chain + b", " + client
+
+
+def _without_token_cookie(cookie_headers: list[str]) -> str:
+    kept = []
+    for header in cookie_headers:
+        for part in header.split(";"):
+            name = part.split("=", 1)[0].strip()
+            if name and name != TOKEN_COOKIE:
+                kept.append(part.strip())
+    return "; ".join(kept)
+
+
+async def _relay_http(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    proxy: ProxyService,
+    target: Target,
+    preview: Preview,
+    cookie: bytes | None,
+) -> None:
+    headers = forwarded_headers(scope, preview)
+    length = _header(scope, b"content-length")
+    chunked = b"chunked" in (_header(scope, b"transfer-encoding") or b"").lower()
+    body = None
+    if length is not None:
+        headers.append((b"content-length", length))
+        body = _request_body(receive)
+    elif chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+        body = _request_body(receive)
+    method = scope["method"].encode()
+    try:
+        response = await proxy.send(target, method, _upstream_target(scope, preview), headers, body)
+    except ClientGone:
+        return
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": _response_headers(response.headers, cookie, preview),
+            }
+        )
+        await _stream_down(response, receive, send, proxy, target)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()  # back to the pool when complete, else closed
+
+
+# The path form serves sandbox pages on the API's own origin: such a page runs in an opaque
+# origin (a CSP sandbox without allow-same-origin), so its scripts cannot read the API's or
+# other previews' responses and cookies, and its cookies stay below its own prefix.
+PATH_FORM_CSP = b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+
+
+def _response_headers(
+    upstream: list[tuple[bytes, bytes]], cookie: bytes | None, preview: Preview
+) -> list[tuple[bytes, bytes]]:
+    dropped = set(HOP_BY_HOP)
+    for name, value in upstream:
+        if name.lower() == b"connection":
+            dropped.update(v.strip().lower() for v in value.split(b","))
+    out = [(name.lower(), value) for name, value in upstream if name.lower() not in dropped]
+    if preview.prefix:
+        path = preview.cookie_path().encode()
+        out = [(n, _confined_cookie(v, path) if n == b"set-cookie" else v) for n, v in out]
+        out.append((b"content-security-policy", PATH_FORM_CSP))
+    if cookie is not None:
+        out.append((b"set-cookie", cookie))
+    return out
+
+
+def _confined_cookie(value: bytes, path: bytes) -> bytes:
+    """A sandbox's cookie on the API origin: host-only (no Domain) and below its prefix."""
+    parts = [p.strip() for p in value.split(b";")]
+    kept = [p for p in parts[1:] if not p.lower().startswith((b"path=", b"domain="))]
+    return b"; ".join([parts[0], *kept, b"Path=" + path])
+
+
+async def _stream_down(
+    response: httpcore.Response, receive: Receive, send: Send, proxy: ProxyService, target: Target
+) -> None:
+    """Response body to the client until its end, the client leaving, or the sandbox's server
+    breaking off (then the client's connection is aborted: return without the body's end)."""
+    client_gone = False
+    broken: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+
+        async def watch_client() -> None:
+            nonlocal client_gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            client_gone = True
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(watch_client)
+        try:
+            stream: Any = response.stream
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                proxy.touch(target)
+        except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
+            broken = exc
+        tasks.cancel_scope.cancel()
+    if client_gone:
+        return
+    if broken is not None:
+        log.info("preview %s:%d: response broke off: %s", target.sandbox_id, target.port, broken)
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
