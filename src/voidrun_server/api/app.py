@@ -49,6 +49,7 @@ class VoidRunAPI(FastAPI):
     user middleware, ExceptionMiddleware and AsyncExitStackMiddleware, each a coroutine call
     and most a closure per request. ``EdgeMiddleware`` does what those did here (the server
     configures no OpenTelemetry and no FastAPI body limit; its own limits are in the edge).
+    ``add_middleware`` has no effect on this app: extend ``EdgeMiddleware`` instead.
     """
 
     edge: dict[str, Any]
