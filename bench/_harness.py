@@ -28,8 +28,7 @@ IMAGES = Path(os.environ.get("VOIDRUN_TEST_IMAGES_DIR", "/var/tmp/voidrun-test-i
 class Server:
     api: str
     key: str
-    pid: int = 0
-    """The server process (for CPU accounting)."""
+    pid: int = 0  # the server process (for its CPU time: ``cpu_seconds``)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, headers={"X-API-Key": self.key}, timeout=120)
@@ -48,6 +47,13 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     return statistics.median(ordered), pick(0.95), pick(0.99)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (less disturbed by other load than
+    latency is)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def row(label: str, samples: list[float]) -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
-
-import anyio
 
 from voidrun_server.agent.protocol import (
     CANCEL,
@@ -35,7 +34,7 @@ class Channel:
         self.id = sid
         self._conn = conn
         self._frames: deque[tuple[Header, bytes]] = deque()
-        self._changed = anyio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the consumer, while it waits
         self._failure: AgentError | None = None
         self._answered = False  # res/err arrived
         self._closed = False  # slot given back
@@ -62,20 +61,29 @@ class Channel:
         else:
             self._answered = True
         self._frames.append((header, payload))
-        self._changed.set()
+        self._wake()
 
     def on_window(self, n: int) -> None:
         self._send_credit += n
-        self._changed.set()
+        self._wake()
 
     def on_failure(self, error: AgentError) -> None:
         self._failure = error
-        self._changed.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _wait(self) -> None:
-        # One consumer per channel, and nothing awaits between its check and this swap.
-        self._changed = anyio.Event()
-        await self._changed.wait()
+        # One consumer per channel, and nothing awaits between its check and this wait. A
+        # plain future: an anyio.Event per wait costs ~4 µs here, a future ~0.3 µs.
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
     # -- used by the client --------------------------------------------------------------------
 

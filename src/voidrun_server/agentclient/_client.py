@@ -9,6 +9,7 @@ agent to kill the command or drop the upload.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -73,7 +74,6 @@ class AgentClient:
         self.owner_uid = owner_uid
         self._conn: Connection | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._sock: anyio.abc.SocketStream | None = None
 
     @property
     def agent_version(self) -> int:
@@ -112,17 +112,18 @@ class AgentClient:
     async def __aenter__(self) -> Self:
         deadline = anyio.current_time() + self.connect_timeout
         sock = await connect_unix(self.socket_path, self.connect_timeout, self.owner_uid)
+        attached: Connection | None = None
         conn: Connection | None = None
         try:
             with anyio.move_on_after(deadline - anyio.current_time()):
-                candidate = Connection(sock, self.socket_path)
-                await candidate.handshake()
-                conn = candidate
+                attached = await Connection.attach(sock, self.socket_path)
+                await attached.handshake()
+                conn = attached
         except BaseException:
-            await anyio.aclose_forcefully(sock)
+            _close(attached, sock)
             raise
         if conn is None:
-            await anyio.aclose_forcefully(sock)
+            _close(attached, sock)
             raise AgentConnectionError(
                 f"the agent at {self.socket_path} did not answer the handshake"
                 f" within {self.connect_timeout:g}s"
@@ -130,8 +131,7 @@ class AgentClient:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         task_group.start_soon(conn.read_loop)
-        task_group.start_soon(conn.write_loop)
-        self._conn, self._task_group, self._sock = conn, task_group, sock
+        self._conn, self._task_group = conn, task_group
         return self
 
     async def __aexit__(
@@ -149,9 +149,7 @@ class AgentClient:
         # The caller's exception (if any) propagates on its own; handing it to the task group
         # would wrap it in an ExceptionGroup.
         await task_group.__aexit__(None, None, None)
-        if self._sock is not None:
-            await anyio.aclose_forcefully(self._sock)
-            self._sock = None
+        conn.close()
 
     @asynccontextmanager
     async def _request(self, op: str, args: dict[str, Any]) -> AsyncIterator[Channel]:
@@ -344,6 +342,13 @@ class AgentClient:
     def procs(self) -> ProcessOps:
         """Background commands, shell sessions and terminals (``agentclient._procs``)."""
         return ProcessOps(self._connection)
+
+
+def _close(conn: Connection | None, sock: socket.socket) -> None:
+    if conn is not None:
+        conn.close()
+    else:
+        sock.close()
 
 
 async def _final(channel: Channel) -> Header:

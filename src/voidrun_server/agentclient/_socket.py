@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 
 import anyio
@@ -14,11 +15,9 @@ from ._errors import AgentConnectionError
 RETRY_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 
 
-async def connect_unix(
-    path: str, patience: float, owner_uid: int | None = None
-) -> anyio.abc.SocketStream:
+async def connect_unix(path: str, patience: float, owner_uid: int | None = None) -> socket.socket:
     """Connect, retrying for ``patience`` seconds while the agent starts up (no socket yet, or
-    nobody listening on it yet)."""
+    nobody listening on it yet). Returns the connected, non-blocking socket."""
     delay = 0.005
     last: OSError | None = None
     try:
@@ -40,7 +39,7 @@ async def connect_unix(
         ) from None
 
 
-async def _connect_once(path: str, owner_uid: int | None) -> anyio.abc.SocketStream:
+async def _connect_once(path: str, owner_uid: int | None) -> socket.socket:
     """Connect without ever following a symlink at the socket's name.
 
     The socket's directory is writable from inside the sandbox, so a hostile sandbox could swap
@@ -60,6 +59,10 @@ async def _connect_once(path: str, owner_uid: int | None) -> anyio.abc.SocketStr
             raise AgentConnectionError(
                 f"refusing to connect: {path} is not a socket owned by uid {owner_uid}"
             )
-        return await anyio.connect_unix(f"/proc/self/fd/{fd}")
+        stream = await anyio.connect_unix(f"/proc/self/fd/{fd}")
+        # The socket itself, for an asyncio transport (``_wire``); the wrapper is dropped
+        # unclosed on purpose (closing it would close the socket).
+        raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        return raw
     finally:
         os.close(fd)

@@ -1,17 +1,33 @@
 """One socket to one agent, shared by many concurrent requests.
 
-Two background tasks own the socket. The reader parses frames and files them under their
-request's :class:`Channel`; it never waits for a consumer, and a consumer can never fall more
-than one flow-control window behind because the agent may not send more than that. The writer
-sends queued frames whole: a caller cancelled halfway through ``send`` can never leave half a
-frame on the wire and corrupt the connection for every other request.
+The socket is an asyncio transport (uvloop's on the server): the event loop reads it as bytes
+arrive, with no per-read registration, and writes go straight to the kernel when it has room.
+
+**Reading.** The transport's protocol (:class:`_Inbound`) only collects bytes (and stops the
+transport reading when it holds more than ``READ_LIMIT``, so a peer cannot make the server
+buffer without bound). One reader task parses every complete frame in that buffer per wake-up —
+no system call, timer or copy per frame beyond the frame's own bytes — and files each under its
+request's :class:`Channel`. It never waits for a consumer, and a consumer can never fall more
+than one flow-control window behind because the agent may not send more than that. It yields to
+the loop every ``FRAMES_PER_CHECKPOINT`` frames, so a flood of small frames shares the loop. A
+frame, once begun, must be complete within ``FRAME_TIMEOUT`` (an agent writes whole frames).
+
+**Writing.** ``post`` appends a whole encoded frame to the outbox and schedules one flush at the
+end of the current loop iteration; the flush joins everything queued by then (up to
+``WRITE_BATCH`` bytes per write) into one ``transport.write`` — so concurrent requests' frames
+leave in one system call, in the order they were posted. No frame is ever split between
+writes by a cancelled caller: frames are queued whole, synchronously. ``send`` also waits until
+its frame is handed to the transport and the transport is not above its high-water mark
+(socket backpressure for uploads).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -24,6 +40,8 @@ from voidrun_server.agent.protocol import (
     HELLO,
     INITIAL_WINDOW,
     MAX_CONCURRENT_REQUESTS,
+    MAX_HEADER_SIZE,
+    MAX_PAYLOAD_SIZE,
     PREFIX,
     PROTOCOL_VERSION,
     REQ,
@@ -49,8 +67,9 @@ from ._errors import (
 
 log = logging.getLogger(__name__)
 
-WRITE_BATCH = 1024 * 1024
-READ_SIZE = 256 * 1024
+WRITE_BATCH = 1024 * 1024  # at most this much joined into one write
+MAX_FRAME = PREFIX.size + MAX_HEADER_SIZE + MAX_PAYLOAD_SIZE
+READ_LIMIT = 2 * MAX_FRAME  # unparsed bytes held before the transport stops reading
 FRAME_TIMEOUT = 15.0  # a begun frame must be complete by then (unless the sandbox is frozen)
 FRAMES_PER_CHECKPOINT = 64
 MAX_ABANDONED = 4096
@@ -59,26 +78,88 @@ MAX_WINDOW_INCREMENT = 64 * INITIAL_WINDOW
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
-class _Outgoing:
-    __slots__ = ("data", "done", "error")
+class _Inbound(asyncio.Protocol):
+    """The transport's protocol: collects what the agent sends and wakes the one reader."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.done = anyio.Event()
-        self.error: AgentError | None = None
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.pos = 0  # bytes of ``buffer`` already parsed
+        self.eof = False
+        self.lost: BaseException | None = None  # why the transport went away (if it did)
+        self.transport: asyncio.Transport | None = None
+        self.reading_paused = False
+        self.write_paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self.on_writable: Any = None  # set by the connection: called on resume_writing
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) - self.pos > READ_LIMIT and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.lost = exc or anyio.ClosedResourceError()
+        self._wake()
+        if self.on_writable is not None:
+            self.on_writable()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.on_writable is not None:
+            self.on_writable()
+
+    def _wake(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    async def more(self) -> None:
+        """Wait until bytes arrive, the peer closes, or the connection is lost."""
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        reader = self._reader = asyncio.get_running_loop().create_future()
+        try:
+            await reader
+        finally:
+            self._reader = None
+
+    def compact(self) -> None:
+        if self.pos:
+            del self.buffer[: self.pos]
+            self.pos = 0
 
 
 class Connection:
-    def __init__(self, sock: anyio.abc.SocketStream, path: str) -> None:
+    def __init__(self, transport: asyncio.Transport, inbound: _Inbound, path: str) -> None:
         self.path = path
         self.agent_version = 0
         self.agent_ops: frozenset[str] = frozenset()
-        self._sock = sock
-        self._inbuf = bytearray()
-        self._outbox: deque[_Outgoing] = deque()
-        self._outbox_ready = anyio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._in = inbound
+        self._in.on_writable = self._writable
+        self._outbox: deque[bytes] = deque()
+        self._flush_scheduled = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._frame_started: float | None = None  # loop time a pending partial frame began
         self._channels: dict[int, Channel] = {}
-        self._slots = anyio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._next_id = 1
         self._failure: AgentError | None = None
         self._goodbye = ""
@@ -88,12 +169,20 @@ class Connection:
         self._abandoned: dict[int, None] = {}
         self.closed = anyio.Event()
 
+    @classmethod
+    async def attach(cls, sock: socket.socket, path: str) -> Connection:
+        """Wrap a connected Unix socket (the connection takes it over)."""
+        loop = asyncio.get_running_loop()
+        inbound = _Inbound()
+        transport, _ = await loop.create_unix_connection(lambda: inbound, sock=sock)
+        return cls(transport, inbound, path)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def handshake(self) -> None:
-        """Exchange hellos before the background tasks start; refuse another version."""
+        """Exchange hellos before the reader starts; refuse another version."""
         try:
-            await self._sock.send(encode_frame({"t": HELLO, "id": 0, "version": PROTOCOL_VERSION}))
+            self.post({"t": HELLO, "id": 0, "version": PROTOCOL_VERSION})
             header, _ = await self._read_frame()
         except _BROKEN as exc:
             raise AgentConnectionError(
@@ -131,91 +220,132 @@ class Connection:
         for channel in self._channels.values():
             channel.on_failure(self._failure)
         self._channels.clear()
-        while self._outbox:
-            item = self._outbox.popleft()
-            item.error = self._failure
-            item.done.set()
-        self._outbox_ready.set()
+        self._outbox.clear()
+        self._wake_drain_waiters()
+
+    def close(self) -> None:
+        """Drop the socket at once (whatever is unsent is discarded)."""
+        self._transport.abort()
 
     # -- writing -------------------------------------------------------------------------------
 
-    def post(self, header: Header, payload: bytes = b"") -> _Outgoing:
-        """Queue a frame without waiting; the writer task sends it whole."""
+    def post(self, header: Header, payload: bytes = b"") -> None:
+        """Queue a whole frame without waiting; it leaves with the next flush (this loop
+        iteration, joined with whatever else was queued meanwhile)."""
         if self._failure is not None:
             raise self._failure
         try:
             frame = encode_frame(header, payload)
         except FrameTooLarge as exc:
             raise AgentRequestTooLargeError(str(exc)) from None
-        item = _Outgoing(frame)
-        self._outbox.append(item)
-        self._outbox_ready.set()
-        return item
+        self._outbox.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     async def send(self, header: Header, payload: bytes = b"") -> None:
-        """Queue a frame and wait until it is handed to the kernel (socket backpressure)."""
-        item = self.post(header, payload)
-        await item.done.wait()
-        if item.error is not None:
-            raise item.error
+        """Queue a frame and wait until it is handed to the transport and the transport is
+        below its high-water mark (socket backpressure)."""
+        self.post(header, payload)
+        if self._outbox or self._in.write_paused:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self._failure is not None:
+            raise self._failure
+        if self._in.lost is not None:  # the reader reports why; this frame did not leave
+            raise AgentConnectionError(f"lost the connection to the agent at {self.path}")
 
-    async def write_loop(self) -> None:
-        batch: list[_Outgoing] = []
-        try:
-            while self._failure is None:
-                if not self._outbox:
-                    self._outbox_ready = anyio.Event()
-                    await self._outbox_ready.wait()
-                    continue
-                size = 0
-                while self._outbox and size < WRITE_BATCH:
-                    batch.append(self._outbox.popleft())
-                    size += len(batch[-1].data)
-                data = batch[0].data if len(batch) == 1 else b"".join(i.data for i in batch)
-                await self._sock.send(data)
-                for item in batch:
-                    item.done.set()
-                batch.clear()
-        except _BROKEN:
-            self.fail(AgentConnectionError(f"lost the connection to the agent at {self.path}"))
-        finally:
-            for item in batch:
-                item.error = self._failure or AgentConnectionError("connection closed")
-                item.done.set()
+    def _flush(self) -> None:
+        """Write what is queued: in order, whole frames, at most ``WRITE_BATCH`` per write
+        (a single larger frame alone), and nothing while the transport is above high water."""
+        self._flush_scheduled = False
+        outbox = self._outbox
+        if self._in.lost is not None or self._transport.is_closing():
+            outbox.clear()  # gone: the reader (or ``fail``) says why; senders learn it now
+            self._wake_drain_waiters()
+            return
+        while outbox and not self._in.write_paused and self._failure is None:
+            first = outbox.popleft()
+            if not outbox or len(first) >= WRITE_BATCH:
+                self._transport.write(first)
+                continue
+            batch = [first]
+            size = len(first)
+            while outbox and size + len(outbox[0]) <= WRITE_BATCH:
+                frame = outbox.popleft()
+                batch.append(frame)
+                size += len(frame)
+            self._transport.write(b"".join(batch))
+        if not outbox and not self._in.write_paused:
+            self._wake_drain_waiters()
+
+    def _writable(self) -> None:
+        """The transport drained below its low-water mark, or went away."""
+        self._flush()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read_exactly(self, n: int, deadline: float | None = None) -> bytes:
-        while len(self._inbuf) < n:
-            want = max(READ_SIZE, n - len(self._inbuf))
-            if deadline is None:
-                self._inbuf += await self._sock.receive(want)
-                continue
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                self._inbuf += await self._sock.receive(want)
-                continue
-            if not self._frozen:
-                raise AgentProtocolError(
-                    f"the agent at {self.path} left a frame unfinished for {FRAME_TIMEOUT:g}s"
-                )
-            deadline = anyio.current_time() + FRAME_TIMEOUT
-        data = bytes(self._inbuf[:n])
-        del self._inbuf[:n]
-        return data
+    def _buffered_frame(self) -> tuple[Header, bytes] | None:
+        """The next complete frame in the buffer, or None. Sizes are checked as soon as a
+        prefix is complete, before anything more of the frame is waited for."""
+        inbound = self._in
+        buf, pos = inbound.buffer, inbound.pos
+        if len(buf) - pos < PREFIX.size:
+            return None
+        header_len, payload_len = parse_prefix(bytes(buf[pos : pos + PREFIX.size]))
+        start = pos + PREFIX.size
+        end = start + header_len + payload_len
+        if len(buf) < end:
+            return None
+        with memoryview(buf) as view:
+            header = parse_header(bytes(view[start : start + header_len]))
+            payload = bytes(view[start + header_len : end]) if payload_len else b""
+        inbound.pos = end
+        return header, payload
 
     async def _read_frame(self) -> tuple[Header, bytes]:
         """One frame. A frame, once begun, must be complete within ``FRAME_TIMEOUT`` (an agent
         writes each frame whole), so a stalled half-frame cannot hold the connection forever."""
+        inbound = self._in
         try:
-            prefix = await self._read_exactly(1)
-            deadline = anyio.current_time() + FRAME_TIMEOUT
-            try:
-                prefix += await self._read_exactly(PREFIX.size - 1, deadline)
-                header_len, payload_len = parse_prefix(prefix)
-                body = await self._read_exactly(header_len + payload_len, deadline)
-            except anyio.EndOfStream:  # agents write whole frames: this one was cut short
-                raise ProtocolError("the connection ended inside a frame") from None
-            return parse_header(body[:header_len]), body[header_len:]
+            while True:
+                frame = self._buffered_frame()
+                if frame is not None:
+                    self._frame_started = None
+                    return frame
+                inbound.compact()
+                pending = len(inbound.buffer) > 0
+                if inbound.eof:
+                    if pending:  # agents write whole frames: this one was cut short
+                        raise ProtocolError("the connection ended inside a frame")
+                    if isinstance(inbound.lost, OSError):
+                        raise inbound.lost
+                    raise anyio.EndOfStream
+                if not pending:
+                    self._frame_started = None
+                    await inbound.more()
+                    continue
+                now = self._loop.time()
+                if self._frame_started is None:
+                    self._frame_started = now
+                remaining = self._frame_started + FRAME_TIMEOUT - now
+                if remaining <= 0:
+                    if not self._frozen:
+                        raise AgentProtocolError(
+                            f"the agent at {self.path} left a frame unfinished"
+                            f" for {FRAME_TIMEOUT:g}s"
+                        )
+                    self._frame_started = now
+                    remaining = FRAME_TIMEOUT
+                with anyio.move_on_after(remaining):
+                    await inbound.more()
         except ProtocolError as exc:
             raise AgentProtocolError(
                 f"malformed frame from the agent at {self.path}: {exc}"

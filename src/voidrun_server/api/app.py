@@ -7,14 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, datadir
 from ..agent_launch import agent_argv, install_agent
@@ -33,7 +33,7 @@ from ..services.storage import DiskFloor
 from ..store import db
 from . import errors
 from .deps import AppContext
-from .middleware import HttpMetrics, RequestContextMiddleware
+from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware
 from .routes import commands, exec, files, orgs, pty, sandboxes, sessions, system, users
 from .routes import images as image_routes
@@ -43,6 +43,41 @@ if TYPE_CHECKING:
     from ..drivers.base import Driver
 
 log = logging.getLogger(__name__)
+
+CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Org-ID"]
+
+
+class VoidRunAPI(FastAPI):
+    """FastAPI with one middleware layer (``EdgeMiddleware``) in place of its default seven.
+
+    FastAPI's stack is ServerErrorMiddleware, its OpenTelemetry and body-limit layers, the
+    user middleware, ExceptionMiddleware and AsyncExitStackMiddleware, each a coroutine call
+    and most a closure per request. ``EdgeMiddleware`` does what those did here (the server
+    configures no OpenTelemetry and no FastAPI body limit; its own limits are in the edge).
+    ``add_middleware`` has no effect on this app: extend ``EdgeMiddleware`` instead.
+    """
+
+    edge: dict[str, Any]
+    preview_domain: str = ""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        edge = EdgeMiddleware(self.router, exception_handlers=self.exception_handlers, **self.edge)
+        if not self.preview_domain:
+            return edge
+        # preview hosts ({port}-{id}.<domain>) go to the proxy before the API sees them
+        return PreviewHostMiddleware(edge, domain=self.preview_domain)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
 
 
 def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
@@ -88,7 +123,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
             await ctx.keys.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = VoidRunAPI(
         title="VoidRun API (self-hosted)",
         version=__version__,
         description="Self-hostable sandbox server speaking the VoidRun API.",
@@ -115,20 +150,18 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         app.include_router(router)
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Org-ID"],
-        max_age=600,
-    )
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=HttpMetrics(registry) if settings.metrics_enabled else None,
-        max_body=settings.max_json_body_bytes,
-        max_url=settings.max_url_bytes,
-    )
-    app.add_middleware(PreviewHostMiddleware, domain=settings.public_domain)  # outermost
+    app.edge = {
+        "metrics": HttpMetrics(registry) if settings.metrics_enabled else None,
+        "max_body": settings.max_json_body_bytes,
+        "max_url": settings.max_url_bytes,
+        "cors": {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": CORS_METHODS,
+            "allow_headers": CORS_HEADERS,
+            "max_age": 600,
+        },
+    }
+    app.preview_domain = settings.public_domain
     return app
 
 
