@@ -51,7 +51,8 @@ def spawn(
     closed; return its pid. ``preexec`` runs in the child after ``setsid`` (forces fork).
 
     Raises ``OSError`` as ``Popen`` would: ``filename`` is ``cwd`` when changing into it failed,
-    else ``executable``. The caller owns the pid (its exit status goes to the reaper).
+    else ``executable`` (the failed child is reaped here). The caller owns the pid of a started
+    child (in the agent its exit status goes to the reaper).
     """
     if not KNOWN:
         return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec)
@@ -84,7 +85,11 @@ def spawn(
     finally:
         os.close(errpipe_read)
     if report:
-        _raise(bytes(report), executable, cwd)  # the failed child is reaped by the reaper
+        try:
+            os.waitpid(pid, 0)  # as Popen does: the child exits right after its report
+        except ChildProcessError:
+            pass
+        _raise(bytes(report), executable, cwd)
     return pid
 
 

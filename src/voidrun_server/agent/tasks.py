@@ -133,12 +133,17 @@ async def sleep(delay: float) -> None:
         timer.cancel()
 
 
+def _reported(task: Future[Any]) -> None:
+    pass
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on a new loop until it is done; the loop is closed afterwards."""
     loop = Loop()
     set_loop(loop)
     try:
         task = Task(coro)
+        task.add_done_callback(_reported)  # its outcome is run()'s: not a failure to log
         loop.run_until(task.done)
         return task.result()
     finally:
