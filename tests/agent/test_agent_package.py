@@ -116,3 +116,15 @@ def test_json_errors_are_worded_like_json_without_json_imported(agent_mount: Pat
         "frame header is not JSON: "
         "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
     )
+
+
+def test_every_lazily_imported_op_resolves_to_a_handler() -> None:
+    import inspect
+
+    from voidrun_server.agent.ops import LAZY, OPS, resolve
+
+    assert set(LAZY) < set(OPS)
+    for op in LAZY:
+        handler = resolve(op)
+        assert inspect.iscoroutinefunction(handler), op
+        assert handler.__module__ == f"voidrun_server.agent.{LAZY[op][0]}"

@@ -90,7 +90,9 @@ class Loop:
         self._cancelled_timers = 0
         self._from_threads: deque[Handle] = deque()
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
+        self._signal_before: dict[int, Any] = {}  # handlers to restore at close
         self._signals_seen: set[int] = set()
+        self.tasks: set[Any] = set()  # unfinished tasks (see tasks.Task), cancelled at the end
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -149,7 +151,9 @@ class Loop:
         if not self._signal_callbacks:
             _signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         self._signal_callbacks[signum] = callback
-        _signal.signal(signum, self._noted)
+        previous = _signal.signal(signum, self._noted)
+        self._signal_before.setdefault(signum, previous)
+        _signal.siginterrupt(signum, False)  # SA_RESTART, as asyncio sets
 
     def _noted(self, signum: int, frame: FrameType | None) -> None:
         self._signals_seen.add(signum)  # the wake-up fd has already woken the poll
@@ -219,6 +223,8 @@ class Loop:
         self.closed = True
         if self._signal_callbacks:
             _signal.set_wakeup_fd(-1)
+            for signum, previous in self._signal_before.items():
+                _signal.signal(signum, previous)
         self._epoll.close()
         os.close(self._wake_read)
         os.close(self._wake_write)

@@ -22,14 +22,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping, Sequence
 
-try:
-    from _posixsubprocess import fork_exec
-except ImportError:  # pragma: no cover - not CPython on POSIX
-    fork_exec = None  # type: ignore[assignment]
-
 # The argument lists Popen passes, by version (3.11 added process_group and allow_vfork;
-# 3.14 dropped allow_vfork).
-KNOWN = fork_exec is not None and (3, 9) <= sys.version_info[:2] <= (3, 14)
+# 3.14 dropped allow_vfork). Tested on 3.9 to 3.13. (_posixsubprocess is imported on the
+# first spawn: it is a shared library to load.)
+KNOWN = (3, 9) <= sys.version_info[:2] <= (3, 14)
 
 
 class SpawnError(Exception):
@@ -54,6 +50,7 @@ def spawn(
     else ``executable`` (the failed child is reaped here). The caller owns the pid of a started
     child (in the agent its exit status goes to the reaper).
     """
+    global KNOWN
     if not KNOWN:
         return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec)
     env_list = []
@@ -74,6 +71,9 @@ def spawn(
                 list(argv), executables, env_list, cwd, stdin, stdout, stderr,
                 errpipe_read, errpipe_write, preexec,
             )  # fmt: skip
+        except TypeError:  # not the signature this version was expected to have
+            KNOWN = False
+            return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec)
         finally:
             os.close(errpipe_write)
         report = bytearray()
@@ -119,6 +119,8 @@ def _fork_exec(
 ) -> int:
     common = (args, executables, True, (errpipe_write,), cwd, env_list)
     pipes = (stdin, -1, -1, stdout, -1, stderr, errpipe_read, errpipe_write)
+    from _posixsubprocess import fork_exec
+
     hook: Any = preexec  # typeshed wants a callable; like Popen we pass None for "no hook"
     # then: restore_signals, start_new_session, [process_group,] gid, groups, uid, umask, hook
     if sys.version_info >= (3, 14):

@@ -29,7 +29,9 @@ class Task(Future[T]):
         self._coro = coro
         self._waiting: Future[Any] | None = None
         self._must_cancel = False
-        get_loop().call_soon(self._step, None)
+        self._loop = get_loop()
+        self._loop.tasks.add(self)
+        self._loop.call_soon(self._step, None)
 
     def cancel(self) -> bool:
         if self.done():
@@ -47,6 +49,13 @@ class Task(Future[T]):
             if not isinstance(exc, CancelledError):
                 exc = CancelledError()
         self._waiting = None
+        try:
+            self._run(exc)
+        finally:
+            if self.done():
+                self._loop.tasks.discard(self)
+
+    def _run(self, exc: BaseException | None) -> None:
         try:
             result = self._coro.send(None) if exc is None else self._coro.throw(exc)
         except StopIteration as stop:
@@ -72,7 +81,7 @@ class Task(Future[T]):
                     self._must_cancel = False
             else:
                 problem = RuntimeError(f"task {self._coro!r} yielded {result!r}, not a Future")
-                get_loop().call_soon(self._step, problem)
+                self._loop.call_soon(self._step, problem)
 
     def _wakeup(self, future: Future[Any]) -> None:
         try:
@@ -138,13 +147,19 @@ def _reported(task: Future[Any]) -> None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a new loop until it is done; the loop is closed afterwards."""
+    """Run ``coro`` on a new loop until it is done, then cancel the tasks still running and let
+    them finish (as ``asyncio.run`` does); the loop is closed afterwards."""
     loop = Loop()
     set_loop(loop)
     try:
         task = Task(coro)
         task.add_done_callback(_reported)  # its outcome is run()'s: not a failure to log
-        loop.run_until(task.done)
+        try:
+            loop.run_until(task.done)
+        finally:
+            for other in list(loop.tasks):
+                other.cancel()
+            loop.run_until(lambda: not loop.tasks)
         return task.result()
     finally:
         set_loop(None)
