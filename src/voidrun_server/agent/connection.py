@@ -14,9 +14,8 @@ from . import log
 from .fdio import Fd
 from .futures import CancelledError, Future
 from .loop import get_loop
-from .ops import OPS
+from .ops import OPS, lookup
 from .protocol import (
-    BAD_REQUEST,
     CANCEL,
     DATA,
     END,
@@ -29,7 +28,6 @@ from .protocol import (
     PROTOCOL_VERSION,
     REQ,
     RES,
-    UNKNOWN_OP,
     VERSION_MISMATCH,
     WINDOW,
     OpError,
@@ -205,11 +203,7 @@ class Connection:
         if len(self._requests) >= MAX_CONCURRENT_REQUESTS:
             raise ProtocolError(f"more than {MAX_CONCURRENT_REQUESTS} concurrent requests")
         op, args = header.get("op"), header.get("args", {})
-        handler = OPS.get(op) if isinstance(op, str) else None
-        if handler is None:
-            handler = _refuse(OpError(UNKNOWN_OP, f"unknown op {op!r}; known: {sorted(OPS)}"))
-        elif not isinstance(args, dict):
-            handler = _refuse(OpError(BAD_REQUEST, "'args' must be an object"))
+        handler = lookup(op, args)
         stream = Stream(self, sid)
         task = Task(self._run(stream, handler, args, op))
         self._requests[sid] = (stream, task)
@@ -299,10 +293,3 @@ class Connection:
                 await wait(tasks)
         finally:
             self._sock.close()
-
-
-def _refuse(error: OpError) -> Handler:
-    async def handler(ctx: AgentContext, stream: Stream, args: dict[str, Any]) -> dict[str, Any]:
-        raise error
-
-    return handler

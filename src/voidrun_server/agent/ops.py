@@ -12,6 +12,7 @@ names them, so the hello frame lists every op without importing anything.
 from __future__ import annotations
 
 from .args import bad, env_map
+from .protocol import BAD_REQUEST, UNKNOWN_OP, OpError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,3 +99,20 @@ OPS: Dict[str, Handler] = {
     "env.set": op_env_set,
     **{op: _lazy(op) for op in LAZY},
 }
+
+
+def lookup(op: object, args: object) -> Handler:
+    """The handler for a request: its op's, or one that refuses it with the reason."""
+    handler = OPS.get(op) if isinstance(op, str) else None
+    if handler is None:
+        return _refuse(OpError(UNKNOWN_OP, f"unknown op {op!r}; known: {sorted(OPS)}"))
+    if not isinstance(args, dict):
+        return _refuse(OpError(BAD_REQUEST, "'args' must be an object"))
+    return handler
+
+
+def _refuse(error: OpError) -> Handler:
+    async def handler(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
+        raise error
+
+    return handler

@@ -59,6 +59,7 @@ MAX_ID_CHARS = 100
 PAUSE_ABOVE = 1024 * 1024  # a streaming consumer this far behind pauses the terminal
 INPUT_QUIET = 0.1  # ``input`` returns once output has been quiet this long...
 INPUT_MAX_WAIT = 1.0  # ...or after this long in any case
+MARKER_WAIT = 0.005  # see ShellSession.follow
 
 
 class ShellSession:
@@ -112,6 +113,10 @@ class ShellSession:
 
         Output waits in a queue between the terminal and ``send``; above ``PAUSE_ABOVE`` bytes
         the terminal is paused, so a slow consumer slows the command instead of growing memory.
+        Output that ends where the end-of-command marker may begin (a final newline is held
+        back until the next bytes show whether the marker follows) waits up to ``MARKER_WAIT``
+        for them, once: the shell writes the marker right after a command's last line, and so
+        the last line and the end usually arrive together instead of the newline on its own.
         """
         queue: List[bytes] = []
         queued = [0]  # bytes in queue
@@ -128,9 +133,16 @@ class ShellSession:
         run.emit = emit
         run.done.add_done_callback(lambda _: wake.set())
         deadline = None if not time_limit else loop.time() + time_limit
+        waited = False
         try:
             while True:
+                if queue and run.held and not waited and not run.done.done():
+                    waited = True
+                    wake.clear()
+                    await wake.wait(MARKER_WAIT)
+                    continue
                 if queue:
+                    waited = False
                     data = b"".join(queue)
                     queue.clear()
                     queued[0] = 0
