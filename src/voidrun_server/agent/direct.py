@@ -120,7 +120,7 @@ class DirectExec:
                 if not chunk:
                     break
                 answer += chunk
-        except OSError as exc:
+        except Exception as exc:  # then plain commands keep going through the shell
             log.warning("cannot ask %s for its version: %s", self.shell, exc)
         finally:
             if reader is not None:
