@@ -17,10 +17,8 @@ DEFAULT_MOUNT_DIR = "/opt/voidrun"
 
 
 def bootstrap_code(mount_dir: str = DEFAULT_MOUNT_DIR) -> str:
-    # ``sys.modules["ssl"] = None`` makes asyncio skip importing ssl (it treats ssl as absent):
-    # the agent never speaks TLS, and that import is a tenth of the agent's start-up time.
     return (
-        f"import sys; sys.modules['ssl'] = None; sys.path.insert(0, {mount_dir!r}); "
+        f"import sys; sys.path.insert(0, {mount_dir!r}); "
         f"from {PACKAGE_NAME}.__main__ import main; sys.exit(main())"
     )
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
-import anyio.lowlevel
 import pytest
 
 from tests.agent.agent_helpers import AgentProcess, eventually, is_running, live_members
 from voidrun_server.agent.commands import MAX_EXITED, RING_BYTES
 from voidrun_server.agent.ring import Ring
+from voidrun_server.agent.tasks import Task, run, sleep
 from voidrun_server.agentclient import AgentClient, AgentOperationError
 from voidrun_server.agentclient._procs import OpStream, Output
 
@@ -166,7 +165,7 @@ async def test_exited_history_is_bounded(agent: AgentProcess) -> None:
 # -- the ring itself ------------------------------------------------------------------------
 
 
-async def test_ring_drops_from_the_front_and_keeps_order() -> None:
+def test_ring_drops_from_the_front_and_keeps_order() -> None:
     ring = Ring(10, max_records=3)
     ring.append("stdout", b"abcd")
     ring.append("stderr", b"EF")
@@ -186,20 +185,27 @@ async def test_ring_drops_from_the_front_and_keeps_order() -> None:
     assert ring.read(14, 3) == (14, "", b"")
 
 
-async def test_ring_wait_wakes_on_append_and_close() -> None:
-    ring = Ring(100)
-    woke = []
+def test_ring_wait_wakes_on_append_and_close() -> None:
+    """On the agent's own loop (``agent.tasks``), as the agent runs it."""
+    woke: list[int] = []
 
-    async def waiter() -> None:
-        await ring.wait(0)
-        woke.append(ring.end)
-        await ring.wait(ring.end)
-        woke.append(-1 if ring.closed else ring.end)
+    async def scenario() -> None:
+        ring = Ring(100)
 
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(waiter)
-        await anyio.lowlevel.checkpoint()
+        async def waiter() -> None:
+            await ring.wait(0)
+            woke.append(ring.end)
+            await ring.wait(ring.end)
+            woke.append(-1 if ring.closed else ring.end)
+
+        task = Task(waiter())
+        await sleep(0)
         ring.append("stdout", b"x")
-        await eventually(lambda: woke == [1], "the first wake")
+        while woke != [1]:
+            await sleep(0.001)
+        assert not await ring.wait(ring.end, limit=0.01)  # nothing new: the limit passes
         ring.close()
+        await task
+
+    run(scenario())
     assert woke == [1, -1]

@@ -68,3 +68,63 @@ def test_bootstrap_runs_an_isolated_copy(agent_mount: Path) -> None:
         check=False,
     )
     assert hidden.returncode != 0  # so the agent tests would catch a server import
+
+
+# What an idle agent must not have imported: the costs per sandbox the agent was rewritten to
+# avoid (asyncio and friends), and every op family's module (imported on its first op).
+HEAVY_MODULES = {
+    "asyncio", "typing", "json", "re", "logging", "subprocess", "threading", "socket",
+    "signal", "enum", "selectors", "collections", "functools", "weakref", "shutil", "tempfile",
+    "secrets", "random", "ctypes", "tarfile", "zipfile", "zlib", "fnmatch", "pty", "termios",
+    "tty", "fcntl", "concurrent", "contextlib", "traceback", "argparse", "ssl",
+}  # fmt: skip
+FAMILY_MODULES = {
+    "process", "direct", "commands", "shells", "pty", "terminal", "files", "fsops", "fsquery",
+    "fsutil", "archive", "extract", "watch", "inotify", "threads", "ring",
+}  # fmt: skip
+
+
+def imported_by(mount: Path, code: str) -> set[str]:
+    probe = (
+        f"import sys; sys.path.insert(0, {str(mount)!r}); before = set(sys.modules); {code}; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
+    )
+    return set(done.stdout.split())
+
+
+def test_start_up_imports_only_what_the_idle_agent_needs(agent_mount: Path) -> None:
+    loaded = imported_by(agent_mount, f"import {PACKAGE_NAME}.__main__")
+    assert f"{PACKAGE_NAME}.server" in loaded
+    assert loaded & HEAVY_MODULES == set()
+    assert {f"{PACKAGE_NAME}.{name}" for name in FAMILY_MODULES} & loaded == set()
+
+
+def test_json_errors_are_worded_like_json_without_json_imported(agent_mount: Path) -> None:
+    """``_json`` needs ``json.decoder`` for its error messages; the agent imports it only then."""
+    code = (
+        f"from {PACKAGE_NAME}.protocol import parse_header, ProtocolError\n"
+        "try:\n parse_header(b'{nope')\nexcept ProtocolError as e:\n print(e, file=sys.stderr)"
+    )
+    probe = f"import sys; sys.path.insert(0, {str(agent_mount)!r})\n{code}"
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stderr.strip() == (
+        "frame header is not JSON: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    )
+
+
+def test_every_lazily_imported_op_resolves_to_a_handler() -> None:
+    import inspect
+
+    from voidrun_server.agent.ops import LAZY, OPS, resolve
+
+    assert set(LAZY) < set(OPS)
+    for op in LAZY:
+        handler = resolve(op)
+        assert inspect.iscoroutinefunction(handler), op
+        assert handler.__module__ == f"voidrun_server.agent.{LAZY[op][0]}"

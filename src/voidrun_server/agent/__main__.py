@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import sys
-from typing import Dict, List, Optional, Tuple
 
 from .context import BASE_ENV
+from .jsonc import loads
 from .server import serve
+from .tasks import run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
 
 
 def load_env_file(path: str) -> Dict[str, str]:
     """A JSON object of strings: the sandbox's environment, fixed at creation."""
     with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+        data = loads(fh.read())
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in data.items()
     ):
@@ -48,11 +50,6 @@ def parse_args(argv: List[str]) -> Tuple[str, Optional[str]]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     socket, env_file = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="voidrun-agent: %(levelname)s %(message)s",
-    )
     env = dict(BASE_ENV)
     if env_file:
         try:
@@ -61,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"voidrun-agent: cannot load --env-file: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(serve(socket, env))
+        return run(serve(socket, env))
     except OSError as exc:
         print(f"voidrun-agent: cannot listen on {socket}: {exc}", file=sys.stderr)
         return 1

@@ -20,15 +20,20 @@ import os
 import posixpath
 import stat
 import tempfile
-import threading
 import time
-from typing import IO, Any, Iterator, List, Optional, Tuple
 
 from .args import req_str
-from .context import AgentContext
-from .fsutil import Args, Reply, check, norm_path, run
+from .fsutil import check, norm_path, run
 from .protocol import BAD_REQUEST, IO_ERROR, OpError
-from .stream import Stream
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, Iterator, List, Optional, Tuple
+
+    from .context import AgentContext
+    from .fsutil import Args, Reply
+    from .stream import Stream
+    from .threads import Stop
 
 TAR_MODES = {"tar": "w:", "tar.gz": "w:gz", "tar.bz2": "w:bz2"}
 FORMATS = (*TAR_MODES, "zip")
@@ -58,7 +63,7 @@ def walk(path: str, arcname: str) -> Iterator[Tuple[str, str, os.stat_result]]:
             yield from walk(posixpath.join(path, name), arcname + "/" + name)
 
 
-def _write_zip(stop: threading.Event, out: IO[bytes], path: str, base: str) -> None:
+def _write_zip(stop: Stop, out: IO[bytes], path: str, base: str) -> None:
     import zipfile
 
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
@@ -74,7 +79,7 @@ def _write_zip(stop: threading.Event, out: IO[bytes], path: str, base: str) -> N
             # sockets, fifos and devices have no meaning in a zip: skipped, like zip does
 
 
-def _write_tar(stop: threading.Event, out: IO[bytes], path: str, base: str, fmt: str) -> None:
+def _write_tar(stop: Stop, out: IO[bytes], path: str, base: str, fmt: str) -> None:
     import tarfile
 
     def keep(info: Any) -> Any:
@@ -85,7 +90,7 @@ def _write_tar(stop: threading.Event, out: IO[bytes], path: str, base: str, fmt:
         tar.add(path, arcname=base, filter=keep)
 
 
-def _compress(stop: threading.Event, path: str, fmt: str) -> str:
+def _compress(stop: Stop, path: str, fmt: str) -> str:
     os.lstat(path)  # a missing source is reported as such, not as a temp-file error
     parent, base = posixpath.split(path)
     archive = f"{path}.{fmt}"

@@ -6,9 +6,11 @@ field becomes a ``bad_request`` error naming the field instead of a crash deep i
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
-
 from .protocol import BAD_REQUEST, OpError, is_int
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Mapping, Optional
 
 
 def bad(message: str) -> OpError:

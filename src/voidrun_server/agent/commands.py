@@ -23,15 +23,13 @@ attach missed because the ring had already discarded them.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import time
-import weakref
-from typing import Any, Dict, List, Optional, Set
 
 from .args import bad
-from .context import AgentContext
-from .process import TIMEOUT_EXIT_CODE, Command, kill_group, popen
+from .context import AgentContext, kill_group
+from .fdio import Fd, Reader, WriteBuffer
+from .futures import Future
+from .process import TIMEOUT_EXIT_CODE, Command, start
 from .protocol import (
     IO_ERROR,
     NOT_FOUND,
@@ -41,7 +39,14 @@ from .protocol import (
 )
 from .reaper import exit_code
 from .ring import Ring
-from .stream import Handler, Stream
+from .sync import Event
+from .tasks import Task, wait
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
+
+    from .stream import Stream
 
 RING_BYTES = 2 * 1024 * 1024  # both channels of one command together
 MAX_EXITED = 100  # exited commands remembered for list/wait/attach
@@ -52,25 +57,6 @@ EOF_GRACE = 1.0
 STDIN_LIMIT = 1024 * 1024  # bytes queued for a child that does not read its stdin
 
 
-class _Collect(asyncio.Protocol):
-    """Feeds one pipe into the ring as data arrives; never applies backpressure."""
-
-    def __init__(self, ring: Ring, channel: str) -> None:
-        self.ring = ring
-        self.channel = channel
-        self.eof: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def itself(self) -> _Collect:
-        return self  # the protocol factory connect_read_pipe wants
-
-    def data_received(self, data: bytes) -> None:
-        self.ring.append(self.channel, data)
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        if not self.eof.done():
-            self.eof.set_result(None)
-
-
 class Background:
     def __init__(self, pid: int, command: str) -> None:
         self.pid = pid
@@ -79,8 +65,8 @@ class Background:
         self.ring = Ring(RING_BYTES)
         self.exit_code: Optional[int] = None
         self.timed_out = False
-        self.done = asyncio.Event()
-        self.stdin: Optional[asyncio.WriteTransport] = None
+        self.done = Event()
+        self.stdin: Optional[WriteBuffer] = None
 
     def info(self) -> Dict[str, Any]:
         info: Dict[str, Any] = {
@@ -95,13 +81,27 @@ class Background:
         return info
 
 
-class CommandTable:
+def collect(fd: int, ring: Ring, channel: str) -> Future[None]:
+    """Feed pipe ``fd`` into ``ring`` as output arrives, never applying backpressure; the
+    future resolves at EOF (the pipe is closed then)."""
+    eof: Future[None] = Future()
+    pipe = Fd(fd)
+
+    def ended() -> None:
+        pipe.close()
+        eof.set_result(None)
+
+    Reader(pipe, lambda data: ring.append(channel, data), ended)
+    return eof
+
+
+class Commands:
     """The agent's background commands, running and recently exited, by pid."""
 
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self.procs: Dict[int, Background] = {}
-        self._tasks: Set[asyncio.Task[None]] = set()
+        self._tasks: set[Task[None]] = set()
 
     def get(self, args: Dict[str, Any]) -> Background:
         pid = args.get("pid")
@@ -112,55 +112,40 @@ class CommandTable:
             raise OpError(NOT_FOUND, f"no background command with pid {pid}")
         return found
 
-    async def start(self, cmd: Command) -> Background:
+    def start(self, cmd: Command) -> Background:
         if sum(1 for p in self.procs.values() if p.exit_code is None) >= MAX_RUNNING:
             raise OpError(TOO_MANY_REQUESTS, f"{MAX_RUNNING} background commands already run")
-        proc = _spawn(cmd)
-        exited = self.ctx.reaper.watch(proc.pid)
-        proc.returncode = 0  # the reaper owns the status (see process.spawn)
-        self.ctx.groups.add(proc.pid)
+        proc = start(self.ctx, cmd, with_stdin=True)
+        assert proc.stdin is not None
         bg = Background(proc.pid, cmd.command)
         self.procs[bg.pid] = bg
-        loop = asyncio.get_running_loop()
-        eofs: List[asyncio.Future[None]] = []
-        try:
-            assert proc.stdin and proc.stdout and proc.stderr
-            for pipe, channel in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-                collect = _Collect(bg.ring, channel)
-                await loop.connect_read_pipe(collect.itself, pipe)
-                eofs.append(collect.eof)
-            bg.stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, proc.stdin)
-        except BaseException:
-            kill_group(proc.pid)
-            raise
-        finally:
-            task = loop.create_task(self._supervise(bg, exited, eofs, cmd.timeout))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        eofs = [collect(proc.stdout, bg.ring, "stdout"), collect(proc.stderr, bg.ring, "stderr")]
+        bg.stdin = WriteBuffer(Fd(proc.stdin, read=False, write=True))
+        task = Task(self._supervise(bg, proc.exited, eofs, cmd.timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return bg
 
     async def _supervise(
         self,
         bg: Background,
-        exited: asyncio.Future[int],
-        eofs: List[asyncio.Future[None]],
+        exited: Future[int],
+        eofs: list[Future[None]],
         time_limit: Optional[float],
     ) -> None:
         status = -9
         try:
-            done, _ = await asyncio.wait({exited}, timeout=time_limit)
+            done, _ = await wait([exited], limit=time_limit)
             if not done:
                 bg.timed_out = True
                 kill_group(bg.pid)
             status = await exited
-            if eofs:
-                await asyncio.wait(eofs, timeout=EOF_GRACE)
+            await wait(eofs, limit=EOF_GRACE)
         finally:
             bg.exit_code = TIMEOUT_EXIT_CODE if bg.timed_out else exit_code(status)
             if bg.stdin is not None:
-                bg.stdin.close()
-            self.ctx.groups.discard(bg.pid)
-            self.ctx.reaper.forget(bg.pid)
+                bg.stdin.close_when_flushed()
+            self.ctx.finished(bg.pid)
             bg.ring.close()
             bg.done.set()
             self._evict()
@@ -172,43 +157,29 @@ class CommandTable:
                 del self.procs[old.pid]
 
 
-def _spawn(cmd: Command) -> subprocess.Popen[bytes]:
-    return popen(cmd, subprocess.PIPE)
-
-
-_TABLES: weakref.WeakKeyDictionary[AgentContext, CommandTable] = weakref.WeakKeyDictionary()
-
-
-def table(ctx: AgentContext) -> CommandTable:
-    found = _TABLES.get(ctx)
-    if found is None:
-        found = _TABLES[ctx] = CommandTable(ctx)
-    return found
-
-
 async def op_cmd_run(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    bg = await table(ctx).start(Command(ctx, args))
+    bg = ctx.family(Commands).start(Command(ctx, args))
     return {"pid": bg.pid, "command": bg.command, "startTime": bg.started}
 
 
 async def op_cmd_list(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    procs = sorted(table(ctx).procs.values(), key=lambda p: p.started)
+    procs = sorted(ctx.family(Commands).procs.values(), key=lambda p: p.started)
     return {"processes": [p.info() for p in procs]}
 
 
 async def op_cmd_kill(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    kill_group(table(ctx).get(args).pid)
+    kill_group(ctx.family(Commands).get(args).pid)
     return {}
 
 
 async def op_cmd_wait(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    bg = table(ctx).get(args)
+    bg = ctx.family(Commands).get(args)
     await bg.done.wait()
     return {"exitCode": bg.exit_code, "timedOut": bg.timed_out}
 
 
 async def op_cmd_attach(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    bg = table(ctx).get(args)
+    bg = ctx.family(Commands).get(args)
     await stream.send_head({"pid": bg.pid})
     pos = dropped = 0
     while True:
@@ -225,28 +196,18 @@ async def op_cmd_attach(ctx: AgentContext, stream: Stream, args: Dict[str, Any])
 
 
 async def op_cmd_stdin(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    bg = table(ctx).get(args)
+    bg = ctx.family(Commands).get(args)
     data, eof = args.get("data", ""), args.get("eof", False)
     if not isinstance(data, str) or not isinstance(eof, bool):
         raise bad("'data' must be a string and 'eof' a boolean")
     pipe = bg.stdin
-    if pipe is None or pipe.is_closing():
+    if pipe is None or pipe.closing:
         raise OpError(IO_ERROR, f"the stdin of pid {bg.pid} is closed")
     raw = data.encode("utf-8", "surrogateescape")
-    if pipe.get_write_buffer_size() + len(raw) > STDIN_LIMIT:
+    if len(pipe.pending) + len(raw) > STDIN_LIMIT:
         raise OpError(IO_ERROR, f"pid {bg.pid} is not reading its stdin (buffer full)")
     if raw:
         pipe.write(raw)
     if eof:
-        pipe.close()  # after the buffered bytes are written
+        pipe.close_when_flushed()  # after the buffered bytes are written
     return {}
-
-
-COMMAND_OPS: Dict[str, Handler] = {
-    "cmd.run": op_cmd_run,
-    "cmd.list": op_cmd_list,
-    "cmd.kill": op_cmd_kill,
-    "cmd.wait": op_cmd_wait,
-    "cmd.attach": op_cmd_attach,
-    "cmd.stdin": op_cmd_stdin,
-}

@@ -1,18 +1,30 @@
-"""State shared by every connection: environment, reaper, running process groups.
+"""State shared by every connection: environment, reaper, running process groups, and the state
+of each op family (background commands, shells, terminals), created on the family's first use.
 
 It lives for the agent's whole life, not a connection's, so a server that reconnects (after a
-restart) finds the environment it pushed earlier still in force.
+restart) finds the environment it pushed earlier, and the commands it started, still there.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from typing import Dict, Mapping, Set
 
+from .paths import which
 from .reaper import Reaper
+from .spawn import spawn
 
-BASE_ENV: Dict[str, str] = {
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+    from .futures import Future
+
+    S = TypeVar("S")
+    import signal as _signal
+else:
+    import _signal
+
+BASE_ENV: dict[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
     "LANG": "C.UTF-8",
@@ -25,23 +37,59 @@ DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 class AgentContext:
     def __init__(self, base_env: Mapping[str, str], reaper: Reaper) -> None:
         self.base_env = dict(base_env)
-        self.defaults: Dict[str, str] = {}
+        self.defaults: dict[str, str] = {}
         self.reaper = reaper
         # Process groups of commands still running, so shutdown can kill them.
-        self.groups: Set[int] = set()
+        self.groups: set[int] = set()
         self.shell = find_shell(self.base_env.get("PATH", BASE_ENV["PATH"]))
+        self._families: dict[Any, Any] = {}
 
-    def exec_env(self, extra: Mapping[str, str]) -> Dict[str, str]:
+    def exec_env(self, extra: Mapping[str, str]) -> dict[str, str]:
         """Request env over ``env.set`` defaults over the base env."""
         env = dict(self.base_env)
         env.update(self.defaults)
         env.update(extra)
         return env
 
+    def family(self, factory: Callable[[AgentContext], S]) -> S:
+        """The agent's one instance of an op family's state (``Commands``, ``Shells``, …)."""
+        found: S | None = self._families.get(factory)
+        if found is None:
+            found = self._families[factory] = factory(self)
+        return found
+
+    def start(
+        self,
+        argv: Sequence[str],
+        executable: str,
+        env: Mapping[str, str],
+        cwd: str,
+        fds: tuple[int, int, int],
+        preexec: Callable[[], None] | None = None,
+    ) -> tuple[int, Future[int]]:
+        """Start a program in a new session (see ``spawn``); return its pid and the future of its
+        exit code. Its group is killed at shutdown until :meth:`finished` is called."""
+        self.reaper.adopt_orphans()
+        pid = spawn(argv, executable, env, cwd, *fds, preexec=preexec)
+        exited = self.reaper.watch(pid)  # before the loop can reap it
+        self.groups.add(pid)
+        return pid, exited
+
+    def finished(self, pid: int) -> None:
+        self.groups.discard(pid)
+        self.reaper.forget(pid)
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, _signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
 
 def find_shell(path: str) -> str:
     """bash when the image has it, else POSIX sh (minimal images such as Alpine or busybox)."""
-    return shutil.which("bash", path=path) or "/bin/sh"
+    return which("bash", path=path) or "/bin/sh"
 
 
 def default_cwd(env: Mapping[str, str]) -> str:

@@ -24,12 +24,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 import time
 import zlib
-from typing import IO, Any, List, Tuple
 
 from .fsutil import ToolError, check
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, List, Tuple
+
+    from .threads import Stop
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -72,7 +76,7 @@ def check_link_target(parts: List[str], target: str) -> None:
 
 
 class Extractor:
-    def __init__(self, stop: threading.Event, root_fd: int, dest: str) -> None:
+    def __init__(self, stop: Stop, root_fd: int, dest: str) -> None:
         self.stop = stop
         self.root = root_fd
         self.real_dest = os.path.realpath(dest)
@@ -275,7 +279,7 @@ def _zip(ex: Extractor, archive: str) -> None:
         raise ToolError(f"{archive}: {exc}") from None
 
 
-def extract(stop: threading.Event, archive: str, dest: str, kind: str) -> Tuple[int, List[str]]:
+def extract(stop: Stop, archive: str, dest: str, kind: str) -> Tuple[int, List[str]]:
     """Extract ``archive`` into ``dest`` (created if missing); (entries, refused entries)."""
     os.stat(archive)  # a missing archive is reported as such before ``dest`` is created
     os.makedirs(dest, exist_ok=True)

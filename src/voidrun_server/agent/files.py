@@ -7,15 +7,12 @@ renamed into place after fsync, so readers see the old file or the whole new one
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import stat
-import tempfile
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from .args import abs_path, bad, opt_int
-from .context import AgentContext
+from .futures import CancelledError, shield
 from .protocol import (
     IO_ERROR,
     IS_A_DIRECTORY,
@@ -25,9 +22,16 @@ from .protocol import (
     PERMISSION_DENIED,
     OpError,
 )
-from .stream import Stream
+from .threads import run_in_thread
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+
+    from .context import AgentContext
+    from .stream import Stream
+
+    T = TypeVar("T")
 
 
 async def blocking(
@@ -39,14 +43,14 @@ async def blocking(
     could make that thread read whatever file reuses the number next. If the call completed
     but nobody is left to take its result, ``orphan`` releases it (closes an fd, removes a file).
     """
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    fut = run_in_thread(fn, *args)
     try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
+        return await shield(fut)
+    except CancelledError:
         while not fut.done():
             try:
-                await asyncio.wait([fut])
-            except asyncio.CancelledError:
+                await shield(fut)
+            except (CancelledError, Exception):  # cancelled again, or the call failed
                 pass
         if not fut.cancelled() and fut.exception() is None and orphan is not None:
             orphan(fut.result())
@@ -118,6 +122,8 @@ class TempFile:
             os.makedirs(parent, exist_ok=True)
         except FileExistsError:
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent) from None
+        import tempfile  # on the first upload: it is a visible part of start-up
+
         self.fd: Optional[int] = None
         self.fd, self.name = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=".tmp", dir=parent)
         try:

@@ -18,26 +18,27 @@ Ops (``req`` args -> reply)::
     fs.move     {from, to}                -> res {}
 
 and, in ``fsquery``: ``fs.du``, ``fs.search``, ``fs.headtail``; in ``archive``: ``fs.compress``,
-``fs.extract``; in ``watch``: ``fs.watch``.
+``fs.extract``; in ``watch``: ``fs.watch``. Each module is imported on its first op.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import stat
-import threading
-from typing import Any, Dict, List, Tuple
 
-from .archive import op_fs_compress, op_fs_extract
 from .args import bad, opt_int
-from .context import AgentContext
-from .fsquery import op_fs_du, op_fs_headtail, op_fs_search
-from .fsutil import Args, Reply, check, ndjson_batches, norm_path, run
+from .fsutil import check, ndjson_batches, norm_path, run
 from .protocol import BAD_REQUEST, IO_ERROR, OpError
-from .stream import Stream
-from .watch import op_fs_watch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Tuple
+
+    from .context import AgentContext
+    from .fsutil import Args, Reply
+    from .stream import Stream
+    from .threads import Stop
 
 # -- list, stat, mkdir, touch, chmod, delete -----------------------------------------------
 
@@ -45,7 +46,7 @@ from .watch import op_fs_watch
 MAX_LIST_ENTRIES = 50_000  # the server refuses longer listings; say so instead
 
 
-def _list(stop: threading.Event, path: str) -> Tuple[int, List[bytes]]:
+def _list(stop: Stop, path: str) -> Tuple[int, List[bytes]]:
     items: List[Dict[str, Any]] = []
     with os.scandir(path) as entries:
         for entry in entries:
@@ -110,7 +111,7 @@ async def op_fs_mkdir(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     return {}
 
 
-def _touch(stop: threading.Event, path: str) -> None:
+def _touch(stop: Stop, path: str) -> None:
     os.makedirs(posixpath.dirname(path), exist_ok=True)
     if os.path.isdir(path):
         os.utime(path)
@@ -138,12 +139,14 @@ async def op_fs_chmod(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     return {}
 
 
-def _delete(stop: threading.Event, path: str) -> None:
+def _delete(stop: Stop, path: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return  # rm -f: nothing to do is success
     if stat.S_ISDIR(st.st_mode):
+        import shutil
+
         shutil.rmtree(path)
     else:
         os.unlink(path)
@@ -173,7 +176,9 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
-def _copy(stop: threading.Event, src: str, dst: str) -> None:
+def _copy(stop: Stop, src: str, dst: str) -> None:
+    import shutil
+
     st = os.lstat(src)
     dst = _target(src, dst)
     if stat.S_ISDIR(st.st_mode):
@@ -199,7 +204,9 @@ async def op_fs_copy(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     return {}
 
 
-def _move(stop: threading.Event, src: str, dst: str) -> None:
+def _move(stop: Stop, src: str, dst: str) -> None:
+    import shutil
+
     os.lstat(src)  # a missing source must name the source, not the target
     dst = _target(src, dst)
     if os.path.isdir(src) and not os.path.islink(src) and _inside(dst, src) and dst != src:
@@ -211,22 +218,3 @@ async def op_fs_move(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     src, dst = norm_path(args, "from"), norm_path(args, "to")
     await run("mv", src, _move, src, dst)
     return {}
-
-
-# The files API's rows of the op table (``ops.OPS`` splices them in).
-FS_OPS: Dict[str, Any] = {
-    "fs.list": op_fs_list,
-    "fs.stat": op_fs_stat,
-    "fs.mkdir": op_fs_mkdir,
-    "fs.touch": op_fs_touch,
-    "fs.chmod": op_fs_chmod,
-    "fs.delete": op_fs_delete,
-    "fs.copy": op_fs_copy,
-    "fs.move": op_fs_move,
-    "fs.du": op_fs_du,
-    "fs.search": op_fs_search,
-    "fs.headtail": op_fs_headtail,
-    "fs.compress": op_fs_compress,
-    "fs.extract": op_fs_extract,
-    "fs.watch": op_fs_watch,
-}

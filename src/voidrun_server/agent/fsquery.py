@@ -8,24 +8,28 @@ a cancelled request over a huge tree frees its thread promptly. Outputs are boun
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import posixpath
 import stat
-import threading
-from typing import List, Tuple
 
 from .args import opt_int, req_str
-from .context import AgentContext
-from .fsutil import Args, Reply, check, norm_path, run
-from .stream import Stream
+from .fsutil import check, norm_path, run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Tuple
+
+    from .context import AgentContext
+    from .fsutil import Args, Reply
+    from .stream import Stream
+    from .threads import Stop
 
 MAX_SEARCH_RESULTS = 100
 DEFAULT_MAX_OUTPUT = 8 * 1024 * 1024
 READ_BLOCK = 64 * 1024
 
 
-def _du(stop: threading.Event, path: str) -> int:
+def _du(stop: Stop, path: str) -> int:
     """Allocated bytes like ``du -s``: symlinks not followed, hard links counted once."""
     st = os.lstat(path)
     total = st.st_blocks * 512
@@ -57,8 +61,10 @@ async def op_fs_du(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     return {"bytes": await run("du", path, _du, path)}
 
 
-def _search(stop: threading.Event, root: str, pattern: str, limit: int) -> List[str]:
+def _search(stop: Stop, root: str, pattern: str, limit: int) -> List[str]:
     """``find ROOT -name '*PATTERN*' -type f | head -LIMIT``, in sorted order."""
+    import fnmatch  # it imports re: only for searches
+
     glob = "*" + pattern + "*"
     found: List[str] = []
     if not stat.S_ISDIR(os.lstat(root).st_mode):
@@ -91,7 +97,7 @@ async def op_fs_search(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     return {"paths": await run("find", root, _search, root, pattern, limit)}
 
 
-def _head(stop: threading.Event, fd: int, lines: int, limit: int) -> Tuple[bytes, bool]:
+def _head(stop: Stop, fd: int, lines: int, limit: int) -> Tuple[bytes, bool]:
     out = bytearray()
     seen = 0  # newlines in ``out``, all of them before the line we stop at
     while len(out) < limit:
@@ -122,7 +128,7 @@ def _last_lines(data: bytes, lines: int) -> bytes:
     return data[pos + 1 :]
 
 
-def _tail(stop: threading.Event, fd: int, st: os.stat_result, lines: int, limit: int) -> bytes:
+def _tail(stop: Stop, fd: int, st: os.stat_result, lines: int, limit: int) -> bytes:
     """Regular files are read backwards from the end; pipes and /proc files (size 0) forwards,
     keeping only a window of ``limit`` bytes."""
     data = b""
@@ -144,9 +150,7 @@ def _tail(stop: threading.Event, fd: int, st: os.stat_result, lines: int, limit:
         data = (data + block)[-(limit + 1) :]
 
 
-def _headtail(
-    stop: threading.Event, path: str, lines: int, head: bool, limit: int
-) -> Tuple[bytes, bool]:
+def _headtail(stop: Stop, path: str, lines: int, head: bool, limit: int) -> Tuple[bytes, bool]:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)

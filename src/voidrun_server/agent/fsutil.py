@@ -3,20 +3,22 @@ shell-style error messages and batched JSON replies."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import posixpath
-import shutil
-import threading
-from typing import Any, Callable, Dict, List, TypeVar
 
 from .args import abs_path
 from .files import os_error
+from .futures import CancelledError, shield
+from .jsonc import dumps
 from .protocol import IO_ERROR, OpError
+from .threads import Stop, run_in_thread
 
-T = TypeVar("T")
-Args = Dict[str, Any]
-Reply = Dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, TypeVar
+
+    T = TypeVar("T")
+    Args = Dict[str, Any]
+    Reply = Dict[str, Any]
 
 ITEMS_BATCH = 128 * 1024
 
@@ -32,16 +34,16 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
     Waiting matters: the op's caller may reuse or delete what the thread still touches.
     """
-    stop = threading.Event()
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, stop, *args)
+    stop = Stop()
+    fut = run_in_thread(fn, stop, *args)
     try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
+        return await shield(fut)
+    except CancelledError:
         stop.set()
         while not fut.done():
             try:
-                await asyncio.wait([fut])
-            except asyncio.CancelledError:
+                await shield(fut)
+            except (CancelledError, Exception):  # cancelled again, or the call failed
                 pass
         raise
 
@@ -54,7 +56,7 @@ class Stopped(Exception):
     """Raised inside a worker thread when its op was cancelled."""
 
 
-def check(stop: threading.Event) -> None:
+def check(stop: Stop) -> None:
     if stop.is_set():
         raise Stopped()
 
@@ -68,9 +70,9 @@ def fail(tool: str, path: str, exc: OSError) -> OpError:
 async def run(tool: str, path: str, fn: Callable[..., T], *args: Any) -> T:
     try:
         return await in_thread(fn, *args)
-    except OSError as exc:
+    except OSError as exc:  # shutil.Error too: it is an OSError
         raise fail(tool, getattr(exc, "filename", None) or path, exc) from None
-    except (shutil.Error, ToolError) as exc:
+    except ToolError as exc:
         raise OpError(IO_ERROR, f"{tool}: {exc}") from None
 
 
@@ -82,7 +84,7 @@ def ndjson_batches(items: List[Any]) -> List[bytes]:
     batch: List[str] = []
     size = 0
     for item in items:
-        line = json.dumps(item, separators=(",", ":")) + "\n"  # ASCII: surrogate escapes survive
+        line = dumps(item) + "\n"  # ASCII: surrogate escapes survive
         batch.append(line)
         size += len(line)
         if size >= ITEMS_BATCH:

@@ -1,14 +1,17 @@
 """A minimal inotify binding (ctypes, stdlib only): init, add/remove watches, parse events.
 
-The fd is non-blocking so the agent's event loop can ``add_reader`` it; reads never touch the
-disk (the kernel hands over queued events), so they may run on the loop.
+The fd is non-blocking so the agent's loop can read it (``fdio.Reader``); reads never touch the
+disk (the kernel hands over queued events), so they run on the loop.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import List, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Tuple
 
 IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
@@ -18,7 +21,6 @@ MASK = (
     IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
     | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 )  # fmt: skip
-EVENT = struct.Struct("iIII")
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
 
@@ -43,15 +45,13 @@ class Inotify:
     def remove(self, wd: int) -> None:
         self._libc.inotify_rm_watch(self.fd, wd)  # fails harmlessly if already gone
 
-    def read(self) -> List[Tuple[int, int, int, str]]:
-        try:
-            data = os.read(self.fd, 64 * 1024)
-        except (BlockingIOError, InterruptedError):
-            return []
-        events, offset = [], 0
-        while offset + EVENT.size <= len(data):
-            wd, mask, cookie, length = EVENT.unpack_from(data, offset)
-            raw_name = data[offset + EVENT.size : offset + EVENT.size + length]
-            events.append((wd, mask, cookie, os.fsdecode(raw_name.rstrip(b"\0"))))
-            offset += EVENT.size + length
-        return events
+
+def parse_events(data: bytes) -> List[Tuple[int, int, int, str]]:
+    """``(wd, mask, cookie, name)`` of each event in what one read of the fd returned."""
+    events, offset = [], 0
+    while offset + EVENT.size <= len(data):
+        wd, mask, cookie, length = EVENT.unpack_from(data, offset)
+        raw_name = data[offset + EVENT.size : offset + EVENT.size + length]
+        events.append((wd, mask, cookie, os.fsdecode(raw_name.rstrip(b"\0"))))
+        offset += EVENT.size + length
+    return events

@@ -2,35 +2,43 @@
 
 Each command gets a new session (so its process group id is its pid) and is killed as a whole
 group: a timed-out ``sleep 100 & sleep 100`` must not leave the background sleep behind. Exit
-statuses come from the reaper, never from ``Popen.wait`` (see ``reaper``). A command is done
-when its leader has exited *and* its stdout/stderr reached EOF, the same rule as
-``subprocess.run``: a background child still holding the pipes keeps it running until the
-timeout. Redirect such children (``cmd >/dev/null 2>&1 &``) to detach them.
+statuses come from the reaper (see ``reaper``). A command is done when its leader has exited
+*and* its stdout/stderr reached EOF, the same rule as ``subprocess.run``: a background child
+still holding the pipes keeps it running until the timeout. Redirect such children
+(``cmd >/dev/null 2>&1 &``) to detach them.
+
+Every command is ``shell -c COMMAND``, except plain ones that ``direct`` runs exactly as the
+shell would have, without starting the shell.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import subprocess
-from typing import IO, Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from .args import abs_path, env_map, opt_int, opt_number, req_str
-from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd
+from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd, kill_group
+from .direct import DirectExec
+from .fdio import Fd
 from .protocol import NOT_FOUND, PERMISSION_DENIED, SPAWN_FAILED, OpError
 from .reaper import exit_code
-from .stream import Stream
+from .spawn import SpawnError
+from .tasks import Task, wait
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Mapping
+
+    from .futures import Future
+    from .stream import Stream
+
+    Sink = Callable[[bytes], Awaitable[None]]
+    SizeHint = Callable[[], Awaitable[int]]
 
 CAPTURE_CHUNK = 64 * 1024
-PIPE_LIMIT = 64 * 1024
 # After killing a timed-out group, how long to wait for pipes to close. Something outside the
 # group (a process that called setsid) may hold them open forever; we must still answer.
 KILL_GRACE = 2.0
 TIMEOUT_EXIT_CODE = 124
-
-Sink = Callable[[bytes], Awaitable[None]]
-SizeHint = Callable[[], Awaitable[int]]
 
 
 class Command:
@@ -48,42 +56,54 @@ class Command:
         self.argv = [ctx.shell, "-c", self.command]
 
 
-def popen(cmd: Command, stdin: int) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in its own session (so its whole group can be killed), mapping failures to
-    the protocol's error codes."""
+class Started:
+    """A running command: its pid (= process group), exit future and our ends of its pipes."""
+
+    def __init__(
+        self, pid: int, exited: Future[int], stdin: int | None, stdout: int, stderr: int
+    ) -> None:
+        self.pid, self.exited = pid, exited
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+
+def start(ctx: AgentContext, cmd: Command, with_stdin: bool) -> Started:
+    """Start ``cmd`` with pipes for stdout and stderr, and for stdin (else ``/dev/null``)."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    in_write = None
+    if with_stdin:
+        in_read, in_write = os.pipe()
+    else:
+        in_read = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        return subprocess.Popen(
-            cmd.argv,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cmd.cwd,
-            env=cmd.env,
-            start_new_session=True,
-            close_fds=True,
-        )
+        pid, exited = _start(ctx, cmd, (in_read, out_write, err_write))
+    except BaseException:
+        for fd in (out_read, err_read, in_write):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        for fd in (in_read, out_write, err_write):
+            os.close(fd)
+    return Started(pid, exited, in_write, out_read, err_read)
+
+
+def _start(ctx: AgentContext, cmd: Command, fds: tuple[int, int, int]) -> tuple[int, Future[int]]:
+    plan = ctx.family(DirectExec).plan(cmd.command, cmd.env, cmd.cwd)
+    if plan is not None:
+        program, argv, env = plan
+        try:
+            return ctx.start(argv, program, env, cmd.cwd, fds)
+        except OSError:
+            pass  # the shell runs it instead, and reports or handles what went wrong as ever
+    try:
+        return ctx.start(cmd.argv, cmd.argv[0], cmd.env, cmd.cwd, fds)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise OpError(NOT_FOUND, f"cannot start {cmd.argv[0]} in {cmd.cwd!r}: {exc}") from None
     except PermissionError as exc:
         raise OpError(PERMISSION_DENIED, f"cannot start {cmd.argv[0]}: {exc}") from None
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, SpawnError) as exc:
         raise OpError(SPAWN_FAILED, f"cannot start {cmd.argv[0]}: {exc}") from None
-
-
-def spawn(ctx: AgentContext, cmd: Command) -> Tuple[subprocess.Popen[bytes], asyncio.Future[int]]:
-    proc = popen(cmd, subprocess.DEVNULL)
-    exited = ctx.reaper.watch(proc.pid)
-    # The reaper owns the exit status. A returncode keeps Popen.__del__ from calling waitpid on
-    # this pid later, which could steal the status of an unrelated process that reused it.
-    proc.returncode = 0
-    return proc, exited
-
-
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def run(
@@ -92,81 +112,56 @@ async def run(
     on_stdout: Sink,
     on_stderr: Sink,
     size_hint: SizeHint,
-    on_started: Optional[Callable[[int], Awaitable[None]]] = None,
-) -> Tuple[int, bool]:
+    on_started: Callable[[int], Awaitable[None]] | None = None,
+) -> tuple[int, bool]:
     """Run ``cmd`` to completion; return (exit code, timed out).
 
     If this coroutine is cancelled or a sink fails (client gone), the whole group is killed.
     """
-    loop = asyncio.get_running_loop()
-    proc, exited = spawn(ctx, cmd)
-    pgid = proc.pid
-    ctx.groups.add(pgid)
-    assert proc.stdout is not None and proc.stderr is not None
-    pipes: List[IO[bytes]] = [proc.stdout, proc.stderr]
-    transports: List[asyncio.BaseTransport] = []
-    pumps: List[asyncio.Task[None]] = []
+    proc = start(ctx, cmd, with_stdin=False)
+    pgid, exited = proc.pid, proc.exited
+    pipes = [Fd(proc.stdout), Fd(proc.stderr)]
+    pumps: list[Task[None]] = []
     finished = False
     try:
         if on_started is not None:
-            await on_started(proc.pid)
-        for pipe, sink in ((proc.stdout, on_stdout), (proc.stderr, on_stderr)):
-            reader = await _open_pipe(pipe, transports)
-            pumps.append(loop.create_task(_pump(reader, sink, size_hint)))
-        waiting: Set[asyncio.Future[Any]] = {exited, *pumps}
-        done, pending = await asyncio.wait(
-            waiting, timeout=cmd.timeout, return_when=asyncio.FIRST_EXCEPTION
-        )
+            await on_started(pgid)
+        pumps = [Task(_pump(pipes[0], on_stdout, size_hint))]
+        pumps.append(Task(_pump(pipes[1], on_stderr, size_hint)))
+        done, pending = await wait([exited, *pumps], limit=cmd.timeout, first_exception=True)
         for task in done:
             task.result()  # a failed sink: the client went away
         timed_out = bool(pending)
         if timed_out:
             kill_group(pgid)
             await exited
-            await asyncio.wait(pumps, timeout=KILL_GRACE)
+            await wait(pumps, limit=KILL_GRACE)
         finished = True
         return (TIMEOUT_EXIT_CODE if timed_out else exit_code(exited.result())), timed_out
     finally:
         if not finished or not exited.done():
             kill_group(pgid)
-        ctx.groups.discard(pgid)
-        ctx.reaper.forget(pgid)
+        ctx.finished(pgid)
         await _stop(pumps)
-        for tr in transports:
-            tr.close()
-        for pipe in pipes[len(transports) :]:
+        for pipe in pipes:
             pipe.close()
 
 
-async def _open_pipe(
-    pipe: IO[bytes], transports: List[asyncio.BaseTransport]
-) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader(limit=PIPE_LIMIT)
-
-    def protocol() -> asyncio.StreamReaderProtocol:
-        return asyncio.StreamReaderProtocol(reader)
-
-    transport, _ = await asyncio.get_running_loop().connect_read_pipe(protocol, pipe)
-    transports.append(transport)
-    return reader
-
-
-async def _pump(reader: asyncio.StreamReader, sink: Sink, size_hint: SizeHint) -> None:
+async def _pump(pipe: Fd, sink: Sink, size_hint: SizeHint) -> None:
+    """Move a pipe's bytes to ``sink``, taking them only when the sink can take them: a slow
+    consumer leaves them in the pipe, and the command blocks on it."""
     while True:
-        data = await reader.read(await size_hint())
+        data = await pipe.read_some(await size_hint())
         if not data:
             return
         await sink(data)
 
 
-async def _stop(tasks: List[asyncio.Task[None]]) -> None:
+async def _stop(tasks: list[Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     if tasks:
-        await asyncio.wait(tasks)
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not log it as lost
+        await wait(tasks)
 
 
 class Capture:
@@ -185,14 +180,14 @@ class Capture:
         self.data += chunk
 
 
-def timeout_note(timeout: Optional[float], tail: bytes) -> bytes:
+def timeout_note(timeout: float | None, tail: bytes) -> bytes:
     sep = b"\n" if tail and not tail.endswith(b"\n") else b""
     return sep + b"voidrun: command timed out after %gs; its process group was killed\n" % (
         timeout or 0
     )
 
 
-async def op_exec(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
+async def op_exec(ctx: AgentContext, stream: Stream, args: dict[str, Any]) -> dict[str, Any]:
     cmd = Command(ctx, args)
     cap = opt_int(args, "maxOutput", DEFAULT_MAX_OUTPUT)
     out, err = Capture(cap), Capture(cap)
@@ -213,7 +208,7 @@ async def op_exec(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Di
     }
 
 
-async def op_exec_stream(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
+async def op_exec_stream(ctx: AgentContext, stream: Stream, args: dict[str, Any]) -> dict[str, Any]:
     cmd = Command(ctx, args)
     last_stderr = [b""]
 

@@ -50,12 +50,17 @@ Version 2 (this one) added ``FRAME_COST``; version 1 charged payload bytes only.
 
 from __future__ import annotations
 
-import json
 import struct
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
+from .jsonc import dumps, loads
+
+TYPE_CHECKING = False  # the agent does not import typing at run time (start-up cost)
 if TYPE_CHECKING:  # typing.TypeGuard is 3.10+; annotations are never evaluated at run time
-    from typing import TypeGuard
+    from typing import Any, Dict, Mapping, Tuple, TypeGuard
+
+    Header = Dict[str, Any]
+else:
+    Header = dict
 
 PROTOCOL_VERSION = 2
 
@@ -98,8 +103,6 @@ VERSION_MISMATCH = "version_mismatch"
 INTERNAL = "internal"
 SLOW_CONSUMER = "slow_consumer"  # a terminal client stayed behind too long
 
-Header = Dict[str, Any]
-
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the connection must be closed."""
@@ -120,12 +123,18 @@ class FrameTooLarge(ValueError):
 
 def encode_frame(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
     """Build one frame; refuses to build what the peer would reject, so bugs fail loudly here."""
-    raw = json.dumps(header, separators=(",", ":")).encode("ascii")
+    return encode_head(header, len(payload)) + payload
+
+
+def encode_head(header: Mapping[str, Any], payload_len: int) -> bytes:
+    """A frame without its payload (the prefix and the header), checked like ``encode_frame``:
+    for writers that send the payload from where it already is."""
+    raw = dumps(header).encode("ascii")
     if len(raw) > MAX_HEADER_SIZE:
         raise FrameTooLarge(f"frame header of {len(raw)} bytes exceeds {MAX_HEADER_SIZE}")
-    if len(payload) > MAX_PAYLOAD_SIZE:
-        raise FrameTooLarge(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}")
-    return PREFIX.pack(len(raw), len(payload)) + raw + payload
+    if payload_len > MAX_PAYLOAD_SIZE:
+        raise FrameTooLarge(f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD_SIZE}")
+    return PREFIX.pack(len(raw), payload_len) + raw
 
 
 def parse_prefix(prefix: bytes) -> Tuple[int, int]:
@@ -141,7 +150,7 @@ def parse_prefix(prefix: bytes) -> Tuple[int, int]:
 def parse_header(raw: bytes) -> Header:
     """Decode and sanity-check a header: an object with a known ``t`` and an int ``id``."""
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame header is not JSON: {str(exc)[:200]}") from None
     except RecursionError:

@@ -24,19 +24,26 @@ Ops::
 
 from __future__ import annotations
 
-import asyncio
-import secrets
+import os
 import time
-import weakref
-from collections import deque
-from typing import Any, Deque, Dict, Optional, Set
 
 from .args import bad, req_str
 from .context import AgentContext, default_cwd
+from .loop import get_loop
 from .protocol import IO_ERROR, NOT_FOUND, SLOW_CONSUMER, TOO_MANY_REQUESTS, OpError
 from .ring import Ring
-from .stream import Handler, Stream
+from .sync import Event
 from .terminal import Terminal, term_size
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections import deque
+    from typing import Any, Deque, Dict, Optional, Set
+
+    from .loop import Timer
+    from .stream import Stream
+else:
+    from _collections import deque
 
 SCROLLBACK_BYTES = 256 * 1024
 PAUSE_ABOVE = 1024 * 1024
@@ -52,7 +59,7 @@ class Client:
         self.chunks: Deque[bytes] = deque()
         self.size = 0
         self.detached = False
-        self._changed = asyncio.Event()
+        self._changed = Event()
 
     def push(self, data: bytes) -> None:
         if not self.detached:
@@ -80,7 +87,7 @@ class Client:
 
     def wake(self) -> None:
         self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed = Event()
 
     async def wait(self) -> None:
         await self._changed.wait()
@@ -94,7 +101,7 @@ class PtySession:
         self.created = time.time()
         self.scrollback = Ring(SCROLLBACK_BYTES)
         self.clients: Set[Client] = set()
-        self._stall: Optional[asyncio.TimerHandle] = None
+        self._stall: Optional[Timer] = None
         term.on_output = self._output
         term.ended.add_done_callback(self._ended)
         term.start()
@@ -105,8 +112,7 @@ class PtySession:
             client.push(data)
         if self._stall is None and any(c.size > PAUSE_ABOVE for c in self.clients):
             self.term.pause()
-            loop = asyncio.get_running_loop()
-            self._stall = loop.call_later(STALL_LIMIT, self._detach_stalled)
+            self._stall = get_loop().call_later(STALL_LIMIT, self._detach_stalled)
 
     def drained(self) -> None:
         """A client took output from its queue (or left): resume once everyone caught up."""
@@ -135,8 +141,10 @@ class PtySession:
         }
 
 
-class PtyTable:
-    def __init__(self) -> None:
+class Terminals:
+    """The agent's PTY sessions, by id."""
+
+    def __init__(self, ctx: AgentContext) -> None:
         self.sessions: Dict[str, PtySession] = {}
 
     def create(self, ctx: AgentContext, args: Dict[str, Any], ephemeral: bool) -> PtySession:
@@ -145,7 +153,7 @@ class PtyTable:
         cols, rows = term_size(args)
         env = ctx.exec_env({})
         term = Terminal.spawn(ctx, [ctx.shell, "-l"], env, default_cwd(env), cols, rows)
-        session = PtySession("pty-" + secrets.token_hex(8), term, ephemeral)
+        session = PtySession("pty-" + os.urandom(8).hex(), term, ephemeral)
         self.sessions[session.id] = session
         return session
 
@@ -162,28 +170,18 @@ class PtyTable:
         session.term.close()
 
 
-_TABLES: weakref.WeakKeyDictionary[AgentContext, PtyTable] = weakref.WeakKeyDictionary()
-
-
-def table(ctx: AgentContext) -> PtyTable:
-    found = _TABLES.get(ctx)
-    if found is None:
-        found = _TABLES[ctx] = PtyTable()
-    return found
-
-
 async def op_pty_create(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    session = table(ctx).create(ctx, args, ephemeral=False)
+    session = ctx.family(Terminals).create(ctx, args, ephemeral=False)
     return {"id": session.id, "createdAt": session.created}
 
 
 async def op_pty_list(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    sessions = [s for s in table(ctx).sessions.values() if not s.ephemeral]
+    sessions = [s for s in ctx.family(Terminals).sessions.values() if not s.ephemeral]
     return {"sessions": [s.info() for s in sorted(sessions, key=lambda s: s.created)]}
 
 
 async def op_pty_attach(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    terminals = table(ctx)
+    terminals = ctx.family(Terminals)
     ephemeral = args.get("id") is None
     session = terminals.create(ctx, args, True) if ephemeral else terminals.get(args)
     client = Client()
@@ -212,7 +210,7 @@ async def op_pty_attach(ctx: AgentContext, stream: Stream, args: Dict[str, Any])
 
 
 async def op_pty_input(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    session = table(ctx).get(args)
+    session = ctx.family(Terminals).get(args)
     data = args.get("data")
     if not isinstance(data, str):
         raise bad("'data' must be a string")
@@ -223,29 +221,18 @@ async def op_pty_input(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) 
 
 
 async def op_pty_resize(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    session = table(ctx).get(args)
+    session = ctx.family(Terminals).get(args)
     session.term.resize(*term_size(args, required=True))
     return {}
 
 
 async def op_pty_buffer(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    _, data = table(ctx).get(args).scrollback.read_all(0)
+    _, data = ctx.family(Terminals).get(args).scrollback.read_all(0)
     await stream.send_data("out", data)
     return {}
 
 
 async def op_pty_close(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    terminals = table(ctx)
+    terminals = ctx.family(Terminals)
     terminals.close(terminals.get(args))
     return {}
-
-
-PTY_OPS: Dict[str, Handler] = {
-    "pty.create": op_pty_create,
-    "pty.list": op_pty_list,
-    "pty.attach": op_pty_attach,
-    "pty.input": op_pty_input,
-    "pty.resize": op_pty_resize,
-    "pty.buffer": op_pty_buffer,
-    "pty.close": op_pty_close,
-}

@@ -9,33 +9,44 @@ the SIGCHLD callback) and gets a future that resolves to the exit code.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import signal
-from typing import Dict
 
-log = logging.getLogger("voidrun_agent")
+from . import log
+from .futures import Future
+from .loop import get_loop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal
 
 PR_SET_CHILD_SUBREAPER = 36
 
 
 class Reaper:
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._waiters: Dict[int, asyncio.Future[int]] = {}
+        self._waiters: dict[int, Future[int]] = {}
+        # Outside a PID namespace (development, tests) the agent adopts orphans like init
+        # would, from its first child on (ctypes is a visible part of start-up).
+        self._adopting = os.getpid() == 1
 
     def install(self) -> None:
-        self._loop.add_signal_handler(signal.SIGCHLD, self.reap)
-        if os.getpid() != 1:
-            become_subreaper()
+        get_loop().add_signal_handler(_signal.SIGCHLD, self.reap)
         self.reap()  # children that exited before the handler existed
 
-    def watch(self, pid: int) -> asyncio.Future[int]:
+    def watch(self, pid: int) -> Future[int]:
         """Future for ``pid``'s exit code (-signum when killed by a signal)."""
-        fut: asyncio.Future[int] = self._loop.create_future()
+        fut: Future[int] = Future()
         self._waiters[pid] = fut
         return fut
+
+    def adopt_orphans(self) -> None:
+        """Call before starting a child: its orphans must come to the agent, not to the host's
+        init (where they could be neither reaped nor observed)."""
+        if not self._adopting:
+            self._adopting = True
+            become_subreaper()
 
     def forget(self, pid: int) -> None:
         """Stop caring about ``pid``; it is still reaped, its status just goes nowhere."""
@@ -55,11 +66,6 @@ class Reaper:
 
 
 def become_subreaper() -> None:
-    """Outside a PID namespace (development, tests), adopt orphans like init would.
-
-    Without this a command's background children would be re-parented to the host's init and
-    the agent could neither reap nor observe them, so behaviour would differ from production.
-    """
     try:
         import ctypes
 

@@ -13,9 +13,13 @@ number of records is bounded too: alternating one-byte writes cannot blow up the
 
 from __future__ import annotations
 
-import asyncio
-from bisect import bisect_right
-from typing import List, Tuple
+from _bisect import bisect_right
+
+from .sync import Event
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Tuple
 
 COALESCE_LIMIT = 64 * 1024
 DEFAULT_MAX_RECORDS = 8192
@@ -34,7 +38,7 @@ class Ring:
         self.start = 0  # absolute offset of the oldest byte still kept (= bytes dropped)
         self.end = 0  # absolute offset just past the newest byte
         self.closed = False
-        self._changed = asyncio.Event()
+        self._changed = Event()
 
     @property
     def size(self) -> int:
@@ -86,10 +90,13 @@ class Ring:
         parts.extend(bytes(d) for d in self._data[i + 1 :])
         return pos, b"".join(parts)
 
-    async def wait(self, offset: int) -> None:
-        """Return once there are bytes past ``offset`` or the ring is closed."""
+    async def wait(self, offset: int, limit: float | None = None) -> bool:
+        """Return once there are bytes past ``offset`` or the ring is closed (True), or after
+        ``limit`` seconds without either (False)."""
         while offset >= self.end and not self.closed:
-            await self._changed.wait()
+            if not await self._changed.wait(limit):
+                return False
+        return True
 
     def close(self) -> None:
         """No more output will be followed (readers that caught up stop waiting)."""
@@ -99,7 +106,7 @@ class Ring:
     def _notify(self) -> None:
         # Waiters hold the old event; a fresh one makes the next wait block again.
         self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed = Event()
 
     def _trim(self) -> None:
         while self.size > self.capacity or len(self._data) - self._head > self.max_records:

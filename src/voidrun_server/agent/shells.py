@@ -33,19 +33,25 @@ to what ``input`` returns.
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import shutil
-import weakref
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+import os
 
 from .args import bad, opt_number, opt_str, req_str
 from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd
+from .loop import get_loop
+from .paths import which
 from .process import TIMEOUT_EXIT_CODE
 from .protocol import IO_ERROR, NOT_FOUND, TOO_MANY_REQUESTS, OpError
 from .ring import Ring
-from .stream import Handler, Stream
-from .terminal import MarkedCommand, Sink, Terminal, term_size
+from .sync import Event
+from .terminal import MarkedCommand, Terminal, term_size
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+    from .futures import Future
+    from .stream import Stream
+    from .terminal import Sink
 
 UNCLAIMED_BYTES = 256 * 1024
 MAX_SESSIONS = 64
@@ -53,6 +59,7 @@ MAX_ID_CHARS = 100
 PAUSE_ABOVE = 1024 * 1024  # a streaming consumer this far behind pauses the terminal
 INPUT_QUIET = 0.1  # ``input`` returns once output has been quiet this long...
 INPUT_MAX_WAIT = 1.0  # ...or after this long in any case
+MARKER_WAIT = 0.005  # see ShellSession.follow
 
 
 class ShellSession:
@@ -81,7 +88,7 @@ class ShellSession:
             if rest:
                 self._output(rest)
 
-    def _ended(self, ended: asyncio.Future[int]) -> None:
+    def _ended(self, ended: Future[int]) -> None:
         if self.run is not None:
             self.run.end(ended.result())
             self.run = None
@@ -106,11 +113,15 @@ class ShellSession:
 
         Output waits in a queue between the terminal and ``send``; above ``PAUSE_ABOVE`` bytes
         the terminal is paused, so a slow consumer slows the command instead of growing memory.
+        Output that ends where the end-of-command marker may begin (a final newline is held
+        back until the next bytes show whether the marker follows) waits up to ``MARKER_WAIT``
+        for them, once: the shell writes the marker right after a command's last line, and so
+        the last line and the end usually arrive together instead of the newline on its own.
         """
         queue: List[bytes] = []
         queued = [0]  # bytes in queue
-        wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        wake = Event()
+        loop = get_loop()
 
         def emit(data: bytes) -> None:
             queue.append(data)
@@ -122,9 +133,16 @@ class ShellSession:
         run.emit = emit
         run.done.add_done_callback(lambda _: wake.set())
         deadline = None if not time_limit else loop.time() + time_limit
+        waited = False
         try:
             while True:
+                if queue and run.held and not waited and not run.done.done():
+                    waited = True
+                    wake.clear()
+                    await wake.wait(MARKER_WAIT)
+                    continue
                 if queue:
+                    waited = False
                     data = b"".join(queue)
                     queue.clear()
                     queued[0] = 0
@@ -137,23 +155,18 @@ class ShellSession:
                 if remaining is not None and remaining <= 0:
                     return TIMEOUT_EXIT_CODE, True
                 wake.clear()
-                try:
-                    await asyncio.wait_for(wake.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
+                await wake.wait(remaining)
         finally:
             self.term.resume()
             run.emit = self.keep  # a command left running: its output is unclaimed now
 
     async def settle(self) -> bytes:
         """Unclaimed output since the last call, once it has been quiet for a moment."""
-        loop = asyncio.get_running_loop()
+        loop = get_loop()
         give_up = loop.time() + INPUT_MAX_WAIT
         seen = self.unclaimed.end
         while self.run is None and loop.time() < give_up:
-            try:
-                await asyncio.wait_for(self.unclaimed.wait(seen), INPUT_QUIET)
-            except asyncio.TimeoutError:
+            if not await self.unclaimed.wait(seen, INPUT_QUIET):
                 break
             if self.unclaimed.closed:
                 break
@@ -163,12 +176,14 @@ class ShellSession:
         return data
 
 
-class ShellTable:
-    def __init__(self) -> None:
+class Shells:
+    """The agent's shell sessions, by id."""
+
+    def __init__(self, ctx: AgentContext) -> None:
         self.sessions: Dict[str, ShellSession] = {}
 
     def create(self, ctx: AgentContext, args: Dict[str, Any]) -> ShellSession:
-        sid = opt_str(args, "id") or "sess-" + secrets.token_hex(8)
+        sid = opt_str(args, "id") or "sess-" + os.urandom(8).hex()
         if len(sid) > MAX_ID_CHARS or not sid.isprintable():
             raise bad(f"session ids are 1..{MAX_ID_CHARS} printable characters")
         for old in [s for s in self.sessions.values() if s.term.ended.done()]:
@@ -179,7 +194,7 @@ class ShellTable:
             raise OpError(TOO_MANY_REQUESTS, f"at most {MAX_SESSIONS} shell sessions at once")
         env = ctx.exec_env({})
         shell = opt_str(args, "shell") or ctx.shell
-        found = shutil.which(shell, path=env.get("PATH"))
+        found = which(shell, path=env.get("PATH"))
         if found is None:
             raise OpError(NOT_FOUND, f"shell {shell!r} not found")
         cols, rows = term_size(args)
@@ -195,22 +210,12 @@ class ShellTable:
         return found
 
 
-_TABLES: weakref.WeakKeyDictionary[AgentContext, ShellTable] = weakref.WeakKeyDictionary()
-
-
-def table(ctx: AgentContext) -> ShellTable:
-    found = _TABLES.get(ctx)
-    if found is None:
-        found = _TABLES[ctx] = ShellTable()
-    return found
-
-
 async def op_sh_create(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    return {"id": table(ctx).create(ctx, args).id}
+    return {"id": ctx.family(Shells).create(ctx, args).id}
 
 
 async def op_sh_exec(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    session = table(ctx).get(args)
+    session = ctx.family(Shells).get(args)
     run = session.begin(req_str(args, "command"), session.keep)
     out = bytearray()
     truncated = [False]
@@ -228,7 +233,7 @@ async def op_sh_exec(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) ->
 async def op_sh_exec_stream(
     ctx: AgentContext, stream: Stream, args: Dict[str, Any]
 ) -> Dict[str, Any]:
-    session = table(ctx).get(args)
+    session = ctx.family(Shells).get(args)
     run = session.begin(req_str(args, "command"), session.keep)
     await stream.send_head({})
 
@@ -240,7 +245,7 @@ async def op_sh_exec_stream(
 
 
 async def op_sh_input(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    session = table(ctx).get(args)
+    session = ctx.family(Shells).get(args)
     data = args.get("data")
     if not isinstance(data, str):
         raise bad("'data' must be a string")
@@ -252,23 +257,13 @@ async def op_sh_input(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -
 
 
 async def op_sh_resize(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    table(ctx).get(args).term.resize(*term_size(args, required=True))
+    ctx.family(Shells).get(args).term.resize(*term_size(args, required=True))
     return {}
 
 
 async def op_sh_close(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
-    shells = table(ctx)
+    shells = ctx.family(Shells)
     session = shells.get(args)
     del shells.sessions[session.id]
     session.term.close()
     return {}
-
-
-SHELL_OPS: Dict[str, Handler] = {
-    "sh.create": op_sh_create,
-    "sh.exec": op_sh_exec,
-    "sh.exec.stream": op_sh_exec_stream,
-    "sh.input": op_sh_input,
-    "sh.resize": op_sh_resize,
-    "sh.close": op_sh_close,
-}

@@ -9,10 +9,6 @@ than one window per request.
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Deque, Dict, Mapping, Optional, Union
-
 from .protocol import (
     DATA,
     FRAME_COST,
@@ -23,9 +19,12 @@ from .protocol import (
     ProtocolError,
     data_cost,
 )
+from .sync import Event
 
-if TYPE_CHECKING:  # typing.Protocol is fine at run time, but keep start-up imports minimal
-    from typing import Protocol
+TYPE_CHECKING = False  # typing is not imported at run time (agent start-up cost)
+if TYPE_CHECKING:
+    from collections import deque
+    from typing import Any, Awaitable, Callable, Deque, Dict, Mapping, Optional, Protocol, Union
 
     from .context import AgentContext
 
@@ -34,9 +33,10 @@ if TYPE_CHECKING:  # typing.Protocol is fine at run time, but keep start-up impo
 
         async def send(self, header: Mapping[str, Any], payload: bytes = b"") -> None: ...
 
-
-# What every op is: the context, its stream, its args -> the result body.
-Handler = Callable[["AgentContext", "Stream", Dict[str, Any]], Awaitable[Dict[str, Any]]]
+    # What every op is: the context, its stream, its args -> the result body.
+    Handler = Callable[[AgentContext, "Stream", Dict[str, Any]], Awaitable[Dict[str, Any]]]
+else:
+    from _collections import deque
 
 
 class Stream:
@@ -44,9 +44,9 @@ class Stream:
         self.id = sid
         self._conn = conn
         self._send_credit = INITIAL_WINDOW
-        self._credit_changed = asyncio.Event()
+        self._credit_changed = Event()
         self._inbox: Deque[bytes] = deque()
-        self._inbox_changed = asyncio.Event()
+        self._inbox_changed = Event()
         self._ended = False
         self._recv_allowed = INITIAL_WINDOW
         self._recv_unacked = 0

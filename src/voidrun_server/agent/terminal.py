@@ -12,28 +12,33 @@ left the session (``setsid``).
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
-import secrets
-import signal
 import struct
-import subprocess
 import termios
 import tty
-from typing import Any, Callable, List, Mapping, Tuple
 
 from .args import bad
-from .context import AgentContext
-from .process import kill_group
+from .context import AgentContext, kill_group
+from .fdio import Fd, Reader, WriteBuffer
+from .futures import Future
 from .protocol import IO_ERROR, SPAWN_FAILED, OpError, is_int
 from .reaper import exit_code
+from .spawn import SpawnError
+from .tasks import Task, wait
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Any, Callable, List, Mapping, Tuple
+
+    Sink = Callable[[bytes], None]
+else:
+    import _signal
 
 INPUT_LIMIT = 1024 * 1024  # input queued for a terminal whose program does not read it
 READ_CHUNK = 64 * 1024
 EOF_GRACE = 0.5  # after the shell exits, how long its remaining output may take to arrive
-
-Sink = Callable[[bytes], None]
 
 
 def term_size(args: Mapping[str, Any], required: bool = False) -> Tuple[int, int]:
@@ -52,17 +57,18 @@ def term_size(args: Mapping[str, Any], required: bool = False) -> Tuple[int, int
 class Terminal:
     """A process group leader on a pseudo-terminal; ``ended`` resolves to its exit code."""
 
-    def __init__(self, ctx: AgentContext, pid: int, master: int, exited: asyncio.Future[int]):
+    def __init__(self, ctx: AgentContext, pid: int, master: int, exited: Future[int]):
         self.ctx = ctx
         self.pid = pid
-        self.master = master
         self.on_output: Callable[[bytes], None] = lambda data: None
-        self._loop = asyncio.get_running_loop()
-        self.ended: asyncio.Future[int] = self._loop.create_future()
-        self._eof: asyncio.Future[None] = self._loop.create_future()
-        self._pending = bytearray()
-        self._reading = self._writing = self._closed = False
-        self._watcher = self._loop.create_task(self._watch(exited))
+        self.ended: Future[int] = Future()
+        self._eof: Future[None] = Future()
+        self._master = Fd(master, write=True)
+        self._reader = Reader(self._master, self._output, self._at_eof, READ_CHUNK)
+        self._reader.pause()  # until start()
+        self._input = WriteBuffer(self._master)
+        self._closed = False
+        self._watcher = Task(self._watch(exited))
 
     @classmethod
     def spawn(
@@ -78,56 +84,48 @@ class Terminal:
         """``script``: raw mode (no echo, no line editing, no output translation) and stderr
         not a tty, so a shell starts non-interactive and reads its input as a script."""
         master, slave = os.openpty()
+        devnull = -1
         try:
             _set_size(master, cols, rows)
             if script:
                 tty.setraw(slave)
-            proc = subprocess.Popen(
-                argv,
-                stdin=slave,
-                stdout=slave,
-                stderr=subprocess.DEVNULL if script else slave,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                preexec_fn=_take_controlling_tty,  # runs after setsid, before exec
-                close_fds=True,
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            fds = (slave, slave, devnull if script else slave)
+            # preexec runs after setsid, before exec
+            pid, exited = ctx.start(argv, argv[0], env, cwd, fds, _take_controlling_tty)
+        except (OSError, ValueError, SpawnError) as exc:
             os.close(master)
             raise OpError(SPAWN_FAILED, f"cannot start {argv[0]} on a terminal: {exc}") from None
         finally:
             os.close(slave)
-        exited = ctx.reaper.watch(proc.pid)
-        proc.returncode = 0  # the reaper owns the status (see process.spawn)
-        ctx.groups.add(proc.pid)
-        os.set_blocking(master, False)
-        return cls(ctx, proc.pid, master, exited)
+            if devnull >= 0:
+                os.close(devnull)
+        return cls(ctx, pid, master, exited)
+
+    @property
+    def master(self) -> int:
+        return self._master.fd
 
     def start(self) -> None:
         self.resume()
 
     def pause(self) -> None:
-        if self._reading:
-            self._loop.remove_reader(self.master)
-            self._reading = False
+        self._reader.pause()
 
     def resume(self) -> None:
-        if not self._reading and not self._closed and not self._eof.done():
-            self._loop.add_reader(self.master, self._readable)
-            self._reading = True
+        if not self._closed:
+            self._reader.resume()
 
     def write(self, data: bytes) -> None:
         if self._closed:
             raise OpError(IO_ERROR, "the terminal has been closed")
-        if len(self._pending) + len(data) > INPUT_LIMIT:
+        if len(self._input.pending) + len(data) > INPUT_LIMIT:
             raise OpError(IO_ERROR, "the terminal is not reading its input (buffer full)")
-        self._pending += data
-        self._flush()
+        self._input.write(data)
 
     def resize(self, cols: int, rows: int) -> None:
         if not self._closed:
-            _set_size(self.master, cols, rows)  # the kernel sends SIGWINCH
+            _set_size(self._master.fd, cols, rows)  # the kernel sends SIGWINCH
 
     def close(self) -> None:
         """Stop reading and kill every process of the terminal's session."""
@@ -135,44 +133,21 @@ class Terminal:
             return
         self._closed = True
         self.pause()
-        if self._writing:
-            self._loop.remove_writer(self.master)
-        os.close(self.master)
+        self._master.close()
         kill_session(self.pid)
         self.ctx.groups.discard(self.pid)
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every holder of the slave side has closed it
-            data = b""
-        if data:
-            self.on_output(data)
-        else:
-            self.pause()
-            if not self._eof.done():
-                self._eof.set_result(None)
+    def _output(self, data: bytes) -> None:
+        self.on_output(data)
 
-    def _flush(self) -> None:
-        try:
-            while self._pending:
-                del self._pending[: os.write(self.master, self._pending[:READ_CHUNK])]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._pending.clear()
-        if self._pending and not self._writing:
-            self._loop.add_writer(self.master, self._flush)
-        elif not self._pending and self._writing:
-            self._loop.remove_writer(self.master)
-        self._writing = bool(self._pending)
+    def _at_eof(self) -> None:
+        if not self._eof.done():
+            self._eof.set_result(None)
 
-    async def _watch(self, exited: asyncio.Future[int]) -> None:
+    async def _watch(self, exited: Future[int]) -> None:
         status = await exited
-        if self._reading:
-            await asyncio.wait({self._eof}, timeout=EOF_GRACE)
+        if not self._reader.paused and not self._reader.eof:
+            await wait([self._eof], limit=EOF_GRACE)
         self.close()
         self.ended.set_result(exit_code(status))
 
@@ -195,7 +170,7 @@ def kill_session(sid: int) -> None:
             with open(f"/proc/{entry}/stat", "rb") as fh:
                 raw = fh.read()
             if int(raw[raw.rindex(b")") + 2 :].split()[3]) == sid:
-                os.kill(int(entry), signal.SIGKILL)
+                os.kill(int(entry), _signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             continue
 
@@ -205,11 +180,11 @@ class MarkedCommand:
     end-of-command marker appears (see ``shells`` for the protocol)."""
 
     def __init__(self, emit: Sink) -> None:
-        self.token = secrets.token_hex(8)
+        self.token = os.urandom(8).hex()
         self.prefix = b"\n\x1eVR" + self.token.encode() + b":"
         self.emit = emit
         self.held = b""  # a tail that may be the start of the marker
-        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.done: Future[int] = Future()
 
     def line(self, command: str) -> bytes:
         quoted = "'" + command.replace("'", "'\\''") + "'"

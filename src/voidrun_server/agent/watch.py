@@ -21,19 +21,14 @@ one path within a batch are coalesced into one.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import os
 import posixpath
 import stat
-import threading
 import time
-from collections import deque
-from typing import Deque, Dict, List, Optional, Tuple
 
-from .context import AgentContext
-from .fsutil import Args, Reply, norm_path, run
+from . import log
+from .fdio import Fd, Reader
+from .fsutil import norm_path, run
 from .inotify import (
     IN_ATTRIB,
     IN_CREATE,
@@ -47,14 +42,28 @@ from .inotify import (
     IN_MOVED_TO,
     IN_Q_OVERFLOW,
     Inotify,
+    parse_events,
 )
-from .stream import Stream
+from .jsonc import dumps
+from .sync import Event
 
-log = logging.getLogger("voidrun_agent")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections import deque
+    from typing import Deque, Dict, List, Optional, Tuple
+
+    from .context import AgentContext
+    from .fsutil import Args, Reply
+    from .stream import Stream
+    from .threads import Stop
+
+    Raw = Tuple[int, int, int, str, str]  # wd, mask, cookie, name, timestamp
+else:
+    from _collections import deque
 
 RAW_MAX = 8192
+READ_SIZE = 64 * 1024
 MOVE_WINDOW = 0.05  # how long a MOVED_FROM waits for its MOVED_TO
-Raw = Tuple[int, int, int, str, str]  # wd, mask, cookie, name, timestamp
 
 
 def now_rfc3339() -> str:
@@ -70,15 +79,15 @@ class Watcher:
         self.paths: Dict[int, str] = {}  # wd -> watched path; touched by translate threads only
         self.root_wd = -1
         self.raw: Deque[Raw] = deque()
-        self.readable = asyncio.Event()
+        self.readable = Event()
+        self.reader: Optional[Reader] = None
         self.moves: Dict[int, Tuple[str, bool]] = {}  # cookie -> (old path, is dir)
-        self.paused = False
         self.done = False
         self.overflows = 0
 
     # -- watches (worker threads) -------------------------------------------------------------
 
-    def start(self, stop: threading.Event) -> None:
+    def start(self, stop: Stop) -> None:
         self.inotify = Inotify()
         self.root_wd = self.inotify.add(self.root)
         self.paths[self.root_wd] = self.root
@@ -140,7 +149,7 @@ class Watcher:
         event["timestamp"] = stamp or now_rfc3339()
         return event
 
-    def translate(self, stop: threading.Event, batch: List[Raw], flush: bool) -> bytes:
+    def translate(self, stop: Stop, batch: List[Raw], flush: bool) -> bytes:
         """Raw events -> FileEvents. The kernel queues a rename's MOVED_FROM and MOVED_TO back
         to back, so a MOVED_FROM followed by anything else was a move out of the tree: it is
         reported as ``deleted`` right there, keeping events in order. Only a MOVED_FROM that
@@ -152,7 +161,7 @@ class Watcher:
             self._one(out, wd, mask, cookie, name, stamp)
         if flush:
             self._moved_out(out)
-        return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in _coalesce(out)).encode()
+        return "".join(dumps(e) + "\n" for e in _coalesce(out)).encode()
 
     def _moved_out(self, out: List[Reply]) -> None:
         for old, is_dir in self.moves.values():
@@ -215,19 +224,24 @@ class Watcher:
 
     # -- event loop side ------------------------------------------------------------------------
 
-    def on_readable(self) -> None:
+    def listen(self) -> None:
         assert self.inotify is not None
+        self.reader = Reader(Fd(self.inotify.fd), self.on_data, self.on_eof, READ_SIZE)
+
+    def on_data(self, data: bytes) -> None:
+        assert self.reader is not None
         stamp = now_rfc3339()
-        for wd, mask, cookie, name in self.inotify.read():
+        for wd, mask, cookie, name in parse_events(data):
             self.raw.append((wd, mask, cookie, name, stamp))
-        if len(self.raw) >= RAW_MAX and not self.paused:
-            asyncio.get_running_loop().remove_reader(self.inotify.fd)  # the kernel queues now
-            self.paused = True
+        if len(self.raw) >= RAW_MAX:
+            self.reader.pause()  # the kernel queues now
         self.readable.set()
 
+    def on_eof(self) -> None:
+        self.readable.set()  # never for inotify; a read error ends reading (see fdio.Reader)
+
     async def pump(self, stream: Stream) -> None:
-        assert self.inotify is not None
-        loop = asyncio.get_running_loop()
+        assert self.reader is not None
         while not self.done:
             flush = False
             if not self.raw:
@@ -235,24 +249,22 @@ class Watcher:
                 if not self.moves:
                     await self.readable.wait()
                     continue
-                try:
-                    await asyncio.wait_for(self.readable.wait(), MOVE_WINDOW)
+                if await self.readable.wait(MOVE_WINDOW):
                     continue
-                except asyncio.TimeoutError:
-                    flush = True
+                flush = True
             batch = list(self.raw)
             self.raw.clear()
-            if self.paused:
-                loop.add_reader(self.inotify.fd, self.on_readable)
-                self.paused = False
+            self.reader.resume()
             ndjson = await run("watch", self.root, self.translate, batch, flush)
             if ndjson:
                 await stream.send_data("events", ndjson)
 
     def close(self) -> None:
-        if self.inotify is not None:
+        if self.reader is not None:
+            self.reader.fd.close()
+        elif self.inotify is not None:
             os.close(self.inotify.fd)
-            self.inotify = None
+        self.inotify = None
 
 
 def _coalesce(events: List[Reply]) -> List[Reply]:
@@ -270,16 +282,11 @@ def _coalesce(events: List[Reply]) -> List[Reply]:
 async def op_fs_watch(ctx: AgentContext, stream: Stream, args: Args) -> Reply:
     root = norm_path(args)
     watcher = Watcher(root, args.get("recursive") is True, args.get("ignoreHidden") is not False)
-    loop = asyncio.get_running_loop()
     try:
         await run("watch", root, watcher.start)
-        assert watcher.inotify is not None
-        loop.add_reader(watcher.inotify.fd, watcher.on_readable)
+        watcher.listen()
         await stream.send_head({})
         await watcher.pump(stream)
         return {}
     finally:
-        if watcher.inotify is not None:
-            if not watcher.paused:
-                loop.remove_reader(watcher.inotify.fd)
-            watcher.close()
+        watcher.close()
