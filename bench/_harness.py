@@ -40,6 +40,16 @@ class Server:
         )
 
 
+def time_runs(argv: list[str], n: int) -> list[float]:
+    """Milliseconds of ``n`` runs of ``argv`` (``subprocess.run``): a floor for the same run."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
     ordered = sorted(samples)
 

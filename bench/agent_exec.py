@@ -25,6 +25,7 @@ from pathlib import Path
 import anyio
 
 import voidrun_server.agent_launch as launch
+from _harness import time_runs
 from voidrun_server.agentclient import AgentClient
 
 PYTHON = os.path.realpath(sys.executable)
@@ -35,15 +36,6 @@ def row(label: str, samples: list[float]) -> str:
     ordered = sorted(samples)
     p50, p95 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
     return f"{label:<44} {p50:8.2f} {p95:8.2f}"
-
-
-def local(argv: list[str], n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True)
-        times.append((time.perf_counter() - started) * 1000)
-    return times
 
 
 async def timed(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
@@ -101,8 +93,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"agent package: {launch.AGENT_PACKAGE_DIR}   n={args.n}")
     print(f"{'round trip (ms)':<44} {'p50':>8} {'p95':>8}")
-    print(row("baseline: subprocess.run(['/bin/true'])", local(["/bin/true"], args.n)))
-    bash = local(["bash", "-c", "true"], args.n)
+    print(row("baseline: subprocess.run(['/bin/true'])", time_runs(["/bin/true"], args.n)))
+    bash = time_runs(["bash", "-c", "true"], args.n)
     print(row("baseline: subprocess.run(['bash', '-c', 'true'])", bash))
     for line in rows:
         print(line)

