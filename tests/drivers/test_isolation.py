@@ -162,7 +162,8 @@ async def test_processes_are_invisible_and_unkillable(harness: NamespaceHarness)
         assert code == 0, out
         code, out = await sh(
             info_a,
-            "grep -l marker /proc/[0-9]*/cmdline 2>/dev/null; ls -d /proc/[0-9]* 2>/dev/null | wc -l",
+            "grep -l marker /proc/[0-9]*/cmdline 2>/dev/null;"
+            " ls -d /proc/[0-9]* 2>/dev/null | wc -l",
         )
         assert "marker" not in out
         assert int(out.split()[-1]) <= 4  # agent, bash, grep/ls, wc
