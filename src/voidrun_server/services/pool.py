@@ -166,12 +166,21 @@ class WarmPool:
         try:
             with anyio.fail_after(self.ready_timeout + 5):
                 info = await self.driver.create(spec)
-                await self.agents.ping(spec.sandbox_id, AgentSocket.of(info))
+                await self.agents.run(spec.sandbox_id, AgentSocket.of(info), self._warm_up)
         except (VoidRunError, TimeoutError):
             with anyio.CancelScope(shield=True):
                 await self._destroy(spec.sandbox_id)
             raise
         return Warm(spec.sandbox_id, rootfs, AgentSocket.of(info))
+
+    @staticmethod
+    async def _warm_up(agent: AgentClient) -> None:
+        """What a hand-out and a caller's first command use, loaded now: the agent imports each
+        op family on its first op (its file writes, its process spawning)."""
+        async with anyio.create_task_group() as ops:
+            for path, text in identity_files(POOL_HOSTNAME).items():
+                ops.start_soon(agent.write_file, path, text.encode())
+        await agent.exec("true", timeout=10)
 
     async def hand_out(
         self,
