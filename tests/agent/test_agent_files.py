@@ -49,6 +49,20 @@ async def test_write_bytes_mode_and_overwrite(agent: AgentProcess, tmp_path: Pat
     assert names(tmp_path) == ["empty", "script.sh"]
 
 
+async def test_write_without_fsync_is_still_whole(agent: AgentProcess, tmp_path: Path) -> None:
+    """``durable=False`` (identity files rewritten on every start) skips the fsyncs only: the
+    file is replaced whole, and anything but a boolean is refused."""
+    target = tmp_path / "hosts"
+    target.write_text("old")
+    async with AgentClient(agent.socket) as client:
+        assert await client.write_file(str(target), b"127.0.0.1 me\n", durable=False) == 13
+        assert await client.read_bytes(str(target)) == b"127.0.0.1 me\n"
+        with pytest.raises(AgentOperationError) as info:  # refused before any data is read
+            await client._call("file.write", {"path": str(target), "durable": "no"})
+        assert info.value.code == "bad_request" and "durable" in str(info.value)
+    assert names(tmp_path) == ["hosts"] and target.read_bytes() == b"127.0.0.1 me\n"
+
+
 @pytest.mark.parametrize(
     ("setup", "code"),
     [("missing", "not_found"), ("directory", "is_a_directory"), ("under_file", "not_a_directory")],

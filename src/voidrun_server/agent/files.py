@@ -138,12 +138,15 @@ class TempFile:
         while view:
             view = view[os.write(self.fd, view) :]
 
-    def commit(self, path: str) -> None:
+    def commit(self, path: str, durable: bool = True) -> None:
         assert self.fd is not None
-        os.fsync(self.fd)
+        if durable:
+            os.fsync(self.fd)
         fd, self.fd = self.fd, None
         os.close(fd)
         os.rename(self.name, path)
+        if not durable:  # still atomic for readers; only a host crash may lose it
+            return
         # Persist the rename itself; best effort, some filesystems refuse fsync on directories.
         try:
             dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_CLOEXEC)
@@ -173,6 +176,9 @@ async def op_file_write(ctx: AgentContext, stream: Stream, args: Dict[str, Any])
     mode = opt_int(args, "mode", 0o644)
     if mode > 0o7777:
         raise bad(f"'mode' must be at most 0o7777, got {mode:#o}")
+    durable = args.get("durable", True)
+    if not isinstance(durable, bool):
+        raise bad(f"'durable' must be a boolean, got {type(durable).__name__}")
     try:
         tmp = await blocking(TempFile, path, mode, orphan=TempFile.discard)
     except OSError as exc:
@@ -186,7 +192,7 @@ async def op_file_write(ctx: AgentContext, stream: Stream, args: Dict[str, Any])
                 break
             await blocking(tmp.write, chunk)
             total += len(chunk)
-        await blocking(tmp.commit, path)
+        await blocking(tmp.commit, path, durable)
         committed = True
         return {"size": total}
     except OSError as exc:

@@ -238,13 +238,18 @@ class AgentClient:
         data: bytes | bytearray | memoryview | AsyncIterable[bytes],
         *,
         mode: int = 0o644,
+        durable: bool = True,
     ) -> int:
         """Atomically replace ``path`` (creating parent directories); return bytes written.
 
         If ``data`` raises or the caller is cancelled, the agent discards the partial upload
-        and ``path`` is left as it was.
+        and ``path`` is left as it was. ``durable=False`` skips the fsyncs (the replacement is
+        still atomic for readers; a host crash may lose it): for files rewritten on every start.
         """
-        async with self._request("file.write", {"path": path, "mode": mode}) as channel:
+        args: dict[str, object] = {"path": path, "mode": mode}
+        if not durable:
+            args["durable"] = False
+        async with self._request("file.write", args) as channel:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 await channel.send_data(data)
             else:

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -179,7 +180,7 @@ class WarmPool:
         op family on its first op (its file writes, its process spawning)."""
         async with anyio.create_task_group() as ops:
             for path, text in identity_files(POOL_HOSTNAME).items():
-                ops.start_soon(agent.write_file, path, text.encode())
+                ops.start_soon(partial(agent.write_file, durable=False), path, text.encode())
         await agent.exec("true", timeout=10)
 
     async def hand_out(
@@ -209,7 +210,7 @@ class WarmPool:
                 await agent.set_env(env)
             async with anyio.create_task_group() as writes:  # file ops, never a shell string
                 for path, text in identity_files(hostname).items():
-                    writes.start_soon(agent.write_file, path, text.encode())
+                    writes.start_soon(partial(agent.write_file, durable=False), path, text.encode())
 
         async def inside() -> None:
             await self.agents.run(sandbox_id, warm.agent_socket, personalise)
