@@ -152,3 +152,18 @@ def test_pooled_sandbox_gets_the_callers_network_policy(server: ServerProcess) -
             "ip daddr 1.2.3.4 reject with icmpx admin-prohibited",
             "reject with icmpx admin-prohibited",
         ], chain
+
+
+def test_shutdown_during_a_refill_leaves_nothing_behind(server: ServerProcess) -> None:
+    """Stopping the server while the pool is starting a replacement (cancelled mid-boot or
+    mid-warm-up) destroys that sandbox too: only the caller's sandbox outlives the stop."""
+    with server.client() as client:
+        wait_for_pool(server, client, 2)
+        box = str(create_sandbox(client, name="taken")["id"])  # the pool starts a refill now
+        rows = {b["id"] for b in client.get("/sandboxes", params={"limit": 100}).json()["data"]}
+    server.stop()
+    leftovers = {p.name for p in (server.data_dir / "sandboxes").iterdir() if len(p.name) == 24}
+    assert box in rows and leftovers <= rows  # the refill's destroy also removed its link
+    server.start()
+    with server.client() as client:
+        client.delete(f"/sandboxes/{box}")

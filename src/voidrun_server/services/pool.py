@@ -90,6 +90,8 @@ class WarmPool:
         self.disk_floor = disk_floor
         self._ready: list[Warm] = []
         self._wanted = anyio.Event()
+        self._refill: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
         self._creating = 0  # callers' creates in flight: the refill waits for them
         self._quiet = anyio.Event()
         self._quiet.set()
@@ -123,7 +125,15 @@ class WarmPool:
         return None
 
     async def run_forever(self, default_rootfs: Callable[[], Awaitable[Path | None]]) -> None:
-        """Keep ``size`` sandboxes of the default image ready; owned by the app's task group."""
+        """Keep ``size`` sandboxes of the default image ready; owned by the app's task group.
+        :meth:`drain` ends it (and waits until a refill in flight is undone)."""
+        try:
+            with anyio.CancelScope() as self._refill:
+                await self._refill_forever(default_rootfs)
+        finally:
+            self._stopped.set()
+
+    async def _refill_forever(self, default_rootfs: Callable[[], Awaitable[Path | None]]) -> None:
         while True:
             rootfs = await default_rootfs()
             if rootfs is None:  # no image built yet: look again later
@@ -164,13 +174,15 @@ class WarmPool:
             mem_mb=self.mem_mb,
             disk_mb=self.disk_mb,
         )
+        info = None
         try:
             with anyio.fail_after(self.ready_timeout + 5):
                 info = await self.driver.create(spec)
                 await self.agents.run(spec.sandbox_id, AgentSocket.of(info), self._warm_up)
-        except (VoidRunError, TimeoutError):
-            with anyio.CancelScope(shield=True):
-                await self._destroy(spec.sandbox_id)
+        except BaseException as exc:  # cancelled too (shutdown): a created sandbox goes again
+            if info is not None or isinstance(exc, (VoidRunError, TimeoutError)):
+                with anyio.CancelScope(shield=True):
+                    await self._destroy(spec.sandbox_id)
             raise
         return Warm(spec.sandbox_id, rootfs, AgentSocket.of(info))
 
@@ -234,9 +246,14 @@ class WarmPool:
             raise failures[0]
 
     async def drain(self) -> None:
-        """Destroy every sandbox still waiting in the pool (at shutdown)."""
-        ready, self._ready = self._ready, []
+        """Stop refilling (a sandbox being started is destroyed by its own cleanup), then
+        destroy every sandbox still waiting in the pool (at shutdown)."""
         with anyio.CancelScope(shield=True):
+            if self._refill is not None:
+                self._refill.cancel()
+                with anyio.move_on_after(self.ready_timeout + 10):
+                    await self._stopped.wait()
+            ready, self._ready = self._ready, []
             for warm in ready:
                 await self._destroy(warm.sandbox_id)
 
