@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,10 @@ class StatusDialect(StrEnum):
     AUTO = "auto"
     SEED = "seed"
     SDK = "sdk"
+
+
+# host[:port] or [v6][:port], as in an image reference (images/reference.py parses it fully)
+_REGISTRY_ENTRY = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def _default_data_dir() -> Path:
@@ -149,6 +154,16 @@ class Settings(BaseSettings):
         description=(
             "Debian mirror used to build images; empty means the one the host's own apt "
             "sources use for the image's suite."
+        ),
+    )
+    image_insecure_registries: list[str] = Field(
+        [],
+        description=(
+            "Registries an image pull may reach although they are on loopback or private "
+            "addresses, and the only ones a pull's insecure flag (plain HTTP, unverified TLS) is "
+            'honoured for. JSON list of host or host:port ([v6]:port), e.g. ["10.0.0.5:5000"]; '
+            "a host without a port matches every port. Empty: public registries over verified "
+            "HTTPS only."
         ),
     )
     sandbox_disk_mb: Annotated[int, Field(ge=64)] = Field(
@@ -359,6 +374,17 @@ class Settings(BaseSettings):
                     f"VOIDRUN_BOOTSTRAP_API_KEY is too weak: {problem}; {ids.GENERATE_KEY_HINT}"
                 )
         return value
+
+    @field_validator("image_insecure_registries")
+    @classmethod
+    def _registry_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _REGISTRY_ENTRY.fullmatch(entry):
+                raise ValueError(
+                    f"VOIDRUN_IMAGE_INSECURE_REGISTRIES entry {entry!r} is not host, host:port "
+                    "or [v6]:port (no scheme, no path)"
+                )
+        return [entry.lower() for entry in value]
 
     @field_validator("sandbox_ca_bundle", mode="before")
     @classmethod
