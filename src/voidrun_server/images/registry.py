@@ -9,8 +9,7 @@ operator's saved registry credentials are never used for a tenant's pull. Creden
 an auth file in a sealed memfd (``/dev/fd/N``): never on disk, never on a command line or in an
 environment, and scrubbed from every line reported.
 
-Without root (no network namespace) the guard still checks every HTTPS connection, but a redirect
-to a loopback literal or to a plain-HTTP URL would go out directly: docs/images.md says so.
+Pulls need root (``unshare --net``); without it they fail rather than run half-guarded.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -102,6 +100,10 @@ def pull_to_layout(
     if insecure:
         policy.check_insecure(ref.host, ref.port)
     addresses = policy.check(ref.endpoint_host, ref.port)  # before anything connects
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        # Without its own network namespace a redirect to a loopback literal or a plain-HTTP
+        # URL would bypass the guard: fail closed rather than pull half-guarded.
+        raise RegistryError("registry pulls need the server to run as root (with unshare)")
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         raise RegistryError("skopeo is not installed on the server (apt-get install skopeo)")
@@ -151,6 +153,7 @@ class _Pull:
         self.secrets = secrets
         self.lines: list[str] = []
         self.registry_addresses: set[str] = set()
+        self.reader: threading.Thread | None = None
 
     def scrub(self, text: str) -> str:
         for secret in self.secrets:
@@ -168,14 +171,8 @@ class _Pull:
     ) -> None:
         deadline = time.monotonic() + timeout
         guard = ConnectGuard(policy, max_bytes)
-        in_netns = os.geteuid() == 0 and shutil.which("unshare") is not None
-        host_proxy = None if in_netns else socket.create_server(("127.0.0.1", 0))
         auth_fd = self._auth_memfd()
-        argv, env = self._command(layout, auth_fd, listed if in_netns else None)
-        if host_proxy is not None:
-            proxy_url = f"http://127.0.0.1:{host_proxy.getsockname()[1]}"
-            env["HTTPS_PROXY"] = env["https_proxy"] = proxy_url
-            guard.serve_connect(host_proxy)
+        argv, env = self._command(layout, auth_fd, listed)
         try:
             proc = subprocess.Popen(
                 argv,
@@ -193,16 +190,18 @@ class _Pull:
         finally:
             os.close(auth_fd)
         try:
-            if in_netns:
-                self._start_netns_guard(proc, guard, listed)
-            elif proc.stdin is not None:
-                proc.stdin.close()
+            self._start_netns_guard(proc, guard, listed)
             self._follow(proc, guard, progress, deadline, max_bytes, layout.parent)
         finally:
             guard.close()
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if self.reader is not None:
+                self.reader.join(timeout=5)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         self._check_result(proc.returncode, guard, timeout, max_bytes)
 
     def _auth_memfd(self) -> int:
@@ -217,7 +216,7 @@ class _Pull:
         return fd
 
     def _command(
-        self, layout: Path, auth_fd: int, listed_addresses: list[IPAddress] | None
+        self, layout: Path, auth_fd: int, listed_addresses: list[IPAddress]
     ) -> tuple[list[str], dict[str, str]]:
         (self.run_dir / "policy.json").write_text(
             json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
@@ -246,8 +245,6 @@ class _Pull:
             f"docker://{self.ref}",
             f"oci:{layout}:{self.ref.layout_tag}",
         ]  # fmt: skip
-        if listed_addresses is None:
-            return argv, env
         lo = [f"{a}/{a.max_prefixlen}" for a in listed_addresses if not _loopback(a)]
         env["VOIDRUN_LO_ADDRS"] = " ".join(lo)
         env["VOIDRUN_HOSTS"] = ""
@@ -272,10 +269,13 @@ class _Pull:
             raise RegistryError(f"could not isolate the pull: {self.scrub(first)}")
         port = self.ref.port
         targets = [(str(a), port) for a in listed]
-        forwarders = listen_in_netns(proc.pid, targets) if targets else []
-        for sock, (address, _) in zip(forwarders, targets, strict=True):
-            guard.serve_forward(sock, address, port)
-        (proxy,) = listen_in_netns(proc.pid, [("127.0.0.1", 0)])
+        try:
+            forwarders = listen_in_netns(proc.pid, targets) if targets else []
+            for sock, (address, _) in zip(forwarders, targets, strict=True):
+                guard.serve_forward(sock, address, port)
+            (proxy,) = listen_in_netns(proc.pid, [("127.0.0.1", 0)])
+        except OSError as exc:
+            raise RegistryError(f"could not isolate the pull: {exc}") from None
         guard.serve_connect(proxy)
         proc.stdin.write(f"{proxy.getsockname()[1]}\n")
         proc.stdin.close()
@@ -298,7 +298,8 @@ class _Pull:
                 lines.put(line.rstrip("\n"))
             lines.put(None)
 
-        threading.Thread(target=read, name="skopeo-output", daemon=True).start()
+        self.reader = threading.Thread(target=read, name="skopeo-output", daemon=True)
+        self.reader.start()
         while True:
             try:
                 line = lines.get(timeout=0.2)
