@@ -11,7 +11,14 @@ import pytest
 from voidrun_server.config import Settings
 from voidrun_server.images import registry as registry_module
 from voidrun_server.images.reference import InvalidReferenceError, Reference, parse_reference
-from voidrun_server.images.registry import RegistryError, pull_to_layout
+from voidrun_server.images.registry import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryNotFoundError,
+    RegistryUnreachableError,
+    pull_to_layout,
+)
+from voidrun_server.images.registry_errors import explain_failure
 from voidrun_server.images.registry_policy import (
     IPAddress,
     RegistryPolicy,
@@ -171,3 +178,33 @@ def test_pull_without_root_fails_closed(monkeypatch: pytest.MonkeyPatch, tmp_pat
             timeout=5,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failures_are_explained_in_the_registrys_words() -> None:
+    ref = parse_reference("10.0.0.5:5000/team/img:1")
+    own = {"10.0.0.5"}
+
+    def fatal(message: str) -> list[str]:
+        escaped = message.replace('"', '\\"')
+        return ["Getting image source signatures", f'time="x" level=fatal msg="{escaped}"']
+
+    cases: list[tuple[list[str], list[str], list[str], type[RegistryError], str]] = [
+        (fatal('reading manifest 1: unauthorized: authentication required'), [], [],
+         RegistryAuthError, "unauthorized: authentication required"),
+        (fatal("reading manifest 1 in x: manifest unknown: manifest unknown"), [], [],
+         RegistryNotFoundError, "manifest unknown"),
+        (fatal('Get "http://10.0.0.5:5000/v2/": dial tcp 10.0.0.5:5000: connect: connection '
+               "refused"), [], [], RegistryUnreachableError, "connection refused"),
+        (fatal('Get "http://10.9.9.9/x": dial tcp 10.9.9.9:80: connect: network is unreachable'),
+         [], [], RegistryPolicyError, "sent the pull to 10.9.9.9:80"),
+        (fatal("proxyconnect: Forbidden"), ["connection to a:443 refused: internal"], [],
+         RegistryPolicyError, "connection to a:443 refused"),
+        (fatal("proxyconnect: Bad Gateway"), [], ["connecting to a:443 failed: refused"],
+         RegistryUnreachableError, "connecting to a:443 failed"),
+        ([], [], [], RegistryError, "skopeo failed without a message"),
+    ]  # fmt: skip
+    for lines, refusals, failures, kind, words in cases:
+        error = explain_failure(ref, lines, refusals, failures, own)
+        assert type(error) is kind, (lines, error)
+        assert words in str(error)
+        assert str(ref) in str(error)

@@ -20,7 +20,6 @@ import ipaddress
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +30,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .reference import Reference, parse_reference
+from .registry_errors import (
+    RegistryAuthError,
+    RegistryLimitError,
+    RegistryNotFoundError,
+    RegistryUnreachableError,
+    explain_failure,
+)
 from .registry_guard import ConnectGuard, listen_in_netns
 from .registry_policy import IPAddress, RegistryError, RegistryPolicy, RegistryPolicyError
 
@@ -58,24 +64,6 @@ _NETNS_SCRIPT = (
     'unset VOIDRUN_LO_ADDRS VOIDRUN_HOSTS; exec "$@"'
 )
 _SEAL_ALL = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-_FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')
-_DIAL = re.compile(r"dial tcp (\S+): connect: connection refused")
-
-
-class RegistryAuthError(RegistryError):
-    """The registry refused the credentials (or wants some)."""
-
-
-class RegistryNotFoundError(RegistryError):
-    """The registry has no such repository, tag or digest."""
-
-
-class RegistryUnreachableError(RegistryError):
-    """The registry could not be reached, or did not finish in time."""
-
-
-class RegistryLimitError(RegistryError):
-    """The image's blobs exceed the size cap of the pull."""
 
 
 def pull_to_layout(
@@ -329,35 +317,13 @@ class _Pull:
             return
         if returncode < 0:
             raise RegistryUnreachableError(f"pulling {self.ref} did not finish in {timeout:g} s")
-        message = self._message()
-        if guard.refusals:
-            raise RegistryPolicyError(f"pulling {self.ref}: {self.scrub(guard.refusals[0])}")
-        dial = _DIAL.search(message)
-        if dial and _dialled_loopback(dial.group(1)) and not self._is_registry(dial.group(1)):
-            raise RegistryPolicyError(
-                f"pulling {self.ref}: the registry sent the pull to {dial.group(1)}, which is "
-                f"not an allowed registry address ({message})"
-            )
-        lowered = message.lower()
-        kind: type[RegistryError] = RegistryError
-        if "unauthorized" in lowered or "authentication required" in lowered:
-            kind = RegistryAuthError
-        elif "manifest unknown" in lowered or "name unknown" in lowered or "not found" in lowered:
-            kind = RegistryNotFoundError
-        elif any(w in lowered for w in ("connection refused", "no such host", "timeout", "reset")):
-            kind = RegistryUnreachableError
-        raise kind(f"pulling {self.ref} failed: {message}")
-
-    def _is_registry(self, host_port: str) -> bool:
-        host, _, port = host_port.rpartition(":")
-        return port == str(self.ref.port) and host.strip("[]") in self.registry_addresses
-
-    def _message(self) -> str:
-        for line in reversed(self.lines):
-            found = _FATAL.search(line)
-            if found:
-                return found.group(1).replace('\\"', '"').replace("\\\\", "\\")
-        return self.lines[-1] if self.lines else "skopeo failed without a message"
+        raise explain_failure(
+            self.ref,
+            self.lines,
+            [self.scrub(text) for text in guard.refusals],
+            [self.scrub(text) for text in guard.failures],
+            self.registry_addresses,
+        )
 
 
 def _is_literal(host: str) -> bool:
@@ -374,15 +340,6 @@ def _loopback(address: IPAddress) -> bool:
         and address.ipv4_mapped is not None
         and address.ipv4_mapped.is_loopback
     )
-
-
-def _dialled_loopback(host_port: str) -> bool:
-    """True if ``host:port`` from a Go dial error is a loopback address."""
-    host = host_port.rsplit(":", 1)[0].strip("[]")
-    try:
-        return _loopback(ipaddress.ip_address(host))
-    except ValueError:
-        return False
 
 
 def _tree_size(root: Path) -> int:

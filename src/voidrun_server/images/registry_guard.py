@@ -85,7 +85,8 @@ class ConnectGuard:
         self._closed = False
         self.received = 0
         self.over_limit = False
-        self.refusals: list[str] = []
+        self.refusals: list[str] = []  # connections the policy refused
+        self.failures: list[str] = []  # allowed connections that could not be made
 
     def serve_connect(self, listener: socket.socket) -> None:
         """Accept CONNECT requests on ``listener`` (the skopeo side's ``HTTPS_PROXY``)."""
@@ -152,10 +153,15 @@ class ConnectGuard:
                 if port is None:
                     raise InvalidReferenceError(f"{parts[1]} has no port")
                 upstream = self._open(host, port)
-            except (InvalidReferenceError, RegistryPolicyError, OSError) as exc:
+            except (InvalidReferenceError, RegistryPolicyError) as exc:
                 with self._lock:
                     self.refusals.append(f"connection to {parts[1]} refused: {exc}")
                 client.sendall(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n")
+                return
+            except OSError as exc:
+                with self._lock:
+                    self.failures.append(f"connecting to {parts[1]} failed: {exc}")
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n")
                 return
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             self._relay(client, upstream)
