@@ -257,10 +257,17 @@ class _Pull:
             raise RegistryError(f"could not isolate the pull: {self.scrub(first)}")
         port = self.ref.port
         targets = [(str(a), port) for a in listed]
+        problems: list[str] = []
+        for address, _ in targets:
+            try:
+                (sock,) = listen_in_netns(proc.pid, [(address, port)])
+            except OSError as exc:  # e.g. ::1 where the namespace has no IPv6: the others do
+                problems.append(f"{address}: {exc}")
+                continue
+            guard.serve_forward(sock, address, port)
         try:
-            forwarders = listen_in_netns(proc.pid, targets) if targets else []
-            for sock, (address, _) in zip(forwarders, targets, strict=True):
-                guard.serve_forward(sock, address, port)
+            if targets and len(problems) == len(targets):
+                raise OSError("; ".join(problems))
             (proxy,) = listen_in_netns(proc.pid, [("127.0.0.1", 0)])
         except OSError as exc:
             raise RegistryError(f"could not isolate the pull: {exc}") from None
