@@ -19,7 +19,7 @@ import pytest
 from tests.support.server import ServerProcess
 from tests.support.tiers import skip_if_opted_out, skip_tier
 
-pytest_plugins = ["tests.support.tier_plugin"]
+pytest_plugins = ["tests.support.tier_plugin", "tests.support.leak_plugin"]
 
 POSTGRES_URL = os.environ.get("VOIDRUN_TEST_POSTGRES_URL", "")
 BACKENDS = [
@@ -70,4 +70,4 @@ def server(
     try:
         yield proc
     finally:
-        proc.stop()
+        proc.stop_and_purge()
