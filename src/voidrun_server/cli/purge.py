@@ -21,6 +21,10 @@ from ..errors import ConflictError
 from .main import _settings, app, console, err
 
 
+def _progress(line: str) -> None:
+    err.print(line, style="dim", soft_wrap=True, markup=False)
+
+
 @app.command()
 def purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -55,7 +59,7 @@ def purge(
             abort=True,
         )
     try:
-        result = purge_state_dir(state_dir, progress=lambda line: err.print(f"[dim]{line}[/dim]"))
+        result = purge_state_dir(state_dir, progress=_progress)
     finally:
         if lock is not None:
             os.close(lock)
@@ -75,10 +79,11 @@ def purge(
         summary = ", ".join(f"{n} {kind}(s)" for kind, n in sorted(counts.items()))
         console.print(
             f"Purged {len(result.sandboxes)} sandbox(es) under {state_dir}"
-            + (f"; removed {summary}." if summary else "; nothing else was left on the host.")
+            + (f"; removed {summary}." if summary else "; nothing else was left on the host."),
+            soft_wrap=True,
         )
         for item in result.removed:
-            console.print(f"  removed {item}")
+            console.print(f"  removed {item}", soft_wrap=True, markup=False)
         for item in result.left:
             err.print(f"[red]  still there:[/red] {item}")
         for error in result.errors:
