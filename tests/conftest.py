@@ -66,8 +66,8 @@ def server(
     """One real server per backend per test module."""
     data_dir = tmp_path_factory.mktemp("server")
     proc = ServerProcess(data_dir=data_dir, database_url=database_url(request.param, data_dir))
-    proc.start()
     try:
+        proc.start()
         yield proc
     finally:
         proc.stop_and_purge()

@@ -28,8 +28,8 @@ def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
     data_dir = new_state_dir("voidrun-api-")
     env = {"VOIDRUN_IMAGES_DIR": str(IMAGES_DIR), "VOIDRUN_SANDBOX_DISK_MB": "256", **extra_env}
     proc = ServerProcess(data_dir=data_dir, extra_env=env)
-    proc.start()
     try:
+        proc.start()  # inside: a server that failed to start may have left state too
         yield proc
     finally:
         proc.stop_and_purge()
