@@ -19,7 +19,7 @@ import pytest
 from tests.support.server import ServerProcess
 from tests.support.tiers import skip_if_opted_out, skip_tier
 
-pytest_plugins = ["tests.support.tier_plugin"]
+pytest_plugins = ["tests.support.tier_plugin", "tests.support.leak_plugin"]
 
 POSTGRES_URL = os.environ.get("VOIDRUN_TEST_POSTGRES_URL", "")
 BACKENDS = [
@@ -66,8 +66,8 @@ def server(
     """One real server per backend per test module."""
     data_dir = tmp_path_factory.mktemp("server")
     proc = ServerProcess(data_dir=data_dir, database_url=database_url(request.param, data_dir))
-    proc.start()
     try:
+        proc.start()
         yield proc
     finally:
-        proc.stop()
+        proc.stop_and_purge()

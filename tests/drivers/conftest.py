@@ -13,19 +13,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.drivers.harness import DriverHarness, NamespaceHarness, mountinfo_lines
+from tests.support.hostleaks import new_state_dir, purge_state_dir, track
 from tests.support.images import CODE_TAG, IMAGES_DIR
 from tests.support.tiers import skip_if_opted_out, skip_tier
 from voidrun_server.drivers.base import DriverUnavailableError
 
-# bwrap runs as the sandbox uid and must traverse the state dir: not pytest's 0700 tmp_path.
-STATE_PARENT = Path(os.environ.get("VOIDRUN_TEST_STATE_DIR", "/var/tmp"))
 IMAGE_BUILD_TIMEOUT = 1800
 
 
@@ -79,13 +77,16 @@ def cgroup_parent() -> Iterator[str]:
 
 
 @pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="voidrun-drivers-", dir=STATE_PARENT))
-    path.chmod(0o711)
+def state_dir(cgroup_parent: str) -> Iterator[Path]:
+    """bwrap runs as the sandbox uid and must traverse it: not pytest's 0700 tmp_path. Torn
+    down with ``purge`` (whatever a failed test left), after checking the test left no mount."""
+    path = new_state_dir("voidrun-drivers-")
+    track(path, cgroup_parent=cgroup_parent)
     yield path
     mounted = [line for line in mountinfo_lines() if str(path) in line]
-    assert not mounted, f"mounts left under {path}: {mounted}"
+    purge_state_dir(path, cgroup_parent)
     shutil.rmtree(path)
+    assert not mounted, f"mounts left under {path}: {mounted}"
 
 
 DRIVER_HARNESSES = ["namespace"]  # one entry per driver with a harness fixture

@@ -10,9 +10,6 @@ from voidrun_server.services.images import SYSTEM_IMAGES
 
 IMAGES_DIR = Path(os.environ.get("VOIDRUN_TEST_IMAGES_DIR", "/var/tmp/voidrun-test-images"))
 CODE_TAG = SYSTEM_IMAGES["code"]
-# Sandboxes run as an unprivileged host uid that must traverse the data dir: not pytest's 0700
-# tmp dirs.
-STATE_PARENT = Path(os.environ.get("VOIDRUN_TEST_STATE_DIR", "/var/tmp"))
 
 
 def ensure_code_image() -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,31 +11,28 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.images import IMAGES_DIR, STATE_PARENT, ensure_code_image
+from tests.support.hostleaks import new_state_dir
+from tests.support.images import IMAGES_DIR, ensure_code_image
 from tests.support.server import ServerProcess
 from tests.support.tiers import skip_if_opted_out, skip_tier
 
 
 @contextmanager
 def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
-    """Start a server whose sandboxes are real; delete every sandbox and the data dir after."""
+    """Start a server whose sandboxes are real; after it, stop (or find it killed), purge
+    every sandbox of every org from the host, and delete the data dir."""
     skip_if_opted_out("sandbox")
     if os.geteuid() != 0:
         skip_tier("sandbox", "sandboxes need root")
     ensure_code_image()
-    data_dir = Path(tempfile.mkdtemp(prefix="voidrun-api-", dir=STATE_PARENT))
-    os.chmod(data_dir, 0o755)
+    data_dir = new_state_dir("voidrun-api-")
     env = {"VOIDRUN_IMAGES_DIR": str(IMAGES_DIR), "VOIDRUN_SANDBOX_DISK_MB": "256", **extra_env}
     proc = ServerProcess(data_dir=data_dir, extra_env=env)
-    proc.start()
     try:
+        proc.start()  # inside: a server that failed to start may have left state too
         yield proc
     finally:
-        if proc.process is not None:
-            with proc.client() as client:
-                for box in client.get("/sandboxes", params={"limit": 100}).json()["data"]:
-                    client.delete(f"/sandboxes/{box['id']}")
-        proc.stop()
+        proc.stop_and_purge()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

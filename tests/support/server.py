@@ -15,6 +15,8 @@ from typing import Protocol
 
 import httpx
 
+from tests.support import hostleaks
+
 BIN = Path(sys.executable).with_name("voidrun-server")
 
 
@@ -53,6 +55,7 @@ def free_test_subnet() -> str:
             f"10.{200 + secrets.randbelow(8)}.{secrets.randbelow(256)}.0/24"
         )
         if not any(candidate.overlaps(net) for net in taken):
+            hostleaks.track_subnet(str(candidate))  # for the session's leak guard
             return str(candidate)
     raise RuntimeError("no free /24 in 10.200.0.0/13 for test sandboxes")
 
@@ -94,8 +97,14 @@ class ServerProcess:
         env.update(self.extra_env)
         return env
 
+    @property
+    def state_dir(self) -> Path:
+        """The namespace driver's state dir (sandboxes) of this server."""
+        return self.data_dir / "sandboxes"
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        hostleaks.track(self.state_dir, self.sandbox_subnet)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(BIN), "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
@@ -125,6 +134,12 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def stop_and_purge(self, sig: int = signal.SIGTERM) -> None:
+        """Stop (sandboxes outlive a server on purpose) and remove everything the server
+        left on the host: its sandboxes of every org, network and resolver."""
+        self.stop(sig)
+        hostleaks.purge_state_dir(self.state_dir)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``voidrun-server ARGS`` against the same data dir and database."""

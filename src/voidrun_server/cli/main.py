@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import __version__, datadir, logs
+from .. import __version__, datadir, logs, serverlock
 from ..config import Settings
 from ..errors import VoidRunError
 from ..services import accounts
@@ -87,6 +87,11 @@ def serve(
     if overrides:
         settings = settings.model_copy(update=overrides)
     logs.configure(settings.log_level)
+    try:  # held until the process ends (its sandboxes stay; `purge` refuses meanwhile)
+        serverlock.hold(settings.data_dir, "voidrun-server serve")
+    except VoidRunError as exc:
+        err.print(f"[red]Cannot start:[/red] {exc}")
+        raise typer.Exit(1) from exc
     console.print(
         f"[bold]voidrun-server {__version__}[/bold] on http://{settings.host}:{settings.port}/api "
         f"(data: {settings.data_dir})"
@@ -291,4 +296,5 @@ def images_build(
     )
 
 
+from . import purge as _purge  # noqa: E402,F401  registers `purge`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`

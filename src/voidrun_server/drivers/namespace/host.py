@@ -57,7 +57,7 @@ from voidrun_server.drivers.namespace.state import (
 from voidrun_server.drivers.namespace.uidrange import RANGE_SIZE, UidRanges
 from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
 
-__all__ = ["SandboxHost", "check_traversable"]
+__all__ = ["SandboxHost", "check_traversable", "teardown"]
 
 CLEANUP_TIMEOUT = 30.0
 
@@ -85,6 +85,48 @@ def reap(pid: int) -> None:
     """Collect ``pid`` if it is a dead child of ours (any driver instance in this process)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def teardown(
+    run: RunDir, *, cgroups: Cgroups, uids: UidRanges, network: HostNetwork | None
+) -> None:
+    """Remove a sandbox's processes, cgroups, network, mounts, loop devices, run directory and
+    uid range; works from any state, a torn create (no record) included. ``network`` None:
+    the caller has unwired it (``purge.py``, which needs no running network to do so)."""
+    deadline = time.monotonic() + CLEANUP_TIMEOUT
+    record = read_record(run)
+    paths = record.cgroups if record else cgroups.paths_for(run.sandbox_id)
+    if record is not None:
+        kill(record, cgroups, deadline)
+    else:
+        cgroups.remove(paths, deadline)
+    if not run.root.exists():
+        return
+    if network is not None:
+        network.detach(run, run.sandbox_id)
+        network.release(record.net_address if record else None)
+    idmount.unmount_detach(run.lower)
+    disk.unmount(run.disk_mount, deadline)
+    disk.detach_loop_devices(run.disk_image, deadline)
+    for mount_point in (run.lower, run.disk_mount, run.netns):
+        if idmount.is_mount_point(mount_point):
+            raise DriverError(f"{mount_point} is still mounted; not deleting it")
+    shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
+    uids.release(run.sandbox_id, record.uid_base if record else None)
+
+
+def kill(record: SandboxRecord, cgroups: Cgroups, deadline: float) -> None:
+    """Kill every process of the sandbox, reap our children, remove its cgroups."""
+    for ref in (record.init, record.monitor):
+        if ref is not None:
+            ref.kill()
+    cgroups.remove(record.cgroups, deadline)
+    for ref in (record.monitor, record.init):
+        if ref is not None:
+            reap(ref.pid)
+            while ref.alive() and time.monotonic() < deadline:
+                time.sleep(0.001)  # outside the cgroup only if attach never happened
+                reap(ref.pid)
 
 
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
@@ -316,17 +358,7 @@ class SandboxHost:
             os.close(fd)
 
     def _kill(self, record: SandboxRecord, deadline: float) -> None:
-        """Kill every process of the sandbox, reap our children, remove its cgroups."""
-        for ref in (record.init, record.monitor):
-            if ref is not None:
-                ref.kill()
-        self.cgroups.remove(record.cgroups, deadline)
-        for ref in (record.monitor, record.init):
-            if ref is not None:
-                reap(ref.pid)
-                while ref.alive() and time.monotonic() < deadline:
-                    time.sleep(0.001)  # outside the cgroup only if attach never happened
-                    reap(ref.pid)
+        kill(record, self.cgroups, deadline)
 
     def stop(self, run: RunDir, record: SandboxRecord) -> None:
         """Kill everything and release kernel objects; only the run directory stays."""
@@ -343,26 +375,7 @@ class SandboxHost:
 
     def destroy(self, run: RunDir) -> None:
         """Remove everything; works from any state, including a torn create (no record)."""
-        deadline = time.monotonic() + CLEANUP_TIMEOUT
-        record = read_record(run)
-        paths = record.cgroups if record else self.cgroups.paths_for(run.sandbox_id)
-        if record is not None:
-            self._kill(record, deadline)
-        else:
-            self.cgroups.remove(paths, deadline)
-        if not run.root.exists():
-            return
-        if self.network is not None:
-            self.network.detach(run, run.sandbox_id)
-            self.network.release(record.net_address if record else None)
-        idmount.unmount_detach(run.lower)
-        disk.unmount(run.disk_mount, deadline)
-        disk.detach_loop_devices(run.disk_image, deadline)
-        for mount_point in (run.lower, run.disk_mount, run.netns):
-            if idmount.is_mount_point(mount_point):
-                raise DriverError(f"{mount_point} is still mounted; not deleting it")
-        shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
-        self.uids.release(run.sandbox_id, record.uid_base if record else None)
+        teardown(run, cgroups=self.cgroups, uids=self.uids, network=self.network)
 
     def retarget(
         self,

@@ -34,7 +34,7 @@ from voidrun_server.drivers.base import DriverError, DriverUnavailableError, Net
 from voidrun_server.drivers.namespace import netns, nftables
 from voidrun_server.drivers.namespace.state import RunDir, SandboxRecord
 
-__all__ = ["HostNetwork", "NetworkConfig"]
+__all__ = ["HostNetwork", "NetworkConfig", "host_names"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +52,12 @@ class NetworkConfig:
     bandwidth_mbit: int = 0
 
 
+def host_names(state_dir: Path) -> tuple[str, str]:
+    """(nftables table, gateway bridge) of the server whose (resolved) state dir this is."""
+    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:6]
+    return f"voidrun_{tag}", f"vrgw{tag}"
+
+
 def _ignore_exists(exc: NetlinkError) -> None:
     if exc.code != errno.EEXIST:
         raise exc
@@ -65,9 +71,7 @@ class HostNetwork:
             )
         self.config = config
         self.state_dir = state_dir
-        tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:6]
-        self.table = f"voidrun_{tag}"
-        self.dummy = f"vrgw{tag}"
+        self.table, self.dummy = host_names(state_dir)
         self.gateway = config.subnet.network_address + 1
         self._lock = threading.Lock()  # the address book
         # pyroute2 keeps an event loop and transport per calling thread: one thread does all

@@ -16,7 +16,7 @@ import anyio.to_thread
 from voidrun_server.drivers.base import NetworkPolicy
 from voidrun_server.drivers.namespace.network import HostNetwork, NetworkConfig
 from voidrun_server.drivers.namespace.nftables import domains_of
-from voidrun_server.drivers.namespace.resolver import Resolver
+from voidrun_server.drivers.namespace.resolver import Resolver, resolver_dir
 from voidrun_server.drivers.namespace.state import SandboxRecord
 
 __all__ = ["Networking"]
@@ -29,7 +29,7 @@ class Networking:
         records = [r for r in records if r.net_address]
         self.host = HostNetwork(state_dir, config, records)
         self.resolver = Resolver(
-            state_dir / ".network", str(self.host.gateway), config.upstreams, self.host.table
+            resolver_dir(state_dir), str(self.host.gateway), config.upstreams, self.host.table
         )
         self._domains = {r.sandbox_id: domains_of(self.host.policy_of(r)) for r in records}
         self.resolver.domains = frozenset(self._all())

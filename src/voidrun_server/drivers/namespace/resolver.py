@@ -31,7 +31,7 @@ import anyio.to_thread
 from voidrun_server.drivers.base import DriverUnavailableError
 from voidrun_server.drivers.namespace.nftables import domain_set
 
-__all__ = ["Resolver", "find_dnsmasq", "host_resolvers"]
+__all__ = ["Resolver", "conf_file", "find_dnsmasq", "host_resolvers", "resolver_dir"]
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 1.0
@@ -46,6 +46,16 @@ def find_dnsmasq() -> str:
             hint="apt-get install dnsmasq nftables, or VOIDRUN_SANDBOX_NETWORK=false",
         )
     return path
+
+
+def resolver_dir(state_dir: Path) -> Path:
+    """Where the resolver of the driver with this state dir keeps its files."""
+    return state_dir / ".network"
+
+
+def conf_file(work_dir: Path) -> Path:
+    """dnsmasq's configuration; its path is on dnsmasq's command line (``--conf-file=``)."""
+    return work_dir / "dnsmasq.conf"
 
 
 def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -74,7 +84,7 @@ class Resolver:
 
     @property
     def conf_file(self) -> Path:
-        return self.work_dir / "dnsmasq.conf"
+        return conf_file(self.work_dir)
 
     @property
     def pid_file(self) -> Path:
