@@ -38,7 +38,7 @@ from voidrun_server.drivers.base import (
     SandboxStats,
 )
 from voidrun_server.drivers.namespace import disk, idmount
-from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, BwrapFds, bwrap_argv
+from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
 from voidrun_server.drivers.namespace.network import HostNetwork
@@ -56,6 +56,7 @@ from voidrun_server.drivers.namespace.state import (
 )
 from voidrun_server.drivers.namespace.uidrange import RANGE_SIZE, UidRanges
 from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
+from voidrun_server.drivers.namespace.zygote import Zygote
 
 __all__ = ["SandboxHost", "check_traversable"]
 
@@ -116,6 +117,7 @@ class SandboxHost:
         pids_max: int,
         network: HostNetwork | None = None,
         ca_bundle: Path | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.uids = uids
@@ -132,6 +134,7 @@ class SandboxHost:
         self._templates = disk.DiskTemplates(state_dir / ".templates")
         self.network = network
         self._ca_bundle = ca_bundle
+        self.zygote = zygote
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
@@ -207,9 +210,26 @@ class SandboxHost:
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
         networked = self.network is not None and record.net_address is not None
-        payload = self._agent_argv(SANDBOX_SOCKET)
+        args = ["--socket", SANDBOX_SOCKET]
         if self._env_file_option:
-            payload = [*payload, self._env_file_option, SANDBOX_ENV_FILE]
+            args += [self._env_file_option, SANDBOX_ENV_FILE]
+        zygote = self.zygote
+        payload = (
+            list(zygote.config.holder) if zygote else [*self._agent_argv(SANDBOX_SOCKET), *args[2:]]
+        )
+        join = None
+        if zygote is not None:
+            request = {
+                "cgroups": self.cgroups.join_files(record.cgroups),
+                "environ": {"PATH": SANDBOX_PATH, "HOME": "/root"},
+                "argv": args,
+                "paths": list(zygote.config.sys_path),
+            }
+
+            def join(init: ProcessRef, life: int, log: int, deadline: float) -> int:
+                assert zygote is not None
+                ask = {**request, "init": init.pid, "init_start": init.start_time}
+                return zygote.fork_agent(ask, (life, log), deadline)
 
         def build(fds: BwrapFds) -> list[str]:
             return bwrap_argv(
@@ -244,6 +264,7 @@ class SandboxHost:
                 log_file=run.log_file,
                 deadline=deadline,
                 netns=run.netns if networked else None,
+                join=join,
             )
         except BaseException as exc:
             if networked:
