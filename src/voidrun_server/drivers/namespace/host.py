@@ -22,8 +22,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +41,7 @@ from voidrun_server.drivers.namespace import disk, idmount
 from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
+from voidrun_server.drivers.namespace.netns import entered
 from voidrun_server.drivers.namespace.network import HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
@@ -88,7 +89,6 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 CA_ENV = (
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
@@ -402,15 +402,11 @@ class SandboxHost:
             raise SandboxStateError("the sandbox is not running", record.sandbox_id)
         limits = CgroupLimits(cpu=cpu, mem_mb=mem_mb, pids_max=self._pids_max)
         self.cgroups.set_limits(record.cgroups, limits)
-        result = subprocess.run(
-            [NSENTER, f"--target={record.init.pid}", "--uts", "hostname", hostname],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise DriverError("cannot set the sandbox hostname", result.stderr.strip())
+        try:  # this worker thread steps into the UTS namespace: no nsenter exec (~8 ms)
+            with entered(Path(f"/proc/{record.init.pid}/ns/uts"), "uts"):
+                socket.sethostname(hostname)
+        except OSError as exc:
+            raise DriverError("cannot set the sandbox hostname", str(exc)) from exc
         self._write_env(run, env, record.uid_base)  # read again by the agent at its next start
         record.hostname, record.cpu, record.mem_mb = hostname, cpu, mem_mb
         write_record(run, record)
