@@ -53,7 +53,6 @@ _CLONE_NEWPID = 0x20000000
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _PR_CAPBSET_DROP = 24
-_PR_SET_PDEATHSIG = 1
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _PR_SET_NAME = 15
@@ -67,60 +66,60 @@ class SetupError(Exception):
     pass
 
 
-def _libc() -> Any:
-    import ctypes
+class _Native:
+    """libc and the C structures the child needs, made once in the zygote (not per fork)."""
 
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
+    def __init__(self, program: bytes, keep: int) -> None:
         import ctypes
 
-        err = ctypes.get_errno()
-        raise SetupError(f"{what}: {os.strerror(err)}")
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+        class Data(ctypes.Structure):
+            _fields_ = [
+                ("effective", ctypes.c_uint32),
+                ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32),
+            ]
+
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        if not program or len(program) % 8:
+            raise SetupError("the seccomp program is empty or malformed")
+        self.ctypes = ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.keep = keep
+        self.cap_header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
+        low, high = keep & 0xFFFFFFFF, keep >> 32
+        self.cap_data = (Data * 2)(Data(low, low, 0), Data(high, high, 0))
+        self._filter = ctypes.create_string_buffer(program, len(program))
+        self.fprog = Fprog(len(program) // 8, ctypes.cast(self._filter, ctypes.c_void_p))
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            raise SetupError(f"{what}: {os.strerror(self.ctypes.get_errno())}")
+
+    def set_capabilities(self) -> None:
+        """Bounding set, then permitted = effective = ``keep``; inheritable, ambient empty."""
+        prctl = self.libc.prctl
+        for cap in range(_LAST_CAP + 1):
+            if not self.keep & (1 << cap):
+                self.check(prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
+        self.check(prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "ambient")
+        byref = self.ctypes.byref
+        self.check(self.libc.capset(byref(self.cap_header), self.cap_data), "capset")
+
+    def load_seccomp(self) -> None:
+        prctl = self.libc.prctl
+        self.check(prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        filter_mode = _SECCOMP_MODE_FILTER
+        self.check(
+            prctl(_PR_SET_SECCOMP, filter_mode, self.ctypes.byref(self.fprog), 0, 0), "seccomp"
+        )
 
 
-def _set_capabilities(libc: Any, keep: int) -> None:
-    """Bounding set, then permitted = effective = ``keep``; inheritable and ambient empty."""
-    import ctypes
-
-    for cap in range(_LAST_CAP + 1):
-        if not keep & (1 << cap):
-            _check(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
-    _check(libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient")
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [
-            ("effective", ctypes.c_uint32),
-            ("permitted", ctypes.c_uint32),
-            ("inheritable", ctypes.c_uint32),
-        ]
-
-    header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    low, high = keep & 0xFFFFFFFF, keep >> 32
-    data = (Data * 2)(Data(low, low, 0), Data(high, high, 0))
-    _check(libc.capset(ctypes.byref(header), data), "capset")
-
-
-def _load_seccomp(libc: Any, program: bytes) -> None:
-    import ctypes
-
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    if not program or len(program) % 8:
-        raise SetupError("the seccomp program is empty or malformed")
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = Fprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
-
-
-def _enter(libc: Any, request: Dict[str, Any], life: int, program: bytes, keep: int) -> None:
+def _enter(native: _Native, request: Dict[str, Any], life: int) -> None:
     """In the forked child: become the sandbox's root inside all its namespaces."""
     os.setgroups([])
     for path in request["cgroups"]:  # "0": the writer moves itself (v1 `tasks`, v2 procs)
@@ -132,13 +131,13 @@ def _enter(libc: Any, request: Dict[str, Any], life: int, program: bytes, keep: 
     if _start_time(pid) != request["init_start"]:
         raise SetupError("the sandbox's pid 1 is gone")
     for fd, flag, name in fds:
-        _check(libc.setns(fd, flag), f"joining the {name} namespace")
+        native.check(native.libc.setns(fd, flag), f"joining the {name} namespace")
         os.close(fd)
     os.chdir("/")
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
-    _set_capabilities(libc, keep)
-    _load_seccomp(libc, program)
+    native.set_capabilities()
+    native.load_seccomp()
     os.setsid()
     os.closerange(3, life)
     os.closerange(life + 1, 1 << 20)
@@ -150,7 +149,7 @@ def _start_time(pid: int) -> int:
     return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
-def _child(request: Dict[str, Any], fds: List[int], program: bytes, keep: int) -> None:
+def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
     """Never returns: runs the agent, or exits 111 after printing why it could not."""
     life, log = fds
     code = 111
@@ -161,9 +160,8 @@ def _child(request: Dict[str, Any], fds: List[int], program: bytes, keep: int) -
         os.dup2(null, 0)
         os.close(null)
         os.close(log)
-        libc = _libc()
-        libc.prctl(_PR_SET_NAME, b"voidrun-agent", 0, 0, 0)
-        _enter(libc, request, life, program, keep)
+        native.libc.prctl(_PR_SET_NAME, b"voidrun-agent", 0, 0, 0)
+        _enter(native, request, life)
         _relocate(request["paths"])
         os.environ.clear()
         os.environ.update(request["environ"])
@@ -235,10 +233,8 @@ def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
     global _LAST_CAP
     with open("/proc/sys/kernel/cap_last_cap") as fh:
         _LAST_CAP = int(fh.read())
-    libc = _libc()
-    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # the server's child: dies with it
     with open(seccomp_path, "rb") as fh:
-        program = fh.read()
+        native = _Native(fh.read(), keep)
     _preload()
     sock = socket.socket(fileno=sock_fd)
     gc.collect()
@@ -259,13 +255,13 @@ def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
             request = json.loads(msg)
             pidns = os.open(f"/proc/{int(request['init'])}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _check(libc.setns(pidns, _CLONE_NEWPID), "joining the pid namespace")
+                native.check(native.libc.setns(pidns, _CLONE_NEWPID), "joining the pid namespace")
             finally:
                 os.close(pidns)
             pid = os.fork()
             if pid == 0:
                 sock.close()
-                _child(request, fds, program, keep)
+                _child(request, fds, native)
             answer: Dict[str, Any] = {"pid": pid}
         except (OSError, ValueError, KeyError, TypeError, SetupError) as exc:
             answer = {"error": str(exc)}
