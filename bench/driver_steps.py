@@ -1,6 +1,8 @@
 """Driver-level create, step by step: where the time of one namespace-sandbox create goes.
 
-Usage: .venv/bin/python bench/driver_steps.py [-n 30]   (root; the code image must be built).
+Usage: .venv/bin/python bench/driver_steps.py [-n 30] [--exec]   (root; the code image must be
+built). By default the agent is forked by the zygote, as the server does; ``--exec`` starts an
+interpreter in every sandbox instead (VOIDRUN_AGENT_ZYGOTE=false).
 
 Creates N sandboxes one after another through ``NamespaceDriver`` directly (no HTTP, no
 database), destroys each, and prints p50/p95 of every step: disk image copy, loop mount,
@@ -24,6 +26,7 @@ from typing import Any
 
 from _harness import IMAGES, row
 from voidrun_server.agent_launch import agent_argv, install_agent
+from voidrun_server.agent_runtime import install_runtime, zygote_config
 from voidrun_server.drivers.base import SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace import disk as disk_module
@@ -62,7 +65,13 @@ def instrument() -> None:
         timed(idmount, "mount_idmapped", "idmapped image mount")
     except ImportError:
         pass
-    timed(host_module, "launch", "spawn bwrap (setpriv, prlimit) + handshake")
+    timed(host_module, "launch", "spawn bwrap (setpriv, prlimit) + handshake (+ fork)")
+    try:
+        from voidrun_server.drivers.namespace.zygote import Zygote
+
+        timed(Zygote, "fork_agent", "zygote: fork the agent into the sandbox")
+    except ImportError:
+        pass
     ready = driver_module.wait_until_ready
 
     async def wait(*args: Any, **kwargs: Any) -> None:
@@ -89,19 +98,27 @@ async def run(driver: NamespaceDriver, rootfs: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=30)
+    parser.add_argument("--exec", action="store_true", help="no zygote: exec an interpreter")
     args = parser.parse_args()
     instrument()
     rootfs = build_code_image(IMAGES, tag=SYSTEM_IMAGES["code"]).rootfs
     state = Path(tempfile.mkdtemp(prefix="voidrun-bench-", dir="/var/tmp"))
     state.chmod(0o711)
     try:
+        agent_dir = install_agent(Path("/var/tmp/voidrun-test-agent"))
+        runtime = install_runtime(Path("/var/tmp/voidrun-test-runtime"))
         driver = NamespaceDriver(
             state,
-            agent_argv=agent_argv,
-            agent_dir=install_agent(Path("/var/tmp/voidrun-test-agent")),
+            agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
+            agent_dir=agent_dir,
+            runtime_dir=runtime.host_dir,
             cgroup_parent="voidrun-bench",
+            zygote=None if args.exec else zygote_config(runtime, agent_dir),
         )
-        asyncio.run(run(driver, rootfs, args.n))
+        try:
+            asyncio.run(run(driver, rootfs, args.n))
+        finally:
+            driver.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)
     print(f"{'what (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={args.n}")

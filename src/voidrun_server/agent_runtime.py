@@ -29,8 +29,16 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voidrun_server.drivers.namespace.zygote import ZygoteConfig
 
 RUNTIME_MOUNT = "/opt/voidrun/runtime"
+LAYOUT = 2  # bumped when the bundle's contents change: 2 added bin/cat
+# The sandbox's PID 1 when the agent is forked by the zygote (agent/zygote.py): it reads the
+# life line until the agent, its only writer, is gone. From the host, like the interpreter.
+HOLDER = "cat"
 # Parts of the standard library the agent never imports: left out of every sandbox.
 SKIPPED = frozenset(
     {
@@ -59,11 +67,18 @@ class Runtime:
     version: str  # "3.11"
 
     def python_argv(self, mount: str = RUNTIME_MOUNT) -> list[str]:
+        return self.program_argv("python3", mount)
+
+    def holder_argv(self, mount: str = RUNTIME_MOUNT) -> list[str]:
+        return self.program_argv(HOLDER, mount)
+
+    def program_argv(self, program: str, mount: str) -> list[str]:
+        """A program of the bundle, started through the bundle's own loader and libraries."""
         return [
             f"{mount}/lib/{self.loader}",
             "--library-path",
             f"{mount}/lib",
-            f"{mount}/bin/python3",
+            f"{mount}/bin/{program}",
         ]
 
 
@@ -81,6 +96,7 @@ def _fingerprint(executable: Path, stdlib: Path) -> str:
         st = path.stat()
         digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
     digest.update(sys.version.encode())
+    digest.update(f"layout {LAYOUT}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -117,6 +133,11 @@ def _populate(
 ) -> None:
     (dest / "bin").mkdir()
     shutil.copy2(executable, dest / "bin" / "python3")
+    holder = shutil.which(HOLDER, path="/usr/bin:/bin")
+    if holder is None:
+        raise RuntimeError(f"{HOLDER} (coreutils) not found on the host")
+    shutil.copy2(holder, dest / "bin" / HOLDER)
+    libs = [*libs, *_shared_libraries(Path(holder))]
     lib_dest = dest / "lib" / f"python{version}"
 
     def ignore(directory: str, names: list[str]) -> set[str]:
@@ -144,3 +165,18 @@ def _populate(
             full = os.path.join(dirpath, name)
             os.chmod(full, 0o755 if os.access(full, os.X_OK) else 0o644)
     os.chmod(dest / "bin" / "python3", 0o755)
+
+
+def zygote_config(runtime: Runtime, agent_dir: Path) -> ZygoteConfig:
+    """How the namespace driver runs the agent's fork server on this runtime (host paths) and
+    what the agent it forks finds inside the sandbox (mount paths)."""
+    from voidrun_server.agent_launch import DEFAULT_MOUNT_DIR, PACKAGE_NAME
+    from voidrun_server.drivers.namespace.zygote import ZygoteConfig
+
+    stdlib = f"{RUNTIME_MOUNT}/lib/python{runtime.version}"
+    return ZygoteConfig(
+        home=str(runtime.host_dir),
+        agent_dir=str(agent_dir),
+        holder=tuple(runtime.holder_argv()),
+        sys_path=(f"{DEFAULT_MOUNT_DIR}/{PACKAGE_NAME}", stdlib, f"{stdlib}/lib-dynload"),
+    )

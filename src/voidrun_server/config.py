@@ -147,6 +147,14 @@ class Settings(BaseSettings):
             "sandbox (default <images_dir>/.agent-runtime; data dirs may share one)."
         ),
     )
+    agent_zygote: bool = Field(
+        True,
+        description=(
+            "Fork each sandbox's agent from one warm interpreter that joins the sandbox's "
+            "namespaces (fast: no interpreter start per sandbox, memory shared copy-on-write); "
+            "false starts a fresh interpreter inside every sandbox instead."
+        ),
+    )
     driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
     default_image: str = Field("code", description="Image used when a create request names none.")
     debian_mirror: str = Field(

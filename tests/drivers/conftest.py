@@ -89,7 +89,9 @@ def state_dir(cgroup_parent: str) -> Iterator[Path]:
     assert not mounted, f"mounts left under {path}: {mounted}"
 
 
-DRIVER_HARNESSES = ["namespace"]  # one entry per driver with a harness fixture
+# one entry per driver with a harness fixture; "namespace_exec" is the namespace driver with
+# VOIDRUN_AGENT_ZYGOTE=false (an interpreter started in every sandbox)
+DRIVER_HARNESSES = ["namespace", "namespace_exec"]
 
 
 @pytest.fixture(params=DRIVER_HARNESSES)
@@ -104,8 +106,29 @@ async def namespace_harness(
     namespace_rootfs: Path, state_dir: Path, cgroup_parent: str
 ) -> AsyncIterator[NamespaceHarness]:
     """A harness whose sandboxes are all destroyed, and checked to be gone, at teardown."""
-    harness = NamespaceHarness(state_dir, namespace_rootfs, cgroup_parent)
-    yield harness
+    async for harness in _harness(NamespaceHarness(state_dir, namespace_rootfs, cgroup_parent)):
+        yield harness
+
+
+@pytest.fixture
+async def namespace_exec_harness(
+    namespace_rootfs: Path, state_dir: Path, cgroup_parent: str
+) -> AsyncIterator[NamespaceHarness]:
+    harness = NamespaceHarness(state_dir, namespace_rootfs, cgroup_parent, forked=False)
+    async for found in _harness(harness):
+        yield found
+
+
+async def _harness(harness: NamespaceHarness) -> AsyncIterator[NamespaceHarness]:
+    try:
+        yield harness
+        await _destroy_all(harness)
+    finally:
+        for driver in harness.drivers:
+            driver.close()
+
+
+async def _destroy_all(harness: NamespaceHarness) -> None:
     driver = harness.drivers[0] if harness.drivers else None
     if driver is None:
         return

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import anyio
 
 from voidrun_server.agent_launch import agent_argv, install_agent
+from voidrun_server.agent_runtime import install_runtime, zygote_config
 from voidrun_server.drivers.base import Driver, SandboxInfo, SandboxSpec
 from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace.disk import loop_devices_for
@@ -83,6 +84,7 @@ def mountinfo_lines() -> list[str]:
 
 # bwrap runs as the sandbox uid, which must reach the agent it mounts: not the checkout.
 TEST_AGENT_ROOT = Path("/var/tmp/voidrun-test-agent")
+TEST_RUNTIME_ROOT = Path("/var/tmp/voidrun-test-runtime")
 
 
 @dataclass
@@ -94,11 +96,15 @@ class NamespaceHarness:
     agent_dir: Path = field(default_factory=lambda: install_agent(TEST_AGENT_ROOT))
     drivers: list[NamespaceDriver] = field(default_factory=list)
     name: str = "namespace"
+    forked: bool = True  # the agent comes from the zygote (the server's default)
 
     def new_driver(self, **overrides: Any) -> NamespaceDriver:
+        runtime = install_runtime(TEST_RUNTIME_ROOT)
         config: dict[str, Any] = {
             "agent_argv": self.agent_argv,
             "agent_dir": self.agent_dir,
+            "runtime_dir": runtime.host_dir,
+            "zygote": zygote_config(runtime, self.agent_dir) if self.forked else None,
             "cgroup_parent": self.cgroup_parent,
             "ready_timeout": 30.0,
         }

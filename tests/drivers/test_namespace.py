@@ -99,7 +99,9 @@ def _check_running_layout(
 
 @pytestmark_sandbox
 async def test_agent_that_exits_fails_create_cleanly(harness: NamespaceHarness) -> None:
-    driver = harness.new_driver(agent_argv=lambda sock: ["/bin/sh", "-c", "echo boom >&2; exit 3"])
+    driver = harness.new_driver(  # the zygote's agents: tests/drivers/test_zygote.py
+        agent_argv=lambda sock: ["/bin/sh", "-c", "echo boom >&2; exit 3"], zygote=None
+    )
     spec = harness.spec()
     with pytest.raises(DriverError) as err:
         await driver.create(spec)
@@ -110,7 +112,10 @@ async def test_agent_that_exits_fails_create_cleanly(harness: NamespaceHarness) 
 @pytestmark_sandbox
 async def test_agent_that_never_listens_times_out_cleanly(harness: NamespaceHarness) -> None:
     driver = harness.new_driver(
-        agent_argv=lambda sock: ["/bin/sleep", "1000"], ready_timeout=0.5, env_file_option=None
+        agent_argv=lambda sock: ["/bin/sleep", "1000"],
+        ready_timeout=0.5,
+        env_file_option=None,
+        zygote=None,
     )
     spec = harness.spec()
     with pytest.raises(DriverTimeoutError):

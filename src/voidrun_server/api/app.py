@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, datadir
 from ..agent_launch import agent_argv, install_agent
-from ..agent_runtime import install_runtime
+from ..agent_runtime import install_runtime, zygote_config
 from ..config import Settings
 from ..drivers.base import DiskAccounting, DriverUnavailableError, Retargetable
 from ..drivers.registry import create_driver
@@ -253,6 +253,7 @@ async def _configured_driver(ctx: AppContext) -> Driver | None:
             pids_max=settings.sandbox_pids_max,
             network=networking.driver_config(settings),
             ca_bundle=settings.sandbox_ca_bundle,
+            zygote=zygote_config(runtime, agent_dir) if settings.agent_zygote else None,
         )
     except DriverUnavailableError as exc:
         ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message

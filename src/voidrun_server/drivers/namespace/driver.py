@@ -43,7 +43,7 @@ from voidrun_server.drivers.base import (
     SandboxStats,
 )
 from voidrun_server.drivers.namespace import idmount, netns
-from voidrun_server.drivers.namespace.bwrap import find_bwrap, install_bwrap
+from voidrun_server.drivers.namespace.bwrap import DEFAULT_CAPS, find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
 from voidrun_server.drivers.namespace.network import NetworkConfig
@@ -65,6 +65,7 @@ from voidrun_server.drivers.namespace.uidrange import (
 )
 from voidrun_server.drivers.namespace.usage import unwritten_bytes
 from voidrun_server.drivers.namespace.userns import find_setpriv
+from voidrun_server.drivers.namespace.zygote import Zygote, ZygoteConfig, capability_mask
 
 __all__ = ["NamespaceDriver", "check_host"]
 
@@ -136,6 +137,7 @@ class NamespaceDriver(NetnsPorts):
         env_file_option: str | None = "--env-file",
         network: NetworkConfig | None = None,
         ca_bundle: Path | None = None,
+        zygote: ZygoteConfig | None = None,
     ) -> None:
         """Check the host and prepare; raises DriverUnavailableError with a hint if it can't.
 
@@ -149,6 +151,8 @@ class NamespaceDriver(NetnsPorts):
         ``uid_base``, skipping every range listed in ``subid_files`` (``uidrange.py``).
         ``network``: wire each sandbox to the host under an egress policy (docs/network.md);
         None keeps sandboxes loopback-only. ``ca_bundle`` is what sandboxes trust for TLS.
+        ``zygote``: fork each agent from one warm interpreter (``zygote.py``) instead of
+        starting ``agent_argv`` in every sandbox.
         """
         _check_privileges()
         idmount.check_support()
@@ -186,11 +190,16 @@ class NamespaceDriver(NetnsPorts):
                 )
         cgroups = detect_cgroups(cgroup_parent)
         cgroups.ensure_parent()
+        bpf = compile_bpf()
+        forks = None
+        if zygote is not None:
+            forks = Zygote(zygote, state_dir, bpf, capability_mask(DEFAULT_CAPS))
+            forks.start()
         self._host = SandboxHost(
             state_dir,
             uids=uids,
             bwrap=install_bwrap(find_bwrap(), state_dir / ".bwrap"),
-            bpf=compile_bpf(),
+            bpf=bpf,
             cgroups=cgroups,
             setpriv=find_setpriv(),
             agent_argv=agent_argv,
@@ -199,6 +208,7 @@ class NamespaceDriver(NetnsPorts):
             env_file_option=env_file_option,
             pids_max=pids_max,
             ca_bundle=ca_bundle,
+            zygote=forks,
         )
         self.net: Networking | None = None
         if network is not None:
@@ -212,6 +222,11 @@ class NamespaceDriver(NetnsPorts):
     @property
     def state_dir(self) -> Path:
         return self._host.state_dir
+
+    def close(self) -> None:
+        """Stop the agent fork server; running sandboxes and their agents are not affected."""
+        if self._host.zygote is not None:
+            self._host.zygote.close()
 
     def unwritten_disk_bytes(self) -> int:
         """Host space the sparse sandbox disks may still claim (``DiskAccounting``)."""

@@ -22,8 +22,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,9 +38,10 @@ from voidrun_server.drivers.base import (
     SandboxStats,
 )
 from voidrun_server.drivers.namespace import disk, idmount
-from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, BwrapFds, bwrap_argv
+from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
+from voidrun_server.drivers.namespace.netns import entered
 from voidrun_server.drivers.namespace.network import HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
@@ -56,6 +57,7 @@ from voidrun_server.drivers.namespace.state import (
 )
 from voidrun_server.drivers.namespace.uidrange import RANGE_SIZE, UidRanges
 from voidrun_server.drivers.namespace.userns import IdMap, privilege_drop_prefix
+from voidrun_server.drivers.namespace.zygote import Zygote
 
 __all__ = ["SandboxHost", "check_traversable", "teardown"]
 
@@ -129,7 +131,6 @@ def kill(record: SandboxRecord, cgroups: Cgroups, deadline: float) -> None:
                 reap(ref.pid)
 
 
-NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 CA_ENV = (
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
@@ -158,6 +159,7 @@ class SandboxHost:
         pids_max: int,
         network: HostNetwork | None = None,
         ca_bundle: Path | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.uids = uids
@@ -174,6 +176,7 @@ class SandboxHost:
         self._templates = disk.DiskTemplates(state_dir / ".templates")
         self.network = network
         self._ca_bundle = ca_bundle
+        self.zygote = zygote
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
@@ -249,9 +252,26 @@ class SandboxHost:
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
         networked = self.network is not None and record.net_address is not None
-        payload = self._agent_argv(SANDBOX_SOCKET)
+        args = ["--socket", SANDBOX_SOCKET]
         if self._env_file_option:
-            payload = [*payload, self._env_file_option, SANDBOX_ENV_FILE]
+            args += [self._env_file_option, SANDBOX_ENV_FILE]
+        zygote = self.zygote
+        payload = (
+            list(zygote.config.holder) if zygote else [*self._agent_argv(SANDBOX_SOCKET), *args[2:]]
+        )
+        join = None
+        if zygote is not None:
+            request = {
+                "cgroups": self.cgroups.join_files(record.cgroups),
+                "environ": {"PATH": SANDBOX_PATH, "HOME": "/root"},
+                "argv": args,
+                "paths": list(zygote.config.sys_path),
+            }
+
+            def join(init: ProcessRef, life: int, log: int, deadline: float) -> int:
+                assert zygote is not None
+                ask = {**request, "init": init.pid, "init_start": init.start_time}
+                return zygote.fork_agent(ask, (life, log), deadline)
 
         def build(fds: BwrapFds) -> list[str]:
             return bwrap_argv(
@@ -286,6 +306,7 @@ class SandboxHost:
                 log_file=run.log_file,
                 deadline=deadline,
                 netns=run.netns if networked else None,
+                join=join,
             )
         except BaseException as exc:
             if networked:
@@ -394,15 +415,11 @@ class SandboxHost:
             raise SandboxStateError("the sandbox is not running", record.sandbox_id)
         limits = CgroupLimits(cpu=cpu, mem_mb=mem_mb, pids_max=self._pids_max)
         self.cgroups.set_limits(record.cgroups, limits)
-        result = subprocess.run(
-            [NSENTER, f"--target={record.init.pid}", "--uts", "hostname", hostname],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise DriverError("cannot set the sandbox hostname", result.stderr.strip())
+        try:  # this worker thread steps into the UTS namespace: no nsenter exec (~8 ms)
+            with entered(Path(f"/proc/{record.init.pid}/ns/uts"), "uts"):
+                socket.sethostname(hostname)
+        except OSError as exc:
+            raise DriverError("cannot set the sandbox hostname", str(exc)) from exc
         self._write_env(run, env, record.uid_base)  # read again by the agent at its next start
         record.hostname, record.cpu, record.mem_mb = hostname, cpu, mem_mb
         write_record(run, record)

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from voidrun_server.drivers.base import DriverError, DriverTimeoutError, DriverUnavailableError
 from voidrun_server.drivers.namespace.bwrap import BwrapFds
@@ -106,6 +106,13 @@ def no_core_prefix() -> list[str]:
     return [prlimit, "--core=0:0", "--"]
 
 
+class AgentJoin(Protocol):
+    """Forks the agent into the namespaces of the sandbox whose PID 1 is ``init`` (the
+    zygote, ``zygote.py``); ``life`` and ``log`` are handed to the agent."""
+
+    def __call__(self, init: ProcessRef, life: int, log: int, deadline: float) -> int: ...
+
+
 def launch(
     build_argv: Callable[[BwrapFds], list[str]],
     *,
@@ -118,10 +125,14 @@ def launch(
     log_file: Path,
     deadline: float,
     netns: Path | None = None,
+    join: AgentJoin | None = None,
 ) -> Launched:
     """Start bwrap, place the sandbox, release it. Blocking: call from a worker thread.
 
-    On failure every process started here is killed and reaped before the error propagates.
+    With ``join``, bwrap's payload is the life-line holder (``cat`` on a pipe): it echoes one
+    byte once it runs, which means bwrap has finished the sandbox's mounts, and then ``join``
+    puts the agent in. On failure every process started here is killed and reaped before the
+    error propagates.
     """
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
@@ -134,13 +145,18 @@ def launch(
     else:  # fork() path: its cost grows with the server's RSS (see userns.py)
         kwargs.update(user=idmap.base, group=idmap.base, extra_groups=[])
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    life = echo = None
+    if join is not None:
+        life, echo = os.pipe(), os.pipe()
+        os.write(life[1], b".")  # waits in the pipe until the holder runs and echoes it
+    ours = (info_r, block_w, log_fd) + ((life[1], echo[0]) if life and echo else ())
     try:
         in_netns = entered(netns) if netns is not None else contextlib.nullcontext()
         with in_netns, cgroups.born_inside(cgroup_paths) as inside:
             popen = _DetachedPopen(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
+                stdin=life[0] if life else subprocess.DEVNULL,
+                stdout=echo[1] if echo else log_fd,
                 stderr=log_fd,
                 pass_fds=fds.all(),
                 start_new_session=True,
@@ -149,11 +165,11 @@ def launch(
                 **kwargs,
             )
     except BaseException:
-        for fd in (info_r, block_w):
+        for fd in ours:
             os.close(fd)
         raise
     finally:
-        for fd in (*fds.all(), log_fd):
+        for fd in (*fds.all(), *((life[0], echo[1]) if life and echo else ())):
             os.close(fd)
 
     child: ProcessRef | None = None
@@ -171,6 +187,9 @@ def launch(
         if monitor is None:
             raise DriverError("bubblewrap died during setup")
         os.write(block_w, b"1")
+        if join is not None and life is not None and echo is not None:
+            _read_exactly_one(echo[0], deadline)
+            join(child, life[1], log_fd, deadline)
         return Launched(monitor=monitor, init=child)
     except BaseException:
         if child is not None:
@@ -182,5 +201,19 @@ def launch(
             pass
         raise
     finally:
-        os.close(info_r)
-        os.close(block_w)
+        for fd in ours:
+            os.close(fd)
+
+
+def _read_exactly_one(fd: int, deadline: float) -> None:
+    """The holder's echo: bwrap exec'd it, so the sandbox's mounts are complete."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DriverTimeoutError("the sandbox did not start in time")
+        if poller.poll(remaining * 1000):
+            if not os.read(fd, 1):
+                raise DriverError("bubblewrap exited before starting the sandbox")
+            return

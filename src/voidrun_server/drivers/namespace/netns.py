@@ -33,6 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 __all__ = ["Wiring", "create", "entered", "host_link_name", "remove", "wire"]
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
 MS_BIND = 0x1000
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,21 +57,25 @@ def host_link_name(sandbox_id: str) -> str:
     return f"vr{sandbox_id[-12:]}"
 
 
+_KINDS = {"net": CLONE_NEWNET, "uts": CLONE_NEWUTS}
+
+
 @contextlib.contextmanager
-def entered(path: Path) -> Iterator[None]:
-    """Run the block with this thread in the network namespace at ``path`` (children
+def entered(path: Path, kind: str = "net") -> Iterator[None]:
+    """Run the block with this thread in the network (or UTS) namespace at ``path`` (children
     spawned here are born in it); the thread's own namespace is restored afterwards."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    flag = _KINDS[kind]
+    home = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _check(_libc.setns(target, CLONE_NEWNET), "setns")
+            _check(_libc.setns(target, flag), "setns")
         finally:
             os.close(target)
         try:
             yield
         finally:
-            _check(_libc.setns(home, CLONE_NEWNET), "setns back")
+            _check(_libc.setns(home, flag), "setns back")
     finally:
         os.close(home)
 

@@ -112,6 +112,10 @@ class Cgroups:
         """
         yield False
 
+    def join_files(self, paths: dict[str, str]) -> list[str]:
+        """Files a process writes ``0`` to in order to move itself into ``paths``."""
+        return [str(Path(p) / "cgroup.procs") for p in paths.values()]
+
     def attach(self, paths: dict[str, str], pid: int) -> None:
         for p in paths.values():
             write_text(Path(p) / "cgroup.procs", str(pid))
