@@ -11,7 +11,7 @@ import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -141,6 +141,40 @@ class Settings(BaseSettings):
             "Where the agent's own interpreter is bundled, to be mounted read-only into every "
             "sandbox (default <images_dir>/.agent-runtime; data dirs may share one)."
         ),
+    )
+    image_import_dirs: list[Path] = Field(
+        [],
+        description=(
+            "Host directories POST /api/images may import from (JSON list); a path outside "
+            "them (after resolving symlinks) is refused with 403. Empty means <data_dir>/imports."
+        ),
+    )
+    image_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = Field(
+        10 * 2**30,
+        description=(
+            "Most bytes an imported image may expand to (files plus 512 per entry); counted "
+            "while unpacking, so a decompression bomb stops there."
+        ),
+    )
+    image_max_layers: Annotated[int, Field(ge=1, le=1000)] = Field(
+        128, description="Most layers an imported image may have."
+    )
+    image_setuid: Literal["strip", "reject"] = Field(
+        "strip",
+        description=(
+            "Setuid/setgid files in an imported image: strip the bits (the build logs which "
+            "files) or reject fails the build."
+        ),
+    )
+    image_insecure_registries: list[str] = Field(
+        [],
+        description=(
+            "Registries (host[:port]) an image import may reach over plain HTTP or on a "
+            "loopback/private address, and only when the request says insecure: true."
+        ),
+    )
+    image_build_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="Image imports that unpack at the same time; more wait their turn."
     )
     driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
     default_image: str = Field("code", description="Image used when a create request names none.")
@@ -376,6 +410,8 @@ class Settings(BaseSettings):
             self.images_dir = self.data_dir / "images"
         else:
             self.images_dir = self.images_dir.expanduser().absolute()
+        if not self.image_import_dirs:
+            self.image_import_dirs = [self.data_dir / "imports"]
         if self.agent_runtime_dir is None:
             self.agent_runtime_dir = self.images_dir / ".agent-runtime"
         else:
