@@ -203,7 +203,7 @@ def test_start_cmd_runs_the_image_command(
     import_ok(client, "with-cmd", layout)
     box = create_sandbox(client, image="with-cmd", startCmd=True)
     procs = client.get(f"/sandboxes/{box['id']}/commands/list").json()
-    assert any("sleep 600" in str(p) for p in procs["data"]["processes"]), procs
+    assert any("sleep 600" in str(p) for p in procs["processes"]), procs
     plain = create_sandbox(client, image="with-cmd")
     assert sh(client, plain, "cat /tmp/started || echo none")["stdout"].strip() == "none"
 
