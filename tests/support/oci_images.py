@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), "")
-APPLETS = (
-    "sh", "ls", "cat", "echo", "pwd", "env", "id", "sleep", "mkdir", "rm", "touch", "test", "stat",
-)
+APPLETS = "sh ls cat echo pwd env id sleep mkdir rm touch test stat".split()
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -131,10 +129,10 @@ def oci_layout(
     )
     descriptors = []
     for layer in layers:
-        data = gzip.compress(layer, mtime=0) if compress else layer
-        descriptors.append(
-            {"mediaType": OCI_LAYER_GZ if compress else OCI_LAYER, **_blob(layout, data)}
-        )
+        gzipped = layer[:2] == b"\x1f\x8b"  # already compressed (a bomb, for instance)
+        data = gzip.compress(layer, mtime=0) if compress and not gzipped else layer
+        media = OCI_LAYER_GZ if compress or gzipped else OCI_LAYER
+        descriptors.append({"mediaType": media, **_blob(layout, data)})
     conf = {"mediaType": OCI_CONFIG, **_blob(layout, json.dumps(config).encode())}
     manifest = {
         "schemaVersion": 2,

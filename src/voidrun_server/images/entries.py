@@ -28,6 +28,9 @@ CHUNK = 1024 * 1024
 class UnpackError(ImageBuildError):
     """The image's contents break a rule (hostile archive, over a limit): the build fails."""
 
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(f"{message}: {details}" if details else message)
+
 
 @dataclass
 class Entry:

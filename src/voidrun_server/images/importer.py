@@ -183,4 +183,8 @@ def remove_image(images_root: Path, rootfs: Path) -> None:
     if directory.exists():
         (directory / MANIFEST).unlink(missing_ok=True)
         _remove_tree(directory)
+    (directory.parent / f".{directory.name}.lock").unlink(missing_ok=True)
+    for empty in (directory.parent, directory.parent.parent):  # the name's, the org's
+        with contextlib.suppress(OSError):
+            empty.rmdir()
     ContentStore(images_root).collect()

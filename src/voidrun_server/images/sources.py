@@ -209,6 +209,8 @@ def _json(top: Path, rel: str) -> Any:
 def open_inside(top: Path, rel: str) -> Iterator[IO[bytes]]:
     """Open ``top/rel`` for reading, never leaving ``top`` (see the module doc)."""
     parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts or rel.startswith("/"):
+        raise UnpackError("path leaves the image", rel[:200])
     hops = 0
     base = os.open(top, _FLAGS | os.O_DIRECTORY)
     fd = base

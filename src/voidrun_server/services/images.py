@@ -62,6 +62,8 @@ async def resolve(session: AsyncSession, org_id: str, reference: str) -> Image:
         if tag
         else await repo.latest_active(session, org_id, name)
     )
+    if image is None and not tag and org_id:
+        image = await repo.latest_own(session, org_id, name)
     if image is not None and image.status == "building":
         raise InvalidInputError("image not ready", f"{reference} is still building")
     if image is not None and image.status == "error":

@@ -72,3 +72,14 @@ async def sandboxes_using(session: AsyncSession, image_id: str) -> int:
         .where(Sandbox.image_id == image_id, Sandbox.status != "deleted")
     )
     return int((await session.execute(query)).scalar_one())
+
+
+async def latest_own(session: AsyncSession, org_id: str, name: str) -> Image | None:
+    """The org's newest image of that name whatever its status (to say why it is unusable)."""
+    query = (
+        select(Image)
+        .where(Image.name == name, Image.org_id == org_id)
+        .order_by(Image.created_at.desc(), Image.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
