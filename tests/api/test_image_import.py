@@ -288,3 +288,15 @@ def test_logs_stream_until_the_build_ends(client: httpx.Client, busybox: Path) -
     assert "event: log" in text and "unpack" in text
     assert text.rstrip().endswith('data: {"status":"ready","error":null}')
     assert any("entries" in line for line in client.get(f"/images/{image['id']}").json()["log"])
+
+
+def test_cli_import_for_an_org(client: httpx.Client, server: ServerProcess, busybox: Path) -> None:
+    result = server.cli("images", "import", str(busybox), "--name", "cli-busy", "--org", "default")
+    assert result.returncode == 0, result.stderr
+    assert "cli-busy:latest" in result.stdout and "ready" in result.stdout
+    image = client.get("/images/name/cli-busy").json()
+    assert image["status"] == "ready" and image["system"] is False
+    box = create_sandbox(client, image="cli-busy")
+    assert sh(client, box, "echo from-cli")["stdout"] == "from-cli\n"
+    again = server.cli("images", "import", str(busybox), "--name", "cli-busy", "--org", "default")
+    assert again.returncode == 1 and "already exists" in again.stderr

@@ -291,4 +291,5 @@ def images_build(
     )
 
 
+from . import images as _images  # noqa: E402,F401  registers `images import`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`

@@ -47,7 +47,8 @@ MOUNT_POINTS = ("opt/voidrun", "run/voidrun", "tmp", "proc", "dev", "root", "etc
 @dataclass(frozen=True)
 class ImportRequest:
     images_root: Path
-    org_id: str
+    org_id: str | None
+    """None: a system image (``<images_root>/<name>/<tag>``, like ``code``)."""
     name: str
     tag: str
     path: Path
@@ -66,8 +67,8 @@ class Imported:
     stats: UnpackStats
 
 
-def org_images_root(images_root: Path, org_id: str) -> Path:
-    return images_root / ORGS_DIR / org_id
+def org_images_root(images_root: Path, org_id: str | None) -> Path:
+    return images_root if org_id is None else images_root / ORGS_DIR / org_id
 
 
 def target_dir(req: ImportRequest) -> Path:
@@ -86,7 +87,7 @@ def import_image(
 
     target = target_dir(req)
     report("prepare", 0, 3, str(req.path))
-    for directory in (req.images_root / ORGS_DIR, target.parent.parent, target.parent):
+    for directory in (target.parent.parent, target.parent):
         directory.mkdir(mode=0o755, exist_ok=True, parents=True)
         os.chmod(directory, 0o755)  # sandboxes' helpers traverse to rootfs/
     with _build_lock(target):
