@@ -20,6 +20,7 @@ need dnsmasq command -v dnsmasq        # the sandboxes' resolver
 need iproute2 command -v ip
 if [ "$tier" = test ]; then
   need postgresql bash -c 'ls -d /usr/lib/postgresql/*/bin/initdb'
+  need busybox-static test -x /bin/busybox   # image import tests build a busybox rootfs
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -12,6 +12,7 @@ the inode hit the filesystem's link limit) only means the file keeps its own cop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -65,4 +66,6 @@ class ContentStore:
                         removed += 1
                 except FileNotFoundError:
                     continue
+            with contextlib.suppress(OSError):  # only when empty
+                bucket.rmdir()
         return removed

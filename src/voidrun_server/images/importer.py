@@ -90,6 +90,19 @@ def import_image(
     for directory in (target.parent.parent, target.parent):
         directory.mkdir(mode=0o755, exist_ok=True, parents=True)
         os.chmod(directory, 0o755)  # sandboxes' helpers traverse to rootfs/
+    try:
+        return _import_locked(req, target, report, cancelled)
+    except BaseException:
+        _remove_empty(target)
+        raise
+
+
+def _import_locked(
+    req: ImportRequest,
+    target: Path,
+    report: Callable[[str, int, int, str], None],
+    cancelled: Callable[[], bool],
+) -> Imported:
     with _build_lock(target):
         _remove_stale(target)
         partial = Path(tempfile.mkdtemp(prefix=f".{req.tag}.partial-", dir=target.parent))
@@ -173,6 +186,7 @@ def remove_partials(images_root: Path, org_id: str, name: str, tag: str) -> None
         return
     if target.parent.is_dir():
         _remove_stale(target)
+        _remove_empty(target)
 
 
 def remove_image(images_root: Path, rootfs: Path) -> None:
@@ -184,8 +198,17 @@ def remove_image(images_root: Path, rootfs: Path) -> None:
     if directory.exists():
         (directory / MANIFEST).unlink(missing_ok=True)
         _remove_tree(directory)
-    (directory.parent / f".{directory.name}.lock").unlink(missing_ok=True)
-    for empty in (directory.parent, directory.parent.parent):  # the name's, the org's
+    _remove_empty(directory)
+    ContentStore(images_root).collect()
+
+
+def _remove_empty(target: Path) -> None:
+    """After a delete or a failed build: the tag's lock file, then the name's and the org's
+    directories if nothing else is in them. (Builds of one org, name and tag never overlap:
+    the database has one row for them.)"""
+    if os.path.lexists(target):
+        return
+    (target.parent / f".{target.name}.lock").unlink(missing_ok=True)
+    for empty in (target.parent, target.parent.parent):  # the name's, the org's
         with contextlib.suppress(OSError):
             empty.rmdir()
-    ContentStore(images_root).collect()
