@@ -12,7 +12,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,6 +154,33 @@ class Settings(BaseSettings):
             "namespaces (fast: no interpreter start per sandbox, memory shared copy-on-write); "
             "false starts a fresh interpreter inside every sandbox instead."
         ),
+    )
+    image_import_dirs: list[Path] = Field(
+        [],
+        description=(
+            "Host directories POST /api/images may import from (JSON list); a path outside "
+            "them (after resolving symlinks) is refused with 403. Empty means <data_dir>/imports."
+        ),
+    )
+    image_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = Field(
+        10 * 2**30,
+        description=(
+            "Most bytes an imported image may expand to (files plus 512 per entry); counted "
+            "while unpacking, so a decompression bomb stops there."
+        ),
+    )
+    image_max_layers: Annotated[int, Field(ge=1, le=1000)] = Field(
+        128, description="Most layers an imported image may have."
+    )
+    image_setuid: Literal["strip", "reject"] = Field(
+        "strip",
+        description=(
+            "Setuid/setgid files in an imported image: strip the bits (the build logs which "
+            "files) or reject fails the build."
+        ),
+    )
+    image_build_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="Image imports that unpack at the same time; more wait their turn."
     )
     driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
     default_image: str = Field("code", description="Image used when a create request names none.")
@@ -410,6 +437,8 @@ class Settings(BaseSettings):
             self.images_dir = self.data_dir / "images"
         else:
             self.images_dir = self.images_dir.expanduser().absolute()
+        if not self.image_import_dirs:
+            self.image_import_dirs = [self.data_dir / "imports"]
         if self.agent_runtime_dir is None:
             self.agent_runtime_dir = self.images_dir / ".agent-runtime"
         else:

@@ -26,6 +26,7 @@ from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, networking, reconcile, streams
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
+from ..services.image_builds import ImageBuilds
 from ..services.keycache import KeyCache
 from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
@@ -107,10 +108,13 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                     ctx.streams,
                     ctx.sessions,
                 )
+                await _start_image_builds(ctx, task_group)
                 agents = await _start_sandboxes(ctx, task_group, driver)
                 try:
                     yield
                 finally:
+                    if ctx.images is not None:
+                        ctx.images.shutdown()
                     if ctx.sandboxes is not None:
                         await _flush_activity(ctx.sandboxes)
                     if ctx.sandboxes is not None and ctx.sandboxes.pool is not None:
@@ -230,6 +234,18 @@ async def _start_sandboxes(
         task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service
     return agents
+
+
+async def _start_image_builds(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> None:
+    """Image imports: what a previous run left building ends ``error`` before any new one."""
+    builds = ImageBuilds(ctx.settings, ctx.sessions, spawner(task_group))
+    await builds.recover()
+    default_imports = ctx.settings.data_dir / "imports"
+    if ctx.settings.image_import_dirs == [default_imports]:
+        await anyio.to_thread.run_sync(
+            functools.partial(default_imports.mkdir, mode=0o700, exist_ok=True)
+        )
+    ctx.images = builds
 
 
 async def _configured_driver(ctx: AppContext) -> Driver | None:

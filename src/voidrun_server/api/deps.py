@@ -18,6 +18,7 @@ from ..config import Settings
 from ..errors import AuthenticationError, InvalidInputError, ServiceUnavailableError
 from ..services import accounts
 from ..services.accounts import Principal
+from ..services.image_builds import ImageBuilds
 from ..services.keycache import Entry, KeyCache
 from ..services.sandboxes import SandboxService
 from ..services.streams import StreamRegistry
@@ -33,9 +34,15 @@ class AppContext:
     sessions: async_sessionmaker[AsyncSession]
     registry: CollectorRegistry
     sandboxes: SandboxService | None = None
+    images: ImageBuilds | None = None
     sandboxes_unavailable: str = "the server is starting"
     streams: StreamRegistry = field(default_factory=StreamRegistry)
     keys: KeyCache = field(default_factory=lambda: KeyCache(None))
+
+    def image_builds(self) -> ImageBuilds:
+        if self.images is None:
+            raise ServiceUnavailableError("Image imports are unavailable", "the server is starting")
+        return self.images
 
     def sandbox_service(self) -> SandboxService:
         if self.sandboxes is None:

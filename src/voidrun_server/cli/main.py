@@ -296,5 +296,6 @@ def images_build(
     )
 
 
+from . import images as _images  # noqa: E402,F401  registers `images import`
 from . import purge as _purge  # noqa: E402,F401  registers `purge`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -62,6 +62,10 @@ class SandboxCreate(WireModel):
     ports: list[PortSpec] | None = None
     publish_ports: list[int] | None = Field(None, description="Legacy form of `ports`.")
     network: NetworkSpec | None = Field(None, description="Extension: egress policy.")
+    start_cmd: bool | None = Field(
+        None,
+        description="Extension: start the image's Entrypoint+Cmd as a background command.",
+    )
 
 
 class SandboxUpdate(WireModel):
@@ -150,3 +154,13 @@ class ImagePublic(WireModel):
     created_at: datetime
     created_by: str | None
     description: str
+    status: str = Field("ready", description="Extension: building, ready or error.")
+    error: str | None = Field(None, description="Extension: why the build failed.")
+    progress: int = Field(100, description="Extension: percent of the build done.")
+    source: str = Field("", description="Extension: where an imported image came from.")
+    config: dict[str, Any] | None = Field(
+        None, description="Extension: env, workingDir, user, entrypoint, cmd of the image."
+    )
+    log: list[str] | None = Field(
+        None, description="Extension (GET of one image): the build's last log lines."
+    )

@@ -147,12 +147,15 @@ class CommandService:
         env = validation.command_env(body.env)
         cwd = validation.command_cwd(body.cwd, absolute=True)
 
+        running = await self.calls.running(caller, sandbox_id)
+        cwd = cwd or running.row.workdir  # the image's WorkingDir
+
         async def work(procs: ProcessOps) -> ProcessInfo:
             return await procs.run_command(
                 command, env=env, cwd=cwd, time_limit=body.timeout or None
             )
 
-        return await self.calls.call(caller, sandbox_id, work, refused=RUN_REFUSED)
+        return await self.calls.on(running, work, AGENT_DEADLINE, RUN_REFUSED)
 
     async def list(self, caller: Principal, sandbox_id: str) -> list[ProcessInfo]:
         return await self.calls.call(

@@ -55,7 +55,7 @@ class ExecService:
             return await agent.exec(
                 command.command,
                 env=command.env,
-                cwd=command.cwd,
+                cwd=command.cwd or running.row.workdir,
                 timeout=command.timeout,
                 max_output=self.settings.exec_output_cap_bytes,
             )
@@ -74,7 +74,10 @@ class ExecService:
 
         def open_stream(agent: AgentClient) -> AgentExecStream:
             return agent.exec_stream(
-                command.command, env=command.env, cwd=command.cwd, timeout=command.timeout
+                command.command,
+                env=command.env,
+                cwd=command.cwd or running.row.workdir,  # the image's WorkingDir
+                timeout=command.timeout,
             )
 
         agents = self.sandboxes.agents

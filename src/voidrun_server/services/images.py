@@ -62,6 +62,12 @@ async def resolve(session: AsyncSession, org_id: str, reference: str) -> Image:
         if tag
         else await repo.latest_active(session, org_id, name)
     )
+    if image is None and not tag and org_id:
+        image = await repo.latest_own(session, org_id, name)
+    if image is not None and image.status == "building":
+        raise InvalidInputError("image not ready", f"{reference} is still building")
+    if image is not None and image.status == "error":
+        raise InvalidInputError("image not ready", f"{reference} failed to build: {image.error}")
     if image is None or not image.active or not image.rootfs:
         hint = (
             f"build it with: voidrun-server images build {name}"
@@ -90,3 +96,22 @@ async def by_name(session: AsyncSession, org_id: str, name: str) -> Image:
     if image is None:
         raise NotFoundError("Image not found")
     return image
+
+
+def image_env(image: Image) -> dict[str, str]:
+    """The image config's ``Env`` (``K=V`` strings) as a mapping; a sandbox's own env wins."""
+    env: dict[str, str] = {}
+    for item in (image.config or {}).get("env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
+def start_command(image: Image) -> str | None:
+    """``Entrypoint`` + ``Cmd`` as one shell command line, or None when the image has none."""
+    import shlex
+
+    config = image.config or {}
+    argv = [str(a) for a in (config.get("entrypoint") or []) + (config.get("cmd") or [])]
+    return shlex.join(argv) if argv else None

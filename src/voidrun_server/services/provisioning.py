@@ -61,7 +61,8 @@ class Provisioner:
         wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
         pool = self.service.pool
         with pool.serving() if pool is not None else nullcontext():
-            return await self._create(caller, request, disk_mb, wanted, policy)
+            row = await self._create(caller, request, disk_mb, wanted, policy, bool(body.start_cmd))
+        return row
 
     async def _create(
         self,
@@ -70,6 +71,7 @@ class Provisioner:
         disk_mb: int,
         wanted: Usage,
         policy: NetworkPolicy | None,
+        body_start_cmd: bool = False,
     ) -> Sandbox:
         pool, warm = self.service.pool, None
         try:  # one transaction: image, quota (org row locked first) and the new row
@@ -81,6 +83,9 @@ class Provisioner:
                 if warm is None:  # a warm sandbox's disk exists: only a new one needs room
                     await self.service.disk_floor.reserve_for_create(disk_mb)
                 row = self._row(caller, request, image, disk_mb, warm)
+                row.workdir = (image.config or {}).get("workingDir") or None
+                env = {**images.image_env(image), **row.env_vars}
+                start_cmd = images.start_command(image) if body_start_cmd else None
                 row.network = policy.to_wire() if policy is not None else None
                 session.add(row)
                 repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
@@ -98,7 +103,7 @@ class Provisioner:
                         hostname=hostname_of(row.name),
                         cpu=row.cpu,
                         mem_mb=row.mem,
-                        env=dict(row.env_vars),
+                        env=env,
                         network=policy,
                     )
                     self.service._sockets[row.id] = warm.agent_socket
@@ -113,7 +118,7 @@ class Provisioner:
             cpu=row.cpu,
             mem_mb=row.mem,
             disk_mb=row.disk_mb,
-            env=dict(row.env_vars),
+            env=env,
             network=policy,
         )
         if not request.sync:
@@ -125,7 +130,22 @@ class Provisioner:
             except VoidRunError as exc:
                 await self._discard_failed_create(row.id, exc)
                 raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
+        if start_cmd:
+            await self._start_cmd(caller, row, start_cmd)
         return row
+
+    async def _start_cmd(self, caller: Principal, row: Sandbox, command: str) -> None:
+        """The image's ``Entrypoint``+``Cmd`` as a background command (``startCmd``); a
+        failure to start it is logged, the sandbox stays (its processes list shows no command)."""
+        from ..schemas.processes import CommandRunRequest
+        from .commands import CommandService
+
+        try:
+            await CommandService(self.service).run(
+                caller, row.id, CommandRunRequest(command=command, cwd=row.workdir)
+            )
+        except VoidRunError as exc:
+            log.warning("sandbox %s: image command %r did not start: %s", row.id, command, exc)
 
     @staticmethod
     def _row(

@@ -121,6 +121,12 @@ class Image(Base):
     created_by: Mapped[str | None] = mapped_column(String(24))
     rootfs: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # imported images (services/image_builds.py): building -> ready | error
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    error: Mapped[str | None] = mapped_column(String(2000))
+    progress: Mapped[int] = mapped_column(Integer, default=100)  # percent
+    source: Mapped[str] = mapped_column(String(1024), default="")
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # Env, WorkingDir, User, ...
 
 
 class Sandbox(Base):
@@ -141,6 +147,7 @@ class Sandbox(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     network: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # egress policy, wire form
+    workdir: Mapped[str | None] = mapped_column(String(1024))  # image WorkingDir: default cwd
     auto_sleep: Mapped[bool] = mapped_column(Boolean, default=True)
     region: Mapped[str] = mapped_column(String(64), default="")
     ref_id: Mapped[str] = mapped_column(String(256), default="")

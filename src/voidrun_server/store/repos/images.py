@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..tables import Image
+from ..tables import Image, Sandbox
 
 
 def _visible(org_id: str) -> ColumnElement[bool]:
@@ -51,3 +51,35 @@ async def by_name_tag(session: AsyncSession, org_id: str, name: str, tag: str) -
 async def system_images(session: AsyncSession) -> Sequence[Image]:
     query = select(Image).where(Image.system.is_(True))
     return (await session.execute(query)).scalars().all()
+
+
+async def own(session: AsyncSession, org_id: str, name: str, tag: str) -> Image | None:
+    """The org's own image ``name:tag`` (never a system image), whatever its status."""
+    query = select(Image).where(Image.org_id == org_id, Image.name == name, Image.tag == tag)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def building(session: AsyncSession) -> Sequence[Image]:
+    query = select(Image).where(Image.status == "building")
+    return (await session.execute(query)).scalars().all()
+
+
+async def sandboxes_using(session: AsyncSession, image_id: str) -> int:
+    """Sandboxes that still need the image's files (every status but deleted)."""
+    query = (
+        select(func.count())
+        .select_from(Sandbox)
+        .where(Sandbox.image_id == image_id, Sandbox.status != "deleted")
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
+async def latest_own(session: AsyncSession, org_id: str, name: str) -> Image | None:
+    """The org's newest image of that name whatever its status (to say why it is unusable)."""
+    query = (
+        select(Image)
+        .where(Image.name == name, Image.org_id == org_id)
+        .order_by(Image.created_at.desc(), Image.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()

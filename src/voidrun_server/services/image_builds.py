@@ -1,0 +1,379 @@
+"""Image imports: requests checked and recorded, builds run in the app's task group.
+
+``POST /api/images`` records a ``building`` row (or returns the one already building for the
+same org, name and tag) and starts :meth:`ImageBuilds._run` in the lifespan's task group; the
+unpacking itself (``images/importer.py``) runs in a worker thread, at most
+``image_build_concurrency`` at a time. Progress and log lines are kept in memory per build
+(:class:`BuildLog`) for ``GET /api/images/{id}`` and its SSE log stream. A build the server
+did not finish (shut down, killed) ends ``error``: at shutdown when it can, otherwise at the
+next start (:meth:`ImageBuilds.recover`), which also removes its partial files.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .. import ids
+from ..config import Settings
+from ..errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from ..images import registry
+from ..images.importer import ImportRequest, import_image, remove_image, remove_partials
+from ..images.progress import BuildProgress, ImageBuildError
+from ..images.reference import InvalidReferenceError, parse_reference
+from ..images.sources import split_tag
+from ..images.unpack import Limits
+from ..schemas.images import ImageCreate
+from ..store.db import transaction
+from ..store.repos import images as repo
+from ..store.tables import Image
+from .accounts import Principal
+from .images import GIB, SYSTEM_IMAGES
+
+log = logging.getLogger(__name__)
+
+PULL_TIMEOUT_SECONDS = 3600.0  # a registry pull that takes longer fails the build
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,49}$")
+LOG_LINES = 1000
+IMAGE_UID_BASE = 100000  # what images are shifted to (images/build.py's default)
+RESTARTED = "the server restarted during the build"
+
+
+@dataclass
+class BuildLog:
+    """One build's progress and log lines, for readers that poll or follow."""
+
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    total: int = 0  # lines ever added (readers keep their position in this count)
+    progress: int = 0
+    status: str = "building"
+    error: str | None = None
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.total += 1
+        self._wake()
+
+    def report(self, update: BuildProgress) -> None:
+        self.progress = min(99, int(100 * update.done / max(1, update.total)))
+        self.add(f"[{update.step}] {update.detail}".rstrip())
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.status, self.error = status, error
+        self.progress = 100 if status == "ready" else self.progress
+        self._wake()
+
+    def since(self, position: int) -> tuple[list[str], int]:
+        """Lines after ``position`` (those still kept) and the new position."""
+        missed = self.total - position
+        kept = list(self.lines)[-missed:] if 0 < missed else []
+        return kept, self.total
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class ImageBuilds:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        spawn: Callable[[Callable[[], Awaitable[Any]]], None],
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.spawn = spawn
+        self.logs: dict[str, BuildLog] = {}
+        self._stop = threading.Event()
+        self._limiter = anyio.CapacityLimiter(settings.image_build_concurrency)
+
+    # --- start ------------------------------------------------------------------------------
+
+    async def start(self, caller: Principal, body: ImageCreate) -> Image:
+        name, tag = _check_name(body.name), _check_tag(body.version or "latest")
+        if name in SYSTEM_IMAGES:
+            raise ConflictError("image name reserved", f"{name} is a system image")
+        if (body.path is None) == (body.source is None):
+            raise InvalidInputError("give exactly one of path and source")
+        if body.source is not None:
+            source, job = body.source, self._registry_job(body)
+        else:
+            assert body.path is not None
+            path, source_tag = self._allowed_path(body.path)
+            source = body.path
+            job = None
+        try:
+            row, created = await self._record(caller, name, tag, source)
+        except IntegrityError:  # the same org, name and tag, inserted a moment ago
+            return await self._concurrent(caller.org_id, name, tag)
+        if not created:
+            return row  # the same build, asked for twice
+        self.logs[row.id] = BuildLog()
+        if job is None:
+            req = self._request(caller.org_id, name, tag, path, source_tag)
+            self.spawn(functools.partial(self._run, row.id, req))
+        else:
+            self.spawn(functools.partial(self._run_registry, row.id, caller.org_id, name, tag, job))
+        return row
+
+    async def _record(
+        self, caller: Principal, name: str, tag: str, source: str
+    ) -> tuple[Image, bool]:
+        async with transaction(self.sessions) as session:
+            existing = await repo.own(session, caller.org_id, name, tag)
+            if existing is not None:
+                if existing.status == "building":
+                    return existing, False
+                if existing.status == "ready":
+                    raise ConflictError("image already exists", f"{name}:{tag}")
+                await session.delete(existing)  # a failed build: try again
+                await session.flush()
+            row = Image(
+                id=ids.new_id(),
+                name=name,
+                tag=tag,
+                org_id=caller.org_id,
+                created_by=caller.user_id,
+                system=False,
+                active=False,
+                status="building",
+                progress=0,
+                source=source[:1024],
+                description=f"imported from {source}"[:500],
+            )
+            session.add(row)
+        return row, True
+
+    async def _concurrent(self, org_id: str, name: str, tag: str) -> Image:
+        async with self.sessions() as session:
+            row = await repo.own(session, org_id, name, tag)
+        if row is None or row.status != "building":
+            raise ConflictError("image already exists", f"{name}:{tag}")
+        return row
+
+    def _allowed_path(self, raw: str) -> tuple[Path, str]:
+        if not raw or len(raw) > 4096 or "\x00" in raw or not raw.startswith("/"):
+            raise InvalidInputError("invalid path", "an absolute host path")
+        path, source_tag = split_tag(raw)
+        resolved = Path(os.path.realpath(path))
+        roots = [Path(os.path.realpath(d)) for d in self.settings.image_import_dirs]
+        if not any(resolved.is_relative_to(root) and resolved != root for root in roots):
+            raise PermissionDeniedError(
+                "path not allowed",
+                "imports are read only from the directories in VOIDRUN_IMAGE_IMPORT_DIRS",
+            )
+        if not resolved.exists():
+            raise InvalidInputError("import path not found", raw)
+        return resolved, source_tag
+
+    def _request(
+        self, org_id: str, name: str, tag: str, path: Path, source_tag: str
+    ) -> ImportRequest:
+        s = self.settings
+        return ImportRequest(
+            images_root=s.images_root,
+            org_id=org_id,
+            name=name,
+            tag=tag,
+            path=path,
+            source_tag=source_tag,
+            limits=Limits(s.image_max_bytes, s.image_max_layers, s.image_setuid),
+            uid_base=IMAGE_UID_BASE,
+        )
+
+    # --- registry: the one place that depends on images/registry.py --------------------------
+
+    def _registry_job(self, body: ImageCreate) -> Callable[[Path, Callable[[str], None]], Path]:
+        """A function that pulls ``body.source`` into an OCI layout under a directory and
+        returns the layout (``images/registry.py``); a malformed reference is a 400 now."""
+        try:
+            parse_reference(body.source or "")
+        except InvalidReferenceError as exc:
+            raise InvalidInputError("invalid image reference", str(exc)) from None
+        creds = None
+        if body.credentials is not None:  # used for this pull only; never stored
+            creds = (body.credentials.username, body.credentials.password.get_secret_value())
+        reference, insecure = body.source or "", body.insecure
+        allowed = list(self.settings.image_insecure_registries)
+        max_bytes = self.settings.image_max_bytes
+
+        def pull(dest: Path, progress: Callable[[str], None]) -> Path:
+            result: Path = registry.pull_to_layout(
+                reference,
+                dest,
+                credentials=creds,
+                insecure=insecure,
+                allowed_insecure=allowed,
+                progress=lambda _fraction, line: progress(line),
+                timeout=PULL_TIMEOUT_SECONDS,
+                max_bytes=max_bytes,
+            )
+            return result
+
+        return pull
+
+    async def _run_registry(
+        self,
+        image_id: str,
+        org_id: str,
+        name: str,
+        tag: str,
+        pull: Callable[[Path, Callable[[str], None]], Path],
+    ) -> None:
+        build = self.logs[image_id]
+        pulls = self.settings.images_root / "orgs" / org_id / ".pulls"
+        dest = pulls / image_id
+
+        def line(text: str) -> None:
+            anyio.from_thread.run_sync(build.add, f"[pull] {text}")
+
+        def work() -> Path:
+            pulls.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return pull(dest, line)
+
+        try:
+            layout = await anyio.to_thread.run_sync(work, limiter=self._limiter)
+        except Exception as exc:  # noqa: BLE001 - the registry's message is the build's error
+            await anyio.to_thread.run_sync(_remove_quietly, dest)
+            await self._finish(image_id, None, error=f"pull failed: {exc}")
+            return
+        req = self._request(org_id, name, tag, layout, "")
+        try:
+            await self._run(image_id, req)
+        finally:
+            await anyio.to_thread.run_sync(_remove_quietly, dest)
+
+    # --- the build ----------------------------------------------------------------------------
+
+    async def _run(self, image_id: str, req: ImportRequest) -> None:
+        build = self.logs[image_id]
+
+        def progress(update: BuildProgress) -> None:
+            anyio.from_thread.run_sync(build.report, update)
+
+        work = functools.partial(import_image, req, progress=progress, cancelled=self._stop.is_set)
+        try:
+            imported = await anyio.to_thread.run_sync(
+                work, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._finish(image_id, None, error="the server shut down during the build")
+            raise
+        except (ImageBuildError, OSError, ValueError) as exc:
+            await self._finish(image_id, None, error=str(exc))
+            return
+        except Exception as exc:
+            log.exception("image import %s failed", image_id)
+            await self._finish(image_id, None, error=f"internal error: {type(exc).__name__}")
+            return
+        if imported.stats.stripped_setuid:
+            stripped = ", ".join(imported.stats.stripped_setuid[:20])
+            build.add(f"[unpack] setuid/setgid bits stripped from: {stripped}")
+        build.add(
+            f"[done] {imported.stats.entries} entries, {imported.built.size_bytes} bytes, "
+            f"{imported.stats.deduplicated} files shared with other images"
+        )
+        await self._finish(image_id, imported, error=None)
+
+    async def _finish(self, image_id: str, imported: Any, *, error: str | None) -> None:
+        build = self.logs.get(image_id)
+        async with transaction(self.sessions) as session:
+            row = await session.get(Image, image_id)
+            if row is not None and imported is not None:
+                row.status, row.active, row.progress, row.error = "ready", True, 100, None
+                row.rootfs = str(imported.built.rootfs)
+                row.size_gb = max(1, -(-imported.built.size_bytes // GIB))
+                row.config = imported.config.to_wire()
+            elif row is not None:
+                row.status, row.active, row.error = "error", False, (error or "")[:2000]
+        if build is not None:
+            if error:
+                build.add(f"[error] {error}")
+            build.finish("ready" if imported is not None else "error", error)
+        log.info("image import %s: %s", image_id, error or "ready")
+
+    # --- after a restart, at shutdown ---------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Builds this server did not finish: ``error``, and their partial files removed."""
+        async with transaction(self.sessions) as session:
+            rows = list(await repo.building(session))
+            for row in rows:
+                row.status, row.active, row.error = "error", False, RESTARTED
+        for row in rows:
+            if row.org_id is None:
+                continue
+            root = self.settings.images_root
+            await anyio.to_thread.run_sync(remove_partials, root, row.org_id, row.name, row.tag)
+            await anyio.to_thread.run_sync(_remove_quietly, root / "orgs" / row.org_id / ".pulls")
+            log.warning("image %s:%s (%s): %s", row.name, row.tag, row.id, RESTARTED)
+
+    def shutdown(self) -> None:
+        """Running unpackers stop at their next entry and remove their partial files."""
+        self._stop.set()
+
+    # --- delete -------------------------------------------------------------------------------
+
+    async def delete(self, caller: Principal, image_id: str) -> None:
+        async with transaction(self.sessions) as session:
+            row = (
+                await repo.by_id(session, caller.org_id, image_id) if ids.is_id(image_id) else None
+            )
+            if row is None:
+                raise NotFoundError("Image not found")
+            if row.system or row.org_id is None:
+                raise PermissionDeniedError("system images cannot be deleted")
+            if row.status == "building":
+                raise ConflictError("image is building", "wait until it is ready or failed")
+            used = await repo.sandboxes_using(session, row.id)
+            if used:
+                raise ConflictError("image in use", f"{used} sandbox(es) use it; delete them first")
+            rootfs = row.rootfs
+            await session.delete(row)
+        self.logs.pop(image_id, None)
+        if rootfs:
+            await anyio.to_thread.run_sync(remove_image, self.settings.images_root, Path(rootfs))
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidInputError(
+            "invalid image name",
+            "1-100 of a-z, 0-9, '.', '_', '-'; starting with a letter or digit",
+        )
+    return name
+
+
+def _check_tag(tag: str) -> str:
+    if not _TAG.match(tag):
+        raise InvalidInputError("invalid version", "1-50 of A-Z, a-z, 0-9, '.', '_', '-'")
+    return tag
+
+
+def _remove_quietly(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
