@@ -11,7 +11,9 @@ and the row ends ``deleted`` (or ``error`` for a background boot) with the reaso
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,10 +49,11 @@ def describe(exc: VoidRunError) -> str:
 
 
 class _Boot:
-    """A cold synchronous create's boot, running beside the transaction that records it."""
+    """A create's boot (or warm hand-out), running beside the transaction that records it."""
 
-    def __init__(self, spec: SandboxSpec) -> None:
-        self.spec = spec
+    def __init__(self, sandbox_id: str, job: Callable[[], Awaitable[None]]) -> None:
+        self.sandbox_id = sandbox_id
+        self.job = job
         self.finished = False
         self.failure: VoidRunError | None = None
         self.done = anyio.Event()
@@ -101,30 +104,34 @@ class Provisioner:
                     start_cmd = images.start_command(image) if body_start_cmd else None
                     row.network = policy.to_wire() if policy is not None else None
                     spec = self._spec(row, image, env, policy)
-                    if warm is None and request.sync:
-                        # The quota allows it: the sandbox boots while its row is written.
-                        booting = _Boot(spec)
-                        boots.start_soon(self._boot_locked, booting)
+                    if warm is not None or request.sync:
+                        # The quota allows it: the sandbox boots (or a warm one is made the
+                        # caller's) while its row is written.
+                        job = (
+                            partial(self._hand_out, warm, spec)
+                            if warm
+                            else partial(self._boot, spec)
+                        )
+                        booting = _Boot(spec.sandbox_id, job)
+                        boots.start_soon(self._run_locked, booting)
                     session.add(row)
                     repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
             except BaseException as exc:
                 failure = exc
-                if warm is not None and pool is not None:
-                    pool.give_back(warm)
-                if booting is not None:
+                if booting is None and warm is not None and pool is not None:
+                    pool.give_back(warm)  # untouched: another create may have it
+                elif booting is not None:
                     boots.cancel_scope.cancel()  # the driver undoes a create it was cancelled in
                     with anyio.CancelScope(shield=True):
                         await booting.done.wait()
-                        if booting.finished:  # it had succeeded before the insert failed
-                            await self._destroy_quietly(booting.spec.sandbox_id)
+                        if booting.finished or warm is not None:  # it exists: undo it
+                            await self._destroy_quietly(booting.sandbox_id)
         if failure is not None:
             raise failure
-        if warm is not None:
-            await self._hand_out(row, warm, env, policy)
-        elif booting is None:
+        if booting is None:
             self.service.spawn(lambda: self._boot_in_background(spec))
             return row
-        elif booting.failure is not None:
+        if booting.failure is not None:
             await self._discard_failed_create(row.id, booting.failure)
             raise VoidRunError(
                 "Failed to create sandbox", describe(booting.failure)
@@ -133,25 +140,19 @@ class Provisioner:
             await self._start_cmd(caller, row, start_cmd)
         return row
 
-    async def _hand_out(
-        self, row: Sandbox, warm: Warm, env: dict[str, str], policy: NetworkPolicy | None
-    ) -> None:
-        async with self.service.lock(row.id):
-            try:
-                assert self.service.pool is not None
-                await self.service.pool.hand_out(
-                    warm,
-                    row.id,
-                    hostname=hostname_of(row.name),
-                    cpu=row.cpu,
-                    mem_mb=row.mem,
-                    env=env,
-                    network=policy,
-                )
-                self.service._sockets[row.id] = warm.agent_socket
-            except VoidRunError as exc:
-                await self._discard_failed_create(row.id, exc)
-                raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
+    async def _hand_out(self, warm: Warm, spec: SandboxSpec) -> None:
+        """Make a warm-pool sandbox the caller's (``pool.hand_out``)."""
+        assert self.service.pool is not None
+        await self.service.pool.hand_out(
+            warm,
+            spec.sandbox_id,
+            hostname=spec.hostname,
+            cpu=spec.cpu,
+            mem_mb=spec.mem_mb,
+            env=dict(spec.env),
+            network=spec.network,
+        )
+        self.service._sockets[spec.sandbox_id] = warm.agent_socket
 
     @staticmethod
     def _spec(
@@ -168,13 +169,13 @@ class Provisioner:
             network=policy,
         )
 
-    async def _boot_locked(self, boot: _Boot) -> None:
-        """A synchronous create's boot, started inside the transaction that records it. The
-        outcome is left on ``boot``: a failure is the caller's to report, a cancellation the
-        driver's to undo."""
+    async def _run_locked(self, boot: _Boot) -> None:
+        """A synchronous create's boot or hand-out, started inside the transaction that records
+        it. The outcome is left on ``boot``: a failure is the caller's to report, a
+        cancellation the driver's to undo."""
         try:
-            async with self.service.lock(boot.spec.sandbox_id):
-                await self._boot(boot.spec)
+            async with self.service.lock(boot.sandbox_id):
+                await boot.job()
                 boot.finished = True
         except VoidRunError as exc:
             boot.failure = exc
