@@ -178,11 +178,19 @@ def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
 
 
 def _relocate(paths: List[str]) -> None:
-    """Later imports (there should be none) resolve in the sandbox's read-only mounts."""
+    """Later imports (an encoding a zip file names, say) resolve in the sandbox's read-only
+    mounts: the module path, and every loaded package's own path, move from the host's
+    directories (gone after the mount namespace changed) to the mounted copies."""
+    agent, stdlib = paths[0], paths[1]
+    host_stdlib = os.path.dirname(os.__file__)
     sys.path[:] = paths[1:]
     sys.path_importer_cache.clear()
-    package = sys.modules[__package__]
-    package.__path__[:] = [paths[0]]
+    sys.modules[__package__].__path__[:] = [agent]
+    for module in list(sys.modules.values()):
+        where = getattr(module, "__path__", None)
+        if isinstance(where, list) and module.__name__ != __package__:
+            where[:] = [stdlib + p[len(host_stdlib) :] if p.startswith(host_stdlib) else p
+                        for p in where]  # fmt: skip
 
 
 def _preload() -> None:
@@ -194,7 +202,9 @@ def _preload() -> None:
         if name.endswith(".py") and name not in ("__init__.py", "zygote.py"):
             importlib.import_module(f"{__package__}.{name[:-3]}")
     for name in ("zipfile", "tarfile", "tempfile", "shutil", "fnmatch", "json", "ctypes",
-                 "traceback", "gzip", "bz2", "lzma", "zlib", "signal", "collections"):  # fmt: skip
+                 "traceback", "gzip", "bz2", "lzma", "zlib", "signal", "collections",
+                 "encodings.cp437", "encodings.idna", "encodings.latin_1", "encodings.ascii",
+                 "encodings.utf_16", "encodings.utf_32"):  # fmt: skip
         try:
             importlib.import_module(name)
         except ImportError:
