@@ -51,3 +51,28 @@ class ImageConfigPublic(WireModel):
     user: str = ""
     entrypoint: list[str] = []
     cmd: list[str] = []
+
+
+class SnapshotCreate(WireModel):
+    """Extension: ``POST /api/sandboxes/{id}/snapshot``."""
+
+    model_config = ConfigDict(
+        alias_generator=WireModel.model_config.get("alias_generator"),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    name: str = Field(description="Name of the new image: a-z, 0-9, '.', '_', '-'.")
+    version: str | None = Field(None, description="Its tag; default `latest`.")
+
+
+class ForkCreate(WireModel):
+    """Extension: ``POST /api/sandboxes/{id}/fork``."""
+
+    model_config = ConfigDict(
+        alias_generator=WireModel.model_config.get("alias_generator"),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    count: int = Field(description="How many sandboxes to create from the snapshot: 1..20.")
