@@ -77,7 +77,8 @@ set -e
 mkdir -p /root/data/sub
 printf 'hello snapshot\\n' > /root/data/a.txt
 chmod 640 /root/data/a.txt && chown 1000:1001 /root/data/a.txt
-printf x > /root/data/tool && chmod 4755 /root/data/tool && ln -s ../a.txt /root/data/sub/link && ln /root/data/a.txt /root/data/hard
+printf x > /root/data/tool && chmod 4755 /root/data/tool
+ln -s ../a.txt /root/data/sub/link && ln /root/data/a.txt /root/data/hard
 dd if=/dev/zero of=/root/data/sparse bs=1 count=1 seek=100M 2>/dev/null
 mkfifo /root/data/fifo
 rm /etc/issue

@@ -54,25 +54,18 @@ class ImageConfigPublic(WireModel):
 
 
 class SnapshotCreate(WireModel):
-    """Extension: ``POST /api/sandboxes/{id}/snapshot``."""
+    """Extension: ``POST /api/sandboxes/{id}/snapshot``. Checked once the sandbox is found
+    (an unknown sandbox is 404 whatever the body)."""
 
-    model_config = ConfigDict(
-        alias_generator=WireModel.model_config.get("alias_generator"),
-        populate_by_name=True,
-        extra="forbid",
+    name: str | None = Field(
+        None, description="Required. Name of the new image: a-z, 0-9, '.', '_', '-'."
     )
-
-    name: str = Field(description="Name of the new image: a-z, 0-9, '.', '_', '-'.")
     version: str | None = Field(None, description="Its tag; default `latest`.")
 
 
 class ForkCreate(WireModel):
-    """Extension: ``POST /api/sandboxes/{id}/fork``."""
+    """Extension: ``POST /api/sandboxes/{id}/fork``. Checked once the sandbox is found."""
 
-    model_config = ConfigDict(
-        alias_generator=WireModel.model_config.get("alias_generator"),
-        populate_by_name=True,
-        extra="forbid",
+    count: int | None = Field(
+        None, description="Required. How many sandboxes to create from the snapshot: 1..20."
     )
-
-    count: int = Field(description="How many sandboxes to create from the snapshot: 1..20.")

@@ -63,18 +63,23 @@ class Snapshots:
         self.service = service
         self.settings = service.settings
 
-    async def snapshot(self, caller: Principal, sandbox_id: str, name: str, tag: str) -> Image:
+    async def snapshot(
+        self, caller: Principal, sandbox_id: str, name: str | None, tag: str | None
+    ) -> Image:
+        await self.service.get(caller, sandbox_id)  # unknown ids: 404 whatever the body
+        if name is None:
+            raise InvalidInputError("name is required", "the new image's name")
         name, tag = check_name(name), check_tag(tag or "latest")
         if name in SYSTEM_IMAGES:
             raise ConflictError("image name reserved", f"{name} is a system image")
         return await self._snapshot(caller, sandbox_id, name, tag)
 
     async def fork(
-        self, caller: Principal, sandbox_id: str, count: int
+        self, caller: Principal, sandbox_id: str, count: int | None
     ) -> tuple[Image, list[Sandbox]]:
-        if not 1 <= count <= MAX_FORKS:
-            raise InvalidInputError(f"invalid count: must be between 1 and {MAX_FORKS}")
         source = await self.service.get(caller, sandbox_id)
+        if count is None or not 1 <= count <= MAX_FORKS:
+            raise InvalidInputError(f"invalid count: must be between 1 and {MAX_FORKS}")
         disk_mb = self.settings.sandbox_disk_mb
         wanted = Usage(
             sandboxes=count, cpu=count * source.cpu, mem_mb=count * source.mem,
@@ -152,6 +157,8 @@ class Snapshots:
                     "config": base.config,
                     "entries": exported.entries,
                     "whiteouts": exported.whiteouts,
+                    "copied_bytes": exported.bytes,
+                    "frozen_ms": round(exported.frozen_seconds * 1000, 1),
                     "stripped_setuid": list(exported.stripped_setuid[:100]),
                 }
                 built = await anyio.to_thread.run_sync(layout.publish, target, partial, manifest)

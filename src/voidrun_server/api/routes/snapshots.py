@@ -29,7 +29,7 @@ async def snapshot_sandbox(
     """Save the sandbox's current root as a new image of the org (extension): ``ready`` when
     this answers. A running sandbox is frozen for the copy and keeps running after it; create
     sandboxes from the image with ``"image": "name:version"``."""
-    row = await service.snapshot(caller, sandbox_id, body.name, body.version or "latest")
+    row = await service.snapshot(caller, sandbox_id, body.name, body.version)
     return ImagePublic.model_validate(row)
 
 
