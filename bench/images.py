@@ -122,7 +122,7 @@ def snapshots(written_mb: int, n: int) -> None:
     with server() as srv, srv.client() as client:
         client.timeout = httpx.Timeout(600)
         box = client.post("/sandboxes", json={"name": "bench-source"}).json()["data"]
-        out = client.post(f"/sandboxes/{box['id']}/exec", json={"command": write, "timeout": 600})
+        out = client.post(f"/sandboxes/{box['id']}/exec", json={"command": write, "timeout": 300})
         out.raise_for_status()
         made: list[dict[str, Any]] = []
         try:
