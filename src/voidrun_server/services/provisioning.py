@@ -162,6 +162,7 @@ class Provisioner:
             sandbox_id=row.id,
             hostname=hostname_of(row.name),
             rootfs=Path(image.rootfs),
+            layers=tuple(Path(layer) for layer in image.layers or ()),
             cpu=row.cpu,
             mem_mb=row.mem,
             disk_mb=row.disk_mb,
