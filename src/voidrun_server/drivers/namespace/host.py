@@ -40,7 +40,7 @@ from voidrun_server.drivers.base import (
 from voidrun_server.drivers.namespace import disk, idmount
 from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
-from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
+from voidrun_server.drivers.namespace.launch import disable_core_dumps, launch
 from voidrun_server.drivers.namespace.netns import entered
 from voidrun_server.drivers.namespace.network import HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
@@ -169,7 +169,7 @@ class SandboxHost:
         self._bwrap = bwrap
         self._bpf = bpf
         self._setpriv = setpriv
-        self._core_prefix = no_core_prefix()
+        disable_core_dumps()
         self._agent_argv = agent_argv
         self._agent_dir = agent_dir
         self._runtime_dir = runtime_dir
@@ -304,7 +304,6 @@ class SandboxHost:
                 bpf=self._bpf,
                 idmap=IdMap(base),
                 drop_prefix=privilege_drop_prefix(self._setpriv, base, base),
-                core_prefix=self._core_prefix,
                 cgroups=self.cgroups,
                 cgroup_paths=record.cgroups,
                 log_file=run.log_file,
