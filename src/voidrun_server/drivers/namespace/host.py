@@ -229,9 +229,10 @@ class SandboxHost:
             )
 
         base = record.uid_base
-        if networked:
+        attaching = None
+        if networked:  # links and rules are made while bwrap starts
             assert self.network is not None
-            self.network.attach(run, record)
+            attaching = self.network.begin_attach(run, record)
         try:
             launched = launch(
                 build,
@@ -246,14 +247,21 @@ class SandboxHost:
                 netns=run.netns if networked else None,
             )
         except BaseException as exc:
-            if networked:
-                assert self.network is not None
-                self.network.detach(run, record.sandbox_id)
+            if attaching is not None:
+                attaching.undo()
             if isinstance(exc, DriverError):
                 tail = run.log_tail()
                 raise type(exc)(exc.message, tail or exc.details) from exc
             raise
-        record.monitor, record.init, record.phase = launched.monitor, launched.init, Phase.RUNNING
+        record.monitor, record.init = launched.monitor, launched.init
+        if attaching is not None:
+            try:
+                attaching.wait()
+            except BaseException:
+                self._kill(record, deadline)
+                record.monitor = record.init = None
+                raise
+        record.phase = Phase.RUNNING
         write_record(run, record)
         return launched.init
 

@@ -22,7 +22,8 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,10 +32,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from voidrun_server.drivers.base import DriverError, DriverUnavailableError, NetworkPolicy
-from voidrun_server.drivers.namespace import netns, nftables
+from voidrun_server.drivers.namespace import netns, nftables, rtnl
 from voidrun_server.drivers.namespace.state import RunDir, SandboxRecord
 
-__all__ = ["HostNetwork", "NetworkConfig"]
+__all__ = ["Attaching", "HostNetwork", "NetworkConfig"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +75,8 @@ class HostNetwork:
         # host netlink work, so there is one of each (and close() releases them).
         self._netlink_thread = ThreadPoolExecutor(1, thread_name_prefix="voidrun-netlink")
         self._ipr: IPRoute = self._netlink(IPRoute)
+        # Links and rules of sandboxes being created, while their processes start.
+        self._wiring = ThreadPoolExecutor(2, thread_name_prefix="voidrun-wiring")
         self.nft = nftables.Nft()
         records = [r for r in records if r.net_address]
         self._used = {ipaddress.IPv4Address(r.net_address) for r in records}
@@ -158,11 +161,13 @@ class HostNetwork:
         """Release the netlink socket (tests; a server keeps it for its lifetime)."""
         self._netlink(self._ipr.close)
         self._netlink_thread.shutdown()
+        self._wiring.shutdown()
 
     def remove_all(self) -> None:
         """Table and gateway link (when the server stops with no sandbox left)."""
         self.nft.run(nftables.delete_table(self.table))
-        self._netlink(netns.unwire, self._ipr, self.dummy)
+        with rtnl.Rtnl() as host:
+            netns.unwire(host, self.dummy)
 
     # -- one sandbox --------------------------------------------------------------------------
 
@@ -186,26 +191,44 @@ class HostNetwork:
 
     def attach(self, run: RunDir, record: SandboxRecord) -> None:
         """Namespace, link and rules; the sandbox's processes start afterwards, inside."""
+        self.begin_attach(run, record).wait()
+
+    def begin_attach(self, run: RunDir, record: SandboxRecord) -> Attaching:
+        """The namespace now (processes may be born in it from here on), its link and rules
+        in the background: :meth:`Attaching.wait` before the sandbox is reported running.
+        Until its rules are in, nothing from the sandbox passes (its veth is in no map)."""
         assert record.net_address is not None
         link = netns.host_link_name(record.sandbox_id)
-        address = ipaddress.IPv4Address(record.net_address)
         if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
             self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
-        netns.create(run.netns)
+        inside = netns.create(run.netns)
         try:
-            wiring = netns.Wiring(
-                link=link,
-                address=address,
-                gateway=self.gateway,
-                prefixlen=self.config.subnet.prefixlen,
-                route_protocol=ROUTE_PROTOCOL,
-                bandwidth_mbit=self.config.bandwidth_mbit,
-            )
-            self._netlink(netns.wire, self._ipr, run.netns, wiring)
-            self._rules(record, new=True)
+            future = self._wiring.submit(self._wire, inside, run, record)
         except BaseException:
+            inside.close()
             self.detach(run, record.sandbox_id)
             raise
+        return Attaching(self, run, record.sandbox_id, future)
+
+    def _wire(self, inside: rtnl.Rtnl, run: RunDir, record: SandboxRecord) -> None:
+        assert record.net_address is not None
+        link = netns.host_link_name(record.sandbox_id)
+        wiring = netns.Wiring(
+            link=link,
+            address=ipaddress.IPv4Address(record.net_address),
+            gateway=self.gateway,
+            prefixlen=self.config.subnet.prefixlen,
+            route_protocol=ROUTE_PROTOCOL,
+        )
+        try:
+            netns.wire(inside, run.netns, wiring)
+        except rtnl.NetlinkFailure as exc:
+            raise DriverError("could not wire the sandbox's network", str(exc)) from exc
+        finally:
+            inside.close()
+        if self.config.bandwidth_mbit:
+            self._netlink(netns.shape, self._ipr, run.netns, link, self.config.bandwidth_mbit)
+        self._rules(record, new=True)
 
     def apply_policy(self, record: SandboxRecord) -> None:
         self._rules(record, new=False)
@@ -223,7 +246,8 @@ class HostNetwork:
         """Rules, link and namespace of one sandbox (each only if present)."""
         link = netns.host_link_name(sandbox_id)
         self.nft.run_tolerant(nftables.remove_sandbox(self.table, sandbox_id, link))
-        self._netlink(netns.unwire, self._ipr, link)
+        with rtnl.Rtnl() as host:
+            netns.unwire(host, link)
         netns.remove(run.netns)
 
     def ensure_sets(self, add: Iterable[str], drop: Iterable[str]) -> None:
@@ -231,3 +255,25 @@ class HostNetwork:
 
     def usage(self, sandbox_id: str) -> tuple[int, int] | None:
         return netns.link_counters(netns.host_link_name(sandbox_id))
+
+
+class Attaching:
+    """A sandbox's link and rules being made (:meth:`HostNetwork.begin_attach`)."""
+
+    def __init__(
+        self, host: HostNetwork, run: RunDir, sandbox_id: str, future: Future[None]
+    ) -> None:
+        self._host, self._run, self._sandbox_id, self._future = host, run, sandbox_id, future
+
+    def wait(self) -> None:
+        """Done; on failure, everything of it (and the namespace) is undone, then raises."""
+        try:
+            self._future.result()
+        except BaseException:
+            self.undo()
+            raise
+
+    def undo(self) -> None:
+        """After the wiring finished (however it ended): rules, link and namespace go."""
+        futures.wait([self._future])
+        self._host.detach(self._run, self._sandbox_id)
