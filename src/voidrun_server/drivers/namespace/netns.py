@@ -117,7 +117,6 @@ class Wiring:
     gateway: ipaddress.IPv4Address
     prefixlen: int
     route_protocol: int
-    bandwidth_mbit: int = 0
 
 
 def _set_sysctl(key: str, value: str) -> None:

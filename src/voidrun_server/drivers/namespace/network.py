@@ -51,6 +51,8 @@ class NetworkConfig:
     default_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     allowed_private: tuple[ipaddress.IPv4Network, ...] = ()
     bandwidth_mbit: int = 0
+    domain_timeout: int = nftables.DOMAIN_TIMEOUT
+    """Seconds an address stays in a domain's set after it was resolved or last used."""
 
 
 def _ignore_exists(exc: NetlinkError) -> None:
@@ -154,7 +156,7 @@ class HostNetwork:
                         self.table, record.sandbox_id, link, address, policy, new=True
                     )
                 )
-        script += nftables.domain_sets(self.table, sorted(domains), ())
+        script += nftables.domain_sets(self.table, sorted(domains), (), self.config.domain_timeout)
         self.nft.run(script + "".join(chains))
 
     def close(self) -> None:
@@ -251,7 +253,7 @@ class HostNetwork:
         netns.remove(run.netns)
 
     def ensure_sets(self, add: Iterable[str], drop: Iterable[str]) -> None:
-        self.nft.run(nftables.domain_sets(self.table, add, drop))
+        self.nft.run(nftables.domain_sets(self.table, add, drop, self.config.domain_timeout))
 
     def usage(self, sandbox_id: str) -> tuple[int, int] | None:
         return netns.link_counters(netns.host_link_name(sandbox_id))

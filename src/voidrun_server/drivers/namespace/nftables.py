@@ -41,6 +41,12 @@ NEVER_V4 = (
     "169.254.0.0/16",  # link-local, cloud metadata
     "224.0.0.0/3",  # multicast, reserved, broadcast
 )
+# The resolver gives no answer a longer TTL than this (seconds; dnsmasq max-ttl and
+# max-cache-ttl), so a sandbox re-asks at least this often while it uses a name...
+DNS_MAX_TTL = 300
+# ...and an address the resolver added to a domain's set expires this long (seconds) after it
+# was added or after the last packet a sandbox sent to it (docs/network.md, "Domain entries").
+DOMAIN_TIMEOUT = DNS_MAX_TTL + 600
 # Refused unless VOIDRUN_SANDBOX_ALLOWED_PRIVATE_CIDRS lists them.
 PRIVATE_V4 = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -120,6 +126,7 @@ table {t} {{
   set private4 {{ type ipv4_addr; flags interval; elements = {{ {_elements(PRIVATE_V4)} }} }}
   set private_ok4 {{ type ipv4_addr; flags interval; {ok} }}
   set links {{ type ifname; }}
+  set dns_ok {{ type ifname; }}
   map sandboxes {{ type ifname : verdict; }}
   chain forward {{
     type filter hook forward priority filter - 5; policy accept;
@@ -134,9 +141,9 @@ table {t} {{
     iifname @links jump from_sandbox
   }}
   chain from_sandbox {{
+    ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 iifname @dns_ok accept
+    ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 {REJECT}
     ct state established,related accept
-    ip daddr {gateway} udp dport 53 accept
-    ip daddr {gateway} tcp dport 53 accept
     {REJECT}
   }}
   chain postrouting {{
@@ -152,15 +159,27 @@ def _policy_rules(policy: NetworkPolicy) -> list[str]:
     rules = []
     if deny.v4:
         rules.append(f"ip daddr {{ {_elements(deny.v4)} }} {REJECT}")
-    rules += [f"ip daddr @{domain_set(d)} {REJECT}" for d in deny.domains]
+    rules += [f"ip daddr @{domain_set(d)} {_touch(d)} {REJECT}" for d in deny.domains]
     if not policy.allow_internet:
         return [*rules, REJECT]
     if not policy.allow_out:
         return [*rules, "accept"]
     if allow.v4:
         rules.append(f"ip daddr {{ {_elements(allow.v4)} }} accept")
-    rules += [f"ip daddr @{domain_set(d)} accept" for d in allow.domains]
+    rules += [f"ip daddr @{domain_set(d)} {_touch(d)} accept" for d in allow.domains]
     return [*rules, REJECT]
+
+
+def _touch(domain: str) -> str:
+    """Each packet to an address of the domain's set renews its timeout: addresses in use
+    stay, the others expire ``DOMAIN_TIMEOUT`` after their last use or resolution."""
+    return f"update @{domain_set(domain)} {{ ip daddr }}"
+
+
+def dns_allowed(policy: NetworkPolicy) -> bool:
+    """Whether the sandbox may ask the resolver anything: not with the internet off (the
+    resolver forwards any name, so a lookup would carry data out)."""
+    return policy.allow_internet
 
 
 def domains_of(policy: NetworkPolicy) -> set[str]:
@@ -193,6 +212,11 @@ def sandbox_rules(
             f'add element {t} links {{ "{link}" }}',
             f'add element {t} sandboxes {{ "{link}" : jump {chain} }}',
         ]
+    dns = f'element {t} dns_ok {{ "{link}" }}'
+    if dns_allowed(policy):
+        lines.append(f"add {dns}")
+    elif not new:  # absent afterwards, whether it was there or not (one transaction)
+        lines += [f"add {dns}", f"delete {dns}"]
     return "\n".join(lines) + "\n"
 
 
@@ -202,13 +226,19 @@ def remove_sandbox(table: str, sandbox_id: str, link: str) -> list[str]:
     return [
         f'delete element {t} sandboxes {{ "{link}" }}',
         f'delete element {t} links {{ "{link}" }}',
+        f'delete element {t} dns_ok {{ "{link}" }}',
         f"delete chain {t} {chain}",
     ]
 
 
-def domain_sets(table: str, add: Iterable[str], drop: Iterable[str]) -> str:
+def domain_sets(
+    table: str, add: Iterable[str], drop: Iterable[str], timeout: int = DOMAIN_TIMEOUT
+) -> str:
+    """Create and delete domain sets; their elements expire ``timeout`` seconds after the
+    resolver added them or a sandbox last sent a packet to them."""
     t = f"inet {table}"
-    lines = [f"add set {t} {domain_set(d)} {{ type ipv4_addr; size 65536; }}" for d in add]
+    spec = f"type ipv4_addr; size 65536; flags dynamic, timeout; timeout {timeout}s;"
+    lines = [f"add set {t} {domain_set(d)} {{ {spec} }}" for d in add]
     lines += [f"delete set {t} {domain_set(d)}" for d in drop]
     return "\n".join(lines) + "\n"
 

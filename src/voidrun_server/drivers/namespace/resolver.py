@@ -29,7 +29,7 @@ import anyio.abc
 import anyio.to_thread
 
 from voidrun_server.drivers.base import DriverUnavailableError
-from voidrun_server.drivers.namespace.nftables import domain_set
+from voidrun_server.drivers.namespace.nftables import DNS_MAX_TTL, domain_set
 
 __all__ = ["Resolver", "find_dnsmasq", "host_resolvers"]
 
@@ -87,6 +87,8 @@ class Resolver:
             "bind-interfaces",
             f"listen-address={self.listen}",
             "cache-size=1000",
+            f"max-ttl={DNS_MAX_TTL}",  # to sandboxes, and in its own cache: a name in use is
+            f"max-cache-ttl={DNS_MAX_TTL}",  # asked upstream (its set refilled) this often
             f"pid-file={self.pid_file}",
             "log-facility=-",
             *(f"server={u}" for u in self.upstreams),  # dnsmasq syntax: ip, ip#port, /dom/ip
