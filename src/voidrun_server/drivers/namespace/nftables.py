@@ -99,14 +99,13 @@ class Nft:
             raise DriverError("nftables refused a change", err.strip()[:2000])
         return out
 
-    def run_tolerant(self, commands: Iterable[str]) -> None:
-        """Each command on its own; "not there" is fine (cleanup of what may be gone)."""
-        for command in commands:
-            try:
-                self.run(command)
-            except DriverError as exc:
-                if "No such file or directory" not in (exc.details or ""):
-                    raise
+    def run_tolerant(self, script: str) -> None:
+        """Run ``script``; a table that is gone already is fine (cleanup)."""
+        try:
+            self.run(script)
+        except DriverError as exc:
+            if "No such file or directory" not in (exc.details or ""):
+                raise
 
 
 def table_script(
@@ -220,15 +219,21 @@ def sandbox_rules(
     return "\n".join(lines) + "\n"
 
 
-def remove_sandbox(table: str, sandbox_id: str, link: str) -> list[str]:
-    """Separate commands (each may find nothing to delete): map entry, link, chain."""
+def remove_sandbox(table: str, sandbox_id: str, link: str) -> str:
+    """One transaction that succeeds whether or not each part is there: every element and
+    the chain are added (a no-op when present) and then deleted."""
     t, chain = f"inet {table}", _chain(sandbox_id)
-    return [
+    lines = [f"add chain {t} {chain}"]
+    for element in (f'sandboxes {{ "{link}" : jump {chain} }}', f'links {{ "{link}" }}'):
+        lines.append(f"add element {t} {element}")
+    lines += [
+        f'add element {t} dns_ok {{ "{link}" }}',
         f'delete element {t} sandboxes {{ "{link}" }}',
         f'delete element {t} links {{ "{link}" }}',
         f'delete element {t} dns_ok {{ "{link}" }}',
         f"delete chain {t} {chain}",
     ]
+    return "\n".join(lines) + "\n"
 
 
 def domain_sets(
