@@ -135,6 +135,30 @@ def test_internet_off_refuses_everything_dns_included(
     assert code != 0 and not fake.queried(again), out
 
 
+def test_with_allow_out_only_allowed_names_are_looked_up(
+    client: httpx.Client, fake: FakeInternet
+) -> None:
+    """With allowOut, names outside its domains never reach the internet's DNS (answered
+    NXDOMAIN by the server's resolver); a PATCH changes which names pass, live."""
+    first = f"one-{secrets.token_hex(3)}.cdn.{ZONE}"
+    second = f"two-{secrets.token_hex(3)}.cdn.{ZONE}"
+    box = create_sandbox(client, name="net-dns-allowed", network={"allowOut": [first]})
+    code, out = lookup(client, box["id"], f"www.{first}")  # a name under the allowed one
+    assert code == 0 and fake.web in out, out
+    assert fake.queried(f"www.{first}")
+    leak = f"leak-{secrets.token_hex(4)}.cdn.{ZONE}"
+    code, out = lookup(client, box["id"], leak)
+    assert code != 0 and not fake.queried(leak), out
+    code, out = lookup(client, box["id"], second)
+    assert code != 0 and not fake.queried(second), out
+    patch = {"network": {"allowOut": [second]}}
+    assert client.patch(f"/sandboxes/{box['id']}", json=patch).status_code == 200
+    code, out = lookup(client, box["id"], second)
+    assert code == 0 and fake.web in out and fake.queried(second), out
+    code, out = lookup(client, box["id"], f"again.{first}")
+    assert code != 0 and not fake.queried(f"again.{first}"), out
+
+
 def test_allow_out_by_cidr_allows_exactly_that(client: httpx.Client, fake: FakeInternet) -> None:
     box = create_sandbox(client, name="net-cidr", network={"allowOut": [f"{fake.web}/32"]})
     found = probe(client, box["id"], f"{fake.web}:80", f"{fake.other}:80")

@@ -8,11 +8,15 @@ start and changed per sandbox afterwards, each change one transaction::
                              ip saddr <subnet> drop          (a veth not in the map yet)
                              oifname @links ct state established,related accept
                              oifname @links drop             (nothing new into a sandbox)
-    input (hook input)       iifname @links: replies, DNS to the gateway, nothing else
+    input (hook input)       iifname @links: replies, DNS to the gateway (veths in
+                             @dns_ok: port 53; in @dns_allowed: the allowOut resolver's
+                             port), nothing else: internet off means no lookups either
+    dns_redirect (nat)       iifname @dns_allowed, to <gateway>:53 → the allowOut resolver
     postrouting (nat)        ip saddr <subnet> ip daddr != <subnet> masquerade
     sb_<id>                  anti-spoofing, IPv6, always-refused ranges, denyOut, then the
                              policy; every path ends in accept, drop (spoofing) or reject
-    d_<hash>                 addresses the resolver returned for one domain (all sandboxes)
+    d_<hash>                 addresses the resolvers returned for one domain (all sandboxes);
+                             each expires unless resolved or used again (DOMAIN_TIMEOUT)
 
 The rules run in the host's network namespace, which no sandbox can enter. Commands go to
 libnftables in-process (no ``nft`` spawn: ~0.5 ms instead of ~5 ms per change).
@@ -47,6 +51,9 @@ DNS_MAX_TTL = 300
 # ...and an address the resolver added to a domain's set expires this long (seconds) after it
 # was added or after the last packet a sandbox sent to it (docs/network.md, "Domain entries").
 DOMAIN_TIMEOUT = DNS_MAX_TTL + 600
+# The second resolver, for sandboxes with allowOut: it forwards allowOut domains only. Their
+# lookups to port 53 of the gateway are redirected here.
+ALLOWED_DNS_PORT = 5353
 # Refused unless VOIDRUN_SANDBOX_ALLOWED_PRIVATE_CIDRS lists them.
 PRIVATE_V4 = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -126,6 +133,7 @@ table {t} {{
   set private_ok4 {{ type ipv4_addr; flags interval; {ok} }}
   set links {{ type ifname; }}
   set dns_ok {{ type ifname; }}
+  set dns_allowed {{ type ifname; }}
   map sandboxes {{ type ifname : verdict; }}
   chain forward {{
     type filter hook forward priority filter - 5; policy accept;
@@ -139,8 +147,15 @@ table {t} {{
     type filter hook input priority filter - 5; policy accept;
     iifname @links jump from_sandbox
   }}
+  chain dns_redirect {{
+    type nat hook prerouting priority dstnat - 5; policy accept;
+    iifname @dns_allowed ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 \
+      dnat ip to {gateway}:{ALLOWED_DNS_PORT}
+  }}
   chain from_sandbox {{
     ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 iifname @dns_ok accept
+    ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport {ALLOWED_DNS_PORT} \
+      iifname @dns_allowed accept
     ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 {REJECT}
     ct state established,related accept
     {REJECT}
@@ -175,10 +190,18 @@ def _touch(domain: str) -> str:
     return f"update @{domain_set(domain)} {{ ip daddr }}"
 
 
-def dns_allowed(policy: NetworkPolicy) -> bool:
-    """Whether the sandbox may ask the resolver anything: not with the internet off (the
-    resolver forwards any name, so a lookup would carry data out)."""
-    return policy.allow_internet
+def dns_mode(policy: NetworkPolicy) -> str | None:
+    """Which resolver the sandbox may ask: ``"all"`` (any name), ``"allowed"`` (only names
+    under allowOut domains: with allowOut, the rest is refused anyway) or None (internet off:
+    no lookups at all, since a name sent out can carry data)."""
+    if not policy.allow_internet:
+        return None
+    return "allowed" if policy.allow_out else "all"
+
+
+def allowed_domains(policy: NetworkPolicy) -> set[str]:
+    """The names the "allowed" resolver must forward for this sandbox."""
+    return set(split(policy.allow_out).domains) if dns_mode(policy) == "allowed" else set()
 
 
 def domains_of(policy: NetworkPolicy) -> set[str]:
@@ -211,11 +234,13 @@ def sandbox_rules(
             f'add element {t} links {{ "{link}" }}',
             f'add element {t} sandboxes {{ "{link}" : jump {chain} }}',
         ]
-    dns = f'element {t} dns_ok {{ "{link}" }}'
-    if dns_allowed(policy):
-        lines.append(f"add {dns}")
-    elif not new:  # absent afterwards, whether it was there or not (one transaction)
-        lines += [f"add {dns}", f"delete {dns}"]
+    mode = dns_mode(policy)
+    for name, wanted in (("dns_ok", mode == "all"), ("dns_allowed", mode == "allowed")):
+        element = f'element {t} {name} {{ "{link}" }}'
+        if wanted:
+            lines.append(f"add {element}")
+        elif not new:  # absent afterwards, whether it was there or not (one transaction)
+            lines += [f"add {element}", f"delete {element}"]
     return "\n".join(lines) + "\n"
 
 
@@ -228,9 +253,11 @@ def remove_sandbox(table: str, sandbox_id: str, link: str) -> str:
         lines.append(f"add element {t} {element}")
     lines += [
         f'add element {t} dns_ok {{ "{link}" }}',
+        f'add element {t} dns_allowed {{ "{link}" }}',
         f'delete element {t} sandboxes {{ "{link}" }}',
         f'delete element {t} links {{ "{link}" }}',
         f'delete element {t} dns_ok {{ "{link}" }}',
+        f'delete element {t} dns_allowed {{ "{link}" }}',
         f"delete chain {t} {chain}",
     ]
     return "\n".join(lines) + "\n"
