@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 
 from _harness import row
-
 from voidrun_server.drivers.base import NetworkPolicy
 from voidrun_server.drivers.namespace import nftables
 
