@@ -238,11 +238,14 @@ class NamespaceDriver(NetnsPorts):
                 done = False
                 try:
                     if self.net is not None:  # domain sets before the rules naming them
-                        await self.net.want(spec.sandbox_id, self.net.policy(spec.network))
+                        policy = self.net.policy(spec.network)
+                        await self.net.want(spec.sandbox_id, policy, wait=False)
                     init, owner = await anyio.to_thread.run_sync(
                         self._host.create, run, spec, owned, deadline
                     )
                     await self._wait_ready(run, init, owner)
+                    if self.net is not None:  # restarted meanwhile for new domains
+                        await self.net.resolvers_ready()
                     done = True
                     return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, owner)
                 finally:

@@ -65,14 +65,24 @@ class Networking:
     def policy(self, policy: NetworkPolicy | None) -> NetworkPolicy:
         return policy if policy is not None else self.host.config.default_policy
 
-    async def _update_resolvers(self) -> None:
-        domains = self._all()
-        async with anyio.create_task_group() as group:  # both restarts at once
-            group.start_soon(self.resolver.update, domains)
-            group.start_soon(self.allowed_resolver.update, domains, self._all_allowed())
+    def _request_resolvers(self) -> None:
+        self.resolver.request(self._all())
+        self.allowed_resolver.request(self._all(), self._all_allowed())
 
-    async def want(self, sandbox_id: str, policy: NetworkPolicy) -> None:
-        """Make sure the sets (and the resolvers) for this policy's domains exist."""
+    async def resolvers_ready(self) -> None:
+        """Until both resolvers serve every domain requested so far (they restart at once)."""
+        await self.resolver.ready()
+        await self.allowed_resolver.ready()
+
+    async def _update_resolvers(self) -> None:
+        self._request_resolvers()
+        await self.resolvers_ready()
+
+    async def want(self, sandbox_id: str, policy: NetworkPolicy, *, wait: bool = True) -> None:
+        """Make sure the sets (and the resolvers) for this policy's domains exist; with
+        ``wait`` False the resolvers restart in the background: :meth:`resolvers_ready`
+        before the sandbox may look a name up (a create overlaps it with the sandbox's
+        start)."""
         async with self._lock:
             before, before_allowed = self._all(), self._all_allowed()
             self._domains.setdefault(sandbox_id, set()).update(domains_of(policy))
@@ -81,7 +91,9 @@ class Networking:
             if added:
                 await anyio.to_thread.run_sync(self.host.ensure_sets, sorted(added), ())
             if added or self._all_allowed() != before_allowed:
-                await self._update_resolvers()
+                self._request_resolvers()
+        if wait:
+            await self.resolvers_ready()
 
     async def settle(self, sandbox_id: str, policy: NetworkPolicy | None) -> None:
         """The sandbox now uses ``policy`` (None: it is gone): drop sets nobody names."""

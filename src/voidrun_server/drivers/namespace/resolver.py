@@ -134,9 +134,9 @@ class Resolver:
         ]
         return "\n".join(lines) + "\n"
 
-    async def update(self, domains: Iterable[str], only: Iterable[str] | None = None) -> None:
+    def request(self, domains: Iterable[str], only: Iterable[str] | None = None) -> None:
         """Serve these domains' sets (and forward only ``only``, for a resolver made with
-        ``only``); waits for the restarted dnsmasq when something changed."""
+        ``only``): restarts dnsmasq when something changed, without waiting for it."""
         wanted = frozenset(domains)
         forward = None if self.only is None or only is None else frozenset(only)
         if wanted == self.domains and (forward is None or forward == self.only):
@@ -145,11 +145,19 @@ class Resolver:
         if forward is not None:
             self.only = forward
         self._generation += 1
-        self._ready = anyio.Event()
         self._changed.set()
+
+    async def ready(self) -> None:
+        """Until a dnsmasq with everything requested so far answers (at most READY_TIMEOUT)."""
+        target = self._generation
         with anyio.move_on_after(READY_TIMEOUT):
-            while self._served < self._generation:
+            while self._served < target:
                 await self._ready.wait()
+
+    async def update(self, domains: Iterable[str], only: Iterable[str] | None = None) -> None:
+        """:meth:`request`, then :meth:`ready`."""
+        self.request(domains, only)
+        await self.ready()
 
     def _end_stale(self) -> None:
         try:
@@ -203,7 +211,8 @@ class Resolver:
         try:
             await anyio.to_thread.run_sync(self._wait_listening)
             self._served = generation
-            self._ready.set()
+            served, self._ready = self._ready, anyio.Event()  # waiters re-check, then wait anew
+            served.set()
             async with anyio.create_task_group() as group:
 
                 async def wait_exit() -> None:
