@@ -237,14 +237,15 @@ class NamespaceDriver(NetnsPorts):
                 owned: list[bool] = []  # non-empty once the run dir is ours to clean up
                 done = False
                 try:
+                    restart = False
                     if self.net is not None:  # domain sets before the rules naming them
                         policy = self.net.policy(spec.network)
-                        await self.net.want(spec.sandbox_id, policy, wait=False)
+                        restart = await self.net.want(spec.sandbox_id, policy, wait=False)
                     init, owner = await anyio.to_thread.run_sync(
                         self._host.create, run, spec, owned, deadline
                     )
                     await self._wait_ready(run, init, owner)
-                    if self.net is not None:  # restarted meanwhile for new domains
+                    if restart and self.net is not None:  # new domains: restarted meanwhile
                         await self.net.resolvers_ready()
                     done = True
                     return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, owner)

@@ -78,11 +78,12 @@ class Networking:
         self._request_resolvers()
         await self.resolvers_ready()
 
-    async def want(self, sandbox_id: str, policy: NetworkPolicy, *, wait: bool = True) -> None:
+    async def want(self, sandbox_id: str, policy: NetworkPolicy, *, wait: bool = True) -> bool:
         """Make sure the sets (and the resolvers) for this policy's domains exist; with
         ``wait`` False the resolvers restart in the background: :meth:`resolvers_ready`
         before the sandbox may look a name up (a create overlaps it with the sandbox's
-        start)."""
+        start). Returns whether they restart."""
+        restart = False
         async with self._lock:
             before, before_allowed = self._all(), self._all_allowed()
             self._domains.setdefault(sandbox_id, set()).update(domains_of(policy))
@@ -92,8 +93,10 @@ class Networking:
                 await anyio.to_thread.run_sync(self.host.ensure_sets, sorted(added), ())
             if added or self._all_allowed() != before_allowed:
                 self._request_resolvers()
-        if wait:
+                restart = True
+        if wait and restart:
             await self.resolvers_ready()
+        return restart
 
     async def settle(self, sandbox_id: str, policy: NetworkPolicy | None) -> None:
         """The sandbox now uses ``policy`` (None: it is gone): drop sets nobody names."""
