@@ -224,7 +224,7 @@ class HostNetwork:
         )
         try:
             netns.wire(inside, run.netns, wiring)
-        except rtnl.NetlinkFailure as exc:
+        except OSError as exc:  # a refused message (rtnl.NetlinkFailure), a sysctl, a timeout
             raise DriverError("could not wire the sandbox's network", str(exc)) from exc
         finally:
             inside.close()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 __all__ = ["Batch", "NetlinkFailure", "Rtnl"]
 
 NETLINK_ROUTE = 0
+TIMEOUT = 10.0  # seconds for a batch's acknowledgements (they take microseconds)
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
@@ -158,6 +159,7 @@ class Rtnl:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # no request echoed back
             self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # the kernel's reason
             self._sock.bind((0, 0))
+            self._sock.settimeout(TIMEOUT)  # every request is acknowledged: never hang
         except BaseException:
             self._sock.close()
             raise
