@@ -41,7 +41,7 @@ from voidrun_server.drivers.namespace import disk, idmount
 from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
-from voidrun_server.drivers.namespace.network import HostNetwork
+from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
@@ -160,12 +160,6 @@ class SandboxHost:
             spec.sandbox_id, avoid=[(image.st_uid, RANGE_SIZE), (image.st_gid, RANGE_SIZE)]
         )
         _lock_run_dir(run, base)
-        disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
-        run.disk_mount.mkdir(mode=0o700)
-        disk.mount_image(run.disk_image, run.disk_mount)
-        disk.claim_layer(run.disk_mount, base, base)
-        self._write_identity(run, spec.hostname, base)
-        self._write_env(run, spec.env, base)
         address = self.network.allocate() if self.network is not None else None
         record = SandboxRecord(
             sandbox_id=spec.sandbox_id,
@@ -179,8 +173,22 @@ class SandboxHost:
             net_address=str(address) if address else None,
             net_policy=spec.network.to_wire() if spec.network else None,
         )
+        attaching = None
         try:
-            return self._launch(run, record, deadline), base
+            if self.network is not None:  # namespace, link and rules while the disk is made
+                attaching = self.network.begin_attach(run, record)
+            try:
+                disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
+                run.disk_mount.mkdir(mode=0o700)
+                disk.mount_image(run.disk_image, run.disk_mount)
+                disk.claim_layer(run.disk_mount, base, base)
+                self._write_identity(run, spec.hostname, base)
+                self._write_env(run, spec.env, base)
+            except BaseException:
+                if attaching is not None:
+                    attaching.undo()
+                raise
+            return self._launch(run, record, deadline, attaching), base
         except BaseException:
             if self.network is not None:
                 self.network.release(record.net_address)
@@ -201,12 +209,33 @@ class SandboxHost:
             os.unlink(run.socket)  # unlink never follows a symlink
         return self._launch(run, record, deadline)
 
-    def _launch(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
-        """Fresh cgroups, then bwrap; records the new processes as RUNNING."""
+    def _launch(
+        self,
+        run: RunDir,
+        record: SandboxRecord,
+        deadline: float,
+        attaching: Attaching | None = None,
+    ) -> ProcessRef:
+        """Fresh cgroups, then bwrap; records the new processes as RUNNING. ``attaching``:
+        its network, begun by the caller (else begun here)."""
+        networked = self.network is not None and record.net_address is not None
+        if networked and attaching is None:
+            assert self.network is not None
+            attaching = self.network.begin_attach(run, record)
+        try:
+            return self._launch_attaching(run, record, deadline, attaching)
+        except BaseException:
+            if attaching is not None:
+                attaching.undo()
+            raise
+
+    def _launch_attaching(
+        self, run: RunDir, record: SandboxRecord, deadline: float, attaching: Attaching | None
+    ) -> ProcessRef:
         lower = self._mount_lower(run, record, deadline)
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
-        networked = self.network is not None and record.net_address is not None
+        networked = attaching is not None
         payload = self._agent_argv(SANDBOX_SOCKET)
         if self._env_file_option:
             payload = [*payload, self._env_file_option, SANDBOX_ENV_FILE]
@@ -229,10 +258,8 @@ class SandboxHost:
             )
 
         base = record.uid_base
-        attaching = None
-        if networked:  # links and rules are made while bwrap starts
-            assert self.network is not None
-            attaching = self.network.begin_attach(run, record)
+        if attaching is not None:  # bwrap is born in the namespace; link and rules may follow
+            attaching.namespace()
         try:
             launched = launch(
                 build,
@@ -246,13 +273,9 @@ class SandboxHost:
                 deadline=deadline,
                 netns=run.netns if networked else None,
             )
-        except BaseException as exc:
-            if attaching is not None:
-                attaching.undo()
-            if isinstance(exc, DriverError):
-                tail = run.log_tail()
-                raise type(exc)(exc.message, tail or exc.details) from exc
-            raise
+        except DriverError as exc:
+            tail = run.log_tail()
+            raise type(exc)(exc.message, tail or exc.details) from exc
         record.monitor, record.init = launched.monitor, launched.init
         if attaching is not None:
             try:

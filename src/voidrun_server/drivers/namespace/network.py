@@ -77,8 +77,9 @@ class HostNetwork:
         # host netlink work, so there is one of each (and close() releases them).
         self._netlink_thread = ThreadPoolExecutor(1, thread_name_prefix="voidrun-netlink")
         self._ipr: IPRoute = self._netlink(IPRoute)
-        # Links and rules of sandboxes being created, while their processes start.
-        self._wiring = ThreadPoolExecutor(2, thread_name_prefix="voidrun-wiring")
+        # Namespaces, links and rules of sandboxes being created, while their disks are
+        # prepared and their processes start.
+        self._wiring = ThreadPoolExecutor(4, thread_name_prefix="voidrun-wiring")
         self.nft = nftables.Nft()
         records = [r for r in records if r.net_address]
         self._used = {ipaddress.IPv4Address(r.net_address) for r in records}
@@ -196,21 +197,30 @@ class HostNetwork:
         self.begin_attach(run, record).wait()
 
     def begin_attach(self, run: RunDir, record: SandboxRecord) -> Attaching:
-        """The namespace now (processes may be born in it from here on), its link and rules
-        in the background: :meth:`Attaching.wait` before the sandbox is reported running.
-        Until its rules are in, nothing from the sandbox passes (its veth is in no map)."""
+        """Namespace, link and rules, all on a worker thread: :meth:`Attaching.namespace`
+        before a process may be born in the namespace, :meth:`Attaching.wait` before the
+        sandbox is reported running. Until its rules are in, nothing from the sandbox passes
+        (its veth is in no map)."""
         assert record.net_address is not None
-        link = netns.host_link_name(record.sandbox_id)
-        if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
-            self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
-        inside = netns.create(run.netns)
+        namespace: Future[None] = Future()
+        future = self._wiring.submit(self._attach, run, record, namespace)
+        return Attaching(self, run, record.sandbox_id, namespace, future)
+
+    def _attach(self, run: RunDir, record: SandboxRecord, namespace: Future[None]) -> None:
         try:
-            future = self._wiring.submit(self._wire, inside, run, record)
-        except BaseException:
-            inside.close()
-            self.detach(run, record.sandbox_id)
+            link = netns.host_link_name(record.sandbox_id)
+            if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
+                self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
+            try:
+                inside = netns.create(run.netns)
+            except OSError as exc:
+                what = "could not create the sandbox's network namespace"
+                raise DriverError(what, str(exc)) from exc
+        except BaseException as exc:
+            namespace.set_exception(exc)
             raise
-        return Attaching(self, run, record.sandbox_id, future)
+        namespace.set_result(None)
+        self._wire(inside, run, record)
 
     def _wire(self, inside: rtnl.Rtnl, run: RunDir, record: SandboxRecord) -> None:
         assert record.net_address is not None
@@ -260,12 +270,27 @@ class HostNetwork:
 
 
 class Attaching:
-    """A sandbox's link and rules being made (:meth:`HostNetwork.begin_attach`)."""
+    """A sandbox's namespace, link and rules being made (:meth:`HostNetwork.begin_attach`)."""
 
     def __init__(
-        self, host: HostNetwork, run: RunDir, sandbox_id: str, future: Future[None]
+        self,
+        host: HostNetwork,
+        run: RunDir,
+        sandbox_id: str,
+        namespace: Future[None],
+        future: Future[None],
     ) -> None:
-        self._host, self._run, self._sandbox_id, self._future = host, run, sandbox_id, future
+        self._host, self._run, self._sandbox_id = host, run, sandbox_id
+        self._namespace, self._future = namespace, future
+        self._undone = False
+
+    def namespace(self) -> None:
+        """The namespace is pinned at ``run.netns``; on failure, undone, then raises."""
+        try:
+            self._namespace.result()
+        except BaseException:
+            self.undo()
+            raise
 
     def wait(self) -> None:
         """Done; on failure, everything of it (and the namespace) is undone, then raises."""
@@ -276,6 +301,8 @@ class Attaching:
             raise
 
     def undo(self) -> None:
-        """After the wiring finished (however it ended): rules, link and namespace go."""
+        """After the wiring finished (however it ended): rules, link and namespace go (once)."""
         futures.wait([self._future])
-        self._host.detach(self._run, self._sandbox_id)
+        if not self._undone:
+            self._undone = True
+            self._host.detach(self._run, self._sandbox_id)
