@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from tests.support.fakenet import OTHER_NAME, WEB_NAME, ZONE, FakeInternet
 from tests.support.http import assert_error
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import ServerProcess
+from voidrun_server.drivers.namespace.nftables import domain_set
 from voidrun_server.drivers.namespace.resolver import host_resolvers
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
@@ -104,12 +106,57 @@ def test_default_policy_reaches_the_internet_and_is_accounted(
     assert f'voidrun_sandbox_network_rx_bytes_total{{sandbox="{box["id"]}"}}' in metrics
 
 
-def test_internet_off_refuses_everything_but_dns(client: httpx.Client, fake: FakeInternet) -> None:
+def lookup(client: httpx.Client, sid: object, name: str) -> tuple[int, str]:
+    return sh(client, sid, f"getent hosts {name}")
+
+
+def test_internet_off_refuses_everything_dns_included(
+    client: httpx.Client, fake: FakeInternet
+) -> None:
+    """No lookups leave through the resolver (they could carry data out), and a PATCH turns
+    that on and off live."""
     box = create_sandbox(client, name="net-off", network={"allowInternetAccess": False})
     assert box["network"]["allowInternetAccess"] is False
     assert curl(client, box["id"], f"http://{fake.web}/").startswith("failed")
-    code, out = sh(client, box["id"], f"getent hosts {WEB_NAME}")
-    assert code == 0 and fake.web in out
+    secret = f"s3cr3t-{secrets.token_hex(4)}.cdn.{ZONE}"
+    code, out = lookup(client, box["id"], secret)
+    assert code != 0 and fake.web not in out, out
+    assert not fake.queried(secret)
+    # the same sandbox, internet on: the name resolves (so the fake's log does show queries)
+    on = {"network": {"allowInternetAccess": True}}
+    assert client.patch(f"/sandboxes/{box['id']}", json=on).status_code == 200
+    code, out = lookup(client, box["id"], secret)
+    assert code == 0 and fake.web in out, out
+    assert fake.queried(secret)
+    off = {"network": {"allowInternetAccess": False}}
+    assert client.patch(f"/sandboxes/{box['id']}", json=off).status_code == 200
+    again = f"again-{secrets.token_hex(4)}.cdn.{ZONE}"
+    code, out = lookup(client, box["id"], again)
+    assert code != 0 and not fake.queried(again), out
+
+
+def test_with_allow_out_only_allowed_names_are_looked_up(
+    client: httpx.Client, fake: FakeInternet
+) -> None:
+    """With allowOut, names outside its domains never reach the internet's DNS (answered
+    NXDOMAIN by the server's resolver); a PATCH changes which names pass, live."""
+    first = f"one-{secrets.token_hex(3)}.cdn.{ZONE}"
+    second = f"two-{secrets.token_hex(3)}.cdn.{ZONE}"
+    box = create_sandbox(client, name="net-dns-allowed", network={"allowOut": [first]})
+    code, out = lookup(client, box["id"], f"www.{first}")  # a name under the allowed one
+    assert code == 0 and fake.web in out, out
+    assert fake.queried(f"www.{first}")
+    leak = f"leak-{secrets.token_hex(4)}.cdn.{ZONE}"
+    code, out = lookup(client, box["id"], leak)
+    assert code != 0 and not fake.queried(leak), out
+    code, out = lookup(client, box["id"], second)
+    assert code != 0 and not fake.queried(second), out
+    patch = {"network": {"allowOut": [second]}}
+    assert client.patch(f"/sandboxes/{box['id']}", json=patch).status_code == 200
+    code, out = lookup(client, box["id"], second)
+    assert code == 0 and fake.web in out and fake.queried(second), out
+    code, out = lookup(client, box["id"], f"again.{first}")
+    assert code != 0 and not fake.queried(f"again.{first}"), out
 
 
 def test_allow_out_by_cidr_allows_exactly_that(client: httpx.Client, fake: FakeInternet) -> None:
@@ -118,12 +165,17 @@ def test_allow_out_by_cidr_allows_exactly_that(client: httpx.Client, fake: FakeI
     assert found == {f"{fake.web}:80": "open", f"{fake.other}:80": "refused"}
 
 
-def test_allow_out_by_domain_needs_the_name(client: httpx.Client, fake: FakeInternet) -> None:
+def test_allow_out_by_domain_needs_the_name(
+    server: ServerProcess, client: httpx.Client, fake: FakeInternet
+) -> None:
     name = "byname.cdn." + ZONE  # a domain no other test names: its set starts empty
     box = create_sandbox(client, name="net-domain", network={"allowOut": [name]})
     # a raw-IP connection to the address the name will resolve to: never resolved, refused
     assert probe(client, box["id"], f"{fake.web}:80") == {f"{fake.web}:80": "refused"}
     assert curl(client, box["id"], f"http://{name}/") == "web"
+    # the resolver put the address in the domain's set, where it expires unless used
+    listed = nft("list", "set", "inet", table_of(server), domain_set(name))
+    assert "timeout 15m" in listed and f"{fake.web} expires" in listed, listed
     assert curl(client, box["id"], f"http://{OTHER_NAME}/").startswith("failed")
     # deny wins over allow
     response = client.patch(

@@ -4,8 +4,9 @@
 198.51.100.0/24 (TEST-NET-2: ordinary internet for the sandbox policy, and nobody's real
 network), with two web servers (``web`` and ``other`` addresses, answering ``web`` or
 ``other``) and a DNS zone served by dnsmasq: ``web.vr-test.example`` → web,
-``other.vr-test.example`` → other, ``*.cdn.vr-test.example`` → web. Test traffic never leaves
-this host. ``close`` removes namespace, link and processes.
+``other.vr-test.example`` → other, ``*.cdn.vr-test.example`` → web; :meth:`queried` tells
+whether a name was asked. Test traffic never leaves this host. ``close`` removes namespace,
+link, processes and the query log.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ZONE = "vr-test.example"
 WEB_NAME = f"web.{ZONE}"
@@ -58,6 +61,7 @@ class FakeInternet:
         self.dns = self.web
         self.network = f"{base}/28"
         self.link = f"fi{self.name[3:]}"
+        self.query_log = Path(tempfile.mkdtemp(prefix="voidrun-fakenet-")) / "queries.log"
 
     def start(self) -> FakeInternet:
         _ip("netns", "add", self.name)
@@ -88,6 +92,8 @@ class FakeInternet:
                     f"--address=/{WEB_NAME}/{self.web}",
                     f"--address=/{OTHER_NAME}/{self.other}",
                     f"--address=/cdn.{ZONE}/{self.web}",
+                    "--log-queries",
+                    f"--log-facility={self.query_log}",
                 ]
             )
             self._wait_ready()
@@ -119,6 +125,14 @@ class FakeInternet:
                     raise RuntimeError(f"fake internet: nothing on {address}:{port}")
                 time.sleep(0.05)
 
+    def queried(self, name: str) -> bool:
+        """Whether the fake DNS was asked for ``name`` (dnsmasq logs each query as it comes)."""
+        try:
+            text = self.query_log.read_text()
+        except FileNotFoundError:
+            return False
+        return any(f"] {name} from " in line for line in text.splitlines())
+
     def close(self) -> None:
         for process in self.processes:
             process.terminate()
@@ -130,3 +144,4 @@ class FakeInternet:
                 process.wait()
         _ip("link", "del", self.link, check=False)
         _ip("netns", "del", self.name, check=False)
+        shutil.rmtree(self.query_log.parent, ignore_errors=True)

@@ -65,7 +65,8 @@ class NetworkPolicy:
     """Where a sandbox may connect to (docs/network.md). Entries are addresses, CIDRs, domain
     names or ``*.suffix`` wildcards, checked by ``netpolicy.problems`` before they get here.
     Deny wins over allow; a non-empty ``allow_out`` refuses everything else; without
-    ``allow_internet`` nothing leaves (the sandbox's resolver still answers)."""
+    ``allow_internet`` nothing leaves, name lookups included; with ``allow_out`` the resolver
+    forwards only names under its domains."""
 
     allow_internet: bool = True
     allow_out: tuple[str, ...] = ()

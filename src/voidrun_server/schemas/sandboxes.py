@@ -30,7 +30,7 @@ class NetworkSpec(WireModel):
     )
 
     allow_internet_access: StrictBool | None = Field(
-        None, description="False: nothing leaves the sandbox (its resolver still answers)."
+        None, description="False: nothing leaves the sandbox, DNS lookups included."
     )
     allow_out: list[str] | None = Field(
         None,

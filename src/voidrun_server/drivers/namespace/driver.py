@@ -254,12 +254,16 @@ class NamespaceDriver(NetnsPorts):
                 owned: list[bool] = []  # non-empty once the run dir is ours to clean up
                 done = False
                 try:
+                    restart = False
                     if self.net is not None:  # domain sets before the rules naming them
-                        await self.net.want(spec.sandbox_id, self.net.policy(spec.network))
+                        policy = self.net.policy(spec.network)
+                        restart = await self.net.want(spec.sandbox_id, policy, wait=False)
                     init, owner = await anyio.to_thread.run_sync(
                         self._host.create, run, spec, owned, deadline
                     )
                     await self._wait_ready(run, init, owner)
+                    if restart and self.net is not None:  # new domains: restarted meanwhile
+                        await self.net.resolvers_ready()
                     done = True
                     return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, owner)
                 finally:

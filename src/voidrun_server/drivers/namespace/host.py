@@ -42,7 +42,7 @@ from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, Bwra
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import disable_core_dumps, launch
 from voidrun_server.drivers.namespace.netns import entered
-from voidrun_server.drivers.namespace.network import HostNetwork
+from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
@@ -208,12 +208,6 @@ class SandboxHost:
             spec.sandbox_id, avoid=[(image.st_uid, RANGE_SIZE), (image.st_gid, RANGE_SIZE)]
         )
         _lock_run_dir(run, base)
-        disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
-        run.disk_mount.mkdir(mode=0o700)
-        disk.mount_image(run.disk_image, run.disk_mount)
-        disk.claim_layer(run.disk_mount, base, base)
-        self._write_identity(run, spec.hostname, base)
-        self._write_env(run, spec.env, base)
         address = self.network.allocate() if self.network is not None else None
         record = SandboxRecord(
             sandbox_id=spec.sandbox_id,
@@ -228,8 +222,22 @@ class SandboxHost:
             net_policy=spec.network.to_wire() if spec.network else None,
             layers=[str(layer.resolve()) for layer in spec.layers],
         )
+        attaching = None
         try:
-            return self._launch(run, record, deadline), base
+            if self.network is not None:  # namespace, link and rules while the disk is made
+                attaching = self.network.begin_attach(run, record)
+            try:
+                disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
+                run.disk_mount.mkdir(mode=0o700)
+                disk.mount_image(run.disk_image, run.disk_mount)
+                disk.claim_layer(run.disk_mount, base, base)
+                self._write_identity(run, spec.hostname, base)
+                self._write_env(run, spec.env, base)
+            except BaseException:
+                if attaching is not None:
+                    attaching.undo()
+                raise
+            return self._launch(run, record, deadline, attaching), base
         except BaseException:
             if self.network is not None:
                 self.network.release(record.net_address)
@@ -250,12 +258,33 @@ class SandboxHost:
             os.unlink(run.socket)  # unlink never follows a symlink
         return self._launch(run, record, deadline)
 
-    def _launch(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
-        """Fresh cgroups, then bwrap; records the new processes as RUNNING."""
+    def _launch(
+        self,
+        run: RunDir,
+        record: SandboxRecord,
+        deadline: float,
+        attaching: Attaching | None = None,
+    ) -> ProcessRef:
+        """Fresh cgroups, then bwrap (and the agent); records the new processes as RUNNING.
+        ``attaching``: its network, begun by the caller (else begun here)."""
+        networked = self.network is not None and record.net_address is not None
+        if networked and attaching is None:
+            assert self.network is not None
+            attaching = self.network.begin_attach(run, record)
+        try:
+            return self._launch_attaching(run, record, deadline, attaching)
+        except BaseException:
+            if attaching is not None:
+                attaching.undo()
+            raise
+
+    def _launch_attaching(
+        self, run: RunDir, record: SandboxRecord, deadline: float, attaching: Attaching | None
+    ) -> ProcessRef:
         lowers = self._mount_lowers(run, record, deadline)
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
-        networked = self.network is not None and record.net_address is not None
+        networked = attaching is not None
         args = ["--socket", SANDBOX_SOCKET]
         if self._env_file_option:
             args += [self._env_file_option, SANDBOX_ENV_FILE]
@@ -295,9 +324,8 @@ class SandboxHost:
             )
 
         base = record.uid_base
-        if networked:
-            assert self.network is not None
-            self.network.attach(run, record)
+        if attaching is not None:  # bwrap is born in the namespace; link and rules may follow
+            attaching.namespace()
         try:
             launched = launch(
                 build,
@@ -311,15 +339,18 @@ class SandboxHost:
                 netns=run.netns if networked else None,
                 join=join,
             )
-        except BaseException as exc:
-            if networked:
-                assert self.network is not None
-                self.network.detach(run, record.sandbox_id)
-            if isinstance(exc, DriverError):
-                tail = run.log_tail()
-                raise type(exc)(exc.message, tail or exc.details) from exc
-            raise
-        record.monitor, record.init, record.phase = launched.monitor, launched.init, Phase.RUNNING
+        except DriverError as exc:
+            tail = run.log_tail()
+            raise type(exc)(exc.message, tail or exc.details) from exc
+        record.monitor, record.init = launched.monitor, launched.init
+        if attaching is not None:
+            try:
+                attaching.wait()
+            except BaseException:
+                self._kill(record, deadline)
+                record.monitor = record.init = None
+                raise
+        record.phase = Phase.RUNNING
         write_record(run, record)
         return launched.init
 

@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
-__all__ = ["Wiring", "create", "entered", "host_link_name", "remove", "wire"]
+from voidrun_server.drivers.namespace import rtnl
+
+__all__ = ["Wiring", "create", "entered", "host_link_name", "remove", "shape", "unwire", "wire"]
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 MS_BIND = 0x1000
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
+INSIDE_ETH0 = 2  # a fresh namespace holds lo (1) and then the peer created into it
 INSIDE_SYSCTLS = {
     "ipv4/ip_unprivileged_port_start": "0",
     "ipv4/ping_group_range": "0 2147483647",
@@ -80,8 +82,9 @@ def entered(path: Path, kind: str = "net") -> Iterator[None]:
         os.close(home)
 
 
-def create(path: Path) -> None:
-    """A new network namespace, configured inside and pinned at ``path`` (a new file)."""
+def create(path: Path) -> rtnl.Rtnl:
+    """A new network namespace, configured inside and pinned at ``path`` (a new file), and
+    an rtnetlink socket in it (made while this thread is inside: no second ``setns``)."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
@@ -95,6 +98,7 @@ def create(path: Path) -> None:
             for key, value in INSIDE_SYSCTLS.items():
                 with open(f"/proc/sys/net/{key}", "w") as f:
                     f.write(value)
+            return rtnl.Rtnl()
         finally:
             _check(_libc.setns(home, CLONE_NEWNET), "setns back")
     finally:
@@ -118,7 +122,6 @@ class Wiring:
     gateway: ipaddress.IPv4Address
     prefixlen: int
     route_protocol: int
-    bandwidth_mbit: int = 0
 
 
 def _set_sysctl(key: str, value: str) -> None:
@@ -131,53 +134,55 @@ def _tbf(ipr: IPRoute, index: int, mbit: int) -> None:
     ipr.tc("add", "tbf", index, 0x10000, rate=rate, burst=max(rate // 50, 32 * 1024), latency=50)
 
 
-def wire(host: IPRoute, path: Path, wiring: Wiring) -> None:
-    """The veth pair, addresses, routes (and, with a bandwidth cap, a token bucket on each
-    end); the namespace at ``path`` must be fresh. Leaves nothing on failure."""
-    ns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    inside: IPRoute | None = None
+def shape(host: IPRoute, path: Path, link: str, mbit: int) -> None:
+    """A token bucket on each end of the pair (only with a bandwidth cap: pyroute2 encodes
+    the qdisc; its inside socket starts an event loop, which the uncapped path avoids)."""
+    with entered(path):
+        inside = IPRoute()  # its socket stays in the sandbox's namespace
     try:
-        with entered(path):
-            inside = IPRoute()  # its socket stays in the sandbox's namespace
-        host.link(
-            "add",
-            ifname=wiring.link,
-            kind="veth",
-            state="up",
-            peer={"ifname": "eth0", "net_ns_fd": ns_fd},
-        )
-    finally:
-        os.close(ns_fd)
-    try:
-        _set_sysctl(f"ipv6/conf/{wiring.link}/disable_ipv6", "1")
-        index = host.link_lookup(ifname=wiring.link)[0]
-        host.route(
-            "add",
-            dst=str(wiring.address),
-            dst_len=32,
-            oif=index,
-            proto=wiring.route_protocol,
-            scope="link",
-        )
-        eth0 = 2  # a fresh namespace holds lo (1) and the peer just moved in
-        inside.link("set", index=1, state="up")
-        inside.addr("add", index=eth0, address=str(wiring.address), prefixlen=wiring.prefixlen)
-        inside.link("set", index=eth0, state="up")
-        inside.route("add", dst="0.0.0.0/0", gateway=str(wiring.gateway), oif=eth0)
-        if wiring.bandwidth_mbit:
-            _tbf(host, index, wiring.bandwidth_mbit)  # towards the sandbox
-            _tbf(inside, eth0, wiring.bandwidth_mbit)  # from it (root inside cannot lift it)
-    except BaseException:
-        unwire(host, wiring.link)
-        raise
+        _tbf(host, host.link_lookup(ifname=link)[0], mbit)  # towards the sandbox
+        _tbf(inside, INSIDE_ETH0, mbit)  # from it (root inside cannot lift it)
     finally:
         inside.close()
 
 
-def unwire(host: IPRoute, link: str) -> None:
+def wire(inside: rtnl.Rtnl, path: Path, wiring: Wiring) -> None:
+    """The veth pair, addresses and routes: two batches of netlink messages, one on a host
+    socket and one on ``inside`` (from :func:`create`; the namespace must be fresh). Leaves
+    nothing on failure (raises :class:`rtnl.NetlinkFailure`)."""
+    with rtnl.Rtnl() as host:
+        ns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            host.check(rtnl.Batch().veth(wiring.link, "eth0", ns_fd, up=True))
+        finally:
+            os.close(ns_fd)
+        try:
+            _set_sysctl(f"ipv6/conf/{wiring.link}/disable_ipv6", "1")
+            index = socket.if_nametoindex(wiring.link)
+            host_route = rtnl.Batch().route(
+                ipaddress.IPv4Network(wiring.address), index, protocol=wiring.route_protocol
+            )
+            default = ipaddress.IPv4Network("0.0.0.0/0")
+            inside_batch = (
+                rtnl.Batch()
+                .link_up(1)
+                .address(INSIDE_ETH0, wiring.address, wiring.prefixlen)
+                .link_up(INSIDE_ETH0)
+                .route(default, INSIDE_ETH0, gateway=wiring.gateway)
+            )
+            failures = host.run(host_route) + inside.run(inside_batch)
+            if failures:
+                raise failures[0]
+        except BaseException:
+            unwire(host, wiring.link)
+            raise
+
+
+def unwire(host: rtnl.Rtnl, link: str) -> None:
     """Delete the host end (the kernel deletes its peer and the route with it)."""
-    with contextlib.suppress(NetlinkError):
-        host.link("del", ifname=link)
+    for failure in host.run(rtnl.Batch().delete_link(link)):
+        if not rtnl.is_missing(failure):
+            raise failure
 
 
 def link_counters(link: str) -> tuple[int, int] | None:

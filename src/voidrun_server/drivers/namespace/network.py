@@ -22,7 +22,8 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,10 +32,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from voidrun_server.drivers.base import DriverError, DriverUnavailableError, NetworkPolicy
-from voidrun_server.drivers.namespace import netns, nftables
+from voidrun_server.drivers.namespace import netns, nftables, rtnl
 from voidrun_server.drivers.namespace.state import RunDir, SandboxRecord
 
-__all__ = ["HostNetwork", "NetworkConfig", "host_names"]
+__all__ = ["Attaching", "HostNetwork", "NetworkConfig", "host_names"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +51,8 @@ class NetworkConfig:
     default_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     allowed_private: tuple[ipaddress.IPv4Network, ...] = ()
     bandwidth_mbit: int = 0
+    domain_timeout: int = nftables.DOMAIN_TIMEOUT
+    """Seconds an address stays in a domain's set after it was resolved or last used."""
 
 
 def host_names(state_dir: Path) -> tuple[str, str]:
@@ -78,6 +81,9 @@ class HostNetwork:
         # host netlink work, so there is one of each (and close() releases them).
         self._netlink_thread = ThreadPoolExecutor(1, thread_name_prefix="voidrun-netlink")
         self._ipr: IPRoute = self._netlink(IPRoute)
+        # Namespaces, links and rules of sandboxes being created, while their disks are
+        # prepared and their processes start.
+        self._wiring = ThreadPoolExecutor(4, thread_name_prefix="voidrun-wiring")
         self.nft = nftables.Nft()
         records = [r for r in records if r.net_address]
         self._used = {ipaddress.IPv4Address(r.net_address) for r in records}
@@ -155,18 +161,20 @@ class HostNetwork:
                         self.table, record.sandbox_id, link, address, policy, new=True
                     )
                 )
-        script += nftables.domain_sets(self.table, sorted(domains), ())
+        script += nftables.domain_sets(self.table, sorted(domains), (), self.config.domain_timeout)
         self.nft.run(script + "".join(chains))
 
     def close(self) -> None:
         """Release the netlink socket (tests; a server keeps it for its lifetime)."""
         self._netlink(self._ipr.close)
         self._netlink_thread.shutdown()
+        self._wiring.shutdown()
 
     def remove_all(self) -> None:
         """Table and gateway link (when the server stops with no sandbox left)."""
         self.nft.run(nftables.delete_table(self.table))
-        self._netlink(netns.unwire, self._ipr, self.dummy)
+        with rtnl.Rtnl() as host:
+            netns.unwire(host, self.dummy)
 
     # -- one sandbox --------------------------------------------------------------------------
 
@@ -190,26 +198,53 @@ class HostNetwork:
 
     def attach(self, run: RunDir, record: SandboxRecord) -> None:
         """Namespace, link and rules; the sandbox's processes start afterwards, inside."""
+        self.begin_attach(run, record).wait()
+
+    def begin_attach(self, run: RunDir, record: SandboxRecord) -> Attaching:
+        """Namespace, link and rules, all on a worker thread: :meth:`Attaching.namespace`
+        before a process may be born in the namespace, :meth:`Attaching.wait` before the
+        sandbox is reported running. Until its rules are in, nothing from the sandbox passes
+        (its veth is in no map)."""
+        assert record.net_address is not None
+        namespace: Future[None] = Future()
+        future = self._wiring.submit(self._attach, run, record, namespace)
+        return Attaching(self, run, record.sandbox_id, namespace, future)
+
+    def _attach(self, run: RunDir, record: SandboxRecord, namespace: Future[None]) -> None:
+        try:
+            link = netns.host_link_name(record.sandbox_id)
+            if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
+                self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
+            try:
+                inside = netns.create(run.netns)
+            except OSError as exc:
+                what = "could not create the sandbox's network namespace"
+                raise DriverError(what, str(exc)) from exc
+        except BaseException as exc:
+            namespace.set_exception(exc)
+            raise
+        namespace.set_result(None)
+        self._wire(inside, run, record)
+
+    def _wire(self, inside: rtnl.Rtnl, run: RunDir, record: SandboxRecord) -> None:
         assert record.net_address is not None
         link = netns.host_link_name(record.sandbox_id)
-        address = ipaddress.IPv4Address(record.net_address)
-        if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
-            self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
-        netns.create(run.netns)
+        wiring = netns.Wiring(
+            link=link,
+            address=ipaddress.IPv4Address(record.net_address),
+            gateway=self.gateway,
+            prefixlen=self.config.subnet.prefixlen,
+            route_protocol=ROUTE_PROTOCOL,
+        )
         try:
-            wiring = netns.Wiring(
-                link=link,
-                address=address,
-                gateway=self.gateway,
-                prefixlen=self.config.subnet.prefixlen,
-                route_protocol=ROUTE_PROTOCOL,
-                bandwidth_mbit=self.config.bandwidth_mbit,
-            )
-            self._netlink(netns.wire, self._ipr, run.netns, wiring)
-            self._rules(record, new=True)
-        except BaseException:
-            self.detach(run, record.sandbox_id)
-            raise
+            netns.wire(inside, run.netns, wiring)
+        except OSError as exc:  # a refused message (rtnl.NetlinkFailure), a sysctl, a timeout
+            raise DriverError("could not wire the sandbox's network", str(exc)) from exc
+        finally:
+            inside.close()
+        if self.config.bandwidth_mbit:
+            self._netlink(netns.shape, self._ipr, run.netns, link, self.config.bandwidth_mbit)
+        self._rules(record, new=True)
 
     def apply_policy(self, record: SandboxRecord) -> None:
         self._rules(record, new=False)
@@ -227,11 +262,51 @@ class HostNetwork:
         """Rules, link and namespace of one sandbox (each only if present)."""
         link = netns.host_link_name(sandbox_id)
         self.nft.run_tolerant(nftables.remove_sandbox(self.table, sandbox_id, link))
-        self._netlink(netns.unwire, self._ipr, link)
+        with rtnl.Rtnl() as host:
+            netns.unwire(host, link)
         netns.remove(run.netns)
 
     def ensure_sets(self, add: Iterable[str], drop: Iterable[str]) -> None:
-        self.nft.run(nftables.domain_sets(self.table, add, drop))
+        self.nft.run(nftables.domain_sets(self.table, add, drop, self.config.domain_timeout))
 
     def usage(self, sandbox_id: str) -> tuple[int, int] | None:
         return netns.link_counters(netns.host_link_name(sandbox_id))
+
+
+class Attaching:
+    """A sandbox's namespace, link and rules being made (:meth:`HostNetwork.begin_attach`)."""
+
+    def __init__(
+        self,
+        host: HostNetwork,
+        run: RunDir,
+        sandbox_id: str,
+        namespace: Future[None],
+        future: Future[None],
+    ) -> None:
+        self._host, self._run, self._sandbox_id = host, run, sandbox_id
+        self._namespace, self._future = namespace, future
+        self._undone = False
+
+    def namespace(self) -> None:
+        """The namespace is pinned at ``run.netns``; on failure, undone, then raises."""
+        try:
+            self._namespace.result()
+        except BaseException:
+            self.undo()
+            raise
+
+    def wait(self) -> None:
+        """Done; on failure, everything of it (and the namespace) is undone, then raises."""
+        try:
+            self._future.result()
+        except BaseException:
+            self.undo()
+            raise
+
+    def undo(self) -> None:
+        """After the wiring finished (however it ended): rules, link and namespace go (once)."""
+        futures.wait([self._future])
+        if not self._undone:
+            self._undone = True
+            self._host.detach(self._run, self._sandbox_id)

@@ -8,11 +8,15 @@ start and changed per sandbox afterwards, each change one transaction::
                              ip saddr <subnet> drop          (a veth not in the map yet)
                              oifname @links ct state established,related accept
                              oifname @links drop             (nothing new into a sandbox)
-    input (hook input)       iifname @links: replies, DNS to the gateway, nothing else
+    input (hook input)       iifname @links: replies, DNS to the gateway (veths in
+                             @dns_ok: port 53; in @dns_allowed: the allowOut resolver's
+                             port), nothing else: internet off means no lookups either
+    dns_redirect (nat)       iifname @dns_allowed, to <gateway>:53 → the allowOut resolver
     postrouting (nat)        ip saddr <subnet> ip daddr != <subnet> masquerade
     sb_<id>                  anti-spoofing, IPv6, always-refused ranges, denyOut, then the
                              policy; every path ends in accept, drop (spoofing) or reject
-    d_<hash>                 addresses the resolver returned for one domain (all sandboxes)
+    d_<hash>                 addresses the resolvers returned for one domain (all sandboxes);
+                             each expires unless resolved or used again (DOMAIN_TIMEOUT)
 
 The rules run in the host's network namespace, which no sandbox can enter. Commands go to
 libnftables in-process (no ``nft`` spawn: ~0.5 ms instead of ~5 ms per change).
@@ -41,6 +45,15 @@ NEVER_V4 = (
     "169.254.0.0/16",  # link-local, cloud metadata
     "224.0.0.0/3",  # multicast, reserved, broadcast
 )
+# The resolver gives no answer a longer TTL than this (seconds; dnsmasq max-ttl and
+# max-cache-ttl), so a sandbox re-asks at least this often while it uses a name...
+DNS_MAX_TTL = 300
+# ...and an address the resolver added to a domain's set expires this long (seconds) after it
+# was added or after the last packet a sandbox sent to it (docs/network.md, "Domain entries").
+DOMAIN_TIMEOUT = DNS_MAX_TTL + 600
+# The second resolver, for sandboxes with allowOut: it forwards allowOut domains only. Their
+# lookups to port 53 of the gateway are redirected here.
+ALLOWED_DNS_PORT = 5353
 # Refused unless VOIDRUN_SANDBOX_ALLOWED_PRIVATE_CIDRS lists them.
 PRIVATE_V4 = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -93,14 +106,13 @@ class Nft:
             raise DriverError("nftables refused a change", err.strip()[:2000])
         return out
 
-    def run_tolerant(self, commands: Iterable[str]) -> None:
-        """Each command on its own; "not there" is fine (cleanup of what may be gone)."""
-        for command in commands:
-            try:
-                self.run(command)
-            except DriverError as exc:
-                if "No such file or directory" not in (exc.details or ""):
-                    raise
+    def run_tolerant(self, script: str) -> None:
+        """Run ``script``; a table that is gone already is fine (cleanup)."""
+        try:
+            self.run(script)
+        except DriverError as exc:
+            if "No such file or directory" not in (exc.details or ""):
+                raise
 
 
 def table_script(
@@ -120,6 +132,8 @@ table {t} {{
   set private4 {{ type ipv4_addr; flags interval; elements = {{ {_elements(PRIVATE_V4)} }} }}
   set private_ok4 {{ type ipv4_addr; flags interval; {ok} }}
   set links {{ type ifname; }}
+  set dns_ok {{ type ifname; }}
+  set dns_allowed {{ type ifname; }}
   map sandboxes {{ type ifname : verdict; }}
   chain forward {{
     type filter hook forward priority filter - 5; policy accept;
@@ -133,10 +147,17 @@ table {t} {{
     type filter hook input priority filter - 5; policy accept;
     iifname @links jump from_sandbox
   }}
+  chain dns_redirect {{
+    type nat hook prerouting priority dstnat - 5; policy accept;
+    iifname @dns_allowed ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 \
+      dnat ip to {gateway}:{ALLOWED_DNS_PORT}
+  }}
   chain from_sandbox {{
+    ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 iifname @dns_ok accept
+    ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport {ALLOWED_DNS_PORT} \
+      iifname @dns_allowed accept
+    ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 {REJECT}
     ct state established,related accept
-    ip daddr {gateway} udp dport 53 accept
-    ip daddr {gateway} tcp dport 53 accept
     {REJECT}
   }}
   chain postrouting {{
@@ -152,15 +173,35 @@ def _policy_rules(policy: NetworkPolicy) -> list[str]:
     rules = []
     if deny.v4:
         rules.append(f"ip daddr {{ {_elements(deny.v4)} }} {REJECT}")
-    rules += [f"ip daddr @{domain_set(d)} {REJECT}" for d in deny.domains]
+    rules += [f"ip daddr @{domain_set(d)} {_touch(d)} {REJECT}" for d in deny.domains]
     if not policy.allow_internet:
         return [*rules, REJECT]
     if not policy.allow_out:
         return [*rules, "accept"]
     if allow.v4:
         rules.append(f"ip daddr {{ {_elements(allow.v4)} }} accept")
-    rules += [f"ip daddr @{domain_set(d)} accept" for d in allow.domains]
+    rules += [f"ip daddr @{domain_set(d)} {_touch(d)} accept" for d in allow.domains]
     return [*rules, REJECT]
+
+
+def _touch(domain: str) -> str:
+    """Each packet to an address of the domain's set renews its timeout: addresses in use
+    stay, the others expire ``DOMAIN_TIMEOUT`` after their last use or resolution."""
+    return f"update @{domain_set(domain)} {{ ip daddr }}"
+
+
+def dns_mode(policy: NetworkPolicy) -> str | None:
+    """Which resolver the sandbox may ask: ``"all"`` (any name), ``"allowed"`` (only names
+    under allowOut domains: with allowOut, the rest is refused anyway) or None (internet off:
+    no lookups at all, since a name sent out can carry data)."""
+    if not policy.allow_internet:
+        return None
+    return "allowed" if policy.allow_out else "all"
+
+
+def allowed_domains(policy: NetworkPolicy) -> set[str]:
+    """The names the "allowed" resolver must forward for this sandbox."""
+    return set(split(policy.allow_out).domains) if dns_mode(policy) == "allowed" else set()
 
 
 def domains_of(policy: NetworkPolicy) -> set[str]:
@@ -193,22 +234,43 @@ def sandbox_rules(
             f'add element {t} links {{ "{link}" }}',
             f'add element {t} sandboxes {{ "{link}" : jump {chain} }}',
         ]
+    mode = dns_mode(policy)
+    for name, wanted in (("dns_ok", mode == "all"), ("dns_allowed", mode == "allowed")):
+        element = f'element {t} {name} {{ "{link}" }}'
+        if wanted:
+            lines.append(f"add {element}")
+        elif not new:  # absent afterwards, whether it was there or not (one transaction)
+            lines += [f"add {element}", f"delete {element}"]
     return "\n".join(lines) + "\n"
 
 
-def remove_sandbox(table: str, sandbox_id: str, link: str) -> list[str]:
-    """Separate commands (each may find nothing to delete): map entry, link, chain."""
+def remove_sandbox(table: str, sandbox_id: str, link: str) -> str:
+    """One transaction that succeeds whether or not each part is there: every element and
+    the chain are added (a no-op when present) and then deleted."""
     t, chain = f"inet {table}", _chain(sandbox_id)
-    return [
+    lines = [f"add chain {t} {chain}"]
+    for element in (f'sandboxes {{ "{link}" : jump {chain} }}', f'links {{ "{link}" }}'):
+        lines.append(f"add element {t} {element}")
+    lines += [
+        f'add element {t} dns_ok {{ "{link}" }}',
+        f'add element {t} dns_allowed {{ "{link}" }}',
         f'delete element {t} sandboxes {{ "{link}" }}',
         f'delete element {t} links {{ "{link}" }}',
+        f'delete element {t} dns_ok {{ "{link}" }}',
+        f'delete element {t} dns_allowed {{ "{link}" }}',
         f"delete chain {t} {chain}",
     ]
+    return "\n".join(lines) + "\n"
 
 
-def domain_sets(table: str, add: Iterable[str], drop: Iterable[str]) -> str:
+def domain_sets(
+    table: str, add: Iterable[str], drop: Iterable[str], timeout: int = DOMAIN_TIMEOUT
+) -> str:
+    """Create and delete domain sets; their elements expire ``timeout`` seconds after the
+    resolver added them or a sandbox last sent a packet to them."""
     t = f"inet {table}"
-    lines = [f"add set {t} {domain_set(d)} {{ type ipv4_addr; size 65536; }}" for d in add]
+    spec = f"type ipv4_addr; size 65536; flags dynamic, timeout; timeout {timeout}s;"
+    lines = [f"add set {t} {domain_set(d)} {{ {spec} }}" for d in add]
     lines += [f"delete set {t} {domain_set(d)}" for d in drop]
     return "\n".join(lines) + "\n"
 

@@ -36,7 +36,7 @@ from voidrun_server.drivers.namespace.cgroups import Cgroups, detect_cgroups
 from voidrun_server.drivers.namespace.host import CLEANUP_TIMEOUT, teardown
 from voidrun_server.drivers.namespace.leftovers import HostView, Leftover, find
 from voidrun_server.drivers.namespace.network import host_names
-from voidrun_server.drivers.namespace.resolver import conf_file, resolver_dir
+from voidrun_server.drivers.namespace.resolver import RESOLVERS, conf_file, resolver_dir
 from voidrun_server.drivers.namespace.state import SANDBOX_ID_RE, RunDir
 from voidrun_server.drivers.namespace.uidrange import UidRanges
 
@@ -142,10 +142,10 @@ def _uids(state_dir: Path) -> UidRanges:
 
 
 def _end_resolver(state_dir: Path, before: list[Leftover], progress: Callable[[str], None]) -> None:
-    """End the dnsmasq this state dir's server started (it outlives a killed server)."""
-    wanted = f"--conf-file={conf_file(resolver_dir(state_dir))}"
+    """End the dnsmasqs this state dir's server started (they outlive a killed server)."""
+    wanted = {f"--conf-file={conf_file(resolver_dir(state_dir), name)}" for name in RESOLVERS}
     for item in before:
-        if item.kind == "process" and wanted in _argv(int(item.name)):
+        if item.kind == "process" and wanted & set(_argv(int(item.name))):
             progress(f"resolver: ending dnsmasq {item.name}")
             _end_process(int(item.name))
 

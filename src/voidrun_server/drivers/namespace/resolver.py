@@ -29,7 +29,7 @@ import anyio.abc
 import anyio.to_thread
 
 from voidrun_server.drivers.base import DriverUnavailableError
-from voidrun_server.drivers.namespace.nftables import domain_set
+from voidrun_server.drivers.namespace.nftables import DNS_MAX_TTL, domain_set
 
 __all__ = ["Resolver", "conf_file", "find_dnsmasq", "host_resolvers", "resolver_dir"]
 
@@ -53,9 +53,13 @@ def resolver_dir(state_dir: Path) -> Path:
     return state_dir / ".network"
 
 
-def conf_file(work_dir: Path) -> Path:
-    """dnsmasq's configuration; its path is on dnsmasq's command line (``--conf-file=``)."""
-    return work_dir / "dnsmasq.conf"
+# the resolvers a driver runs: everyone's, and the one for sandboxes with allowOut
+RESOLVERS = ("dnsmasq", "dnsmasq-allowed")
+
+
+def conf_file(work_dir: Path, name: str = RESOLVERS[0]) -> Path:
+    """A dnsmasq's configuration; its path is on its command line (``--conf-file=``)."""
+    return work_dir / f"{name}.conf"
 
 
 def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -69,14 +73,47 @@ def host_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]:
     return tuple(found)
 
 
+def _covers(domain: str, name: str) -> bool:
+    return name == domain or name.endswith("." + domain)
+
+
+def restricted_servers(upstreams: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """``server=`` values that forward names under ``allowed`` (and nothing else) the way
+    ``upstreams`` would: an upstream for a zone (``/zone/ip``) keeps serving that zone."""
+    generic = [u for u in upstreams if not u.startswith("/")]
+    zoned = [u.split("/")[1:] for u in upstreams if u.startswith("/") and u.count("/") >= 2]
+    servers: list[str] = []
+    for domain in sorted(set(allowed)):
+        above = [target for zone, target in zoned if _covers(zone, domain)]
+        servers += [f"/{domain}/{target}" for target in (above or generic)]
+        servers += [f"/{zone}/{target}" for zone, target in zoned if _covers(domain, zone)]
+    return list(dict.fromkeys(servers))
+
+
 class Resolver:
-    def __init__(self, work_dir: Path, listen: str, upstreams: Iterable[str], table: str) -> None:
+    """One dnsmasq. ``only`` None: it forwards every name; a set of domains: names under
+    them only (every other name is answered NXDOMAIN without asking anyone)."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        listen: str,
+        upstreams: Iterable[str],
+        table: str,
+        *,
+        port: int = 53,
+        only: Iterable[str] | None = None,
+        name: str = RESOLVERS[0],
+    ) -> None:
         self.binary = find_dnsmasq()
         self.work_dir = work_dir
+        self.name = name
         self.listen = listen
+        self.port = port
         self.upstreams = tuple(upstreams)
         self.table = table
         self.domains: frozenset[str] = frozenset()
+        self.only = None if only is None else frozenset(only)
         self._changed = anyio.Event()
         self._ready = anyio.Event()
         self._generation = 0
@@ -84,38 +121,57 @@ class Resolver:
 
     @property
     def conf_file(self) -> Path:
-        return conf_file(self.work_dir)
+        return conf_file(self.work_dir, self.name)
 
     @property
     def pid_file(self) -> Path:
-        return self.work_dir / "dnsmasq.pid"
+        return self.work_dir / f"{self.name}.pid"
 
     def config(self) -> str:
+        if self.only is None:
+            servers = list(self.upstreams)  # dnsmasq syntax: ip, ip#port, /dom/ip
+        else:
+            servers = ["/#/", *restricted_servers(self.upstreams, self.only)]
         lines = [
             "no-resolv",
             "no-hosts",
             "bind-interfaces",
             f"listen-address={self.listen}",
+            f"port={self.port}",
             "cache-size=1000",
+            f"max-ttl={DNS_MAX_TTL}",  # to sandboxes, and in its own cache: a name in use is
+            f"max-cache-ttl={DNS_MAX_TTL}",  # asked upstream (its set refilled) this often
             f"pid-file={self.pid_file}",
             "log-facility=-",
-            *(f"server={u}" for u in self.upstreams),  # dnsmasq syntax: ip, ip#port, /dom/ip
+            *(f"server={u}" for u in servers),
             *(f"nftset=/{d}/4#inet#{self.table}#{domain_set(d)}" for d in sorted(self.domains)),
         ]
         return "\n".join(lines) + "\n"
 
-    async def update(self, domains: Iterable[str]) -> None:
-        """Serve these domains' sets; waits for the restarted dnsmasq when they changed."""
+    def request(self, domains: Iterable[str], only: Iterable[str] | None = None) -> None:
+        """Serve these domains' sets (and forward only ``only``, for a resolver made with
+        ``only``): restarts dnsmasq when something changed, without waiting for it."""
         wanted = frozenset(domains)
-        if wanted == self.domains:
+        forward = None if self.only is None or only is None else frozenset(only)
+        if wanted == self.domains and (forward is None or forward == self.only):
             return
         self.domains = wanted
+        if forward is not None:
+            self.only = forward
         self._generation += 1
-        self._ready = anyio.Event()
         self._changed.set()
+
+    async def ready(self) -> None:
+        """Until a dnsmasq with everything requested so far answers (at most READY_TIMEOUT)."""
+        target = self._generation
         with anyio.move_on_after(READY_TIMEOUT):
-            while self._served < self._generation:
+            while self._served < target:
                 await self._ready.wait()
+
+    async def update(self, domains: Iterable[str], only: Iterable[str] | None = None) -> None:
+        """:meth:`request`, then :meth:`ready`."""
+        self.request(domains, only)
+        await self.ready()
 
     def _end_stale(self) -> None:
         try:
@@ -132,7 +188,7 @@ class Resolver:
         while time.monotonic() < deadline:
             with socket.socket() as probe:
                 probe.settimeout(0.2)
-                if probe.connect_ex((self.listen, 53)) == 0:
+                if probe.connect_ex((self.listen, self.port)) == 0:
                     return
             time.sleep(0.005)
 
@@ -140,7 +196,7 @@ class Resolver:
         """Run dnsmasq until cancelled (the app's task group), restarting it as needed."""
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(self._end_stale)
-        log_path = self.work_dir / "dnsmasq.log"
+        log_path = self.work_dir / f"{self.name}.log"
         while True:
             generation = self._generation
             self._changed = anyio.Event()
@@ -169,7 +225,8 @@ class Resolver:
         try:
             await anyio.to_thread.run_sync(self._wait_listening)
             self._served = generation
-            self._ready.set()
+            served, self._ready = self._ready, anyio.Event()  # waiters re-check, then wait anew
+            served.set()
             async with anyio.create_task_group() as group:
 
                 async def wait_exit() -> None:
