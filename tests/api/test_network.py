@@ -308,12 +308,12 @@ def test_delete_leaves_no_link_rule_or_set(server: ServerProcess, client: httpx.
     table = table_of(server)
     assert Path(f"/sys/class/net/{link}").exists()
     assert f"sb_{sid}" in nft("list", "table", "inet", table)
-    before_sets = nft("list", "sets", "inet")
+    before_sets = nft("list", "table", "inet", table)  # this server's sets only
     assert client.delete(f"/sandboxes/{sid}").status_code == 200
     assert not Path(f"/sys/class/net/{link}").exists()
     listing = nft("list", "table", "inet", table)
     assert sid not in listing and link not in listing
-    assert before_sets.count("set d_") == nft("list", "sets", "inet").count("set d_") + 1
+    assert before_sets.count("set d_") == listing.count("set d_") + 1
     assert not (server.data_dir / "sandboxes" / sid).exists()
 
 

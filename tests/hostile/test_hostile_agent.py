@@ -73,6 +73,8 @@ def install_hostile_agent(data_dir: Path) -> None:
 def server() -> Iterator[ServerProcess]:
     with sandbox_server() as proc:
         install_hostile_agent(proc.data_dir)
+        proc.stop()  # the agent fork server loaded the real agent at start: load the swap
+        proc.start()
         yield proc
 
 

@@ -16,6 +16,7 @@ from ..store.repos import images as repo
 from ..store.tables import Image
 
 log = logging.getLogger(__name__)
+ImageRow = Image  # what routes may name (they do not import the store)
 
 # Images the server knows how to build; the tag changes when the recipe does.
 SYSTEM_IMAGES: dict[str, str] = {"code": "1.0.0"}

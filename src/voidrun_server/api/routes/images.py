@@ -15,7 +15,7 @@ from ...schemas.images import ImageCreate
 from ...schemas.sandboxes import ImagePublic
 from ...services import images
 from ...services.image_builds import BuildLog, ImageBuilds
-from ...store.tables import Image
+from ...services.images import ImageRow
 from ..deps import Caller, Ctx, Db
 from ..sse import SSE_HEADERS, event, json_event
 from ..streams import REVOKED_REASON, Owner
@@ -32,7 +32,7 @@ async def image_builds(ctx: Ctx) -> ImageBuilds:
 Builds = Annotated[ImageBuilds, Depends(image_builds)]
 
 
-def _public(row: Image, builds: ImageBuilds | None, *, with_log: bool = False) -> ImagePublic:
+def _public(row: ImageRow, builds: ImageBuilds | None, *, with_log: bool = False) -> ImagePublic:
     image = ImagePublic.model_validate(row)
     build = builds.logs.get(row.id) if builds is not None else None
     if build is not None and row.status == "building":
