@@ -152,7 +152,8 @@ class Terminals:
             raise OpError(TOO_MANY_REQUESTS, f"at most {MAX_SESSIONS} terminals at once")
         cols, rows = term_size(args)
         env = ctx.exec_env({})
-        term = Terminal.spawn(ctx, [ctx.shell, "-l"], env, default_cwd(env), cols, rows)
+        shell = ctx.need_shell("a login shell on the terminal (`sh -l`)")
+        term = Terminal.spawn(ctx, [shell, "-l"], env, default_cwd(env), cols, rows)
         session = PtySession("pty-" + os.urandom(8).hex(), term, ephemeral)
         self.sessions[session.id] = session
         return session

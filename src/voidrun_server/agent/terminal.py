@@ -81,8 +81,10 @@ class Terminal:
         rows: int,
         script: bool = False,
     ) -> Terminal:
-        """``script``: raw mode (no echo, no line editing, no output translation) and stderr
-        not a tty, so a shell starts non-interactive and reads its input as a script."""
+        """``script``: raw mode (no echo, no line editing, no output translation), and stdout
+        and stderr not the tty (``/dev/null``), so a shell starts non-interactive and reads its
+        input as a script: bash looks at stdin and stderr, ash and dash at stdin and stdout.
+        The caller's first line points them at the terminal (``exec >&0 2>&0``)."""
         master, slave = os.openpty()
         devnull = -1
         try:
@@ -90,7 +92,7 @@ class Terminal:
             if script:
                 tty.setraw(slave)
                 devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            fds = (slave, slave, devnull if script else slave)
+            fds = (slave, devnull, devnull) if script else (slave, slave, slave)
             # preexec runs after setsid, before exec
             pid, exited = ctx.start(argv, argv[0], env, cwd, fds, _take_controlling_tty)
         except (OSError, ValueError, SpawnError) as exc:

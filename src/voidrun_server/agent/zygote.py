@@ -178,11 +178,25 @@ def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
 
 
 def _relocate(paths: List[str]) -> None:
-    """Later imports (there should be none) resolve in the sandbox's read-only mounts."""
+    """Later imports resolve in the sandbox's read-only mounts: ``sys.path``, and the search
+    path of every package imported here. A package keeps the directory it was found in, and
+    the host's copy does not exist in the sandbox: ``encodings`` still pointing there made a
+    zip archive's names (``encodings.cp437``, looked up on first use) fail to decode."""
+    host = os.path.dirname(os.path.abspath(os.__file__))
     sys.path[:] = paths[1:]
     sys.path_importer_cache.clear()
     package = sys.modules[__package__]
     package.__path__[:] = [paths[0]]
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if type(search) is list and module is not package:
+            search[:] = [_moved(entry, host, paths[1]) for entry in search]
+
+
+def _moved(path: str, host: str, sandbox: str) -> str:
+    if path == host or path.startswith(host + "/"):
+        return sandbox + path[len(host) :]
+    return path
 
 
 def _preload() -> None:
@@ -194,7 +208,8 @@ def _preload() -> None:
         if name.endswith(".py") and name not in ("__init__.py", "zygote.py"):
             importlib.import_module(f"{__package__}.{name[:-3]}")
     for name in ("zipfile", "tarfile", "tempfile", "shutil", "fnmatch", "json", "ctypes",
-                 "traceback", "gzip", "bz2", "lzma", "zlib", "signal", "collections"):  # fmt: skip
+                 "traceback", "gzip", "bz2", "lzma", "zlib", "signal", "collections",
+                 "encodings.cp437", "encodings.latin_1", "encodings.ascii"):  # fmt: skip
         try:
             importlib.import_module(name)
         except ImportError:
