@@ -31,6 +31,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.support.http import assert_error
 from tests.support.oci_layouts import (
     OLD_PYTHON_VERSION,
+    D,
     F,
     L,
     Layout,
@@ -105,6 +106,21 @@ def no_shell_layout(dest: Path) -> Layout:
     return write_layout(dest, [tree], {"Env": ["PATH=/usr/bin:/bin"]}, "noshell")
 
 
+def user_layout(dest: Path) -> Layout:
+    """busybox whose config says ``User: app`` (uid 1000, also in group ``staff``, gid 50)."""
+    tree = busybox_tree()
+    tree.update(
+        {
+            "/etc/passwd": F(
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
+            ),
+            "/etc/group": F("root:x:0:\napp:x:1000:\nstaff:x:50:app\n"),
+            "/home/app": D(0o755, 1000, 1000),
+        }
+    )
+    return write_layout(dest, [tree], {"Env": ["PATH=/usr/bin:/bin"], "User": "app"}, "user")
+
+
 @pytest.fixture(scope="module")
 def layouts(server: ServerProcess) -> dict[str, Layout]:
     imports = server.data_dir / "imports"
@@ -112,6 +128,7 @@ def layouts(server: ServerProcess) -> dict[str, Layout]:
         "busybox": busybox_layout(imports / "busybox"),
         "debian": debian_old_python_layout(imports / "debian"),
         "noshell": no_shell_layout(imports / "noshell"),
+        "user": user_layout(imports / "user"),
     }
 
 
@@ -126,11 +143,12 @@ def images(
                                 "insecure": True})  # fmt: skip
         assert pulled["status"] == "ready", pulled
         assert pulled["source"] == reference
-        for kind in ("debian", "noshell"):
+        for kind in ("debian", "noshell", "user"):
             body = {"name": f"img-{kind}", "version": "1", "path": layouts[kind].source}
             image = build(client, body)
             assert image["status"] == "ready", image
-    return {"busybox": "reg-busybox:1", "debian": "img-debian:1", "noshell": "img-noshell:1"}
+    images = {kind: f"img-{kind}:1" for kind in ("debian", "noshell", "user")}
+    return {"busybox": "reg-busybox:1", **images}
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +243,7 @@ def test_exec_and_exec_stream(client: httpx.Client, boxes: dict[str, str], kind:
     assert (out["stdout"], out["stderr"], out["exitCode"]) == ("out\n0\n", "err\n", 3)
     plain = exec_ok(client, box, "echo plain words")  # the direct path (no shell) when it can
     assert plain["stdout"] == "plain words\n"
+    assert exec_ok(client, box, "id -u", user="nobody")["stdout"] == "65534\n"  # direct too
     python = exec_ok(client, box, "python3 --version || echo none")
     assert python["stdout"].strip() == (OLD_PYTHON_VERSION if kind == "debian" else "none")
     with client.stream(
@@ -387,3 +406,50 @@ def test_no_shell_errors_name_what_to_install(
         connect(ws_url(server, f"/sandboxes/{box}/pty")).close()
     assert refused.value.response.status_code == 400
     assert b"install bash" in (refused.value.response.body or b"")
+
+
+# --- the image's User -------------------------------------------------------------------------
+
+
+def test_image_user_is_the_default_user(
+    server: ServerProcess, client: httpx.Client, boxes: dict[str, str]
+) -> None:
+    box = boxes["user"]
+    out = exec_ok(client, box, "id -u; id -g; id -G; echo $HOME; pwd; touch mine; stat -c %u mine")
+    uid, gid, groups, home, cwd, owner = out["stdout"].splitlines()
+    assert (uid, gid, sorted(groups.split()), home, cwd, owner) == (
+        "1000", "1000", ["1000", "50"], "/home/app", "/home/app", "1000",
+    )  # fmt: skip
+    as_root = exec_ok(client, box, "id -u; echo $HOME", user="root")
+    assert as_root["stdout"] == "0\n/root\n"
+    numeric = exec_ok(client, box, "id -u; id -g", user="1234:staff")
+    assert numeric["stdout"] == "1234\n50\n"
+    with client.stream(
+        "POST", f"/sandboxes/{box}/exec-stream", json={"command": "id -un"}
+    ) as response:
+        assert list(sse(response))[0] == ("stdout", "app")
+    unknown = client.post(f"/sandboxes/{box}/exec", json={"command": "id", "user": "nobody2"})
+    assert "not in the image's /etc/passwd" in assert_error(unknown, 400)["details"]
+    bad = client.post(f"/sandboxes/{box}/exec", json={"command": "id", "user": "a b"})
+    assert assert_error(bad, 400)["error"] == "Invalid user"
+
+
+def test_image_user_runs_commands_sessions_and_terminals(
+    server: ServerProcess, client: httpx.Client, boxes: dict[str, str]
+) -> None:
+    box = boxes["user"]
+    run = client.post(f"/sandboxes/{box}/commands/run", json={"command": "id -u > /tmp/bg"})
+    assert run.status_code == 200, run.text
+    client.post(f"/sandboxes/{box}/commands/wait", json={"pid": run.json()["pid"]})
+    assert exec_ok(client, box, "cat /tmp/bg")["stdout"] == "1000\n"
+    url = f"/sandboxes/{box}/session-exec"
+    sid = client.post(url, json={"action": "create"}).json()["sessionId"]
+    done = client.post(url, json={"action": "exec", "sessionId": sid, "command": "id -u"}).json()
+    assert done["output"] == "1000\n", done
+    root = client.post(url, json={"action": "create", "user": "root"}).json()["sessionId"]
+    done = client.post(url, json={"action": "exec", "sessionId": root, "command": "id -u"}).json()
+    assert done["output"] == "0\n", done
+    seen: list[str] = []
+    with connect(ws_url(server, f"/sandboxes/{box}/pty")) as ws:
+        ws.send("echo uid=$(id -u)\n")
+        read_until(ws, r"uid=1000", seen)

@@ -78,11 +78,12 @@ class AgentContext:
         cwd: str,
         fds: tuple[int, int, int],
         preexec: Callable[[], None] | None = None,
+        creds: tuple[int, list[int], int] | None = None,
     ) -> tuple[int, Future[int]]:
         """Start a program in a new session (see ``spawn``); return its pid and the future of its
         exit code. Its group is killed at shutdown until :meth:`finished` is called."""
         self.reaper.adopt_orphans()
-        pid = spawn(argv, executable, env, cwd, *fds, preexec=preexec)
+        pid = spawn(argv, executable, env, cwd, *fds, preexec=preexec, creds=creds)
         exited = self.reaper.watch(pid)  # before the loop can reap it
         self.groups.add(pid)
         return pid, exited

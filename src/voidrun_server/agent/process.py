@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from . import users
 from .args import abs_path, env_map, opt_int, opt_number, req_str
 from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd, kill_group
 from .direct import DirectExec, without_shell
@@ -45,7 +46,9 @@ TIMEOUT_EXIT_CODE = 124
 class Command:
     def __init__(self, ctx: AgentContext, args: Mapping[str, Any]) -> None:
         self.command = req_str(args, "command")
-        self.env = ctx.exec_env(env_map(args))
+        extra = env_map(args)
+        self.env = ctx.exec_env(extra)
+        self.user = users.for_request(args, self.env, extra)
         if args.get("cwd") is None:
             self.cwd = default_cwd(self.env)
         else:
@@ -89,11 +92,12 @@ def start(ctx: AgentContext, cmd: Command, with_stdin: bool) -> Started:
 
 
 def _start(ctx: AgentContext, cmd: Command, fds: tuple[int, int, int]) -> tuple[int, Future[int]]:
+    creds = cmd.user.spawn_ids() if cmd.user is not None else None
     plan = ctx.family(DirectExec).plan(cmd.command, cmd.env, cmd.cwd)
     if plan is not None:
         program, argv, env = plan
         try:
-            return ctx.start(argv, program, env, cmd.cwd, fds)
+            return ctx.start(argv, program, env, cmd.cwd, fds, creds=creds)
         except OSError:
             pass  # the shell runs it instead, and reports or handles what went wrong as ever
     if ctx.shell is None and (bare := without_shell(cmd.command, cmd.env)) is not None:
@@ -102,7 +106,7 @@ def _start(ctx: AgentContext, cmd: Command, fds: tuple[int, int, int]) -> tuple[
         program = ctx.need_shell("commands with shell syntax (`sh -c COMMAND`)")
         argv = [program, "-c", cmd.command]
     try:
-        return ctx.start(argv, program, cmd.env, cmd.cwd, fds)
+        return ctx.start(argv, program, cmd.env, cmd.cwd, fds, creds=creds)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise OpError(NOT_FOUND, f"cannot start {program} in {cmd.cwd!r}: {exc}") from None
     except PermissionError as exc:

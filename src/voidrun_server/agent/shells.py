@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 
+from . import users
 from .args import bad, opt_number, opt_str, req_str
 from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd
 from .loop import get_loop
@@ -193,6 +194,7 @@ class Shells:
         if len(self.sessions) >= MAX_SESSIONS:
             raise OpError(TOO_MANY_REQUESTS, f"at most {MAX_SESSIONS} shell sessions at once")
         env = ctx.exec_env({})
+        user = users.for_request(args, env, {})
         shell = opt_str(args, "shell")
         if shell is None:
             found: Optional[str] = ctx.need_shell("a shell session (`sh` reading commands)")
@@ -205,7 +207,7 @@ class Shells:
                 "out to use the image's bash or sh",
             )
         cols, rows = term_size(args)
-        term = Terminal.spawn(ctx, [found], env, default_cwd(env), cols, rows, script=True)
+        term = Terminal.spawn(ctx, [found], env, default_cwd(env), cols, rows, True, user)
         session = self.sessions[sid] = ShellSession(sid, term)
         return session
 
