@@ -222,7 +222,7 @@ def test_wrong_password_fails_with_the_registry_message_and_hides_it(
     with client.stream("GET", f"/images/{image['id']}/logs") as response:
         logs = "".join(response.iter_text())
     for text in (json.dumps(image), logs, client.get("/images").text):
-        assert wrong not in text and "credentials" not in text
+        assert wrong not in text
     assert auth_registry.password is not None
     right = {**body, "credentials": {"username": "tester", "password": auth_registry.password}}
     image = build(client, right)
