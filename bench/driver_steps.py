@@ -65,7 +65,7 @@ def instrument() -> None:
         timed(idmount, "mount_idmapped", "idmapped image mount")
     except ImportError:
         pass
-    timed(host_module, "launch", "spawn bwrap (setpriv, prlimit) + handshake (+ fork)")
+    timed(host_module, "launch", "spawn bwrap (setpriv) + handshake (+ fork)")
     try:
         from voidrun_server.drivers.namespace.zygote import Zygote
 

@@ -1,17 +1,25 @@
-"""Image import: time and disk for an image, cold and when it shares its base layer with an
-image already imported, with the content store (hard links of identical files) and without.
+"""Images: import time and disk, and snapshot / fork times of a sandbox.
 
-Runs the importer in this process (as root, on a scratch images dir under /var/tmp), so the
-figures are the unpack itself: no HTTP, no database. Floor: copying the same bytes with
-``cp -a`` of the first image's tree, in the same run.
+Import: time and disk for an image, cold and when it shares its base layer with an image
+already imported, with the content store (hard links of identical files) and without. Runs the
+importer in this process (as root, on a scratch images dir under /var/tmp), so the figures are
+the unpack itself: no HTTP, no database. Floor: ``cp -a`` of the first image's tree.
 
-    .venv/bin/python bench/images.py [--base-mb 300] [--files 3000]
+Snapshot and fork (``--part snapshot``): a real server (``_harness.py``), a sandbox of the
+``code`` image that has written ``--written-mb`` MiB (5 files), then through the HTTP API:
+``POST /sandboxes/{id}/snapshot`` (with how long the sandbox was frozen, from the manifest)
+and ``POST /sandboxes/{id}/fork {"count": 10}`` (a snapshot plus ten running sandboxes).
+Floor: copying the same amount of data on the images' filesystem with ``cp`` + ``sync -f``.
+
+    .venv/bin/python bench/images.py [--part import|snapshot|all] [--base-mb 300]
+        [--files 3000] [--written-mb 500] [-n 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +27,9 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from voidrun_server.images.importer import ImportRequest, import_image
 from voidrun_server.images.unpack import Limits
@@ -58,9 +69,19 @@ def run(images: Path, org: str, name: str, layout: Path, dedupe: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("import", "snapshot", "all"), default="all")
     parser.add_argument("--base-mb", type=int, default=300)
     parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--written-mb", type=int, default=500)
+    parser.add_argument("-n", type=int, default=3, help="snapshots and forks to time")
     args = parser.parse_args()
+    if args.part in ("import", "all"):
+        imports(args)
+    if args.part in ("snapshot", "all"):
+        snapshots(args.written_mb, args.n)
+
+
+def imports(args: argparse.Namespace) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="voidrun-bench-images-", dir="/var/tmp"))
     try:
         base = layer("base", args.base_mb, args.files, 1)
@@ -88,6 +109,64 @@ def main() -> None:
         print(f"floor: cp -a of the first image's tree + sync {time.perf_counter() - start:.2f} s")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def snapshots(written_mb: int, n: int) -> None:
+    from _harness import IMAGES, server
+
+    print(f"snapshot / fork of a code-image sandbox that wrote {written_mb} MiB (5 files)")
+    write = (
+        f"for i in 1 2 3 4 5; do head -c {written_mb * 2**20 // 5} /dev/urandom "
+        "> /root/data-$i; done"
+    )
+    with server() as srv, srv.client() as client:
+        client.timeout = httpx.Timeout(600)
+        box = client.post("/sandboxes", json={"name": "bench-source"}).json()["data"]
+        out = client.post(f"/sandboxes/{box['id']}/exec", json={"command": write, "timeout": 300})
+        out.raise_for_status()
+        made: list[dict[str, Any]] = []
+        try:
+            for i in range(n):
+                os.sync()
+                started = time.perf_counter()
+                response = client.post(
+                    f"/sandboxes/{box['id']}/snapshot",
+                    json={"name": "bench-snap", "version": str(i)},
+                )
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                image = response.json()
+                made.append(image)
+                manifest = IMAGES / "orgs" / image["orgId"] / "bench-snap" / str(i)
+                frozen = json.loads((manifest / "manifest.json").read_text())["frozen_ms"]
+                print(f"snapshot {i + 1}: {elapsed:.2f} s (sandbox frozen {frozen:.0f} ms)")
+            for i in range(n):
+                os.sync()
+                started = time.perf_counter()
+                response = client.post(f"/sandboxes/{box['id']}/fork", json={"count": 10})
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                forked = response.json()
+                made.append(forked["image"])
+                assert all(f["status"] == "running" for f in forked["data"])
+                print(f"fork of 10 {i + 1}: {elapsed:.2f} s (snapshot + 10 running sandboxes)")
+                for fork in forked["data"]:
+                    client.delete(f"/sandboxes/{fork['id']}").raise_for_status()
+        finally:
+            for image in made:
+                client.delete(f"/images/{image['id']}")
+        with tempfile.TemporaryDirectory(dir=IMAGES) as scratch:
+            src = Path(scratch) / "src"
+            subprocess.run(["head", "-c", str(written_mb * 2**20), "/dev/urandom"],
+                           stdout=src.open("wb"), check=True)  # fmt: skip
+            os.sync()
+            started = time.perf_counter()
+            subprocess.run(["cp", str(src), str(Path(scratch) / "dst")], check=True)
+            subprocess.run(["sync", "-f", str(scratch)], check=True)
+            floor = time.perf_counter() - started
+            print(
+                f"floor: cp of {written_mb} MiB on the images' filesystem + sync -f {floor:.2f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What lets the agent work in any image: the shell it picks (bash, else sh, else none), plain
-commands without a shell, shell sessions that stay non-interactive in ash and dash, a forked
-agent's packages moved to the sandbox's paths, and users from the image's /etc/passwd."""
+commands without a shell, shell sessions that stay non-interactive in ash and dash, and users
+from the image's /etc/passwd."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.agent_helpers import AgentProcess
-from voidrun_server.agent import users, zygote
+from voidrun_server.agent import users
 from voidrun_server.agent.context import find_shell, no_shell
 from voidrun_server.agent.direct import without_shell
 from voidrun_server.agent.protocol import OpError
@@ -49,14 +49,6 @@ def test_plain_commands_run_without_a_shell(tmp_path: Path) -> None:
     assert without_shell("echo hi", {"PATH": "/usr/bin:/bin"}) is not None  # a program too
     for needs_a_shell in ("tool | cat", "cd /tmp", "A=1 tool", "tool $HOME", "missing", "exit 1"):
         assert without_shell(needs_a_shell, env) is None, needs_a_shell
-
-
-def test_forked_agent_packages_move_to_the_sandbox_paths() -> None:
-    host = "/srv/voidrun/agent-runtime/abc/lib/python3.11"
-    moved = zygote._moved(f"{host}/encodings", host, "/opt/voidrun/runtime/lib/python3.11")
-    assert moved == "/opt/voidrun/runtime/lib/python3.11/encodings"
-    assert zygote._moved("/elsewhere/pkg", host, "/x") == "/elsewhere/pkg"
-    assert zygote._moved(host + "2/pkg", host, "/x") == host + "2/pkg"  # a prefix, not a dir
 
 
 @pytest.fixture

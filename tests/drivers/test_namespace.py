@@ -361,3 +361,40 @@ def test_state_dir_must_be_reachable_by_sandbox_uid(tmp_path: Path, cgroup_paren
             cgroup_parent=cgroup_parent,
         )
     assert err.value.hint and "chmod" in err.value.hint
+
+
+@pytestmark_sandbox
+async def test_destroy_detaches_copies_of_the_disk_in_other_mount_namespaces(
+    harness: NamespaceHarness,
+) -> None:
+    """A host process that makes a private mount namespace while a sandbox runs (``unshare
+    -m``, ``ip netns exec``, a systemd unit with PrivateTmp) holds a copy of the sandbox's disk
+    mount; destroy must still free the loop device and remove everything."""
+    driver = harness.new_driver()
+    spec = harness.spec()
+    await driver.create(spec)
+    run = harness.run_dir(spec.sandbox_id)
+    holder = subprocess.Popen(  # noqa: ASYNC220 - starts at once; waited for by eventually()
+        ["unshare", "--mount", "--propagation", "private", "sleep", "600"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        await eventually(lambda: _async_true(str(run.disk_mount) in _mounts_of(holder.pid)))
+        await driver.destroy(spec.sandbox_id)
+        assert harness.leftovers(spec.sandbox_id) == []
+        assert str(run.disk_mount) not in _mounts_of(holder.pid)  # the copy was detached
+        assert holder.poll() is None  # and the process that held it was left alone
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _mounts_of(pid: int) -> str:
+    try:
+        return read_text(f"/proc/{pid}/mountinfo")
+    except OSError:
+        return ""
+
+
+async def _async_true(value: bool) -> bool:
+    return value

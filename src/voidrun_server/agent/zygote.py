@@ -178,25 +178,19 @@ def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
 
 
 def _relocate(paths: List[str]) -> None:
-    """Later imports resolve in the sandbox's read-only mounts: ``sys.path``, and the search
-    path of every package imported here. A package keeps the directory it was found in, and
-    the host's copy does not exist in the sandbox: ``encodings`` still pointing there made a
-    zip archive's names (``encodings.cp437``, looked up on first use) fail to decode."""
-    host = os.path.dirname(os.path.abspath(os.__file__))
+    """Later imports (an encoding a zip file names, say) resolve in the sandbox's read-only
+    mounts: the module path, and every loaded package's own path, move from the host's
+    directories (gone after the mount namespace changed) to the mounted copies."""
+    agent, stdlib = paths[0], paths[1]
+    host_stdlib = os.path.dirname(os.__file__)
     sys.path[:] = paths[1:]
     sys.path_importer_cache.clear()
-    package = sys.modules[__package__]
-    package.__path__[:] = [paths[0]]
+    sys.modules[__package__].__path__[:] = [agent]
     for module in list(sys.modules.values()):
-        search = getattr(module, "__path__", None)
-        if type(search) is list and module is not package:
-            search[:] = [_moved(entry, host, paths[1]) for entry in search]
-
-
-def _moved(path: str, host: str, sandbox: str) -> str:
-    if path == host or path.startswith(host + "/"):
-        return sandbox + path[len(host) :]
-    return path
+        where = getattr(module, "__path__", None)
+        if isinstance(where, list) and module.__name__ != __package__:
+            where[:] = [stdlib + p[len(host_stdlib) :] if p.startswith(host_stdlib) else p
+                        for p in where]  # fmt: skip
 
 
 def _preload() -> None:
@@ -209,7 +203,8 @@ def _preload() -> None:
             importlib.import_module(f"{__package__}.{name[:-3]}")
     for name in ("zipfile", "tarfile", "tempfile", "shutil", "fnmatch", "json", "ctypes",
                  "traceback", "gzip", "bz2", "lzma", "zlib", "signal", "collections",
-                 "encodings.cp437", "encodings.latin_1", "encodings.ascii"):  # fmt: skip
+                 "encodings.cp437", "encodings.idna", "encodings.latin_1", "encodings.ascii",
+                 "encodings.utf_16", "encodings.utf_32"):  # fmt: skip
         try:
             importlib.import_module(name)
         except ImportError:

@@ -36,7 +36,18 @@ from . import errors
 from .deps import AppContext
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware
-from .routes import commands, exec, files, orgs, pty, sandboxes, sessions, system, users
+from .routes import (
+    commands,
+    exec,
+    files,
+    orgs,
+    pty,
+    sandboxes,
+    sessions,
+    snapshots,
+    system,
+    users,
+)
 from .routes import images as image_routes
 from .routes import proxy as proxy_routes
 
@@ -143,6 +154,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         orgs.router,
         users.router,
         sandboxes.router,
+        snapshots.router,
         exec.router,
         commands.router,
         sessions.router,

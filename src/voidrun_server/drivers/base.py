@@ -5,8 +5,8 @@ agent, and reports what exists right now. It never touches the database: the ser
 the desired state and reconciles it against :meth:`Driver.inspect` / :meth:`Driver.recover`.
 
 Optional capabilities are separate Protocols (:class:`Pausable`, :class:`Observable`,
-:class:`Networked`) so callers check ``isinstance(driver, Pausable)`` instead of catching
-``NotImplementedError``.
+:class:`Networked`, :class:`Exportable`) so callers check ``isinstance(driver, Pausable)``
+instead of catching ``NotImplementedError``.
 
 Exceptions::
 
@@ -44,6 +44,8 @@ __all__ = [
     "DriverError",
     "DriverTimeoutError",
     "DriverUnavailableError",
+    "Exportable",
+    "LayerExport",
     "Observable",
     "Pausable",
     "PortClosedError",
@@ -118,6 +120,9 @@ class SandboxSpec:
     """Written to the agent's env file; applied to commands the agent runs, not to the agent."""
     network: NetworkPolicy | None = None
     """Egress policy; None: the driver's default (a driver without networking: loopback only)."""
+    layers: tuple[Path, ...] = ()
+    """Further read-only image directories below ``rootfs``, nearest first (a snapshot image
+    is its own layer over the image it was made from); shifted like ``rootfs``."""
 
 
 class SandboxState(enum.Enum):
@@ -225,6 +230,32 @@ class Pausable(Protocol):
 
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox."""
+        ...
+
+
+@dataclass(frozen=True)
+class LayerExport:
+    """What :meth:`Exportable.export_layer` copied."""
+
+    entries: int
+    bytes: int
+    """File data copied (holes not counted)."""
+    whiteouts: int
+    """Files the sandbox deleted from its image, kept as deletions."""
+    stripped_setuid: tuple[str, ...]
+    skipped: tuple[str, ...]
+    """Entries left out (sockets), as paths in the layer."""
+    frozen_seconds: float
+    """How long a running sandbox was frozen for the copy (0 when it was not running)."""
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    async def export_layer(self, sandbox_id: str, dest: Path, *, uid_base: int) -> LayerExport:
+        """Copy what the sandbox changed over its image (its writable layer, deletions
+        included) into the empty directory ``dest`` as an image layer owned ``uid_base + N``,
+        at one point in time: a running sandbox is frozen for the copy and thawed after it,
+        whatever happens; a paused one stays paused; a stopped one stays stopped."""
         ...
 
 

@@ -51,3 +51,21 @@ class ImageConfigPublic(WireModel):
     user: str = ""
     entrypoint: list[str] = []
     cmd: list[str] = []
+
+
+class SnapshotCreate(WireModel):
+    """Extension: ``POST /api/sandboxes/{id}/snapshot``. Checked once the sandbox is found
+    (an unknown sandbox is 404 whatever the body)."""
+
+    name: str | None = Field(
+        None, description="Required. Name of the new image: a-z, 0-9, '.', '_', '-'."
+    )
+    version: str | None = Field(None, description="Its tag; default `latest`.")
+
+
+class ForkCreate(WireModel):
+    """Extension: ``POST /api/sandboxes/{id}/fork``. Checked once the sandbox is found."""
+
+    count: int | None = Field(
+        None, description="Required. How many sandboxes to create from the snapshot: 1..20."
+    )

@@ -164,3 +164,15 @@ class ImagePublic(WireModel):
     log: list[str] | None = Field(
         None, description="Extension (GET of one image): the build's last log lines."
     )
+    parent_id: str | None = Field(
+        None, description="Extension: for a snapshot, the image its layer lies over."
+    )
+
+
+class SandboxFork(BaseModel):
+    """Extension: the answer of ``POST /api/sandboxes/{id}/fork``."""
+
+    status: str = "success"
+    message: str
+    data: list[SandboxPublic]
+    image: ImagePublic = Field(description="The snapshot the new sandboxes were made from.")

@@ -351,6 +351,11 @@ class ImageBuilds:
             used = await repo.sandboxes_using(session, row.id)
             if used:
                 raise ConflictError("image in use", f"{used} sandbox(es) use it; delete them first")
+            layered = await repo.snapshots_over(session, row.id)
+            if layered:
+                raise ConflictError(
+                    "image in use", f"{layered} snapshot(s) are layered on it; delete them first"
+                )
             rootfs = row.rootfs
             await session.delete(row)
         self.logs.pop(image_id, None)

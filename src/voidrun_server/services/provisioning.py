@@ -11,7 +11,9 @@ and the row ends ``deleted`` (or ``error`` for a background boot) with the reaso
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,17 @@ def describe(exc: VoidRunError) -> str:
     return f"{exc.message}: {exc.details}" if exc.details else exc.message
 
 
+class _Boot:
+    """A create's boot (or warm hand-out), running beside the transaction that records it."""
+
+    def __init__(self, sandbox_id: str, job: Callable[[], Awaitable[None]]) -> None:
+        self.sandbox_id = sandbox_id
+        self.job = job
+        self.finished = False
+        self.failure: VoidRunError | None = None
+        self.done = anyio.Event()
+
+
 class Provisioner:
     def __init__(self, service: SandboxService) -> None:
         self.service = service
@@ -74,65 +87,101 @@ class Provisioner:
         body_start_cmd: bool = False,
     ) -> Sandbox:
         pool, warm = self.service.pool, None
-        try:  # one transaction: image, quota (org row locked first) and the new row
-            async with transaction(self.service.sessions) as session:
-                image = await images.resolve(session, caller.org_id, request.image)
-                await self.service.check_quota(session, caller.org_id, wanted)
-                # taken only once the quota allows it, and given back if the insert fails
-                warm = pool.take(Path(image.rootfs), disk_mb) if pool is not None else None
-                if warm is None:  # a warm sandbox's disk exists: only a new one needs room
-                    await self.service.disk_floor.reserve_for_create(disk_mb)
-                row = self._row(caller, request, image, disk_mb, warm)
-                row.workdir = (image.config or {}).get("workingDir") or None
-                env = {**images.image_env(image), **row.env_vars}
-                start_cmd = images.start_command(image) if body_start_cmd else None
-                row.network = policy.to_wire() if policy is not None else None
-                session.add(row)
-                repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
-        except BaseException:
-            if warm is not None and pool is not None:
-                pool.give_back(warm)
-            raise
-        if warm is not None:
-            async with self.service.lock(row.id):
-                try:
-                    assert self.service.pool is not None
-                    await self.service.pool.hand_out(
-                        warm,
-                        row.id,
-                        hostname=hostname_of(row.name),
-                        cpu=row.cpu,
-                        mem_mb=row.mem,
-                        env=env,
-                        network=policy,
-                    )
-                    self.service._sockets[row.id] = warm.agent_socket
-                except VoidRunError as exc:
-                    await self._discard_failed_create(row.id, exc)
-                    raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
+        booting: _Boot | None = None
+        failure: BaseException | None = None  # raised after the group: it would wrap it
+        async with anyio.create_task_group() as boots:
+            try:  # one transaction: image, quota (org row locked first) and the new row
+                async with transaction(self.service.sessions) as session:
+                    image = await images.resolve(session, caller.org_id, request.image)
+                    await self.service.check_quota(session, caller.org_id, wanted)
+                    # taken only once the quota allows it, and given back if the insert fails
+                    warm = pool.take(Path(image.rootfs), disk_mb) if pool is not None else None
+                    if warm is None:  # a warm sandbox's disk exists: only a new one needs room
+                        await self.service.disk_floor.reserve_for_create(disk_mb)
+                    row = self._row(caller, request, image, disk_mb, warm)
+                    row.workdir = (image.config or {}).get("workingDir") or None
+                    env = {**images.image_env(image), **row.env_vars}
+                    start_cmd = images.start_command(image) if body_start_cmd else None
+                    row.network = policy.to_wire() if policy is not None else None
+                    spec = self._spec(row, image, env, policy)
+                    if warm is not None or request.sync:
+                        # The quota allows it: the sandbox boots (or a warm one is made the
+                        # caller's) while its row is written.
+                        job = (
+                            partial(self._hand_out, warm, spec)
+                            if warm
+                            else partial(self._boot, spec)
+                        )
+                        booting = _Boot(spec.sandbox_id, job)
+                        boots.start_soon(self._run_locked, booting)
+                    session.add(row)
+                    repo.record(session, "sandbox.create", caller.org_id, row.id, image=row.image)
+            except BaseException as exc:
+                failure = exc
+                if booting is None and warm is not None and pool is not None:
+                    pool.give_back(warm)  # untouched: another create may have it
+                elif booting is not None:
+                    boots.cancel_scope.cancel()  # the driver undoes a create it was cancelled in
+                    with anyio.CancelScope(shield=True):
+                        await booting.done.wait()
+                        if booting.finished or warm is not None:  # it exists: undo it
+                            await self._destroy_quietly(booting.sandbox_id)
+        if failure is not None:
+            raise failure
+        if booting is None:
+            self.service.spawn(lambda: self._boot_in_background(spec))
             return row
-        spec = SandboxSpec(
+        if booting.failure is not None:
+            await self._discard_failed_create(row.id, booting.failure)
+            raise VoidRunError(
+                "Failed to create sandbox", describe(booting.failure)
+            ) from booting.failure
+        if start_cmd:
+            await self._start_cmd(caller, row, start_cmd)
+        return row
+
+    async def _hand_out(self, warm: Warm, spec: SandboxSpec) -> None:
+        """Make a warm-pool sandbox the caller's (``pool.hand_out``)."""
+        assert self.service.pool is not None
+        await self.service.pool.hand_out(
+            warm,
+            spec.sandbox_id,
+            hostname=spec.hostname,
+            cpu=spec.cpu,
+            mem_mb=spec.mem_mb,
+            env=dict(spec.env),
+            network=spec.network,
+        )
+        self.service._sockets[spec.sandbox_id] = warm.agent_socket
+
+    @staticmethod
+    def _spec(
+        row: Sandbox, image: Image, env: dict[str, str], policy: NetworkPolicy | None
+    ) -> SandboxSpec:
+        return SandboxSpec(
             sandbox_id=row.id,
             hostname=hostname_of(row.name),
             rootfs=Path(image.rootfs),
+            layers=tuple(Path(layer) for layer in image.layers or ()),
             cpu=row.cpu,
             mem_mb=row.mem,
             disk_mb=row.disk_mb,
             env=env,
             network=policy,
         )
-        if not request.sync:
-            self.service.spawn(lambda: self._boot_in_background(spec))
-            return row
-        async with self.service.lock(row.id):
-            try:
-                await self._boot(spec)
-            except VoidRunError as exc:
-                await self._discard_failed_create(row.id, exc)
-                raise VoidRunError("Failed to create sandbox", describe(exc)) from exc
-        if start_cmd:
-            await self._start_cmd(caller, row, start_cmd)
-        return row
+
+    async def _run_locked(self, boot: _Boot) -> None:
+        """A synchronous create's boot or hand-out, started inside the transaction that records
+        it. The outcome is left on ``boot``: a failure is the caller's to report, a
+        cancellation the driver's to undo."""
+        try:
+            async with self.service.lock(boot.sandbox_id):
+                await boot.job()
+                boot.finished = True
+        except VoidRunError as exc:
+            boot.failure = exc
+        finally:
+            boot.done.set()
 
     async def _start_cmd(self, caller: Principal, row: Sandbox, command: str) -> None:
         """The image's ``Entrypoint``+``Cmd`` as a background command (``startCmd``); a

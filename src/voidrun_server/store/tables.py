@@ -127,6 +127,10 @@ class Image(Base):
     progress: Mapped[int] = mapped_column(Integer, default=100)  # percent
     source: Mapped[str] = mapped_column(String(1024), default="")
     config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # Env, WorkingDir, User, ...
+    # snapshot images (services/snapshots.py): the image below, and every rootfs below, nearest
+    # first; NULL for other images
+    parent_id: Mapped[str | None] = mapped_column(String(24), index=True)
+    layers: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Sandbox(Base):

@@ -113,7 +113,7 @@ class BwrapFds:
 def bwrap_argv(
     bwrap: Path,
     *,
-    lower: Path,
+    lowers: Sequence[Path],
     upper: Path,
     work: Path,
     run_dir: Path,
@@ -127,9 +127,10 @@ def bwrap_argv(
     share_net: bool = False,
     ca_bundle: Path | None = None,
 ) -> list[str]:
-    """``share_net``: stay in the network namespace bwrap is started in (the server made it,
-    ``netns.py``) instead of a new loopback-only one; ``ca_bundle`` is mounted read-only over
-    the image's system CA bundle."""
+    """``lowers``: the image's layers, top first (bwrap stacks each ``--overlay-src`` above
+    the ones before it). ``share_net``: stay in the network namespace bwrap is started in
+    (the server made it, ``netns.py``) instead of a new loopback-only one; ``ca_bundle`` is
+    mounted read-only over the image's system CA bundle."""
     argv = [
         str(bwrap),
         "--unshare-user", "--uid", "0", "--gid", "0",
@@ -138,7 +139,8 @@ def bwrap_argv(
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
         *([] if share_net else ["--unshare-net"]),
         "--hostname", hostname,
-        "--overlay-src", str(lower), "--overlay", str(upper), str(work), "/",
+        *[arg for lower in reversed(lowers) for arg in ("--overlay-src", str(lower))],
+        "--overlay", str(upper), str(work), "/",
         "--proc", "/proc",
         "--dev", "/dev",
         "--perms", "1777", "--tmpfs", "/dev/shm",

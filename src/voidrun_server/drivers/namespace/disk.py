@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from voidrun_server.drivers.base import DriverError, DriverUnavailableError
+from voidrun_server.drivers.namespace.mountleaks import release_copies
 
 __all__ = [
     "DiskTemplates",
@@ -279,6 +280,9 @@ def loop_devices_for(image: Path) -> list[str]:
     return found
 
 
+RELEASE_AFTER_SECONDS = 0.2  # an autoclear detach normally takes well under this
+
+
 def detach_loop_devices(image: Path, deadline: float) -> None:
     """Return once no loop device is bound to ``image`` any more.
 
@@ -286,9 +290,16 @@ def detach_loop_devices(image: Path, deadline: float) -> None:
     moment later; a device can also outlive our unmount while a dying sandbox's mount
     namespace still holds the filesystem. ``LOOP_CLR_FD`` on a device in use only marks it
     autoclear, so asking again is harmless. A device bound after a crash between attach and
-    mount (never mounted) is detached here directly.
+    mount (never mounted) is detached here directly. A device still bound after a moment is
+    usually held by a copy of the mount in another process's mount namespace: those copies are
+    detached (``mountleaks.py``), once.
     """
+    released = False
+    started = time.monotonic()
     while devices := loop_devices_for(image):
+        if not released and time.monotonic() - started > RELEASE_AFTER_SECONDS:
+            released = True
+            release_copies(devices)
         for dev_path in devices:
             try:
                 dev = os.open(dev_path, os.O_RDWR | os.O_CLOEXEC)

@@ -33,6 +33,7 @@ from voidrun_server.drivers.base import (
     DriverError,
     DriverTimeoutError,
     DriverUnavailableError,
+    LayerExport,
     NetworkPolicy,
     NetworkUsage,
     SandboxInfo,
@@ -42,7 +43,7 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
-from voidrun_server.drivers.namespace import idmount, netns
+from voidrun_server.drivers.namespace import export, idmount, netns
 from voidrun_server.drivers.namespace.bwrap import DEFAULT_CAPS, find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
@@ -71,6 +72,7 @@ __all__ = ["NamespaceDriver", "check_host"]
 
 log = logging.getLogger(__name__)
 
+EXPORT_MB_PER_SECOND = 20
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -324,6 +326,19 @@ class NamespaceDriver(NetnsPorts):
 
     async def resume(self, sandbox_id: str) -> None:
         await self._set_frozen(sandbox_id, frozen=False)
+
+    async def export_layer(self, sandbox_id: str, dest: Path, *, uid_base: int) -> LayerExport:
+        """``Exportable`` (``export.py``). The deadline allows 20 MB/s for a full disk."""
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("snapshot", self._op_timeout):
+                record = await self._record(run)
+            seconds = self._op_timeout + record.disk_mb / EXPORT_MB_PER_SECOND
+            with _operation("snapshot", seconds) as deadline:
+                # Not abandoned on cancel: the worker thaws the sandbox before it returns.
+                return await anyio.to_thread.run_sync(
+                    export.export_layer, self._host, run, record, dest, uid_base, deadline
+                )
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         run = self._host.run_dir(sandbox_id)

@@ -40,7 +40,7 @@ from voidrun_server.drivers.base import (
 from voidrun_server.drivers.namespace import disk, idmount
 from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
-from voidrun_server.drivers.namespace.launch import launch, no_core_prefix
+from voidrun_server.drivers.namespace.launch import disable_core_dumps, launch
 from voidrun_server.drivers.namespace.netns import entered
 from voidrun_server.drivers.namespace.network import HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
@@ -107,10 +107,12 @@ def teardown(
     if network is not None:
         network.detach(run, run.sandbox_id)
         network.release(record.net_address if record else None)
-    idmount.unmount_detach(run.lower)
+    lowers = run.lower_mounts()
+    for lower in lowers:
+        idmount.unmount_detach(lower)
     disk.unmount(run.disk_mount, deadline)
     disk.detach_loop_devices(run.disk_image, deadline)
-    for mount_point in (run.lower, run.disk_mount, run.netns):
+    for mount_point in (*lowers, run.disk_mount, run.netns):
         if idmount.is_mount_point(mount_point):
             raise DriverError(f"{mount_point} is still mounted; not deleting it")
     shutil.rmtree(run.root)  # symlink-safe (fd-based) on Linux
@@ -167,7 +169,7 @@ class SandboxHost:
         self._bwrap = bwrap
         self._bpf = bpf
         self._setpriv = setpriv
-        self._core_prefix = no_core_prefix()
+        disable_core_dumps()
         self._agent_argv = agent_argv
         self._agent_dir = agent_dir
         self._runtime_dir = runtime_dir
@@ -191,8 +193,9 @@ class SandboxHost:
         failure left something for :meth:`destroy` (a duplicate id must not destroy the
         original).
         """
-        if not spec.rootfs.is_dir():
-            raise DriverError("image root filesystem not found", str(spec.rootfs))
+        for layer in (spec.rootfs, *spec.layers):
+            if not layer.is_dir():
+                raise DriverError("image root filesystem not found", str(layer))
         image = os.stat(spec.rootfs)
         try:
             os.mkdir(run.root, 0o700)
@@ -223,6 +226,7 @@ class SandboxHost:
             phase=Phase.CREATING,
             net_address=str(address) if address else None,
             net_policy=spec.network.to_wire() if spec.network else None,
+            layers=[str(layer.resolve()) for layer in spec.layers],
         )
         try:
             return self._launch(run, record, deadline), base
@@ -248,7 +252,7 @@ class SandboxHost:
 
     def _launch(self, run: RunDir, record: SandboxRecord, deadline: float) -> ProcessRef:
         """Fresh cgroups, then bwrap; records the new processes as RUNNING."""
-        lower = self._mount_lower(run, record, deadline)
+        lowers = self._mount_lowers(run, record, deadline)
         limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
         networked = self.network is not None and record.net_address is not None
@@ -276,7 +280,7 @@ class SandboxHost:
         def build(fds: BwrapFds) -> list[str]:
             return bwrap_argv(
                 self._bwrap,
-                lower=lower,
+                lowers=lowers,
                 upper=run.upper,
                 work=run.work,
                 run_dir=run.run,
@@ -300,7 +304,6 @@ class SandboxHost:
                 bpf=self._bpf,
                 idmap=IdMap(base),
                 drop_prefix=privilege_drop_prefix(self._setpriv, base, base),
-                core_prefix=self._core_prefix,
                 cgroups=self.cgroups,
                 cgroup_paths=record.cgroups,
                 log_file=run.log_file,
@@ -320,28 +323,35 @@ class SandboxHost:
         write_record(run, record)
         return launched.init
 
-    def _mount_lower(self, run: RunDir, record: SandboxRecord, deadline: float) -> Path:
-        """The overlay's lower layer: the image seen through the sandbox's uid range.
+    def _mount_lowers(self, run: RunDir, record: SandboxRecord, deadline: float) -> list[Path]:
+        """The overlay's lower layers, top first: the image (and the layers below it, for a
+        snapshot image) seen through the sandbox's uid range.
 
-        A sandbox whose range *is* the image's (created before per-sandbox ranges) uses the
-        image directory itself. Otherwise an idmapped read-only mount at ``<run>/lower``, made
-        unless it is still there (a server restart, a start after the sandbox died).
+        A layer whose range *is* the sandbox's (created before per-sandbox ranges) is used
+        directly. Otherwise an idmapped read-only mount at ``<run>/lower`` (``lower.N`` for
+        the N-th layer below), made unless it is still there (a server restart, a start after
+        the sandbox died).
         """
-        rootfs = Path(record.rootfs)
-        image = os.stat(rootfs)
-        if (image.st_uid, image.st_gid) == (record.uid_base, record.uid_base):
-            check_traversable(rootfs, record.uid_base, "rootfs")
-            return rootfs
-        if not idmount.is_mount_point(run.lower):
-            run.lower.mkdir(mode=0o700, exist_ok=True)
-            idmount.mount_idmapped(
-                rootfs,
-                run.lower,
-                idmount.IdRange(image.st_uid, record.uid_base),
-                idmount.IdRange(image.st_gid, record.uid_base),
-                deadline,
-            )
-        return run.lower
+        lowers = []
+        for index, layer in enumerate([record.rootfs, *record.layers]):
+            rootfs = Path(layer)
+            image = os.stat(rootfs)
+            if (image.st_uid, image.st_gid) == (record.uid_base, record.uid_base):
+                check_traversable(rootfs, record.uid_base, "rootfs")
+                lowers.append(rootfs)
+                continue
+            target = run.lower_at(index)
+            if not idmount.is_mount_point(target):
+                target.mkdir(mode=0o700, exist_ok=True)
+                idmount.mount_idmapped(
+                    rootfs,
+                    target,
+                    idmount.IdRange(image.st_uid, record.uid_base),
+                    idmount.IdRange(image.st_gid, record.uid_base),
+                    deadline,
+                )
+            lowers.append(target)
+        return lowers
 
     def _write_identity(self, run: RunDir, hostname: str, owner: int) -> None:
         """Per-sandbox /etc/hostname and /etc/hosts, written into the fresh upper layer.
@@ -387,7 +397,8 @@ class SandboxHost:
         self._kill(record, deadline)
         if self.network is not None and record.net_address:
             self.network.detach(run, record.sandbox_id)
-        idmount.unmount_detach(run.lower)
+        for lower in run.lower_mounts():
+            idmount.unmount_detach(lower)
         disk.unmount(run.disk_mount, deadline)
         disk.detach_loop_devices(run.disk_image, deadline)
         record.monitor = record.init = None

@@ -4,25 +4,27 @@ Sequence (all before a single instruction of the agent runs)::
 
     server (worker thread)                   bwrap (as the sandbox's base uid S)
     step into the sandbox's cgroups (v1)
-    spawn (vfork; setpriv drops to S,
-      prlimit sets RLIMIT_CORE 0/0) ───────────► born in those cgroups
+    spawn (vfork; setpriv drops to S) ─────────► born in those cgroups
     step back out                                clone(NEWUSER|NEWPID|NEWNS|…) child
     read --info-fd  ◄─────────────────────────── {"child-pid": N}
     write /proc/N/{uid,gid}_map                   child blocks on --userns-block-fd
     (v2 only: attach bwrap and N to the cgroup)
-    write one byte  ─────────────────────────────► child: mounts, caps, seccomp, exec agent
+    write one byte  ─────────────────────────────► child: mounts, caps, seccomp, exec PID 1
+    read the holder's echo ◄──────────────────── PID 1 (the life-line holder) runs
+    fork server: fork the agent into it ────────► the agent joins (zygote.py)
+
+(Without the fork server, PID 1 is the agent itself and the last two steps do not happen.)
 
 The sandbox is in its cgroups before it is unblocked, so everything it (and anything it forks)
 does is limited and accounted from the start: no process of the sandbox ever runs outside its
 limits. (Why the thread steps in and out instead of attaching pids: ``cgroups/v1.py``.)
 
-Core dumps are off for the whole sandbox: bwrap is started through util-linux ``prlimit
---core=0:0``, which lowers RLIMIT_CORE (soft and hard) on itself and execs bwrap, so bwrap, the
-agent and every descendant inherit 0, and without CAP_SYS_RESOURCE in the initial namespace
-nothing inside can raise the hard limit again. (Setting it with ``prlimit(2)`` on the blocked
-child from the server would save that exec, ~1 ms, but needs CAP_SYS_RESOURCE, which servers
-in containers often lack - this one does.) A core file would otherwise be written by the kernel
-into the sandbox's cwd with whatever secrets the process held.
+Core dumps are off for the whole sandbox: the driver sets RLIMIT_CORE to 0 (soft and hard) on
+the server process itself when it starts (``disable_core_dumps``), so bwrap, the agent (and
+the fork server) and every descendant inherit 0, and without CAP_SYS_RESOURCE in the initial
+namespace nothing inside can raise the hard limit again. A core file would otherwise be written
+by the kernel into the sandbox's cwd with whatever secrets the process held; the server's own
+would hold API keys. (It used to be an exec of util-linux ``prlimit`` per sandbox.)
 
 With ``netns``, the spawning thread steps into the sandbox's network namespace for the spawn
 (``netns.entered``): bwrap and everything it starts are born there.
@@ -36,8 +38,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from voidrun_server.drivers.base import DriverError, DriverTimeoutError, DriverUnavailableError
+from voidrun_server.drivers.base import DriverError, DriverTimeoutError
 from voidrun_server.drivers.namespace.bwrap import BwrapFds
 from voidrun_server.drivers.namespace.cgroups import Cgroups
 from voidrun_server.drivers.namespace.netns import entered
@@ -53,7 +55,7 @@ from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.seccomp import open_bpf_fd
 from voidrun_server.drivers.namespace.userns import IdMap
 
-__all__ = ["Launched", "launch", "no_core_prefix"]
+__all__ = ["Launched", "disable_core_dumps", "launch"]
 
 
 class _DetachedPopen(subprocess.Popen[bytes]):
@@ -96,14 +98,9 @@ def _read_info(fd: int, deadline: float) -> dict[str, Any]:
                 continue
 
 
-def no_core_prefix() -> list[str]:
-    """argv prefix that sets RLIMIT_CORE to 0 (soft and hard) and execs the rest."""
-    prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if prlimit is None:
-        raise DriverUnavailableError(
-            "prlimit (util-linux) not found", hint="apt-get install util-linux"
-        )
-    return [prlimit, "--core=0:0", "--"]
+def disable_core_dumps() -> None:
+    """RLIMIT_CORE 0/0 for this process and everything it starts from now on."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 class AgentJoin(Protocol):
@@ -119,7 +116,6 @@ def launch(
     bpf: bytes,
     idmap: IdMap,
     drop_prefix: list[str] | None,
-    core_prefix: list[str],
     cgroups: Cgroups,
     cgroup_paths: dict[str, str],
     log_file: Path,
@@ -138,7 +134,7 @@ def launch(
     block_r, block_w = os.pipe()
     seccomp_r = open_bpf_fd(bpf)
     fds = BwrapFds(info=info_w, userns_block=block_r, seccomp=seccomp_r)
-    argv = [*core_prefix, *build_argv(fds)]
+    argv = build_argv(fds)
     kwargs: dict[str, Any] = {}
     if drop_prefix is not None:
         argv = [*drop_prefix, *argv]

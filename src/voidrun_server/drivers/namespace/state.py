@@ -8,6 +8,7 @@ down a sandbox lives on disk, not in memory::
     <state_dir>/<id>/state.json   this record (written atomically: temp file + rename)
     <state_dir>/<id>/lower/       the image, idmapped to the sandbox's uid range, read-only
                                   (a mount while running or paused; see idmount.py)
+    <state_dir>/<id>/lower.N/     the image's further layers (snapshots), N = 1.. downwards
     <state_dir>/<id>/netns        its network namespace, pinned by a bind mount (running,
                                   paused; see netns.py); owned by the host's user namespace
     <state_dir>/<id>/disk.img     sparse ext4 image: the sandbox's size-limited disk
@@ -44,6 +45,7 @@ __all__ = ["SANDBOX_ID_RE", "Phase", "RunDir", "SandboxRecord", "read_record", "
 
 STATE_VERSION = 1
 SANDBOX_ID_RE = re.compile(r"^[0-9a-f]{24}$")
+_LOWER_RE = re.compile(r"^lower(\.[0-9]{1,4})?$")
 
 # Paths inside the sandbox.
 SANDBOX_RUN_DIR = "/run/voidrun"
@@ -83,6 +85,18 @@ class RunDir:
     @property
     def lower(self) -> Path:
         return self.root / "lower"
+
+    def lower_at(self, index: int) -> Path:
+        """Mount point of the image's ``index``-th layer from the top (0: ``lower``)."""
+        return self.root / ("lower" if index == 0 else f"lower.{index}")
+
+    def lower_mounts(self) -> list[Path]:
+        """The layer mount points present on disk (whatever the record says; for teardown)."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return [self.root / n for n in sorted(names) if _LOWER_RE.match(n)]
 
     @property
     def netns(self) -> Path:
@@ -148,6 +162,8 @@ class SandboxRecord:
     """Its IPv4 address on the sandbox subnet; None: loopback only (networking off)."""
     net_policy: dict[str, Any] | None = None
     """Its egress policy in wire form (``NetworkPolicy.to_wire``); None: the default."""
+    layers: list[str] = field(default_factory=list)
+    """Image layers below ``rootfs``, nearest first (``SandboxSpec.layers``)."""
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -167,6 +183,7 @@ class SandboxRecord:
             "init": self.init.to_json() if self.init else None,
             "net_address": self.net_address,
             "net_policy": self.net_policy,
+            "layers": list(self.layers),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -189,6 +206,7 @@ class SandboxRecord:
             init=ProcessRef.from_json(data.get("init")),
             net_address=str(data["net_address"]) if data.get("net_address") else None,
             net_policy=dict(data["net_policy"]) if data.get("net_policy") else None,
+            layers=[str(layer) for layer in data.get("layers") or []],
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
         )

@@ -83,3 +83,9 @@ async def latest_own(session: AsyncSession, org_id: str, name: str) -> Image | N
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def snapshots_over(session: AsyncSession, image_id: str) -> int:
+    """Snapshot images whose layer lies directly over this image (they need its files)."""
+    query = select(func.count()).select_from(Image).where(Image.parent_id == image_id)
+    return int((await session.execute(query)).scalar_one())
