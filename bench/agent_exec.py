@@ -1,6 +1,7 @@
 """Exec round trips through the agent alone (no HTTP server), beside fork+exec baselines.
 
-Usage: .venv/bin/python bench/agent_exec.py [-n 300]   (no root needed)
+Usage: .venv/bin/python bench/agent_exec.py [-n 300]   (no root needed; as root it also times
+exec as a user, ``nobody`` from the host's /etc/passwd, as an image's ``User`` runs)
 
 Starts one agent as ``bench/agent_start.py`` does, then for each command runs 30 warm-ups and
 N sequential ``exec`` requests through ``voidrun_server.agentclient`` and prints p50/p95 ms;
@@ -75,6 +76,13 @@ async def measure(sock: Path, n: int) -> list[str]:
                 return await client.exec(command)
 
             rows.append(row(f"exec {command!r}", await timed(run, n)))
+        if os.geteuid() == 0:  # as an image's User: the child takes the ids (fork, not vfork)
+            for command in ("true", "echo a b"):
+
+                async def as_user(command: str = command) -> object:
+                    return await client.exec(command, user="nobody")
+
+                rows.append(row(f"exec {command!r} as user nobody", await timed(as_user, n)))
         rows.append(row("ping", await timed(client.ping, n)))
     return rows
 

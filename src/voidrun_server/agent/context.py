@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .paths import which
+from .protocol import SPAWN_FAILED, OpError
 from .reaper import Reaper
 from .spawn import spawn
 
@@ -42,6 +43,7 @@ class AgentContext:
         # Process groups of commands still running, so shutdown can kill them.
         self.groups: set[int] = set()
         self.shell = find_shell(self.base_env.get("PATH", BASE_ENV["PATH"]))
+        """bash or sh from the image, None when it has neither (asked again on each use)."""
         self._families: dict[Any, Any] = {}
 
     def exec_env(self, extra: Mapping[str, str]) -> dict[str, str]:
@@ -50,6 +52,16 @@ class AgentContext:
         env.update(self.defaults)
         env.update(extra)
         return env
+
+    def need_shell(self, runs: str) -> str:
+        """The image's shell, or an error saying that ``runs`` (what the feature starts, such as
+        ``sh -c COMMAND``) needs one and what to install. Looked up again while there is none,
+        so a shell installed later (an uploaded busybox) is found."""
+        if self.shell is None:
+            self.shell = find_shell(self.base_env.get("PATH", BASE_ENV["PATH"]))
+        if self.shell is None:
+            raise OpError(SPAWN_FAILED, no_shell(runs))
+        return self.shell
 
     def family(self, factory: Callable[[AgentContext], S]) -> S:
         """The agent's one instance of an op family's state (``Commands``, ``Shells``, …)."""
@@ -66,11 +78,12 @@ class AgentContext:
         cwd: str,
         fds: tuple[int, int, int],
         preexec: Callable[[], None] | None = None,
+        creds: tuple[int, list[int], int] | None = None,
     ) -> tuple[int, Future[int]]:
         """Start a program in a new session (see ``spawn``); return its pid and the future of its
         exit code. Its group is killed at shutdown until :meth:`finished` is called."""
         self.reaper.adopt_orphans()
-        pid = spawn(argv, executable, env, cwd, *fds, preexec=preexec)
+        pid = spawn(argv, executable, env, cwd, *fds, preexec=preexec, creds=creds)
         exited = self.reaper.watch(pid)  # before the loop can reap it
         self.groups.add(pid)
         return pid, exited
@@ -87,9 +100,17 @@ def kill_group(pgid: int) -> None:
         pass
 
 
-def find_shell(path: str) -> str:
-    """bash when the image has it, else POSIX sh (minimal images such as Alpine or busybox)."""
-    return which("bash", path=path) or "/bin/sh"
+def find_shell(path: str) -> str | None:
+    """bash when the image has it, else POSIX sh (minimal images such as Alpine or busybox):
+    ``/bin/sh``, or ``sh`` on ``path``. None when the image has no shell (distroless)."""
+    return which("bash", path=path) or which("/bin/sh") or which("sh", path=path)
+
+
+def no_shell(runs: str) -> str:
+    return (
+        f"this image has no shell (no bash on PATH, no /bin/sh) and this runs {runs}: install "
+        "bash, or a POSIX sh such as busybox or dash as /bin/sh, in the image"
+    )
 
 
 def default_cwd(env: Mapping[str, str]) -> str:

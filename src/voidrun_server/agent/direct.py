@@ -16,6 +16,10 @@ executed). Variables bash reads or rewrites itself (``BASH_ENV``, ``SHELLOPTS``,
 the variables in ``environ`` (bash's is that of its hash table), so ``env`` and ``printenv``
 always go through the shell.
 
+In an image with no shell at all (distroless), :func:`without_shell` runs a plain command the
+same way (its program found on ``PATH``, the environment as given), so a program can still be
+run; anything that needs a shell is refused with an error that says which shell to install.
+
 Only for bash of a verified version (asked once, in the background, on the first plain
 command; until it answers, commands go through the shell) and only when the program is found
 on a ``PATH`` of absolute directories. If the ``execve`` fails (a script without ``#!``, a
@@ -68,7 +72,7 @@ class DirectExec:
 
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
-        self.shell = ctx.shell
+        self.shell = ctx.shell or ""
         # None: not asked yet (or asking); then True or False for the agent's life.
         self.verified: bool | None = None if os.path.basename(self.shell) == "bash" else False
         self._probe: Task[None] | None = None
@@ -129,6 +133,18 @@ class DirectExec:
                 os.close(read_end)
         version = answer.decode("ascii", "replace")
         self.verified = version.startswith(VERIFIED_BASH)
+
+
+def without_shell(command: str, env: Mapping[str, str]) -> tuple[str, list[str]] | None:
+    """``(program, argv)`` for a plain command in an image without a shell, or None when the
+    command needs one (shell syntax, a builtin, an assignment) or its program is not on PATH."""
+    argv = plain_words(command)
+    if argv is None or "=" in argv[0] or argv[0] in SHELL_WORDS - SAME_AS_PROGRAM:
+        return None
+    if "/" in argv[0]:
+        return argv[0], argv
+    program = find_program(argv[0], env.get("PATH", ""))
+    return None if program is None else (program, argv)
 
 
 def plain_words(command: str) -> list[str] | None:

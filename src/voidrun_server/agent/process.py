@@ -8,16 +8,18 @@ still holding the pipes keeps it running until the timeout. Redirect such childr
 (``cmd >/dev/null 2>&1 &``) to detach them.
 
 Every command is ``shell -c COMMAND``, except plain ones that ``direct`` runs exactly as the
-shell would have, without starting the shell.
+shell would have, without starting the shell. In an image without a shell only plain commands
+run (``direct.without_shell``); others are refused with what to install.
 """
 
 from __future__ import annotations
 
 import os
 
+from . import users
 from .args import abs_path, env_map, opt_int, opt_number, req_str
 from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd, kill_group
-from .direct import DirectExec
+from .direct import DirectExec, without_shell
 from .fdio import Fd
 from .protocol import NOT_FOUND, PERMISSION_DENIED, SPAWN_FAILED, OpError
 from .reaper import exit_code
@@ -44,7 +46,9 @@ TIMEOUT_EXIT_CODE = 124
 class Command:
     def __init__(self, ctx: AgentContext, args: Mapping[str, Any]) -> None:
         self.command = req_str(args, "command")
-        self.env = ctx.exec_env(env_map(args))
+        extra = env_map(args)
+        self.env = ctx.exec_env(extra)
+        self.user = users.for_request(args, self.env, extra)
         if args.get("cwd") is None:
             self.cwd = default_cwd(self.env)
         else:
@@ -53,7 +57,6 @@ class Command:
                 raise OpError(NOT_FOUND, f"working directory {self.cwd!r} does not exist")
         timeout = opt_number(args, "timeout")
         self.timeout = timeout or None  # 0 means no limit
-        self.argv = [ctx.shell, "-c", self.command]
 
 
 class Started:
@@ -89,21 +92,27 @@ def start(ctx: AgentContext, cmd: Command, with_stdin: bool) -> Started:
 
 
 def _start(ctx: AgentContext, cmd: Command, fds: tuple[int, int, int]) -> tuple[int, Future[int]]:
+    creds = cmd.user.spawn_ids() if cmd.user is not None else None
     plan = ctx.family(DirectExec).plan(cmd.command, cmd.env, cmd.cwd)
     if plan is not None:
         program, argv, env = plan
         try:
-            return ctx.start(argv, program, env, cmd.cwd, fds)
+            return ctx.start(argv, program, env, cmd.cwd, fds, creds=creds)
         except OSError:
             pass  # the shell runs it instead, and reports or handles what went wrong as ever
+    if ctx.shell is None and (bare := without_shell(cmd.command, cmd.env)) is not None:
+        program, argv = bare
+    else:
+        program = ctx.need_shell("commands with shell syntax (`sh -c COMMAND`)")
+        argv = [program, "-c", cmd.command]
     try:
-        return ctx.start(cmd.argv, cmd.argv[0], cmd.env, cmd.cwd, fds)
+        return ctx.start(argv, program, cmd.env, cmd.cwd, fds, creds=creds)
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise OpError(NOT_FOUND, f"cannot start {cmd.argv[0]} in {cmd.cwd!r}: {exc}") from None
+        raise OpError(NOT_FOUND, f"cannot start {program} in {cmd.cwd!r}: {exc}") from None
     except PermissionError as exc:
-        raise OpError(PERMISSION_DENIED, f"cannot start {cmd.argv[0]}: {exc}") from None
+        raise OpError(PERMISSION_DENIED, f"cannot start {program}: {exc}") from None
     except (OSError, ValueError, SpawnError) as exc:
-        raise OpError(SPAWN_FAILED, f"cannot start {cmd.argv[0]}: {exc}") from None
+        raise OpError(SPAWN_FAILED, f"cannot start {program}: {exc}") from None
 
 
 async def run(

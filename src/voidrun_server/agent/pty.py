@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import time
 
+from . import users
 from .args import bad, req_str
 from .context import AgentContext, default_cwd
 from .loop import get_loop
@@ -152,7 +153,9 @@ class Terminals:
             raise OpError(TOO_MANY_REQUESTS, f"at most {MAX_SESSIONS} terminals at once")
         cols, rows = term_size(args)
         env = ctx.exec_env({})
-        term = Terminal.spawn(ctx, [ctx.shell, "-l"], env, default_cwd(env), cols, rows)
+        user = users.for_request(args, env, {})
+        shell = ctx.need_shell("a login shell on the terminal (`sh -l`)")
+        term = Terminal.spawn(ctx, [shell, "-l"], env, default_cwd(env), cols, rows, user=user)
         session = PtySession("pty-" + os.urandom(8).hex(), term, ephemeral)
         self.sessions[session.id] = session
         return session

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 
+from . import users
 from .args import bad, opt_number, opt_str, req_str
 from .context import DEFAULT_MAX_OUTPUT, AgentContext, default_cwd
 from .loop import get_loop
@@ -72,7 +73,7 @@ class ShellSession:
         term.on_output = self._output
         term.ended.add_done_callback(self._ended)
         term.start()
-        term.write(b"exec 2>&1\n")  # started with stderr off the tty, so non-interactive
+        term.write(b"exec >&0 2>&0\n")  # started with both off the tty: non-interactive
 
     def keep(self, data: bytes) -> None:
         self.unclaimed.append("stdout", data)
@@ -193,12 +194,20 @@ class Shells:
         if len(self.sessions) >= MAX_SESSIONS:
             raise OpError(TOO_MANY_REQUESTS, f"at most {MAX_SESSIONS} shell sessions at once")
         env = ctx.exec_env({})
-        shell = opt_str(args, "shell") or ctx.shell
-        found = which(shell, path=env.get("PATH"))
+        user = users.for_request(args, env, {})
+        shell = opt_str(args, "shell")
+        if shell is None:
+            found: Optional[str] = ctx.need_shell("a shell session (`sh` reading commands)")
+        else:
+            found = which(shell, path=env.get("PATH"))
         if found is None:
-            raise OpError(NOT_FOUND, f"shell {shell!r} not found")
+            raise OpError(
+                NOT_FOUND,
+                f"shell {shell!r} not found on PATH: install it in the image, or leave 'shell' "
+                "out to use the image's bash or sh",
+            )
         cols, rows = term_size(args)
-        term = Terminal.spawn(ctx, [found], env, default_cwd(env), cols, rows, script=True)
+        term = Terminal.spawn(ctx, [found], env, default_cwd(env), cols, rows, True, user)
         session = self.sessions[sid] = ShellSession(sid, term)
         return session
 

@@ -41,10 +41,13 @@ def spawn(
     stdout: int,
     stderr: int,
     preexec: Callable[[], None] | None = None,
+    creds: tuple[int, list[int], int] | None = None,
 ) -> int:
     """Start ``argv`` (running the file ``executable``, an absolute or cwd-relative path) in a
     new session with fds 0, 1, 2 set to ``stdin``/``stdout``/``stderr`` and every other fd
     closed; return its pid. ``preexec`` runs in the child after ``setsid`` (forces fork).
+    ``creds``: ``(gid, supplementary gids, uid)`` the child takes before ``exec`` (as
+    ``Popen``'s ``group``, ``extra_groups`` and ``user`` do).
 
     Raises ``OSError`` as ``Popen`` would: ``filename`` is ``cwd`` when changing into it failed,
     else ``executable`` (the failed child is reaped here). The caller owns the pid of a started
@@ -52,7 +55,7 @@ def spawn(
     """
     global KNOWN
     if not KNOWN:
-        return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec)
+        return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec, creds)
     env_list = []
     for key, value in env.items():
         name = os.fsencode(key)
@@ -69,11 +72,11 @@ def spawn(
         try:
             pid = _fork_exec(
                 list(argv), executables, env_list, cwd, stdin, stdout, stderr,
-                errpipe_read, errpipe_write, preexec,
+                errpipe_read, errpipe_write, preexec, creds,
             )  # fmt: skip
         except TypeError:  # not the signature this version was expected to have
             KNOWN = False
-            return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec)
+            return _popen(argv, executable, env, cwd, stdin, stdout, stderr, preexec, creds)
         finally:
             os.close(errpipe_write)
         report = bytearray()
@@ -116,19 +119,25 @@ def _fork_exec(
     errpipe_read: int,
     errpipe_write: int,
     preexec: Callable[[], None] | None,
+    creds: tuple[int, list[int], int] | None,
 ) -> int:
     common = (args, executables, True, (errpipe_write,), cwd, env_list)
     pipes = (stdin, -1, -1, stdout, -1, stderr, errpipe_read, errpipe_write)
     from _posixsubprocess import fork_exec
 
     hook: Any = preexec  # typeshed wants a callable; like Popen we pass None for "no hook"
+    gid: Any = None  # as Popen passes them for "no change"
+    groups: Any = None
+    uid: Any = None
+    if creds is not None:
+        gid, groups, uid = creds
     # then: restore_signals, start_new_session, [process_group,] gid, groups, uid, umask, hook
     if sys.version_info >= (3, 14):
-        return fork_exec(*common, *pipes, True, True, -1, None, None, None, -1, hook)
+        return fork_exec(*common, *pipes, True, True, -1, gid, groups, uid, -1, hook)
     elif sys.version_info >= (3, 11):  # [..., allow_vfork]
-        return fork_exec(*common, *pipes, True, True, -1, None, None, None, -1, hook, True)
+        return fork_exec(*common, *pipes, True, True, -1, gid, groups, uid, -1, hook, True)
     else:
-        return fork_exec(*common, *pipes, True, True, None, None, None, -1, hook)
+        return fork_exec(*common, *pipes, True, True, gid, groups, uid, -1, hook)
 
 
 def _raise(report: bytes, executable: str, cwd: str) -> None:
@@ -159,8 +168,11 @@ def _popen(
     stdout: int,
     stderr: int,
     preexec: Callable[[], None] | None,
+    creds: tuple[int, list[int], int] | None = None,
 ) -> int:  # pragma: no cover - only on Python versions this module does not know
     import subprocess
+
+    gid, groups, uid = creds if creds is not None else (None, None, None)
 
     proc = subprocess.Popen(
         list(argv),
@@ -173,6 +185,9 @@ def _popen(
         start_new_session=True,
         close_fds=True,
         preexec_fn=preexec,
+        group=gid,
+        extra_groups=groups,
+        user=uid,
     )
     proc.returncode = 0  # the reaper owns the status; Popen must never waitpid this pid
     return proc.pid

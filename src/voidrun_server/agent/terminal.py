@@ -30,7 +30,9 @@ from .tasks import Task, wait
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
-    from typing import Any, Callable, List, Mapping, Tuple
+    from typing import Any, Callable, List, Mapping, Optional, Tuple
+
+    from .users import Credentials
 
     Sink = Callable[[bytes], None]
 else:
@@ -80,9 +82,12 @@ class Terminal:
         cols: int,
         rows: int,
         script: bool = False,
+        user: Optional[Credentials] = None,
     ) -> Terminal:
-        """``script``: raw mode (no echo, no line editing, no output translation) and stderr
-        not a tty, so a shell starts non-interactive and reads its input as a script."""
+        """``script``: raw mode (no echo, no line editing, no output translation), and stdout
+        and stderr not the tty (``/dev/null``), so a shell starts non-interactive and reads its
+        input as a script: bash looks at stdin and stderr, ash and dash at stdin and stdout.
+        The caller's first line points them at the terminal (``exec >&0 2>&0``)."""
         master, slave = os.openpty()
         devnull = -1
         try:
@@ -90,9 +95,10 @@ class Terminal:
             if script:
                 tty.setraw(slave)
                 devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            fds = (slave, slave, devnull if script else slave)
+            fds = (slave, devnull, devnull) if script else (slave, slave, slave)
             # preexec runs after setsid, before exec
-            pid, exited = ctx.start(argv, argv[0], env, cwd, fds, _take_controlling_tty)
+            creds = user.spawn_ids() if user is not None else None
+            pid, exited = ctx.start(argv, argv[0], env, cwd, fds, _take_controlling_tty, creds)
         except (OSError, ValueError, SpawnError) as exc:
             os.close(master)
             raise OpError(SPAWN_FAILED, f"cannot start {argv[0]} on a terminal: {exc}") from None

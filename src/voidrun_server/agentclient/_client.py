@@ -42,13 +42,17 @@ def _exec_args(
     env: Mapping[str, str] | None,
     cwd: str | None,
     timeout: float | None,
+    user: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    args = {
         "command": command,
         "env": dict(env) if env else None,
         "cwd": cwd,
         "timeout": timeout,
     }
+    if user:
+        args["user"] = user
+    return args
 
 
 class AgentClient:
@@ -180,6 +184,7 @@ class AgentClient:
         cwd: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the command's limit, enforced by the agent
         max_output: int | None = None,
+        user: str | None = None,
     ) -> ExecResult:
         """Run ``command`` with ``bash -c`` and wait for it.
 
@@ -187,7 +192,7 @@ class AgentClient:
         code 124. Each of stdout/stderr keeps its first ``max_output`` bytes (agent default
         16 MiB); the rest is dropped and flagged as truncated.
         """
-        args = _exec_args(command, env, cwd, timeout)
+        args = _exec_args(command, env, cwd, timeout, user)
         args["maxOutput"] = max_output
         cap = max_output if max_output is not None else DEFAULT_MAX_OUTPUT
         out, err = bytearray(), bytearray()
@@ -221,9 +226,10 @@ class AgentClient:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        user: str | None = None,
     ) -> ExecStream:
         """Like :meth:`exec` but output arrives as produced; see :class:`ExecStream`."""
-        return ExecStream(self._connection, _exec_args(command, env, cwd, timeout))
+        return ExecStream(self._connection, _exec_args(command, env, cwd, timeout, user))
 
     def read_file(self, path: str) -> FileDownload:
         return FileDownload(self._connection, path)

@@ -155,9 +155,12 @@ class ProcessOps:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         time_limit: float | None = None,
+        user: str | None = None,
     ) -> ProcessInfo:
         """Start ``command`` in the background; ``time_limit`` None or 0 means none."""
         args = {"command": command, "env": dict(env) if env else None, "cwd": cwd}
+        if user:
+            args["user"] = user
         body = await self._call("cmd.run", {**args, "timeout": time_limit or None})
         return ProcessInfo(_int(body, "pid"), command, _float(body, "startTime"), True)
 
@@ -189,8 +192,9 @@ class ProcessOps:
         shell: str | None = None,
         cols: int | None = None,
         rows: int | None = None,
+        user: str | None = None,
     ) -> str:
-        args = {"id": session_id, "shell": shell, "cols": cols, "rows": rows}
+        args = {"id": session_id, "shell": shell, "cols": cols, "rows": rows, "user": user}
         return _str(await self._call("sh.create", args), "id")
 
     async def shell_exec(
@@ -222,8 +226,10 @@ class ProcessOps:
 
     # -- PTY sessions --------------------------------------------------------------------------
 
-    async def pty_create(self, cols: int = 80, rows: int = 24) -> TerminalInfo:
-        body = await self._call("pty.create", {"cols": cols, "rows": rows})
+    async def pty_create(
+        self, cols: int = 80, rows: int = 24, user: str | None = None
+    ) -> TerminalInfo:
+        body = await self._call("pty.create", {"cols": cols, "rows": rows, "user": user})
         return TerminalInfo(_str(body, "id"), _float(body, "createdAt"), 0, True)
 
     async def pty_list(self) -> list[TerminalInfo]:
@@ -236,10 +242,18 @@ class ProcessOps:
             if isinstance(s, dict)
         ]
 
-    def pty_attach(self, session_id: str | None = None, cols: int = 80, rows: int = 24) -> OpStream:
+    def pty_attach(
+        self,
+        session_id: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+        user: str | None = None,
+    ) -> OpStream:
         """Attach to a session (scrollback first), or with no id start an ephemeral login shell
-        that lives as long as the stream; ``head["id"]`` names it."""
-        args: dict[str, Any] = {"id": session_id} if session_id else {"cols": cols, "rows": rows}
+        (as ``user``) that lives as long as the stream; ``head["id"]`` names it."""
+        args: dict[str, Any] = (
+            {"id": session_id} if session_id else {"cols": cols, "rows": rows, "user": user}
+        )
         return self.stream("pty.attach", args)
 
     async def pty_input(self, session_id: str, data: str) -> None:

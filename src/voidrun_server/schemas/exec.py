@@ -13,6 +13,11 @@ class ExecRequest(BaseModel):
     timeout: int | None = Field(None, description="Seconds, 1..300; 0 or absent means 30.")
     env: dict[str, str] | None = Field(None, description="Extra environment variables.")
     cwd: str | None = Field(None, description="Working directory; default /root.")
+    user: str | None = Field(
+        None,
+        description="Extension: run as this user of the image (`name`, `uid`, `name:group`, "
+        "`uid:gid`); default: the image config's `User`, else root.",
+    )
 
 
 class ExecData(BaseModel):

@@ -24,6 +24,11 @@ class CommandRunRequest(WireModel):
     command: str | None = Field(None, description="Run with `bash -c`; required.")
     env: dict[str, str] | None = Field(None, description="Extra environment variables.")
     cwd: str | None = Field(None, description="Working directory; default /root.")
+    user: str | None = Field(
+        None,
+        description="Extension: run as this user of the image (`name`, `uid`, `name:group`, "
+        "`uid:gid`); default: the image config's `User`, else root.",
+    )
     timeout: int | None = Field(
         None,
         strict=True,
@@ -84,7 +89,14 @@ class CommandWaitResponse(WireModel):
 class SessionExecRequest(WireModel):
     action: str | None = Field(None, description="create, exec, input, resize or close.")
     session_id: str | None = Field(None, description="≤100 chars; generated on create if absent.")
-    shell: str | None = Field(None, description="create: the shell to run; default bash.")
+    shell: str | None = Field(
+        None, description="create: the shell to run; default the image's bash, else sh."
+    )
+    user: str | None = Field(
+        None,
+        description="create (extension): the session's user (`name`, `uid`, `name:group`); "
+        "default: the image config's `User`, else root.",
+    )
     command: str | None = Field(None, description="exec: the command line.")
     input: str | None = Field(None, description="input: raw text written to the shell.")
     cols: Cols | None = None

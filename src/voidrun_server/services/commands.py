@@ -30,6 +30,7 @@ from ..schemas.processes import CommandRunRequest
 from . import validation
 from .accounts import Principal
 from .agents import Refusal
+from .image_user import requested_user
 from .sandboxes import Running, SandboxService
 
 log = logging.getLogger(__name__)
@@ -147,12 +148,15 @@ class CommandService:
         env = validation.command_env(body.env)
         cwd = validation.command_cwd(body.cwd, absolute=True)
 
+        requested = requested_user(body.user)
+
         running = await self.calls.running(caller, sandbox_id)
         cwd = cwd or running.row.workdir  # the image's WorkingDir
+        user = await self.calls.sandboxes.image_users.effective(running.row, requested)
 
         async def work(procs: ProcessOps) -> ProcessInfo:
             return await procs.run_command(
-                command, env=env, cwd=cwd, time_limit=body.timeout or None
+                command, env=env, cwd=cwd, time_limit=body.timeout or None, user=user
             )
 
         return await self.calls.on(running, work, AGENT_DEADLINE, RUN_REFUSED)

@@ -18,6 +18,7 @@ from ..schemas.exec import ExecRequest
 from . import validation
 from .accounts import Principal
 from .agents import Refusal
+from .image_user import requested_user
 from .sandboxes import SandboxService
 
 DEFAULT_TIMEOUT = 30
@@ -31,6 +32,7 @@ class Command:
     timeout: int
     env: dict[str, str]
     cwd: str | None
+    user: str | None = None
 
 
 def validate(body: ExecRequest) -> Command:
@@ -40,7 +42,8 @@ def validate(body: ExecRequest) -> Command:
         raise InvalidInputError("Invalid timeout", f"must be between 1 and {MAX_TIMEOUT} seconds")
     env = validation.command_env(body.env)
     cwd = validation.command_cwd(body.cwd, absolute=False)
-    return Command(command=command, timeout=timeout, env=env, cwd=cwd)
+    user = requested_user(body.user)
+    return Command(command=command, timeout=timeout, env=env, cwd=cwd, user=user)
 
 
 class ExecService:
@@ -50,6 +53,7 @@ class ExecService:
 
     async def run(self, caller: Principal, sandbox_id: str, command: Command) -> ExecResult:
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        user = await self.sandboxes.image_users.effective(running.row, command.user)
 
         async def work(agent: AgentClient) -> ExecResult:
             return await agent.exec(
@@ -58,6 +62,7 @@ class ExecService:
                 cwd=command.cwd or running.row.workdir,
                 timeout=command.timeout,
                 max_output=self.settings.exec_output_cap_bytes,
+                user=user,
             )
 
         return await self.sandboxes.agents.run(
@@ -71,6 +76,7 @@ class ExecService:
         """Entered before the HTTP response starts, so a bad cwd or a dead agent is a JSON
         error; leaving it (client gone, error) kills the command."""
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
+        user = await self.sandboxes.image_users.effective(running.row, command.user)
 
         def open_stream(agent: AgentClient) -> AgentExecStream:
             return agent.exec_stream(
@@ -78,6 +84,7 @@ class ExecService:
                 env=command.env,
                 cwd=command.cwd or running.row.workdir,  # the image's WorkingDir
                 timeout=command.timeout,
+                user=user,  # the request's, else the image's User
             )
 
         agents = self.sandboxes.agents

@@ -21,6 +21,7 @@ from . import validation
 from .accounts import Principal
 from .agents import Refusal
 from .commands import AGENT_DEADLINE, AgentCalls, LiveStream
+from .image_user import requested_user
 from .sandboxes import SandboxService
 
 T = TypeVar("T")
@@ -76,10 +77,15 @@ class ShellService:
             raise InvalidInputError("Invalid action", f"must be one of {', '.join(ACTIONS)}")
         sid = session_id(body.session_id, required=action != "create")
         if action == "create":
-            created = await self._call(
-                caller,
-                sandbox_id,
-                lambda p: p.shell_create(sid, shell=body.shell, cols=body.cols, rows=body.rows),
+            requested = requested_user(body.user)
+            running = await self.calls.running(caller, sandbox_id)
+            user = await self.calls.sandboxes.image_users.effective(running.row, requested)
+            created = await self.calls.on(
+                running,
+                lambda p: p.shell_create(
+                    sid, shell=body.shell, cols=body.cols, rows=body.rows, user=user
+                ),
+                refused=SESSION_REFUSED,
             )
             return SessionOutcome(session_id=created)
         assert sid is not None
@@ -139,7 +145,11 @@ class PtyService:
     async def create(
         self, caller: Principal, sandbox_id: str, cols: int, rows: int
     ) -> TerminalInfo:
-        return await self._call(caller, sandbox_id, lambda p: p.pty_create(cols, rows))
+        running = await self.calls.running(caller, sandbox_id)
+        user = await self.calls.sandboxes.image_users.default(running.row)
+        return await self.calls.on(
+            running, lambda p: p.pty_create(cols, rows, user), refused=TERMINAL_REFUSED
+        )
 
     async def list(self, caller: Principal, sandbox_id: str) -> list[TerminalInfo]:
         return await self._call(caller, sandbox_id, lambda p: p.pty_list())
@@ -168,7 +178,9 @@ class PtyService:
         Entered before the WebSocket is accepted, so failures are HTTP errors.
         """
         running = await self.calls.running(caller, sandbox_id)
-        async with self.calls.open(running, lambda p: p.pty_attach(sid), ATTACH_REFUSED) as live:
+        user = None if sid else await self.calls.sandboxes.image_users.default(running.row)
+        attach = self.calls.open(running, lambda p: p.pty_attach(sid, user=user), ATTACH_REFUSED)
+        async with attach as live:
             terminal = str(live.head.get("id", sid))
 
             async def type_in(text: str) -> None:

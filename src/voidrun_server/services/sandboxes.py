@@ -52,6 +52,7 @@ from . import networking, quotas
 from .accounts import Principal
 from .activity import ActivityLog
 from .agents import AgentPool, AgentSocket
+from .image_user import ImageUsers
 from .lifecycle import MESSAGES, RESULT, Action, Status, Verb, allows, step
 from .locks import KeyedLocks
 from .pool import WarmPool
@@ -99,6 +100,7 @@ class SandboxService:
         self._live: dict[str, Sandbox] = {}
         self._changes = 0
         self.activity = ActivityLog(sessions, settings.pause_after_idle_seconds)
+        self.image_users = ImageUsers(sessions)  # the image's User, per image id
         self.pool = pool
         self.provisioner = Provisioner(self)
         self.starting = quotas.Reservations()
