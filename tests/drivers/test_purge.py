@@ -32,7 +32,7 @@ def torn_create(harness: NamespaceHarness, sandbox_id: str) -> RunDir:
     disk.provision_image(template, run.disk_image)
     run.disk_mount.mkdir()
     disk.mount_image(run.disk_image, run.disk_mount)
-    netns.create(run.netns)
+    netns.create(run.netns).close()  # it returns a netlink socket inside it
     driver = harness.drivers[0]
     driver._host.cgroups.create(sandbox_id, CgroupLimits(cpu=1, mem_mb=64, pids_max=16))
     return run

@@ -226,9 +226,12 @@ class NamespaceDriver(NetnsPorts):
         return self._host.state_dir
 
     def close(self) -> None:
-        """Stop the agent fork server; running sandboxes and their agents are not affected."""
+        """Stop the agent fork server and release the network's sockets and threads (tests; a
+        server keeps them for its lifetime); running sandboxes are not affected."""
         if self._host.zygote is not None:
             self._host.zygote.close()
+        if self.net is not None:
+            self.net.host.close()
 
     def unwritten_disk_bytes(self) -> int:
         """Host space the sparse sandbox disks may still claim (``DiskAccounting``)."""

@@ -84,6 +84,7 @@ class HostNetwork:
         # Namespaces, links and rules of sandboxes being created, while their disks are
         # prepared and their processes start.
         self._wiring = ThreadPoolExecutor(4, thread_name_prefix="voidrun-wiring")
+        self._closed = False
         self.nft = nftables.Nft()
         records = [r for r in records if r.net_address]
         self._used = {ipaddress.IPv4Address(r.net_address) for r in records}
@@ -165,7 +166,10 @@ class HostNetwork:
         self.nft.run(script + "".join(chains))
 
     def close(self) -> None:
-        """Release the netlink socket (tests; a server keeps it for its lifetime)."""
+        """Release the netlink socket (tests; a server keeps it for its lifetime). Once."""
+        if self._closed:
+            return
+        self._closed = True
         self._netlink(self._ipr.close)
         self._netlink_thread.shutdown()
         self._wiring.shutdown()

@@ -28,10 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from voidrun_server.drivers.base import DriverError
-from voidrun_server.drivers.namespace import disk, idmount, netns
+from voidrun_server.drivers.namespace import disk, idmount, netns, rtnl
 from voidrun_server.drivers.namespace.cgroups import Cgroups, detect_cgroups
 from voidrun_server.drivers.namespace.host import CLEANUP_TIMEOUT, teardown
 from voidrun_server.drivers.namespace.leftovers import HostView, Leftover, find
@@ -80,7 +78,7 @@ def purge(
     cgroups = detect_cgroups(cgroup_parent)
     with _attempt(result, "resolver"):
         _end_resolver(state_dir, before, progress)
-    with _netlink() as ipr:
+    with rtnl.Rtnl() as ipr:
         for run in _run_dirs(state_dir):
             with _attempt(result, f"sandbox {run.sandbox_id}"):
                 progress(f"sandbox {run.sandbox_id}: tearing down")
@@ -111,15 +109,6 @@ def _attempt(result: PurgeResult, what: str) -> Iterator[None]:
     except (DriverError, OSError) as exc:
         result.errors.append(f"{what}: {exc}")
         log.warning("purge: %s: %s", what, exc)
-
-
-@contextlib.contextmanager
-def _netlink() -> Iterator[IPRoute]:
-    ipr = IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
 
 
 def _run_dirs(state_dir: Path) -> list[RunDir]:
@@ -176,7 +165,7 @@ def _ordered(found: list[Leftover]) -> list[Leftover]:
     return sorted(found, key=lambda i: (rank.get(i.kind, 9), -i.name.count("/"), i.name))
 
 
-def _remove(item: Leftover, cgroups: Cgroups, ipr: IPRoute) -> None:
+def _remove(item: Leftover, cgroups: Cgroups, ipr: rtnl.Rtnl) -> None:
     deadline = time.monotonic() + CLEANUP_TIMEOUT
     if item.kind == "process":
         # The driver's bwrap and dnsmasq only: an operator's shell in the directory stays.
