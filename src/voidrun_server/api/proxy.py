@@ -21,8 +21,9 @@ WebSockets are relayed in ``proxy_ws.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -40,6 +41,7 @@ from .proxy_ws import relay_websocket
 
 log = logging.getLogger(__name__)
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # of the path form
 TOKEN_HEADER = "x-voidrun-token"
 TOKEN_PARAM = "voidrun_token"
 TOKEN_COOKIE = "voidrun_token"
@@ -80,6 +82,16 @@ class Preview:
 
     def cookie_path(self) -> str:
         return f"{self.prefix}/" if self.prefix else "/"
+
+
+def path_preview(scope: Scope, sandbox_id: str, port: str) -> Preview:
+    """The request's path below ``…/ports/{port}``, percent-encoded as the client sent it."""
+    prefix = f"/api/sandboxes/{sandbox_id}/ports/{port}"
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.split(b"?", 1)[0].decode("latin-1")
+    below = path[len(prefix) :] if path.startswith(prefix) else scope["path"][len(prefix) :]
+    number = int(port) if port.isdigit() and len(port) <= 5 else 0  # 0: never declared
+    return Preview(sandbox_id, number, below or "/", prefix)
 
 
 async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) -> None:
@@ -281,33 +293,45 @@ async def _stream_down(
     response: httpcore.Response, receive: Receive, send: Send, proxy: ProxyService, target: Target
 ) -> None:
     """Response body to the client until its end, the client leaving, or the sandbox's server
-    breaking off (then the client's connection is aborted: return without the body's end)."""
+    breaking off (then the client's connection is aborted: return without the body's end).
+
+    The client is watched by a plain asyncio task, cancelled when the body ends: an anyio task
+    group costs more than the rest of a small exchange (its cancel formats the task's repr)."""
+    leaving = anyio.CancelScope()
     client_gone = False
+
+    def left() -> None:
+        nonlocal client_gone
+        client_gone = True
+        leaving.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(_watch_client(receive, left))
     broken: Exception | None = None
-    async with anyio.create_task_group() as tasks:
-
-        async def watch_client() -> None:
-            nonlocal client_gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            client_gone = True
-            tasks.cancel_scope.cancel()
-
-        tasks.start_soon(watch_client)
-        try:
+    try:
+        with leaving:
             stream: Any = response.stream
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 proxy.touch(target)
-        except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
-            broken = exc
-        tasks.cancel_scope.cancel()
+    except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
+        broken = exc
+    finally:
+        watcher.cancel()
     if client_gone:
         return
     if broken is not None:
         log.info("preview %s:%d: response broke off: %s", target.sandbox_id, target.port, broken)
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _watch_client(receive: Receive, left: Callable[[], None]) -> None:
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # the server's receive failed: as good as gone
+        pass
+    left()
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

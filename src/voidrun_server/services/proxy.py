@@ -215,14 +215,21 @@ class ProxyService:
         """Send a request to the target; returns once the response head arrived. The caller
         reads ``response.stream`` and must ``aclose`` it (that frees or closes the connection)."""
         timeout = self.settings.proxy_response_timeout_seconds
-        head_deadline = anyio.CancelScope()
+        extensions: dict[str, Any] = {
+            "timeout": {"connect": self.settings.proxy_connect_timeout_seconds}
+        }
+        if body is None:  # nothing to upload: the head's clock starts now
+            head_deadline = anyio.CancelScope(deadline=anyio.current_time() + timeout)
+        else:  # it starts once the body is sent (an upload takes as long as it takes)
+            head_deadline = anyio.CancelScope()
 
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            if event == "http11.send_request_body.complete":  # the response head's clock starts
-                head_deadline.deadline = anyio.current_time() + timeout
-            elif event == "http11.receive_response_headers.complete":
-                head_deadline.deadline = math.inf
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if event == "http11.send_request_body.complete":
+                    head_deadline.deadline = anyio.current_time() + timeout
+                elif event == "http11.receive_response_headers.complete":
+                    head_deadline.deadline = math.inf
 
+            extensions["trace"] = trace
         request = httpcore.Request(
             method,
             httpcore.URL(
@@ -230,14 +237,12 @@ class ProxyService:
             ),
             headers=headers,
             content=body,
-            extensions={
-                "timeout": {"connect": self.settings.proxy_connect_timeout_seconds},
-                "trace": trace,
-            },
+            extensions=extensions,
         )
         try:
             with head_deadline:
                 response = await self.pool.handle_async_request(request)
+                head_deadline.deadline = math.inf
         except httpcore.TimeoutException as exc:
             raise UpstreamTimeoutError(details=str(exc) or "timed out") from exc
         except httpcore.ProtocolError as exc:

@@ -32,6 +32,8 @@ class SandboxStream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         try:
+            if timeout is None:  # a cancel scope per read is a cost worth avoiding
+                return await self._stream.receive(max_bytes)
             with anyio.fail_after(timeout):
                 return await self._stream.receive(max_bytes)
         except anyio.EndOfStream:
@@ -45,8 +47,11 @@ class SandboxStream(httpcore.AsyncNetworkStream):
         if not buffer:
             return
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:
                 await self._stream.send(buffer)
+            else:
+                with anyio.fail_after(timeout):
+                    await self._stream.send(buffer)
         except TimeoutError as exc:
             raise httpcore.WriteTimeout(str(exc)) from exc
         except _READ_ERRORS as exc:
