@@ -100,6 +100,9 @@ class SandboxNetwork(httpcore.AsyncNetworkBackend):
             sock.close()
             raise
 
+    async def connect(self, sandbox_id: str, port: int) -> httpcore.AsyncNetworkStream:
+        return await self.connect_tcp(sandbox_id, port)
+
     async def connect_unix_socket(
         self,
         path: str,
