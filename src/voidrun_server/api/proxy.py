@@ -31,9 +31,10 @@ from urllib.parse import parse_qsl, urlencode
 import anyio
 import httpcore
 from starlette.requests import HTTPConnection
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ..errors import RequestTimeoutError
 from ..services.accounts import Principal
 from ..services.proxy import ProxyService, Target
 from .deps import QUERY_KEY, app_context, principal
@@ -67,6 +68,10 @@ NOT_FORWARDED = frozenset(
 
 class ClientGone(Exception):
     """The client disconnected before its request body ended."""
+
+
+class UploadStalled(Exception):
+    """The client sent no byte of its request body for the idle timeout."""
 
 
 @dataclass(frozen=True)
@@ -234,26 +239,30 @@ async def _relay_http(
     length = _header(scope, b"content-length")
     chunked = b"chunked" in (_header(scope, b"transfer-encoding") or b"").lower()
     body = None
+    idle = proxy.settings.proxy_idle_timeout_seconds
     if length is not None:
         headers.append((b"content-length", length))
-        body = _request_body(receive)
+        body = _request_body(receive, idle)
     elif chunked:
         headers.append((b"transfer-encoding", b"chunked"))
-        body = _request_body(receive)
+        body = _request_body(receive, idle)
     method = scope["method"].encode()
     try:
         response = await proxy.send(target, method, _upstream_target(scope, preview), headers, body)
     except ClientGone:
         return
+    except UploadStalled:
+        stalled = f"no byte of the request body for {idle:g}s"
+        raise RequestTimeoutError(
+            details=f"{stalled} (VOIDRUN_PROXY_IDLE_TIMEOUT_SECONDS)"
+        ) from None
     try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": _response_headers(response.headers, cookie, preview),
-            }
-        )
-        await _stream_down(response, receive, send, proxy, target)
+        start = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": _response_headers(response.headers, cookie, preview),
+        }
+        await _stream_down(response, start, receive, send, proxy, target)
     finally:
         with anyio.CancelScope(shield=True):
             await response.aclose()  # back to the pool when complete, else closed
@@ -290,34 +299,54 @@ def _confined_cookie(value: bytes, path: bytes) -> bytes:
 
 
 async def _stream_down(
-    response: httpcore.Response, receive: Receive, send: Send, proxy: ProxyService, target: Target
+    response: httpcore.Response,
+    start: Message,
+    receive: Receive,
+    send: Send,
+    proxy: ProxyService,
+    target: Target,
 ) -> None:
-    """Response body to the client until its end, the client leaving, or the sandbox's server
-    breaking off (then the client's connection is aborted: return without the body's end).
+    """Response head and body to the client until the body's end, the client leaving, the
+    sandbox's server breaking off, or no byte moving for the idle timeout (either side stalled:
+    the server inside, or a client that stopped reading). In the last two the client's
+    connection is aborted (return without the body's end).
 
     The client is watched by a plain asyncio task, cancelled when the body ends: an anyio task
-    group costs more than the rest of a small exchange (its cancel formats the task's repr)."""
-    leaving = anyio.CancelScope()
+    group costs more than the rest of a small exchange (its cancel formats the task's repr).
+    The idle deadline is pushed on as chunks go to the client (at most every 1/16 of it: a
+    stall is cut after 15/16 to 16/16 of the idle timeout)."""
+    idle = proxy.settings.proxy_idle_timeout_seconds
+    loop = asyncio.get_running_loop()
+    pushed = loop.time()
+    watch = anyio.CancelScope(deadline=pushed + idle)
     client_gone = False
 
     def left() -> None:
         nonlocal client_gone
         client_gone = True
-        leaving.cancel()
+        watch.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(_watch_client(receive, left))
+    watcher = loop.create_task(_watch_client(receive, left))
     broken: Exception | None = None
     try:
-        with leaving:
+        with watch:
+            await send(start)
             stream: Any = response.stream
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                now = loop.time()
+                if now - pushed > idle / 16:
+                    pushed = now
+                    watch.deadline = now + idle
                 proxy.touch(target)
     except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
         broken = exc
     finally:
         watcher.cancel()
     if client_gone:
+        return
+    if watch.cancelled_caught:
+        log.info("preview %s:%d: no byte moved for %gs", target.sandbox_id, target.port, idle)
         return
     if broken is not None:
         log.info("preview %s:%d: response broke off: %s", target.sandbox_id, target.port, broken)
@@ -334,9 +363,12 @@ async def _watch_client(receive: Receive, left: Callable[[], None]) -> None:
     left()
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+async def _request_body(receive: Receive, idle: float) -> AsyncIterator[bytes]:
     while True:
-        message = await receive()
+        with anyio.move_on_after(idle) as waiting:
+            message = await receive()
+        if waiting.cancelled_caught:
+            raise UploadStalled
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")

@@ -79,14 +79,20 @@ class Target:
 
 
 class ConnectionLimits:
-    def __init__(self, per_sandbox: int, per_org: int) -> None:
-        self.per_sandbox, self.per_org = per_sandbox, per_org
+    def __init__(self, per_sandbox: int, per_org: int, total: int) -> None:
+        self.per_sandbox, self.per_org, self.total = per_sandbox, per_org, total
         self._sandboxes: Counter[str] = Counter()
         self._orgs: Counter[str] = Counter()
+        self.open = 0
 
     @contextmanager
     def hold(self, target: Target) -> Iterator[None]:
         sandbox, org = target.sandbox_id, target.org_id
+        if self.open >= self.total:
+            raise ServiceUnavailableError(
+                "Too many proxied connections on this server",
+                f"at most {self.total} at once; retry later",
+            )
         if self._sandboxes[sandbox] >= self.per_sandbox:
             raise TooManyConnectionsError(
                 details=f"at most {self.per_sandbox} at once per sandbox; retry later"
@@ -97,9 +103,11 @@ class ConnectionLimits:
             )
         self._sandboxes[sandbox] += 1
         self._orgs[org] += 1
+        self.open += 1
         try:
             yield
         finally:
+            self.open -= 1
             for counter, key in ((self._sandboxes, sandbox), (self._orgs, org)):
                 counter[key] -= 1
                 if counter[key] <= 0:
@@ -112,7 +120,9 @@ class ProxyService:
         self.sandboxes = sandboxes
         self.tokens = tokens
         self.limits = ConnectionLimits(
-            settings.proxy_max_connections_per_sandbox, settings.proxy_max_connections_per_org
+            settings.proxy_max_connections_per_sandbox,
+            settings.proxy_max_connections_per_org,
+            settings.proxy_max_connections,
         )
         self._touched: dict[str, float] = {}
         driver = sandboxes.driver
