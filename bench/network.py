@@ -9,7 +9,10 @@ image if missing). One part per figure; each prints its own table:
 * ``attach``: the host-side step alone (``HostNetwork.attach``: namespace, veth pair,
   addresses, routes, the sandbox's nftables chain) and its ``detach``, in this process: what
   networking adds to a create, without the noise of a whole create on a busy host.
-* (to come: ``proxy``, the preview proxy's latency and throughput beside direct requests.)
+* ``proxy``: the preview proxy's latency (a small JSON answer, ``n`` × 100 requests) and
+  download throughput (100 MB, 3 times) beside the same requests made straight to the server
+  in the sandbox's network namespace, interleaved, same run (``bench/proxy.py``, which also
+  runs alone with its own sizes).
 """
 
 from __future__ import annotations
@@ -98,7 +101,17 @@ def part_attach(n: int) -> None:
     print(row("detach", detach))
 
 
-PARTS: dict[str, Callable[[int], None]] = {"create": part_create, "attach": part_attach}
+def part_proxy(n: int) -> None:
+    import proxy
+
+    proxy.run(requests=n * 100, mb=100, repeat=3)
+
+
+PARTS: dict[str, Callable[[int], None]] = {
+    "create": part_create,
+    "attach": part_attach,
+    "proxy": part_proxy,
+}
 
 
 def main() -> None:
