@@ -64,6 +64,7 @@ NOT_FORWARDED = frozenset(
     {b"host", b"x-api-key", TOKEN_HEADER.encode(), b"cookie", b"content-length"}
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
 )
+DROPPED = HOP_BY_HOP | NOT_FORWARDED
 
 
 class ClientGone(Exception):
@@ -175,13 +176,13 @@ def _upstream_target(scope: Scope, preview: Preview) -> bytes:
 def forwarded_headers(scope: Scope, preview: Preview) -> list[tuple[bytes, bytes]]:
     """The client's end-to-end headers for the sandbox, plus Host and X-Forwarded-*."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    dropped = set(HOP_BY_HOP | NOT_FORWARDED)
+    dropped: frozenset[bytes] | set[bytes] = DROPPED
     host = b""
     forwarded_for = b""
     cookies: list[str] = []
     for name, value in headers:
         if name == b"connection":
-            dropped.update(v.strip().lower() for v in value.split(b","))
+            dropped = set(dropped) | {v.strip().lower() for v in value.split(b",")}
         elif name == b"host":
             host = value
         elif name == b"x-forwarded-for":
@@ -265,7 +266,10 @@ async def _relay_http(
         await _stream_down(response, start, receive, send, proxy, target)
     finally:
         with anyio.CancelScope(shield=True):
-            await response.aclose()  # back to the pool when complete, else closed
+            # back to the pool when complete, else closed (Response.aclose, minus its isinstance
+            # of a typing generic)
+            stream: Any = response.stream
+            await stream.aclose()
 
 
 # The path form serves sandbox pages on the API's own origin: such a page runs in an opaque

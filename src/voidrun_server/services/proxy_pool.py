@@ -119,25 +119,28 @@ class UpstreamPool:
 
     async def _sweep(self) -> None:
         """Close idle connections that expired or that their server closed."""
-        for sandbox_id, ports in list(self._idle.items()):
+        dropped: list[_Connection] = []
+        for sandbox_id, ports in list(self._idle.items()):  # no await until the lists are done
             for port, idle in list(ports.items()):
                 kept = [c for c in idle if c.is_idle() and not c.has_expired()]
-                dropped = [c for c in idle if c not in kept]
-                ports[port] = kept
-                self._count -= len(dropped)
-                for conn in dropped:
-                    await conn.aclose()
+                dropped += [c for c in idle if c not in kept]
+                idle[:] = kept
                 if not kept:
                     del ports[port]
             if not ports:
                 del self._idle[sandbox_id]
+        self._count -= len(dropped)
+        for conn in dropped:
+            await conn.aclose()
 
     async def forget(self, sandbox_id: str) -> None:
         """Close every idle connection into that sandbox."""
         ports = self._idle.pop(sandbox_id, {})
         for idle in ports.values():
-            self._count -= len(idle)
-            for conn in idle:
+            closing = idle[:]
+            idle.clear()  # a ``_take`` under way sees an empty list, not these
+            self._count -= len(closing)
+            for conn in closing:
                 await conn.aclose()
 
     def idle_count(self, sandbox_id: str | None = None) -> int:
