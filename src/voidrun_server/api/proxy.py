@@ -338,6 +338,8 @@ async def _stream_down(
             stream: Any = response.stream
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if client_gone:  # uvicorn's send to a gone client returns at once
+                    break
                 now = loop.time()
                 if now - pushed > idle / 16:
                     pushed = now

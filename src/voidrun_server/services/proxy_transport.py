@@ -100,15 +100,18 @@ class SandboxStream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         proto = self._protocol
-        if not proto.chunks and not proto.eof and not proto.lost:
-            if timeout is None:
-                await proto.wait_readable()
-            else:
-                try:
-                    with anyio.fail_after(timeout):
-                        await proto.wait_readable()
-                except TimeoutError as exc:
-                    raise httpcore.ReadTimeout(f"no data within {timeout:g}s") from exc
+        if proto.chunks or proto.eof or proto.lost:
+            # Yield anyway: a cancel (the client left, a deadline) is delivered only to a task
+            # that yields without a completed wait, and a fast server keeps every wait short.
+            await asyncio.sleep(0)
+        elif timeout is None:
+            await proto.wait_readable()
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    await proto.wait_readable()
+            except TimeoutError as exc:
+                raise httpcore.ReadTimeout(f"no data within {timeout:g}s") from exc
         if not proto.chunks:
             if proto.error is not None:
                 raise httpcore.ReadError(str(proto.error) or "connection reset")
