@@ -257,6 +257,7 @@ async def _relay_http(
         raise RequestTimeoutError(
             details=f"{stalled} (VOIDRUN_PROXY_IDLE_TIMEOUT_SECONDS)"
         ) from None
+    stream: Any = response.stream
     try:
         start = {
             "type": "http.response.start",
@@ -264,12 +265,13 @@ async def _relay_http(
             "headers": _response_headers(response.headers, cookie, preview),
         }
         await _stream_down(response, start, receive, send, proxy, target)
-    finally:
+    except BaseException:
         with anyio.CancelScope(shield=True):
-            # back to the pool when complete, else closed (Response.aclose, minus its isinstance
-            # of a typing generic)
-            stream: Any = response.stream
-            await stream.aclose()
+            await stream.aclose()  # closes the connection (the exchange did not end cleanly)
+        raise
+    # back to the pool when complete, else closed (Response.aclose, minus its isinstance of a
+    # typing generic)
+    await stream.aclose()
 
 
 # The path form serves sandbox pages on the API's own origin: such a page runs in an opaque
@@ -322,18 +324,20 @@ async def _stream_down(
     idle = proxy.settings.proxy_idle_timeout_seconds
     loop = asyncio.get_running_loop()
     pushed = loop.time()
-    watch = anyio.CancelScope(deadline=pushed + idle)
-    client_gone = False
+    watch = asyncio.timeout_at(pushed + idle)  # a fraction of an anyio cancel scope's cost
+    inside = client_gone = False
 
     def left() -> None:
         nonlocal client_gone
         client_gone = True
-        watch.cancel()
+        if inside:
+            watch.reschedule(loop.time())  # cancel now
 
     watcher = loop.create_task(_watch_client(receive, left))
     broken: Exception | None = None
     try:
-        with watch:
+        async with watch:
+            inside = True
             await send(start)
             stream: Any = response.stream
             async for chunk in stream:
@@ -343,15 +347,20 @@ async def _stream_down(
                 now = loop.time()
                 if now - pushed > idle / 16:
                     pushed = now
-                    watch.deadline = now + idle
+                    watch.reschedule(now + idle)
                 proxy.touch(target)
+            inside = False
+    except TimeoutError:
+        if not watch.expired():
+            raise
     except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
         broken = exc
     finally:
+        inside = False
         watcher.cancel()
     if client_gone:
         return
-    if watch.cancelled_caught:
+    if watch.expired():
         log.info("preview %s:%d: no byte moved for %gs", target.sandbox_id, target.port, idle)
         return
     if broken is not None:

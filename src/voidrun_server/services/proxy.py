@@ -22,6 +22,7 @@ move as fast as the reader takes them, never buffered beyond one chunk.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 import time
@@ -220,10 +221,8 @@ class ProxyService:
         extensions: dict[str, Any] = {
             "timeout": {"connect": self.settings.proxy_connect_timeout_seconds}
         }
-        if body is None:  # nothing to upload: the head's clock starts now
-            head_deadline = anyio.CancelScope(deadline=anyio.current_time() + timeout)
-        else:  # it starts once the body is sent (an upload takes as long as it takes)
-            head_deadline = anyio.CancelScope()
+        head_deadline = anyio.CancelScope()  # for a request with a body (see below)
+        if body is not None:  # the head's clock starts once the body is sent
 
             async def trace(event: str, info: dict[str, Any]) -> None:
                 if event == "http11.send_request_body.complete":
@@ -241,7 +240,18 @@ class ProxyService:
             content=body,
             extensions=extensions,
         )
+        no_head = f"no response head from port {target.port} within {timeout:g}s"
         try:
+            if body is None:  # nothing to upload: the clock starts now (asyncio's timeout is
+                # a fraction of an anyio cancel scope's cost, and this is every GET)
+                head = asyncio.timeout(timeout)
+                try:
+                    async with head:
+                        return await self.pool.request(target.sandbox_id, target.port, request)
+                except TimeoutError as exc:
+                    if head.expired():
+                        raise UpstreamTimeoutError(details=no_head) from exc
+                    raise
             with head_deadline:
                 response = await self.pool.request(target.sandbox_id, target.port, request)
                 head_deadline.deadline = math.inf
@@ -252,9 +262,7 @@ class ProxyService:
         except httpcore.NetworkError as exc:
             raise UpstreamError(details=f"connection to port {target.port} failed: {exc}") from exc
         if head_deadline.cancelled_caught:
-            raise UpstreamTimeoutError(
-                details=f"no response head from port {target.port} within {timeout:g}s"
-            )
+            raise UpstreamTimeoutError(details=no_head)
         return response
 
 
