@@ -12,7 +12,10 @@ image if missing). One part per figure; each prints its own table:
   runs on a worker thread while the disk is made and bwrap starts: a create waits for the
   namespace before spawning bwrap, for the rest before reporting the sandbox running.
   Subnets are free /24s of 10.208.0.0/13 (other servers on the host may use the default).
-* (to come: ``proxy``, the preview proxy's latency and throughput beside direct requests.)
+* ``proxy``: the preview proxy's latency (a small JSON answer, ``n`` × 100 requests) and
+  download throughput (100 MB, 3 times) beside the same requests made straight to the server
+  in the sandbox's network namespace, interleaved, same run (``bench/proxy.py``, which also
+  runs alone with its own sizes).
 """
 
 from __future__ import annotations
@@ -127,7 +130,17 @@ def part_attach(n: int) -> None:
     print(row("detach", detach))
 
 
-PARTS: dict[str, Callable[[int], None]] = {"create": part_create, "attach": part_attach}
+def part_proxy(n: int) -> None:
+    import proxy
+
+    proxy.run(requests=n * 100, mb=100, repeat=3)
+
+
+PARTS: dict[str, Callable[[int], None]] = {
+    "create": part_create,
+    "attach": part_attach,
+    "proxy": part_proxy,
+}
 
 
 def main() -> None:

@@ -109,6 +109,12 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    run(args.requests, args.mb, args.repeat)
+
+
+def run(requests: int, mb: int, repeat: int) -> None:
+    """Measure and print (also ``bench/network.py --part proxy``)."""
+    args = argparse.Namespace(requests=requests, mb=mb, repeat=repeat)
     with server(VOIDRUN_SANDBOX_DISK_MB="2048") as srv, srv.client() as client:
         ports = [{"protocol": "http", "port": 8000}, {"protocol": "http", "port": 8001}]
         made = client.post(

@@ -381,8 +381,16 @@ class Settings(BaseSettings):
         60.0,
         description=(
             "How long a proxied request waits for the response head (or a WebSocket for its "
-            "handshake) once the request is sent; then 504. The body is not timed: streams and "
-            "long downloads go on while the client reads."
+            "handshake) once the request is sent; then 504. The body is not timed as a whole "
+            "(streams and long downloads go on while bytes move): see the idle timeout."
+        ),
+    )
+    proxy_idle_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0,
+        description=(
+            "A proxied HTTP body that moves no byte for this long is cut off: a server in the "
+            "sandbox that stops sending mid-body, a client that stops reading the response, or "
+            "one that stops sending its request body (then 408). WebSockets are not timed."
         ),
     )
     proxy_max_connections_per_sandbox: Annotated[int, Field(ge=1)] = Field(
@@ -396,6 +404,14 @@ class Settings(BaseSettings):
         description=(
             "Most proxied requests and WebSockets open at once to all of an org's sandboxes; one "
             "more gets 429."
+        ),
+    )
+    proxy_max_connections: Annotated[int, Field(ge=1)] = Field(
+        4096,
+        description=(
+            "Most proxied requests and WebSockets open at once on this server, all orgs "
+            "together (each holds a socket to the client and one into a sandbox); one more gets "
+            "503."
         ),
     )
 

@@ -107,3 +107,7 @@ class CapacityError(VoidRunError):
 
 class TooManyConnectionsError(VoidRunError):
     message = "Too many proxied connections"
+
+
+class RequestTimeoutError(VoidRunError):
+    message = "Request body stalled"

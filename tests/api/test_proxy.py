@@ -26,6 +26,13 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
 DOMAIN = "preview.test"
 APP = (Path(__file__).parent / "proxy_apps" / "upstream.py").read_bytes()
 BIG_MB = 200
+IDLE = 3
+PORTS = [
+    {"protocol": "http", "port": 8000},
+    {"protocol": "http", "port": 8001},
+    {"protocol": "http", "port": 8002, "public": True},
+    {"protocol": "http", "port": 8003},
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +40,7 @@ def server() -> Iterator[ServerProcess]:
     env = {
         "VOIDRUN_PUBLIC_DOMAIN": DOMAIN,
         "VOIDRUN_PROXY_RESPONSE_TIMEOUT_SECONDS": "2",
+        "VOIDRUN_PROXY_IDLE_TIMEOUT_SECONDS": str(IDLE),
         "VOIDRUN_PROXY_MAX_CONNECTIONS_PER_SANDBOX": "6",
         "VOIDRUN_SANDBOX_DISK_MB": "1024",
     }
@@ -43,13 +51,7 @@ def server() -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def box(server: ServerProcess) -> str:
     with server.client() as client:
-        ports = [
-            {"protocol": "http", "port": 8000},
-            {"protocol": "http", "port": 8001},
-            {"protocol": "http", "port": 8002, "public": True},
-            {"protocol": "http", "port": 8003},
-        ]
-        sid = str(create_sandbox(client, name="preview", autoSleep=False, ports=ports)["id"])
+        sid = str(create_sandbox(client, name="preview", autoSleep=False, ports=PORTS)["id"])
         upload = client.post(
             f"/sandboxes/{sid}/files/upload", params={"path": "/root/upstream.py"}, content=APP
         )
@@ -308,6 +310,16 @@ def test_a_response_cut_short_is_cut_short_for_the_client(box: str, client: http
     assert client.get(f"/sandboxes/{box}/ports/8001/headers").status_code == 200
 
 
+def wait_closed(client: httpx.Client, box: str, name: str) -> None:
+    """Until the server inside saw the proxy close that connection (``closed()`` in
+    proxy_apps/upstream.py)."""
+    for _ in range(400):
+        if exec_out(client, box, f"cat /root/{name}-closed 2>/dev/null") == "closed\n":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server inside never saw its connection ({name}) closed")
+
+
 def test_a_client_that_leaves_closes_the_upstream_connection(
     server: ServerProcess, box: str, client: httpx.Client
 ) -> None:
@@ -317,11 +329,86 @@ def test_a_client_that_leaves_closes_the_upstream_connection(
             for i, _chunk in enumerate(stream.iter_raw()):
                 if i > 10:
                     break
-    for _ in range(200):
-        if exec_out(client, box, "cat /root/forever-closed 2>/dev/null") == "closed\n":
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server inside never saw its client go")
+    wait_closed(client, box, "forever")
+
+
+def test_a_server_that_stalls_mid_body_is_cut_off(
+    server: ServerProcess, box: str, client: httpx.Client
+) -> None:
+    """No byte for the idle timeout: the client's response is aborted (never complete-looking)
+    and the connection into the sandbox closed."""
+    exec_out(client, box, "rm -f /root/stall-closed")
+    with httpx.Client(headers={"X-API-Key": server.api_key}, timeout=60) as http:
+        with http.stream("GET", port_url(server, box, 8001, "stall")) as stream:
+            assert stream.status_code == 200
+            received = b""
+            with pytest.raises(httpx.RemoteProtocolError):
+                for chunk in stream.iter_raw():
+                    received += chunk
+            assert received == b"s" * 1000
+    wait_closed(client, box, "stall")
+
+
+def test_a_trickled_response_head_is_504(
+    server: ServerProcess, box: str, client: httpx.Client
+) -> None:
+    """Bytes that keep coming do not extend the head's deadline."""
+    exec_out(client, box, "rm -f /root/trickle-closed")
+    response = client.get(f"/sandboxes/{box}/ports/8001/trickle-head", timeout=60)
+    assert response.status_code == 504, response.text
+    assert "no response head" in response.json()["details"]
+    wait_closed(client, box, "trickle")
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+
+
+def test_a_client_that_stops_reading_holds_no_memory_and_is_cut_off(
+    server: ServerProcess, box: str, client: httpx.Client
+) -> None:
+    """/forever writes as fast as it can; the client reads nothing. The proxy must not buffer
+    it (the server's memory stays flat while the stream is stuck), and after the idle timeout
+    the exchange ends: the connection into the sandbox is closed and the client's too."""
+    assert server.process is not None
+    exec_out(client, box, "rm -f /root/unread-closed")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            f"GET /api/sandboxes/{box}/ports/8001/forever?name=unread HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nX-API-Key: {server.api_key}\r\n\r\n".encode()
+        )
+        time.sleep(0.5)  # the stream is stuck by now: the socket buffers are full
+        before = rss_kib(server.process.pid)
+        peak = before
+        for _ in range(IDLE * 4):
+            time.sleep(0.25)
+            peak = max(peak, rss_kib(server.process.pid))
+        assert peak - before < 32 * 1024, f"server memory grew {peak - before} KiB"
+        wait_closed(client, box, "unread")
+        sock.settimeout(30)
+        received = 0
+        while chunk := sock.recv(1 << 20):  # what was in flight, then the end
+            received += len(chunk)
+        assert received < 64 * 1024 * 1024
+
+
+def test_a_stalled_upload_is_408(server: ServerProcess, box: str, client: httpx.Client) -> None:
+    exec_out(client, box, "rm -f /root/upload-closed")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            f"POST /api/sandboxes/{box}/ports/8001/echo?name=upload HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nX-API-Key: {server.api_key}\r\nContent-Length: 1000\r\n"
+            "\r\n0123456789".encode()
+        )
+        sock.settimeout(60)
+        answer = b""
+        while b"}" not in answer and (chunk := sock.recv(65536)):  # head, then the JSON body
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"no byte of the request body" in answer
+    wait_closed(client, box, "upload")
 
 
 def test_connections_per_sandbox_are_limited(
@@ -344,6 +431,61 @@ def test_connections_per_sandbox_are_limited(
             return
         time.sleep(0.05)
     raise AssertionError("slots never came back")
+
+
+# -- ports through PATCH -----------------------------------------------------------------------
+
+
+def test_patch_ports_applies_at_once(server: ServerProcess, box: str, client: httpx.Client) -> None:
+    """Added ports are served, removed ones are 404, ``public`` flips anonymous access: on the
+    next request, with the sandbox's row already in the data plane's memory."""
+    anonymous = port_url(server, box, 8001, "headers")
+    assert client.get(f"/sandboxes/{box}/ports/8001/headers").status_code == 200  # row cached
+    assert httpx.get(anonymous).status_code == 401
+    assert client.get(f"/sandboxes/{box}/ports/8003/").status_code == 502
+    assert client.get(f"/sandboxes/{box}/ports/8004/").status_code == 404
+    changed = [
+        {"protocol": "http", "port": 8000},
+        {"protocol": "http", "port": 8001, "public": True},
+        {"protocol": "http", "port": 8002, "public": True},
+        {"protocol": "http", "port": 8004},
+    ]
+    try:
+        patched = client.patch(f"/sandboxes/{box}", json={"ports": changed})
+        assert patched.status_code == 200, patched.text
+        assert [p["port"] for p in patched.json()["data"]["ports"]] == [8000, 8001, 8002, 8004]
+        assert httpx.get(anonymous).status_code == 200  # now public
+        assert client.get(f"/sandboxes/{box}/ports/8003/").status_code == 404  # removed
+        added = client.get(f"/sandboxes/{box}/ports/8004/")
+        assert added.status_code == 502, added.text  # declared; nobody listens there
+        urls = {u["port"]: u for u in client.get(f"/sandboxes/{box}/public-urls").json()["data"]}
+        assert sorted(urls) == [8000, 8001, 8002, 8004] and urls[8001]["public"] is True
+        assert (
+            client.get(f"/sandboxes/{box}").json()["data"]["ports"]
+            == patched.json()["data"]["ports"]
+        )
+    finally:
+        restored = client.patch(f"/sandboxes/{box}", json={"ports": PORTS})
+        assert restored.status_code == 200, restored.text
+    assert httpx.get(anonymous).status_code == 401  # private again
+    assert client.get(f"/sandboxes/{box}/ports/8003/").status_code == 502
+
+
+def test_patch_ports_is_checked(server: ServerProcess, box: str, client: httpx.Client) -> None:
+    http = [{"protocol": "http", "port": p} for p in (8000, 8001, 8002, 8003, 8004)]
+    for ports, error in (
+        (http, "too many ports"),
+        ([{"port": 8000}, {"port": 8000}], "duplicate port 8000"),
+        ([{"port": 70000}], "invalid port 70000"),
+    ):
+        refused = client.patch(f"/sandboxes/{box}", json={"ports": ports})
+        assert refused.status_code == 400, refused.text
+        assert error in json.dumps(refused.json()), refused.text
+    assert client.get(f"/sandboxes/{box}").json()["data"]["ports"] == PORTS
+    with server.client(server.new_tenant("proxy-patchers")) as intruder:
+        other = intruder.patch(f"/sandboxes/{box}", json={"ports": []})
+        assert other.status_code == 404
+    assert client.get(f"/sandboxes/{box}").json()["data"]["ports"] == PORTS
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ..store import db
 from . import errors
 from .deps import AppContext
 from .middleware import EdgeMiddleware, HttpMetrics
-from .preview_hosts import PreviewHostMiddleware
+from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
 from .routes import (
     commands,
     exec,
@@ -74,7 +74,9 @@ class VoidRunAPI(FastAPI):
     preview_domain: str = ""
 
     def build_middleware_stack(self) -> ASGIApp:
-        edge = EdgeMiddleware(self.router, exception_handlers=self.exception_handlers, **self.edge)
+        # the path form of previews skips the router (api/preview_hosts.py)
+        routes = PreviewPathMiddleware(self.router)
+        edge = EdgeMiddleware(routes, exception_handlers=self.exception_handlers, **self.edge)
         if not self.preview_domain:
             return edge
         # preview hosts ({port}-{id}.<domain>) go to the proxy before the API sees them

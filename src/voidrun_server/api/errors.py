@@ -33,6 +33,7 @@ STATUS_BY_ERROR: dict[type[errors.VoidRunError], int] = {
     errors.DeadlineExceededError: 504,
     errors.CapacityError: 529,
     errors.TooManyConnectionsError: 429,
+    errors.RequestTimeoutError: 408,
     errors.VoidRunError: 500,
 }
 

@@ -1,10 +1,20 @@
-"""Preview hosts: ``{port}-{sandbox id}.<VOIDRUN_PUBLIC_DOMAIN>`` goes to the proxy, before the API.
+"""Previews before the API's routes: preview hosts, and the path form's fast way in.
+
+``PreviewHostMiddleware``: ``{port}-{sandbox id}.<VOIDRUN_PUBLIC_DOMAIN>`` goes to the proxy,
+before the API.
 
 Pure ASGI and outermost, so a preview's request body streams to the sandbox untouched (the API's
 body limit and CORS policy are the API's, not the previewed app's) and the whole path belongs to
 the app inside. Hosts under the domain that do not have that shape (``api.<domain>``) go on to
 the API as usual. Errors are the API's JSON bodies (on a WebSocket: a denial response, where the
 server supports it, else a close before accepting).
+
+``PreviewPathMiddleware``: an HTTP request on ``/api/sandboxes/{24 hex}/ports/{port}/…`` goes
+straight to the proxy, inside ``EdgeMiddleware`` (request id, metrics, CORS and the error
+handlers apply as to any route) but without the router: matching a hundred routes and
+FastAPI's request handling cost about as much as the whole proxied exchange. What it serves is
+exactly what the path-form routes of ``routes/proxy.py`` serve (those still take WebSockets,
+other ids and the redirect of ``…/ports/{port}`` without its slash).
 """
 
 from __future__ import annotations
@@ -18,11 +28,34 @@ from starlette.websockets import WebSocket
 
 from ..errors import VoidRunError
 from . import errors
-from .proxy import Preview, serve
+from .proxy import METHODS, Preview, path_preview, serve
 
 log = logging.getLogger(__name__)
 
 _LABEL = re.compile(r"([0-9]{1,5})-([0-9a-f]{24})")
+_PATH_FORM = re.compile(r"/api/sandboxes/([0-9a-f]{24})/ports/([0-9]{1,5})/")
+PATH_FORM_ROUTE = "/api/sandboxes/{sandbox_id}/ports/{port}/{path}"
+
+
+class _RouteLabel:
+    """What ``scope["route"]`` needs for the metrics' label (``middleware.route_label``)."""
+
+    path_format = PATH_FORM_ROUTE
+
+
+class PreviewPathMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.label = _RouteLabel()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in METHODS:
+            match = _PATH_FORM.match(scope["path"])
+            if match is not None:
+                scope["route"] = self.label
+                await serve(scope, receive, send, path_preview(scope, *match.groups()))
+                return
+        await self.app(scope, receive, send)
 
 
 class PreviewHostMiddleware:

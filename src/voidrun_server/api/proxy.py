@@ -21,8 +21,9 @@ WebSockets are relayed in ``proxy_ws.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -30,9 +31,10 @@ from urllib.parse import parse_qsl, urlencode
 import anyio
 import httpcore
 from starlette.requests import HTTPConnection
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ..errors import RequestTimeoutError
 from ..services.accounts import Principal
 from ..services.proxy import ProxyService, Target
 from .deps import QUERY_KEY, app_context, principal
@@ -40,6 +42,7 @@ from .proxy_ws import relay_websocket
 
 log = logging.getLogger(__name__)
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # of the path form
 TOKEN_HEADER = "x-voidrun-token"
 TOKEN_PARAM = "voidrun_token"
 TOKEN_COOKIE = "voidrun_token"
@@ -61,10 +64,15 @@ NOT_FORWARDED = frozenset(
     {b"host", b"x-api-key", TOKEN_HEADER.encode(), b"cookie", b"content-length"}
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
 )
+DROPPED = HOP_BY_HOP | NOT_FORWARDED
 
 
 class ClientGone(Exception):
     """The client disconnected before its request body ended."""
+
+
+class UploadStalled(Exception):
+    """The client sent no byte of its request body for the idle timeout."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,16 @@ class Preview:
 
     def cookie_path(self) -> str:
         return f"{self.prefix}/" if self.prefix else "/"
+
+
+def path_preview(scope: Scope, sandbox_id: str, port: str) -> Preview:
+    """The request's path below ``…/ports/{port}``, percent-encoded as the client sent it."""
+    prefix = f"/api/sandboxes/{sandbox_id}/ports/{port}"
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.split(b"?", 1)[0].decode("latin-1")
+    below = path[len(prefix) :] if path.startswith(prefix) else scope["path"][len(prefix) :]
+    number = int(port) if port.isdigit() and len(port) <= 5 else 0  # 0: never declared
+    return Preview(sandbox_id, number, below or "/", prefix)
 
 
 async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) -> None:
@@ -158,13 +176,13 @@ def _upstream_target(scope: Scope, preview: Preview) -> bytes:
 def forwarded_headers(scope: Scope, preview: Preview) -> list[tuple[bytes, bytes]]:
     """The client's end-to-end headers for the sandbox, plus Host and X-Forwarded-*."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    dropped = set(HOP_BY_HOP | NOT_FORWARDED)
+    dropped: frozenset[bytes] | set[bytes] = DROPPED
     host = b""
     forwarded_for = b""
     cookies: list[str] = []
     for name, value in headers:
         if name == b"connection":
-            dropped.update(v.strip().lower() for v in value.split(b","))
+            dropped = set(dropped) | {v.strip().lower() for v in value.split(b",")}
         elif name == b"host":
             host = value
         elif name == b"x-forwarded-for":
@@ -222,29 +240,38 @@ async def _relay_http(
     length = _header(scope, b"content-length")
     chunked = b"chunked" in (_header(scope, b"transfer-encoding") or b"").lower()
     body = None
+    idle = proxy.settings.proxy_idle_timeout_seconds
     if length is not None:
         headers.append((b"content-length", length))
-        body = _request_body(receive)
+        body = _request_body(receive, idle)
     elif chunked:
         headers.append((b"transfer-encoding", b"chunked"))
-        body = _request_body(receive)
+        body = _request_body(receive, idle)
     method = scope["method"].encode()
     try:
         response = await proxy.send(target, method, _upstream_target(scope, preview), headers, body)
     except ClientGone:
         return
+    except UploadStalled:
+        stalled = f"no byte of the request body for {idle:g}s"
+        raise RequestTimeoutError(
+            details=f"{stalled} (VOIDRUN_PROXY_IDLE_TIMEOUT_SECONDS)"
+        ) from None
+    stream: Any = response.stream
     try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": _response_headers(response.headers, cookie, preview),
-            }
-        )
-        await _stream_down(response, receive, send, proxy, target)
-    finally:
+        start = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": _response_headers(response.headers, cookie, preview),
+        }
+        await _stream_down(response, start, receive, send, proxy, target)
+    except BaseException:
         with anyio.CancelScope(shield=True):
-            await response.aclose()  # back to the pool when complete, else closed
+            await stream.aclose()  # closes the connection (the exchange did not end cleanly)
+        raise
+    # back to the pool when complete, else closed (Response.aclose, minus its isinstance of a
+    # typing generic)
+    await stream.aclose()
 
 
 # The path form serves sandbox pages on the API's own origin: such a page runs in an opaque
@@ -278,31 +305,63 @@ def _confined_cookie(value: bytes, path: bytes) -> bytes:
 
 
 async def _stream_down(
-    response: httpcore.Response, receive: Receive, send: Send, proxy: ProxyService, target: Target
+    response: httpcore.Response,
+    start: Message,
+    receive: Receive,
+    send: Send,
+    proxy: ProxyService,
+    target: Target,
 ) -> None:
-    """Response body to the client until its end, the client leaving, or the sandbox's server
-    breaking off (then the client's connection is aborted: return without the body's end)."""
-    client_gone = False
+    """Response head and body to the client until the body's end, the client leaving, the
+    sandbox's server breaking off, or no byte moving for the idle timeout (either side stalled:
+    the server inside, or a client that stopped reading). In the last two the client's
+    connection is aborted (return without the body's end).
+
+    The client is watched by a plain asyncio task, cancelled when the body ends: an anyio task
+    group costs more than the rest of a small exchange (its cancel formats the task's repr).
+    The idle deadline is pushed on as chunks go to the client (at most every 1/16 of it: a
+    stall is cut after 15/16 to 16/16 of the idle timeout)."""
+    idle = proxy.settings.proxy_idle_timeout_seconds
+    loop = asyncio.get_running_loop()
+    pushed = loop.time()
+    watch = asyncio.timeout_at(pushed + idle)  # a fraction of an anyio cancel scope's cost
+    inside = client_gone = False
+
+    def left() -> None:
+        nonlocal client_gone
+        client_gone = True
+        if inside:
+            watch.reschedule(loop.time())  # cancel now
+
+    watcher = loop.create_task(_watch_client(receive, left))
     broken: Exception | None = None
-    async with anyio.create_task_group() as tasks:
-
-        async def watch_client() -> None:
-            nonlocal client_gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            client_gone = True
-            tasks.cancel_scope.cancel()
-
-        tasks.start_soon(watch_client)
-        try:
+    try:
+        async with watch:
+            inside = True
+            await send(start)
             stream: Any = response.stream
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if client_gone:  # uvicorn's send to a gone client returns at once
+                    break
+                now = loop.time()
+                if now - pushed > idle / 16:
+                    pushed = now
+                    watch.reschedule(now + idle)
                 proxy.touch(target)
-        except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
-            broken = exc
-        tasks.cancel_scope.cancel()
+            inside = False
+    except TimeoutError:
+        if not watch.expired():
+            raise
+    except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
+        broken = exc
+    finally:
+        inside = False
+        watcher.cancel()
     if client_gone:
+        return
+    if watch.expired():
+        log.info("preview %s:%d: no byte moved for %gs", target.sandbox_id, target.port, idle)
         return
     if broken is not None:
         log.info("preview %s:%d: response broke off: %s", target.sandbox_id, target.port, broken)
@@ -310,9 +369,21 @@ async def _stream_down(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+async def _watch_client(receive: Receive, left: Callable[[], None]) -> None:
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # the server's receive failed: as good as gone
+        pass
+    left()
+
+
+async def _request_body(receive: Receive, idle: float) -> AsyncIterator[bytes]:
     while True:
-        message = await receive()
+        with anyio.move_on_after(idle) as waiting:
+            message = await receive()
+        if waiting.cancelled_caught:
+            raise UploadStalled
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")

@@ -77,11 +77,15 @@ class SandboxUpdate(WireModel):
 
     auto_sleep: StrictBool | None = None
     network: NetworkSpec | None = Field(None, description="Extension: a new egress policy.")
+    ports: list[PortSpec] | None = Field(
+        None,
+        description="Extension: the declared ports, replaced as a whole; previews follow at once.",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> SandboxUpdate:
-        if self.auto_sleep is None and self.network is None:
-            raise ValueError("nothing to update: give autoSleep or network")
+        if self.auto_sleep is None and self.network is None and self.ports is None:
+            raise ValueError("nothing to update: give autoSleep, network or ports")
         return self
 
 

@@ -22,6 +22,7 @@ move as fast as the reader takes them, never buffered beyond one chunk.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 import time
@@ -49,6 +50,7 @@ from ..errors import (
 from ..store.repos import sandboxes as repo
 from .accounts import Principal
 from .lifecycle import Status
+from .proxy_pool import UpstreamPool
 from .proxy_transport import SandboxNetwork
 from .sandboxes import SandboxService
 from .traffic_tokens import TrafficTokens
@@ -56,12 +58,8 @@ from .traffic_tokens import TrafficTokens
 __all__ = ["ConnectionLimits", "ProxyService", "Target"]
 
 SECRET_FILE = "preview-secret"
-KEEPALIVE_CONNECTIONS = 512
 KEEPALIVE_SECONDS = 30.0
-# A sandbox's org and ports never change, so they are remembered briefly (no query per request);
-# whether it still exists and runs is checked on every request by the wake.
-OWNER_TTL = 5.0
-OWNER_CACHE = 10_000
+TOUCHED_LIMIT = 10_000
 TOUCH_EVERY = 1.0
 NO_CREDENTIALS = "authentication required"
 HOW_TO_AUTHENTICATE = (
@@ -82,14 +80,20 @@ class Target:
 
 
 class ConnectionLimits:
-    def __init__(self, per_sandbox: int, per_org: int) -> None:
-        self.per_sandbox, self.per_org = per_sandbox, per_org
+    def __init__(self, per_sandbox: int, per_org: int, total: int) -> None:
+        self.per_sandbox, self.per_org, self.total = per_sandbox, per_org, total
         self._sandboxes: Counter[str] = Counter()
         self._orgs: Counter[str] = Counter()
+        self.open = 0
 
     @contextmanager
     def hold(self, target: Target) -> Iterator[None]:
         sandbox, org = target.sandbox_id, target.org_id
+        if self.open >= self.total:
+            raise ServiceUnavailableError(
+                "Too many proxied connections on this server",
+                f"at most {self.total} at once; retry later",
+            )
         if self._sandboxes[sandbox] >= self.per_sandbox:
             raise TooManyConnectionsError(
                 details=f"at most {self.per_sandbox} at once per sandbox; retry later"
@@ -100,9 +104,11 @@ class ConnectionLimits:
             )
         self._sandboxes[sandbox] += 1
         self._orgs[org] += 1
+        self.open += 1
         try:
             yield
         finally:
+            self.open -= 1
             for counter, key in ((self._sandboxes, sandbox), (self._orgs, org)):
                 counter[key] -= 1
                 if counter[key] <= 0:
@@ -115,18 +121,16 @@ class ProxyService:
         self.sandboxes = sandboxes
         self.tokens = tokens
         self.limits = ConnectionLimits(
-            settings.proxy_max_connections_per_sandbox, settings.proxy_max_connections_per_org
+            settings.proxy_max_connections_per_sandbox,
+            settings.proxy_max_connections_per_org,
+            settings.proxy_max_connections,
         )
-        self._owners: dict[str, tuple[float, str, list[dict[str, Any]]]] = {}
         self._touched: dict[str, float] = {}
         driver = sandboxes.driver
         self._opener = driver if isinstance(driver, PortOpener) else None
-        self.pool = httpcore.AsyncConnectionPool(
-            max_connections=None,
-            max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_SECONDS,
-            network_backend=SandboxNetwork(self.open_port, settings.proxy_connect_timeout_seconds),
-        )
+        network = SandboxNetwork(self.open_port, settings.proxy_connect_timeout_seconds)
+        self.pool = UpstreamPool(network.connect, KEEPALIVE_SECONDS)
+        sandboxes.row_changed.append(self._sandbox_changed)
 
     @classmethod
     async def create(cls, settings: Settings, sandboxes: SandboxService) -> ProxyService:
@@ -161,22 +165,16 @@ class ProxyService:
         return Target(sandbox_id, owner[0], port, public)
 
     async def _owner(self, sandbox_id: str) -> tuple[str, list[dict[str, Any]]] | None:
-        """(org id, declared ports) of a sandbox that is not deleted."""
-        now = time.monotonic()
-        cached = self._owners.get(sandbox_id)
-        if cached is not None and now - cached[0] < OWNER_TTL:
-            return cached[1], cached[2]
-        row = None
-        if ids.is_id(sandbox_id):
+        """(org id, declared ports) of a sandbox that is not deleted: from the data plane's
+        rows of running sandboxes (no query; a PATCH or status change drops the row there),
+        else from the database."""
+        row = self.sandboxes.live_row(sandbox_id)
+        if row is None and ids.is_id(sandbox_id):
             async with self.sandboxes.sessions() as session:
                 row = await repo.get(session, sandbox_id)
         if row is None or row.status == Status.DELETED:
-            self._owners.pop(sandbox_id, None)
             return None
-        if len(self._owners) >= OWNER_CACHE:
-            self._owners.clear()
-        self._owners[sandbox_id] = (now, row.org_id, list(row.ports))
-        return row.org_id, list(row.ports)
+        return row.org_id, row.ports
 
     def token_for(self, sandbox_id: str) -> str:
         return self.tokens.token_for(sandbox_id)
@@ -190,12 +188,17 @@ class ProxyService:
         """The sandbox is in use (auto-sleep); cheap enough for every chunk."""
         now = time.monotonic()
         if now - self._touched.get(target.sandbox_id, 0.0) >= TOUCH_EVERY:
-            if len(self._touched) >= OWNER_CACHE:
+            if len(self._touched) >= TOUCHED_LIMIT:
                 self._touched.clear()
             self._touched[target.sandbox_id] = now
             self.sandboxes.activity.record(target.sandbox_id)
 
     # -- connections -----------------------------------------------------------------------
+
+    def _sandbox_changed(self, sandbox_id: str) -> None:
+        """Its status or row changed (stopped, paused, deleted, ports): its idle connections go."""
+        if self.pool.idle_count(sandbox_id):
+            self.sandboxes.spawn(lambda: self.pool.forget(sandbox_id))
 
     async def open_port(self, sandbox_id: str, port: int, within: float) -> socket.socket:
         if self._opener is None:
@@ -215,14 +218,19 @@ class ProxyService:
         """Send a request to the target; returns once the response head arrived. The caller
         reads ``response.stream`` and must ``aclose`` it (that frees or closes the connection)."""
         timeout = self.settings.proxy_response_timeout_seconds
-        head_deadline = anyio.CancelScope()
+        extensions: dict[str, Any] = {
+            "timeout": {"connect": self.settings.proxy_connect_timeout_seconds}
+        }
+        head_deadline = anyio.CancelScope()  # for a request with a body (see below)
+        if body is not None:  # the head's clock starts once the body is sent
 
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            if event == "http11.send_request_body.complete":  # the response head's clock starts
-                head_deadline.deadline = anyio.current_time() + timeout
-            elif event == "http11.receive_response_headers.complete":
-                head_deadline.deadline = math.inf
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if event == "http11.send_request_body.complete":
+                    head_deadline.deadline = anyio.current_time() + timeout
+                elif event == "http11.receive_response_headers.complete":
+                    head_deadline.deadline = math.inf
 
+            extensions["trace"] = trace
         request = httpcore.Request(
             method,
             httpcore.URL(
@@ -230,14 +238,23 @@ class ProxyService:
             ),
             headers=headers,
             content=body,
-            extensions={
-                "timeout": {"connect": self.settings.proxy_connect_timeout_seconds},
-                "trace": trace,
-            },
+            extensions=extensions,
         )
+        no_head = f"no response head from port {target.port} within {timeout:g}s"
         try:
+            if body is None:  # nothing to upload: the clock starts now (asyncio's timeout is
+                # a fraction of an anyio cancel scope's cost, and this is every GET)
+                head = asyncio.timeout(timeout)
+                try:
+                    async with head:
+                        return await self.pool.request(target.sandbox_id, target.port, request)
+                except TimeoutError as exc:
+                    if head.expired():
+                        raise UpstreamTimeoutError(details=no_head) from exc
+                    raise
             with head_deadline:
-                response = await self.pool.handle_async_request(request)
+                response = await self.pool.request(target.sandbox_id, target.port, request)
+                head_deadline.deadline = math.inf
         except httpcore.TimeoutException as exc:
             raise UpstreamTimeoutError(details=str(exc) or "timed out") from exc
         except httpcore.ProtocolError as exc:
@@ -245,9 +262,7 @@ class ProxyService:
         except httpcore.NetworkError as exc:
             raise UpstreamError(details=f"connection to port {target.port} failed: {exc}") from exc
         if head_deadline.cancelled_caught:
-            raise UpstreamTimeoutError(
-                details=f"no response head from port {target.port} within {timeout:g}s"
-            )
+            raise UpstreamTimeoutError(details=no_head)
         return response
 
 

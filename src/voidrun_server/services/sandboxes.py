@@ -42,7 +42,7 @@ from ..errors import (
     NotFoundError,
     VoidRunError,
 )
-from ..schemas.sandboxes import NetworkSpec, SandboxCreate
+from ..schemas.sandboxes import NetworkSpec, PortSpec, SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.repos.quotas import Usage
@@ -58,6 +58,7 @@ from .locks import KeyedLocks
 from .pool import WarmPool
 from .provisioning import Provisioner, describe
 from .storage import DiskFloor
+from .validation import validate_ports
 
 log = logging.getLogger(__name__)
 # What routes read of a sandbox (its stored row, never written outside this layer); routes
@@ -99,6 +100,9 @@ class SandboxService:
         # ``_changes`` counts status changes so that a refill after a miss cannot undo one.
         self._live: dict[str, Sandbox] = {}
         self._changes = 0
+        # Told of each sandbox whose status or row changes (the preview proxy drops its
+        # connections into it).
+        self.row_changed: list[Callable[[str], None]] = []
         self.activity = ActivityLog(sessions, settings.pause_after_idle_seconds)
         self.image_users = ImageUsers(sessions)  # the image's User, per image id
         self.pool = pool
@@ -142,6 +146,8 @@ class SandboxService:
     def _not_live(self, sandbox_id: str) -> None:
         self._live.pop(sandbox_id, None)
         self._changes += 1
+        for listener in self.row_changed:
+            listener(sandbox_id)
 
     def lock(self, sandbox_id: str) -> AbstractAsyncContextManager[None]:
         """Serialises status changes of one sandbox (``services/locks.py``)."""
@@ -189,7 +195,9 @@ class SandboxService:
         sandbox_id: str,
         auto_sleep: bool | None,
         network: NetworkSpec | None = None,
+        ports: Sequence[PortSpec] | None = None,
     ) -> Sandbox:
+        declared = None if ports is None else validate_ports([*ports], None)
         await self.get(caller, sandbox_id)
         if network is not None:
             async with self.lock(sandbox_id):
@@ -202,8 +210,17 @@ class SandboxService:
                 row.auto_sleep = changes["autoSleep"] = auto_sleep
             if network is not None:
                 changes["network"] = True
+            if declared is not None:
+                row.ports = [p.model_dump() for p in declared]
+                changes["ports"] = True
             repo.record(session, "sandbox.update", caller.org_id, sandbox_id, **changes)
+        self._not_live(sandbox_id)  # the data plane's copy of the row (previews read its ports)
         return row
+
+    def live_row(self, sandbox_id: str) -> Sandbox | None:
+        """The row of a sandbox known to be running here, without a query (see module doc);
+        None: read the database."""
+        return self._live.get(sandbox_id)
 
     async def _set_network(self, row: Sandbox, spec: NetworkSpec) -> None:
         """Check, apply (live: the driver's rules change under open connections), record."""

@@ -7,7 +7,10 @@ GET  /ack?n=N        lets /sse go on
 GET  /hang           never answers
 GET  /garbage        answers bytes that are not HTTP, then closes
 GET  /truncate       promises 1,000,000 bytes, sends 1,000, closes
-GET  /forever        streams until the client leaves, then writes /root/forever-closed
+GET  /forever?name=N streams until the client leaves, then writes /root/N-closed (N: forever)
+GET  /stall?name=N   promises 1,000,000 bytes, sends 1,000, waits; /root/N-closed once closed
+GET  /trickle-head   a response head, one byte every 0.2 s, never finished
+POST /echo?name=N    as /echo; a body cut short writes /root/N-closed
 GET  /ws             WebSocket echo (text and binary; close is echoed)
 """
 
@@ -24,6 +27,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ACKED = threading.Condition()
 ACKS = set()
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def closed(query, default):
+    """Leaves /root/<name>-closed: the test's sign that the proxy closed the connection."""
+    name = query.partition("name=")[2] or default
+    with open(f"/root/{name}-closed", "w") as f:
+        f.write("closed\n")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -89,8 +99,29 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"y" * 65536)
                     self.wfile.flush()
             except OSError:
-                with open("/root/forever-closed", "w") as f:
-                    f.write("closed\n")
+                closed(query, "forever")
+            self.close_connection = True
+        elif path == "/stall":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"s" * 1000)
+            self.wfile.flush()
+            try:
+                self.rfile.read(1)  # b"" once the proxy closes the connection
+            except OSError:
+                pass
+            closed(query, "stall")
+            self.close_connection = True
+        elif path == "/trickle-head":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            try:
+                while True:
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                closed(query, "trickle")
             self.close_connection = True
         elif path == "/ws":
             self.websocket()
@@ -108,7 +139,12 @@ class Handler(BaseHTTPRequestHandler):
                 body += self.rfile.read(size)
                 self.rfile.readline()
         else:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            if len(body) < length:
+                closed(self.path.partition("?")[2], "echo")
+                self.close_connection = True
+                return
         self.reply(body, "application/octet-stream")
 
     def websocket(self):

@@ -19,12 +19,11 @@ from ...config import Settings
 from ...schemas.common import envelope
 from ...schemas.sandboxes import PublicUrl
 from ..deps import Caller, Ctx
-from ..proxy import Preview, proxy_service, serve
+from ..proxy import METHODS, Preview, path_preview, proxy_service, serve
 from .sandboxes import Service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["Sandboxes"])
 PORT_PATH = "/{sandbox_id}/ports/{port}/{path:path}"
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -37,16 +36,6 @@ class _Relay(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await serve(scope, receive, send, self.preview)
-
-
-def path_preview(scope: Scope, sandbox_id: str, port: str) -> Preview:
-    """The request's path below ``…/ports/{port}``, percent-encoded as the client sent it."""
-    prefix = f"/api/sandboxes/{sandbox_id}/ports/{port}"
-    raw = scope.get("raw_path") or scope["path"].encode()
-    path = raw.split(b"?", 1)[0].decode("latin-1")
-    below = path[len(prefix) :] if path.startswith(prefix) else scope["path"][len(prefix) :]
-    number = int(port) if port.isdigit() and len(port) <= 5 else 0  # 0: never declared
-    return Preview(sandbox_id, number, below or "/", prefix)
 
 
 def _http_route(method: str) -> None:

@@ -115,7 +115,7 @@ async def get_sandbox(
 async def update_sandbox(
     sandbox_id: str, body: SandboxUpdate, caller: Caller, sandboxes: Service, sdk: Sdk
 ) -> SandboxSingle:
-    row = await sandboxes.update(caller, sandbox_id, body.auto_sleep, body.network)
+    row = await sandboxes.update(caller, sandbox_id, body.auto_sleep, body.network, body.ports)
     return SandboxSingle(message="Sandbox updated", data=public(row, sdk))
 
 
