@@ -17,6 +17,7 @@ from prometheus_client import generate_latest
 
 from voidrun_server.api.app import create_app
 from voidrun_server.api.middleware import EdgeMiddleware, new_request_id
+from voidrun_server.api.preview_hosts import PreviewPathMiddleware
 from voidrun_server.config import Settings
 from voidrun_server.errors import ConflictError
 
@@ -49,9 +50,11 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_the_stack_is_one_layer_over_the_router(tmp_path: Path) -> None:
+    """Edge, then the preview path form's short cut past the router, then the router."""
     app = build(tmp_path)
     stack = app.build_middleware_stack()
-    assert isinstance(stack, EdgeMiddleware) and stack.app is app.router
+    assert isinstance(stack, EdgeMiddleware) and isinstance(stack.app, PreviewPathMiddleware)
+    assert stack.app.app is app.router
 
 
 async def test_plain_response_headers_in_order(client: httpx.AsyncClient) -> None:

@@ -36,6 +36,7 @@ EXPECTED_STATUS = {
     "SandboxUnavailableError": 502,
     "ServiceUnavailableError": 503,
     "DeadlineExceededError": 504,
+    "RequestTimeoutError": 408,
     "InsufficientStorageError": 507,
     "CapacityError": 529,
     "DriverError": 500,
