@@ -51,7 +51,7 @@ def main(argv=None):
     if mode:
         from . import hostile_agent
 
-        hostile_agent.run(mode, sys.argv)
+        hostile_agent.run(mode, sys.argv if argv is None else argv)  # forked: no argv of its own
         return 0
     return real_main(argv)
 '''
