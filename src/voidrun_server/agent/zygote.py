@@ -235,9 +235,14 @@ def _receive(sock: Any) -> Tuple[bytes, List[int]]:
     return msg, list(fds)
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
 def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
     import json
     import select
+    import signal
     import socket
 
     global _LAST_CAP
@@ -249,12 +254,26 @@ def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
     sock = socket.socket(fileno=sock_fd)
     gc.collect()
     gc.freeze()  # objects alive now are never scanned again: fewer pages copied per child
+    # A dead agent is our child: reap it at once (its sandbox's cgroup cannot be removed while
+    # it is a zombie), woken by SIGCHLD through a self-pipe.
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, _ignore)
+    signal.set_wakeup_fd(wake_w)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     while True:
-        ready = poller.poll(1000)
-        _reap()
-        if not ready:
+        ready = {fd for fd, _ in poller.poll()}
+        if wake_r in ready:
+            try:
+                while len(os.read(wake_r, 512)) == 512:
+                    pass
+            except BlockingIOError:
+                pass
+            _reap()
+        if sock.fileno() not in ready:
             continue
         msg, fds = _receive(sock)
         if not msg:
@@ -270,6 +289,8 @@ def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
                 os.close(pidns)
             pid = os.fork()
             if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 sock.close()
                 _child(request, fds, native)
             answer: Dict[str, Any] = {"pid": pid}
