@@ -11,7 +11,11 @@ Snapshot and fork (``--part snapshot``): a real server (``_harness.py``), a sand
 and ``POST /sandboxes/{id}/fork {"count": 10}`` (a snapshot plus ten running sandboxes).
 Floor: copying the same amount of data on the images' filesystem with ``cp`` + ``sync -f``.
 
-    .venv/bin/python bench/images.py [--part import|snapshot|all] [--base-mb 300]
+Create (``--part create``): a real server, warm pool off; a busybox-only root filesystem (the
+host's busybox-static, no Python) imported through ``POST /api/images``, then ``-n`` × 10
+creates from it interleaved with creates from ``code``, each deleted at once: p50/p95 of both.
+
+    .venv/bin/python bench/images.py [--part import|snapshot|create|all] [--base-mb 300]
         [--files 3000] [--written-mb 500] [-n 3]
 """
 
@@ -49,6 +53,9 @@ def layer(prefix: str, total_mb: int, files: int, seed: int) -> bytes:
 
 
 def write_layout(path: Path, layers: list[bytes]) -> Path:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' layout writer
     from tests.support.oci_images import image_config, oci_layout
 
     return oci_layout(path, layers, image_config(), compress=False)
@@ -69,7 +76,7 @@ def run(images: Path, org: str, name: str, layout: Path, dedupe: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("import", "snapshot", "all"), default="all")
+    parser.add_argument("--part", choices=("import", "snapshot", "create", "all"), default="all")
     parser.add_argument("--base-mb", type=int, default=300)
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--written-mb", type=int, default=500)
@@ -79,6 +86,56 @@ def main() -> None:
         imports(args)
     if args.part in ("snapshot", "all"):
         snapshots(args.written_mb, args.n)
+    if args.part in ("create", "all"):
+        creates(args.n * 10)
+
+
+def busybox_rootfs(root: Path) -> None:
+    """/bin/busybox (Debian's busybox-static) and its applets as symlinks; no Python."""
+    (root / "bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "root").mkdir()
+    shutil.copy2("/bin/busybox", root / "bin/busybox")
+    for applet in ("sh", "ls", "cat", "echo", "true", "sleep", "ps", "id", "env"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+
+
+def creates(n: int) -> None:
+    from _harness import percentiles, server
+
+    imports_dir = Path(tempfile.mkdtemp(prefix="voidrun-bench-imports-", dir="/var/tmp"))
+    os.chmod(imports_dir, 0o755)
+    try:
+        busybox_rootfs(imports_dir / "busybox")
+        env = {"VOIDRUN_IMAGE_IMPORT_DIRS": json.dumps([str(imports_dir)])}
+        with server(VOIDRUN_WARM_POOL_SIZE="0", **env) as srv, srv.client() as client:
+            body = {"name": "bench-busybox", "version": "1", "path": str(imports_dir / "busybox")}
+            image = client.post("/images", json=body).json()
+            while image["status"] == "building":
+                time.sleep(0.2)
+                image = client.get(f"/images/{image['id']}").json()
+            assert image["status"] == "ready", image
+            times: dict[str, list[float]] = {"code": [], "bench-busybox": []}
+            try:
+                for i in range(n + 3):
+                    for name, values in times.items():
+                        started = time.perf_counter()
+                        response = client.post("/sandboxes", json={"name": "b", "image": name})
+                        elapsed = (time.perf_counter() - started) * 1000
+                        response.raise_for_status()
+                        client.delete(f"/sandboxes/{response.json()['data']['id']}")
+                        if i >= 3:
+                            values.append(elapsed)
+            finally:
+                client.delete(f"/images/{image['id']}")
+        print(f"create p50 / p95 (ms), n={n} each, interleaved, warm pool off")
+        for name, values in times.items():
+            p50, p95, _ = percentiles(values)
+            print(f"  {name:<16} {p50:7.2f} {p95:7.2f}")
+    finally:
+        shutil.rmtree(imports_dir, ignore_errors=True)
 
 
 def imports(args: argparse.Namespace) -> None:
