@@ -55,22 +55,7 @@ IMAGES = ["busybox", "debian"]
 def server(registry: LocalRegistry, auth_registry: LocalRegistry) -> Iterator[ServerProcess]:
     listed = json.dumps([registry.address, auth_registry.address])
     with sandbox_server(VOIDRUN_IMAGE_INSECURE_REGISTRIES=listed) as proc:
-        try:
-            yield proc
-        finally:
-            _delete_images(proc)
-
-
-def _delete_images(proc: ServerProcess) -> None:
-    """Imported images live in the shared images dir: free them (sandboxes first)."""
-    if proc.process is None:
-        return
-    with proc.client() as client:
-        for box in client.get("/sandboxes", params={"limit": 100}).json()["data"]:
-            client.delete(f"/sandboxes/{box['id']}")
-        for image in client.get("/images").json():
-            if not image["system"]:
-                client.delete(f"/images/{image['id']}")
+        yield proc
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_image_import import _delete_images, import_fails, leftovers, org_dir, wait_built
+from tests.api.test_image_import import import_fails, leftovers, org_dir, wait_built
 from tests.support.oci_images import Member, image_config, oci_layout, tar_members
 from tests.support.sandboxes import sandbox_server
 from tests.support.server import ServerProcess
@@ -31,10 +31,7 @@ MAX_LAYERS = 4
 def server() -> Iterator[ServerProcess]:
     env = {"VOIDRUN_IMAGE_MAX_BYTES": str(MAX_BYTES), "VOIDRUN_IMAGE_MAX_LAYERS": str(MAX_LAYERS)}
     with sandbox_server(**env) as proc:
-        try:
-            yield proc
-        finally:
-            _delete_images(proc)
+        yield proc
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ from tests.support.tiers import skip_if_opted_out, skip_tier
 
 @contextmanager
 def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
-    """Start a server whose sandboxes are real; after it, stop (or find it killed), purge
-    every sandbox of every org from the host, and delete the data dir."""
+    """Start a server whose sandboxes are real; after it, delete the org images it imported
+    (they live in the shared images dir), stop it (or find it killed), purge every sandbox of
+    every org from the host, and delete the data dir."""
     skip_if_opted_out("sandbox")
     if os.geteuid() != 0:
         skip_tier("sandbox", "sandboxes need root")
@@ -32,8 +33,24 @@ def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
         proc.start()  # inside: a server that failed to start may have left state too
         yield proc
     finally:
-        proc.stop_and_purge()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            delete_org_images(proc)
+        finally:
+            proc.stop_and_purge()
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def delete_org_images(proc: ServerProcess) -> None:
+    """Imported and snapshot images of a running server, sandboxes first (an image in use
+    cannot be deleted). The bootstrap org's only: other orgs' images die with their tests."""
+    if proc.process is None or proc.process.poll() is not None:
+        return
+    with proc.client() as client:
+        for box in client.get("/sandboxes", params={"limit": 100}).json()["data"]:
+            client.delete(f"/sandboxes/{box['id']}")
+        for image in client.get("/images").json():
+            if not image["system"]:
+                client.delete(f"/images/{image['id']}")
 
 
 def backend_env(backend: str) -> dict[str, str]:

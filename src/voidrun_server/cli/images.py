@@ -17,16 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import ids
 from ..errors import ConflictError
-from ..images.importer import ImportRequest, import_image
-from ..images.progress import BuildProgress, ImageBuildError
+from ..images.importer import import_image
+from ..images.progress import ImageBuildError
 from ..images.sources import split_tag
-from ..images.unpack import Limits
 from ..services import accounts
-from ..services.image_builds import IMAGE_UID_BASE, _check_name, _check_tag
+from ..services.image_builds import _check_name, _check_tag, import_request
 from ..services.images import GIB, SYSTEM_IMAGES
 from ..store.repos import images as repo
 from ..store.tables import Image
 from .main import _settings, _with_session, console, err, images_app
+from .progress import build_progress
 
 
 @images_app.command("import")
@@ -42,7 +42,6 @@ def images_import(
     ] = None,
 ) -> None:
     """Import an image from a host path (no import-directory restriction: you are the operator)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = _settings()
     try:
@@ -66,35 +65,8 @@ def images_import(
         return org_id
 
     org_id = _with_session(find_org)
-    request = ImportRequest(
-        images_root=settings.images_root,
-        org_id=org_id,
-        name=name,
-        tag=version,
-        path=path,
-        source_tag=source_tag,
-        limits=Limits(settings.image_max_bytes, settings.image_max_layers, settings.image_setuid),
-        uid_base=IMAGE_UID_BASE,
-    )
-    columns = (
-        TextColumn("[bold]{task.description:<10}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TextColumn("[dim]{task.fields[detail]}", justify="left"),
-    )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("prepare", total=1, detail="")
-
-        def report(update: BuildProgress) -> None:
-            bar.update(
-                task,
-                description=update.step,
-                completed=update.done,
-                total=update.total,
-                detail=update.detail.strip()[:60],
-            )
-
+    request = import_request(settings, org_id, name, version, path, source_tag)
+    with build_progress(err, 10) as report:
         try:
             imported = import_image(request, progress=report)
         except (ImageBuildError, OSError) as exc:

@@ -250,35 +250,16 @@ def images_build(
     force: Annotated[bool, typer.Option(help="Rebuild even if a complete build exists.")] = False,
 ) -> None:
     """Build a system image (cached: returns at once when already built)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..images.build import BuildProgress, ImageBuildError, build_code_image
+    from ..images.build import ImageBuildError, build_code_image
     from ..services.images import SYSTEM_IMAGES
+    from .progress import build_progress
 
     settings = _settings()
     if name not in SYSTEM_IMAGES:
         err.print(f"[red]Unknown image {name!r}.[/red] Built-in images: {', '.join(SYSTEM_IMAGES)}")
         raise typer.Exit(2)
-    columns = (
-        TextColumn("[bold]{task.description:<16}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TextColumn("[dim]{task.fields[detail]}", justify="left"),
-    )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("prepare", total=1, detail="")
-
-        def report(update: BuildProgress) -> None:
-            detail = update.detail.strip()[:60]
-            bar.update(
-                task,
-                description=update.step,
-                completed=update.done,
-                total=update.total,
-                detail=detail,
-            )
-
+    with build_progress(err, 16) as report:
         try:
             built = build_code_image(
                 settings.images_root,

@@ -51,6 +51,23 @@ from .images import GIB, SYSTEM_IMAGES
 
 log = logging.getLogger(__name__)
 
+
+def import_request(
+    settings: Settings, org_id: str | None, name: str, tag: str, path: Path, source_tag: str
+) -> ImportRequest:
+    """What the importer needs for one image, with this server's limits (API and CLI)."""
+    return ImportRequest(
+        images_root=settings.images_root,
+        org_id=org_id,
+        name=name,
+        tag=tag,
+        path=path,
+        source_tag=source_tag,
+        limits=Limits(settings.image_max_bytes, settings.image_max_layers, settings.image_setuid),
+        uid_base=IMAGE_UID_BASE,
+    )
+
+
 PULL_TIMEOUT_SECONDS = 3600.0  # a registry pull that takes longer fails the build
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,49}$")
@@ -191,17 +208,7 @@ class ImageBuilds:
     def _request(
         self, org_id: str, name: str, tag: str, path: Path, source_tag: str
     ) -> ImportRequest:
-        s = self.settings
-        return ImportRequest(
-            images_root=s.images_root,
-            org_id=org_id,
-            name=name,
-            tag=tag,
-            path=path,
-            source_tag=source_tag,
-            limits=Limits(s.image_max_bytes, s.image_max_layers, s.image_setuid),
-            uid_base=IMAGE_UID_BASE,
-        )
+        return import_request(self.settings, org_id, name, tag, path, source_tag)
 
     # --- registry: the one place that depends on images/registry.py --------------------------
 
