@@ -182,7 +182,22 @@ class Settings(BaseSettings):
     image_build_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
         2, description="Image imports that unpack at the same time; more wait their turn."
     )
-    driver: str = Field("namespace", description="Sandbox runtime: namespace (bubblewrap).")
+    driver: str = Field(
+        "namespace",
+        description=(
+            "The default isolation: the driver of sandboxes created without `isolation` "
+            "(namespace, gvisor or microvm; docs/isolation.md). Must be one of "
+            "VOIDRUN_ISOLATIONS."
+        ),
+    )
+    isolations: list[str] = Field(
+        ["namespace", "gvisor", "microvm"],
+        description=(
+            "The isolations (drivers) this server offers, JSON list. Each one that cannot run "
+            "on this host is left out with its reason (GET /api/health says which and what to "
+            "install); a create asking for it is a 400 naming what is missing."
+        ),
+    )
     default_image: str = Field("code", description="Image used when a create request names none.")
     debian_mirror: str = Field(
         "",
@@ -274,6 +289,13 @@ class Settings(BaseSettings):
             "Sandboxes of the default image kept started ahead of time and handed out on create "
             "(rename, resize and environment instead of a boot). Each idle one costs what an "
             "idle sandbox costs (docs/benchmarks.md, Density). 0 turns the pool off."
+        ),
+    )
+    warm_pool_sizes: dict[str, Annotated[int, Field(ge=0, le=64)]] = Field(
+        {},
+        description=(
+            'Warm pool size per isolation, JSON object, e.g. {"gvisor": 1}; an isolation not '
+            "named gets VOIDRUN_WARM_POOL_SIZE if it is the default, else no pool."
         ),
     )
     warm_pool_min_free_memory_mb: Annotated[int, Field(ge=0)] = Field(
@@ -441,6 +463,27 @@ class Settings(BaseSettings):
     @classmethod
     def _no_bundle(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _default_isolation_offered(self) -> Settings:
+        names = list(dict.fromkeys(self.isolations))
+        if self.driver not in names:
+            raise ValueError(
+                f"VOIDRUN_DRIVER={self.driver!r} is not in VOIDRUN_ISOLATIONS={names}: "
+                "the default isolation must be one the server offers"
+            )
+        unknown = set(self.warm_pool_sizes) - set(names)
+        if unknown:
+            raise ValueError(
+                f"VOIDRUN_WARM_POOL_SIZES names isolations the server does not offer: "
+                f"{sorted(unknown)}"
+            )
+        self.isolations = names
+        return self
+
+    def warm_pool_size_for(self, isolation: str) -> int:
+        default = self.warm_pool_size if isolation == self.driver else 0
+        return self.warm_pool_sizes.get(isolation, default)
 
     @field_validator("data_dir")
     @classmethod

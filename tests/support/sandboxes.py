@@ -27,7 +27,14 @@ def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
         skip_tier("sandbox", "sandboxes need root")
     ensure_code_image()
     data_dir = new_state_dir("voidrun-api-")
-    env = {"VOIDRUN_IMAGES_DIR": str(IMAGES_DIR), "VOIDRUN_SANDBOX_DISK_MB": "256", **extra_env}
+    env = {
+        "VOIDRUN_IMAGES_DIR": str(IMAGES_DIR),
+        "VOIDRUN_SANDBOX_DISK_MB": "256",
+        # the other drivers have their own modules (tests/api/test_isolation.py and
+        # tests/drivers); every other test server starts only the default one
+        "VOIDRUN_ISOLATIONS": '["namespace"]',
+        **extra_env,
+    }
     proc = ServerProcess(data_dir=data_dir, extra_env=env)
     try:
         proc.start()  # inside: a server that failed to start may have left state too

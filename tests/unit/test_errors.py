@@ -45,6 +45,7 @@ EXPECTED_STATUS = {
     "DriverUnavailableError": 503,
     "DriverTimeoutError": 504,
     "PortClosedError": 502,
+    "UnsupportedByDriverError": 400,
     "UpstreamError": 502,
     "UpstreamTimeoutError": 504,
     "TooManyConnectionsError": 429,

@@ -17,22 +17,18 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, datadir
-from ..agent_launch import agent_argv, install_agent
-from ..agent_runtime import install_runtime, zygote_config
 from ..config import Settings
-from ..drivers.base import DiskAccounting, DriverUnavailableError, Retargetable
-from ..drivers.registry import create_driver
+from ..drivers.driverset import DriverSet
 from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, networking, reconcile, streams
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
 from ..services.image_builds import ImageBuilds
 from ..services.keycache import KeyCache
-from ..services.pool import WarmPool
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import errors
+from . import errors, runtimes
 from .deps import AppContext
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
@@ -130,8 +126,9 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                         ctx.images.shutdown()
                     if ctx.sandboxes is not None:
                         await _flush_activity(ctx.sandboxes)
-                    if ctx.sandboxes is not None and ctx.sandboxes.pool is not None:
-                        await ctx.sandboxes.pool.drain()
+                    if ctx.sandboxes is not None:
+                        for pool in ctx.sandboxes.pools.values():
+                            await pool.drain()
                     ctx.sandboxes = None
                     if agents is not None:
                         agents.close_all()
@@ -198,53 +195,45 @@ def _key_cache(settings: Settings) -> KeyCache:
 async def _start_sandboxes(
     ctx: AppContext, task_group: anyio.abc.TaskGroup, driver: Driver | None = None
 ) -> AgentPool | None:
-    """Load the driver, register built images, re-adopt sandboxes, start the watch loop.
+    """Load the drivers, register built images, re-adopt sandboxes, start the watch loop.
 
     A host that cannot run sandboxes still serves the account API; sandbox routes then answer
     503 with the reason and what to install.
     """
     settings = ctx.settings
-    if driver is None:
-        driver = await _configured_driver(ctx)
-    if driver is None:
+    if driver is not None:
+        drivers: DriverSet | None = runtimes.single(driver)
+    else:
+        drivers, why = await runtimes.load_drivers(settings)
+        if why is not None:
+            ctx.sandboxes_unavailable = why
+    if drivers is None:
         return None
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
-    unwritten = driver.unwritten_disk_bytes if isinstance(driver, DiskAccounting) else None
-    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
-    pool = None
-    if settings.warm_pool_size and isinstance(driver, Retargetable):
-        pool = WarmPool(
-            driver,
-            agents,
-            size=settings.warm_pool_size,
-            cpu=1,
-            mem_mb=1024,
-            disk_mb=settings.sandbox_disk_mb,
-            ready_timeout=settings.sandbox_ready_timeout_seconds,
-            min_free_memory_mb=settings.warm_pool_min_free_memory_mb,
-            disk_floor=disk_floor,
-        )
+    disk_floor = DiskFloor(
+        settings.data_dir, settings.min_free_disk_mb, drivers.unwritten_disk_bytes
+    )
+    pools = runtimes.warm_pools(settings, drivers, agents, disk_floor)
     service = SandboxService(
         settings,
         ctx.sessions,
-        driver,
+        drivers,
         agents,
         spawn=spawner(task_group),
         disk_floor=disk_floor,
-        pool=pool,
+        pools=pools,
     )
     agents.on_violation = service.agent_violated
-    wired = networking.networked(driver)
-    if wired is not None:  # the sandboxes' resolver, and their traffic in /metrics
-        task_group.start_soon(guarded, "sandbox network", wired.serve_network)
-        if settings.metrics_enabled:
-            ctx.registry.register(networking.UsageCollector(wired.network_usage_snapshot))
+    # the sandboxes' resolver, and their traffic in /metrics
+    task_group.start_soon(guarded, "sandbox network", drivers.serve_network)
+    if settings.metrics_enabled:
+        ctx.registry.register(networking.UsageCollector(drivers.network_usage_snapshot))
     await reconcile.reconcile_on_start(service)
     task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
     task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
-    if pool is not None:  # after reconcile: it destroys orphans, pool sandboxes look like them
+    for pool in pools.values():  # after reconcile: it destroys orphans, pooled ones look like them
         task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
     ctx.sandboxes = service
     return agents
@@ -260,35 +249,6 @@ async def _start_image_builds(ctx: AppContext, task_group: anyio.abc.TaskGroup) 
             functools.partial(default_imports.mkdir, mode=0o700, exist_ok=True)
         )
     ctx.images = builds
-
-
-async def _configured_driver(ctx: AppContext) -> Driver | None:
-    """The driver ``settings.driver`` names, or None (and why, in the context) if this host
-    cannot run it."""
-    settings = ctx.settings
-    # A compiled, world-readable copy of the agent under the data dir is what sandboxes mount,
-    # with the interpreter that runs it (never the sandbox's own python3).
-    agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
-    runtime = await anyio.to_thread.run_sync(install_runtime, settings.runtime_root)
-    try:
-        return create_driver(
-            settings.driver,
-            state_dir=settings.sandboxes_dir,
-            uid_base=settings.sandbox_uid_base,
-            uid_ranges=settings.sandbox_uid_ranges,
-            agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
-            agent_dir=agent_dir,
-            runtime_dir=runtime.host_dir,
-            ready_timeout=settings.sandbox_ready_timeout_seconds,
-            pids_max=settings.sandbox_pids_max,
-            network=networking.driver_config(settings),
-            ca_bundle=settings.sandbox_ca_bundle,
-            zygote=zygote_config(runtime, agent_dir) if settings.agent_zygote else None,
-        )
-    except DriverUnavailableError as exc:
-        ctx.sandboxes_unavailable = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        log.error("sandboxes are unavailable: %s", ctx.sandboxes_unavailable)
-        return None
 
 
 async def _default_rootfs(ctx: AppContext) -> Path | None:

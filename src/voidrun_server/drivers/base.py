@@ -16,6 +16,8 @@ Exceptions::
           ├── SandboxStateError        the sandbox exists but is in the wrong state for this
           ├── DriverUnavailableError   the runtime cannot run on this host (carries .hint)
           ├── DriverTimeoutError       ran past its deadline (also a DeadlineExceededError)
+          ├── UnsupportedByDriverError the sandbox's driver cannot do this (also an
+          │                            InvalidInputError: 400)
           └── PortClosedError          nothing listens on that port in the sandbox (also a
                                        SandboxUnavailableError: 502)
 """
@@ -31,6 +33,7 @@ from typing import Protocol, runtime_checkable
 
 from voidrun_server.errors import (
     DeadlineExceededError,
+    InvalidInputError,
     OperationFailedError,
     SandboxUnavailableError,
     ServiceUnavailableError,
@@ -57,6 +60,7 @@ __all__ = [
     "SandboxState",
     "SandboxStateError",
     "SandboxStats",
+    "UnsupportedByDriverError",
 ]
 
 
@@ -124,6 +128,9 @@ class SandboxSpec:
     layers: tuple[Path, ...] = ()
     """Further read-only image directories below ``rootfs``, nearest first (a snapshot image
     is its own layer over the image it was made from); shifted like ``rootfs``."""
+    isolation: str | None = None
+    """Which driver builds it (``DriverSet`` routes on it; drivers ignore it). None: the
+    server's default."""
 
 
 class SandboxState(enum.Enum):
@@ -186,6 +193,12 @@ class DriverUnavailableError(ServiceUnavailableError, DriverError):
 
 class DriverTimeoutError(DeadlineExceededError, DriverError):
     message = "Sandbox runtime operation timed out"
+
+
+class UnsupportedByDriverError(InvalidInputError, DriverError):
+    """The sandbox's isolation cannot do what was asked, or is not run by this server."""
+
+    message = "Not supported by this sandbox's isolation"
 
 
 class PortClosedError(SandboxUnavailableError, DriverError):

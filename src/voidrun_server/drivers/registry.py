@@ -14,7 +14,14 @@ from typing import Any
 
 from voidrun_server.drivers.base import Driver, DriverUnavailableError
 
-__all__ = ["DriverEntry", "available_drivers", "create_driver", "driver_names", "load_driver_class"]
+__all__ = [
+    "DriverEntry",
+    "available_drivers",
+    "build_driver",
+    "create_driver",
+    "driver_names",
+    "load_driver_class",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,22 @@ def load_driver_class(name: str) -> type[Any]:
         ) from exc
     cls: type[Any] = getattr(module, entry.attribute)
     return cls
+
+
+def build_driver(name: str, settings: Any, **assets: Any) -> Driver:
+    """Driver ``name`` configured from the server's settings by its package's ``setup.build``
+    (``assets``: the agent package and runtime every driver puts into its sandboxes). Its host
+    check runs first, so a missing prerequisite is a DriverUnavailableError with a hint."""
+    entry = _DRIVERS.get(name)
+    load_driver_class(name)  # unknown name or import failure: DriverUnavailableError
+    assert entry is not None
+    module = importlib.import_module(entry.module)
+    check = getattr(module, "check_host", None)
+    if check is not None:
+        check()
+    setup = importlib.import_module(f"{entry.module}.setup")
+    driver: Driver = setup.build(settings, **assets)
+    return driver
 
 
 def create_driver(name: str, **config: Any) -> Driver:

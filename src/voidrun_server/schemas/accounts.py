@@ -63,6 +63,21 @@ class Version(WireModel):
     build_time: str
 
 
+class IsolationHealth(WireModel):
+    available: bool
+    default: bool = False
+    reason: str | None = Field(None, description="Why it cannot run here.")
+    hint: str | None = Field(None, description="What to install or change.")
+    platform: str | None = Field(None, description="gvisor: ptrace, systrap or kvm.")
+    accelerator: str | None = Field(None, description="microvm: kvm or tcg.")
+
+
 class Health(WireModel):
     status: str
     database: str
+    sandboxes: str | None = Field(
+        None, description="ok, or why sandboxes are unavailable (they answer 503 then)."
+    )
+    isolations: dict[str, IsolationHealth] | None = Field(
+        None, description="Per isolation (driver): whether it runs here and how."
+    )

@@ -62,6 +62,14 @@ class SandboxCreate(WireModel):
     ports: list[PortSpec] | None = None
     publish_ports: list[int] | None = Field(None, description="Legacy form of `ports`.")
     network: NetworkSpec | None = Field(None, description="Extension: egress policy.")
+    isolation: str | None = Field(
+        None,
+        max_length=32,
+        description=(
+            "Extension: namespace, gvisor or microvm (docs/isolation.md); default: the "
+            "server's VOIDRUN_DRIVER."
+        ),
+    )
     start_cmd: bool | None = Field(
         None,
         description="Extension: start the image's Entrypoint+Cmd as a background command.",
@@ -114,6 +122,9 @@ class SandboxPublic(WireModel):
     network: NetworkSpec | None = Field(None, description="Extension: its egress policy.")
     network_usage: NetworkUsagePublic | None = Field(
         None, description="Extension (GET of one sandbox): bytes through its link."
+    )
+    isolation: str = Field(
+        "namespace", description="Extension: the driver that runs it (docs/isolation.md)."
     )
 
 

@@ -1,4 +1,4 @@
-"""Sandbox networking for the services layer: the driver's configuration, policy requests
+"""Sandbox networking for the services layer: policy requests
 (checked into a 400 with every problem, before anything is created) and usage metrics.
 
 The policy itself is enforced by the driver (``drivers/namespace/network.py``); the row keeps
@@ -14,50 +14,34 @@ from prometheus_client.registry import Collector
 
 from ..config import Settings
 from ..drivers import netpolicy
-from ..drivers.base import Driver, Networked, NetworkPolicy, NetworkUsage
-from ..drivers.namespace.network import NetworkConfig
-from ..drivers.namespace.resolver import host_resolvers
+from ..drivers.base import NetworkPolicy, NetworkUsage
+from ..drivers.driverset import DriverSet
 from ..errors import InvalidInputError
 from ..schemas.sandboxes import NetworkSpec
 
-__all__ = ["NetworkUsage", "UsageCollector", "driver_config", "networked", "requested_policy"]
-
-
-def driver_config(settings: Settings) -> NetworkConfig | None:
-    """What the namespace driver needs to wire sandboxes (None: loopback only)."""
-    if not settings.sandbox_network:
-        return None
-    return NetworkConfig(
-        subnet=settings.sandbox_subnet,
-        upstreams=tuple(settings.sandbox_dns_upstreams) or host_resolvers(),
-        default_policy=default_policy(settings),
-        allowed_private=tuple(settings.sandbox_allowed_private_cidrs),
-        bandwidth_mbit=settings.sandbox_bandwidth_mbit,
-    )
+__all__ = ["NetworkUsage", "UsageCollector", "default_policy", "requested_policy"]
 
 
 def default_policy(settings: Settings) -> NetworkPolicy:
     return NetworkPolicy(allow_internet=settings.sandbox_internet_default)
 
 
-def networked(driver: Driver) -> Networked | None:
-    if isinstance(driver, Networked) and driver.network_enabled:
-        return driver
-    return None
-
-
 def requested_policy(
-    settings: Settings, driver: Driver, spec: NetworkSpec | None, current: NetworkPolicy | None
+    settings: Settings,
+    drivers: DriverSet,
+    isolation: str,
+    spec: NetworkSpec | None,
+    current: NetworkPolicy | None,
 ) -> NetworkPolicy | None:
-    """The policy a create (``current`` None) or an update asks for; None when the driver has
-    no networking and nothing was asked. Fields absent from ``spec`` keep ``current`` (or the
-    server default). Raises InvalidInputError listing every problem."""
-    if networked(driver) is None:
+    """The policy a create (``current`` None) or an update asks for; None when the
+    isolation's driver has no networking and nothing was asked. Fields absent from ``spec``
+    keep ``current`` (or the server default). Raises InvalidInputError listing every problem."""
+    if drivers.networked(isolation) is None:
         if spec is not None:
             raise InvalidInputError(
                 "Invalid network policy",
-                f"the {driver.name} driver of this server has no sandbox networking "
-                "(VOIDRUN_SANDBOX_NETWORK)",
+                f"the {isolation} isolation of this server has no sandbox networking "
+                "(VOIDRUN_SANDBOX_NETWORK, docs/isolation.md)",
             )
         return None
     base = current or default_policy(settings)

@@ -1,5 +1,8 @@
 """A warm pool: sandboxes of the default image started ahead of time and handed out on create.
 
+One pool per isolation whose driver can retarget a running sandbox (``Retargetable``), sized
+by that isolation's setting.
+
 Taking a sandbox that is already up and giving it the caller's hostname, limits and environment
 costs a few ms less than booting one. ``VOIDRUN_WARM_POOL_SIZE`` sandboxes are kept ready
 (0 = off). They have no database row until handed out, so after a crash the start-up reconcile
@@ -23,14 +26,8 @@ import anyio
 
 from .. import ids
 from ..agentclient import AgentClient
-from ..drivers.base import (
-    Driver,
-    DriverError,
-    Networked,
-    NetworkPolicy,
-    Retargetable,
-    SandboxSpec,
-)
+from ..drivers.base import DriverError, NetworkPolicy, SandboxSpec
+from ..drivers.driverset import DriverSet
 from ..errors import DeadlineExceededError, VoidRunError
 from .agents import AgentPool, AgentSocket
 from .storage import DiskFloor
@@ -70,9 +67,10 @@ class Warm:
 class WarmPool:
     def __init__(
         self,
-        driver: Driver,
+        driver: DriverSet,
         agents: AgentPool,
         *,
+        isolation: str,
         size: int,
         cpu: int,
         mem_mb: int,
@@ -82,6 +80,7 @@ class WarmPool:
         disk_floor: DiskFloor | None = None,
     ) -> None:
         self.driver = driver
+        self.isolation = isolation
         self.agents = agents
         self.size = size
         self.cpu, self.mem_mb, self.disk_mb = cpu, mem_mb, disk_mb
@@ -173,6 +172,7 @@ class WarmPool:
             cpu=self.cpu,
             mem_mb=self.mem_mb,
             disk_mb=self.disk_mb,
+            isolation=self.isolation,
         )
         info = None
         try:
@@ -210,11 +210,10 @@ class WarmPool:
         (it was started under the server's default). The host side (driver) and the inside
         (agent) are independent, so they run at the same time."""
         driver = self.driver
-        assert isinstance(driver, Retargetable)
 
         async def outside() -> None:
             await driver.retarget(sandbox_id, hostname=hostname, cpu=cpu, mem_mb=mem_mb, env=env)
-            if network is not None and isinstance(driver, Networked):
+            if network is not None and driver.networked(self.isolation) is not None:
                 await driver.set_network_policy(sandbox_id, network)
 
         async def personalise(agent: AgentClient) -> None:

@@ -30,7 +30,7 @@ from . import images, networking, validation
 from .accounts import Principal
 from .agents import AgentSocket
 from .lifecycle import Status
-from .pool import Warm
+from .pool import Warm, WarmPool
 from .quotas import Usage
 
 if TYPE_CHECKING:
@@ -67,26 +67,30 @@ class Provisioner:
         request = validation.validate_create(
             body, self.service.settings.default_image, caller.org_id
         )
+        isolation = self.service.driver.choose(body.isolation)  # 400 when not run here
         policy = networking.requested_policy(
-            self.service.settings, self.service.driver, body.network, None
+            self.service.settings, self.service.driver, isolation, body.network, None
         )
         disk_mb = self.service.settings.sandbox_disk_mb
         wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
-        pool = self.service.pool
+        pool = self.service.pools.get(isolation)
         with pool.serving() if pool is not None else nullcontext():
-            row = await self._create(caller, request, disk_mb, wanted, policy, bool(body.start_cmd))
+            row = await self._create(
+                caller, request, isolation, disk_mb, wanted, policy, bool(body.start_cmd)
+            )
         return row
 
     async def _create(
         self,
         caller: Principal,
         request: validation.CreateRequest,
+        isolation: str,
         disk_mb: int,
         wanted: Usage,
         policy: NetworkPolicy | None,
         body_start_cmd: bool = False,
     ) -> Sandbox:
-        pool, warm = self.service.pool, None
+        pool, warm = self.service.pools.get(isolation), None
         booting: _Boot | None = None
         failure: BaseException | None = None  # raised after the group: it would wrap it
         async with anyio.create_task_group() as boots:
@@ -99,6 +103,7 @@ class Provisioner:
                     if warm is None:  # a warm sandbox's disk exists: only a new one needs room
                         await self.service.disk_floor.reserve_for_create(disk_mb)
                     row = self._row(caller, request, image, disk_mb, warm)
+                    row.isolation = isolation
                     row.workdir = (image.config or {}).get("workingDir") or None
                     env = {**images.image_env(image), **row.env_vars}
                     start_cmd = images.start_command(image) if body_start_cmd else None
@@ -108,8 +113,8 @@ class Provisioner:
                         # The quota allows it: the sandbox boots (or a warm one is made the
                         # caller's) while its row is written.
                         job = (
-                            partial(self._hand_out, warm, spec)
-                            if warm
+                            partial(self._hand_out, pool, warm, spec)
+                            if pool is not None and warm is not None
                             else partial(self._boot, spec)
                         )
                         booting = _Boot(spec.sandbox_id, job)
@@ -140,10 +145,9 @@ class Provisioner:
             await self._start_cmd(caller, row, start_cmd)
         return row
 
-    async def _hand_out(self, warm: Warm, spec: SandboxSpec) -> None:
+    async def _hand_out(self, pool: WarmPool, warm: Warm, spec: SandboxSpec) -> None:
         """Make a warm-pool sandbox the caller's (``pool.hand_out``)."""
-        assert self.service.pool is not None
-        await self.service.pool.hand_out(
+        await pool.hand_out(
             warm,
             spec.sandbox_id,
             hostname=spec.hostname,
@@ -168,6 +172,7 @@ class Provisioner:
             disk_mb=row.disk_mb,
             env=env,
             network=policy,
+            isolation=row.isolation,
         )
 
     async def _run_locked(self, boot: _Boot) -> None:

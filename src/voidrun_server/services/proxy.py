@@ -38,7 +38,6 @@ import httpcore
 
 from .. import ids
 from ..config import Settings
-from ..drivers.base import PortOpener
 from ..errors import (
     AuthenticationError,
     NotFoundError,
@@ -126,8 +125,6 @@ class ProxyService:
             settings.proxy_max_connections,
         )
         self._touched: dict[str, float] = {}
-        driver = sandboxes.driver
-        self._opener = driver if isinstance(driver, PortOpener) else None
         network = SandboxNetwork(self.open_port, settings.proxy_connect_timeout_seconds)
         self.pool = UpstreamPool(network.connect, KEEPALIVE_SECONDS)
         sandboxes.row_changed.append(self._sandbox_changed)
@@ -201,11 +198,7 @@ class ProxyService:
             self.sandboxes.spawn(lambda: self.pool.forget(sandbox_id))
 
     async def open_port(self, sandbox_id: str, port: int, within: float) -> socket.socket:
-        if self._opener is None:
-            raise ServiceUnavailableError(
-                "Port previews are not supported by this driver", self.sandboxes.driver.name
-            )
-        return await self._opener.open_port(sandbox_id, port, within=within)
+        return await self.sandboxes.driver.open_port(sandbox_id, port, within=within)
 
     async def send(
         self,

@@ -36,6 +36,8 @@ async def reconcile_on_start(service: SandboxService) -> None:
     async with transaction(service.sessions) as session:
         rows = {row.id: row for row in await repo.with_status(session, list(Status))}
         for row in rows.values():
+            if row.id not in found:  # the drivers' recover() bound the ones they hold
+                service.driver.bind(row.id, row.isolation)
             if row.status not in LIVE:
                 continue
             info = found.get(row.id)

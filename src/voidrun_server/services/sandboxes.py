@@ -17,7 +17,7 @@ recorded in memory and written in batches (``services/activity.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import ids
 from ..config import Settings
 from ..drivers.base import (
-    Driver,
     DriverError,
     NetworkPolicy,
     NetworkUsage,
-    Pausable,
     SandboxInfo,
     SandboxNotFoundError,
+    UnsupportedByDriverError,
 )
+from ..drivers.driverset import DriverSet
 from ..errors import (
-    InvalidInputError,
     InvalidStateError,
     NotFoundError,
     VoidRunError,
@@ -81,11 +80,11 @@ class SandboxService:
         self,
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
-        driver: Driver,
+        driver: DriverSet,
         agents: AgentPool,
         spawn: Spawn,
         disk_floor: DiskFloor,
-        pool: WarmPool | None = None,
+        pools: Mapping[str, WarmPool] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -105,7 +104,7 @@ class SandboxService:
         self.row_changed: list[Callable[[str], None]] = []
         self.activity = ActivityLog(sessions, settings.pause_after_idle_seconds)
         self.image_users = ImageUsers(sessions)  # the image's User, per image id
-        self.pool = pool
+        self.pools = dict(pools or {})  # warm pool per isolation
         self.provisioner = Provisioner(self)
         self.starting = quotas.Reservations()
         self.disk_floor = disk_floor
@@ -225,10 +224,12 @@ class SandboxService:
     async def _set_network(self, row: Sandbox, spec: NetworkSpec) -> None:
         """Check, apply (live: the driver's rules change under open connections), record."""
         current = NetworkPolicy.from_wire(row.network) if row.network else None
-        policy = networking.requested_policy(self.settings, self.driver, spec, current)
+        policy = networking.requested_policy(
+            self.settings, self.driver, row.isolation, spec, current
+        )
         if row.status == Status.DELETED:
             raise InvalidStateError(details="sandbox is deleted")
-        driver = networking.networked(self.driver)
+        driver = self.driver.networked(row.isolation)
         assert driver is not None and policy is not None
         try:
             await driver.set_network_policy(row.id, policy)
@@ -242,7 +243,7 @@ class SandboxService:
             stored.network = policy.to_wire()
 
     async def network_usage(self, row: Sandbox) -> NetworkUsage | None:
-        driver = networking.networked(self.driver)
+        driver = self.driver.networked(row.isolation)
         if driver is None or row.status not in (Status.RUNNING, Status.PAUSED):
             return None
         try:
@@ -314,12 +315,12 @@ class SandboxService:
             if action is Action.PAUSE:
                 self.agents.freeze(sandbox_id, True)
                 try:
-                    await self._pausable().pause(sandbox_id)
+                    await self.driver.pause(sandbox_id)
                 except BaseException:
                     self.agents.freeze(sandbox_id, False)
                     raise
             elif action is Action.RESUME:
-                await self._pausable().resume(sandbox_id)
+                await self.driver.resume(sandbox_id)
                 self.agents.freeze(sandbox_id, False)
             elif action in (Action.STOP, Action.DESTROY):
                 self.agents.forget(sandbox_id)
@@ -338,6 +339,8 @@ class SandboxService:
                     info = await self._start(sandbox_id)
                     await self.agents.ping(sandbox_id, AgentSocket.of(info))
                     self._sockets[sandbox_id] = AgentSocket.of(info)
+        except UnsupportedByDriverError:
+            raise  # the caller's mistake (400), nothing happened
         except DriverError as exc:
             if action is Action.START:
                 await self.set_status(sandbox_id, Status.ERROR, error=describe(exc))
@@ -347,11 +350,6 @@ class SandboxService:
     async def _start(self, sandbox_id: str) -> SandboxInfo:
         with anyio.fail_after(self.settings.sandbox_ready_timeout_seconds + 5):
             return await self.driver.start(sandbox_id)
-
-    def _pausable(self) -> Pausable:
-        if not isinstance(self.driver, Pausable):
-            raise InvalidInputError("pause is not supported by this driver", self.driver.name)
-        return self.driver
 
     async def set_status(
         self, sandbox_id: str, status: Status, *, error: str | None = None, event: str = ""

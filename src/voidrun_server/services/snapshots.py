@@ -128,9 +128,12 @@ class Snapshots:
 
     async def _snapshot(self, caller: Principal, sandbox_id: str, name: str, tag: str) -> Image:
         driver = self.service.driver
-        if not isinstance(driver, Exportable):
-            raise InvalidInputError("snapshots are not supported by this driver", driver.name)
         await self.service.get(caller, sandbox_id)  # unknown ids: 404 before waiting
+        if not driver.supports(sandbox_id, Exportable):
+            raise InvalidInputError(
+                "snapshots are not supported by this sandbox's isolation",
+                driver.isolation_of(sandbox_id),
+            )
         async with self.service.lock(sandbox_id):
             row = await self.service.get(caller, sandbox_id)
             if row.status not in SNAPSHOT_STATES:

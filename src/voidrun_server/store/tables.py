@@ -156,6 +156,7 @@ class Sandbox(Base):
     region: Mapped[str] = mapped_column(String(64), default="")
     ref_id: Mapped[str] = mapped_column(String(256), default="")
     node_id: Mapped[str | None] = mapped_column(String(64))
+    isolation: Mapped[str] = mapped_column(String(32), default="namespace")  # its driver
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)

@@ -70,6 +70,7 @@ def public(row: SandboxRow, sdk: bool, usage: NetworkUsage | None = None) -> San
         network_usage=NetworkUsagePublic(rx_bytes=usage.rx_bytes, tx_bytes=usage.tx_bytes)
         if usage
         else None,
+        isolation=row.isolation,
     )
 
 

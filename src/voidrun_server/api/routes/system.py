@@ -29,8 +29,15 @@ async def health(ctx: Ctx) -> Response:
     """Liveness and readiness: answers 200 only when the database answers."""
     if not await readiness.database_answers(ctx.engine):
         body = Health(status="unavailable", database="error")
-        return JSONResponse(body.model_dump(by_alias=True), status_code=503)
-    return JSONResponse(Health(status="ok", database="ok").model_dump(by_alias=True))
+        return JSONResponse(body.model_dump(by_alias=True, exclude_none=True), status_code=503)
+    service = ctx.sandboxes
+    body = Health(
+        status="ok",
+        database="ok",
+        sandboxes="ok" if service is not None else ctx.sandboxes_unavailable,
+        isolations=service.driver.describe() if service is not None else None,
+    )
+    return JSONResponse(body.model_dump(by_alias=True, exclude_none=True))
 
 
 @metrics_router.get("/metrics")
