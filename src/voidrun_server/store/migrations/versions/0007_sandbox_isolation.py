@@ -20,9 +20,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("sandboxes", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "isolation", sa.String(length=32), nullable=False, server_default="namespace"
-            )
+            sa.Column("isolation", sa.String(length=32), nullable=False, server_default="namespace")
         )
 
 
