@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -85,6 +86,39 @@ def test_concurrent_creates_do_not_overshoot(server: ServerProcess) -> None:
         assert quota(server)["sandboxes"]["used"] == before + 2
     finally:
         quota(server, "--reset")
+
+
+def sandbox_dirs(server: ServerProcess) -> set[str]:
+    return {p.name for p in (server.data_dir / "sandboxes").iterdir() if len(p.name) == 24}
+
+
+def settled_dirs(server: ServerProcess) -> set[str]:
+    """The sandbox directories once they stop changing (the warm pool refills)."""
+    seen, stable_since = sandbox_dirs(server), time.monotonic()
+    while time.monotonic() - stable_since < 1.5:
+        time.sleep(0.1)
+        now = sandbox_dirs(server)
+        if now != seen:
+            seen, stable_since = now, time.monotonic()
+    return seen
+
+
+def test_an_org_over_quota_makes_the_host_boot_nothing(server: ServerProcess) -> None:
+    """A create may boot before its quota check answers (services/speculation.py); an org
+    refused once is not guessed for, so a client hammering past its quota costs no boots."""
+    with server.client() as client:
+        create_sandbox(client, name="warm-the-guess")  # the image name is now known
+        used = quota(server)["sandboxes"]["used"]
+        quota(server, "--max-sandboxes", str(used))
+        try:
+            refused(client.post("/sandboxes", json={"name": "over"}), "sandboxes")
+            before = settled_dirs(server)
+            for i in range(5):
+                refused(client.post("/sandboxes", json={"name": f"over-{i}"}), "sandboxes")
+            assert sandbox_dirs(server) == before
+            assert quota(server)["sandboxes"]["used"] == used
+        finally:
+            quota(server, "--reset")
 
 
 def free_mib(path: str) -> int:

@@ -273,3 +273,20 @@ def test_fork_over_quota_creates_nothing(client: httpx.Client, server: ServerPro
 
 def _image_dir(image: dict[str, Any]) -> Any:
     return IMAGES_DIR / "orgs" / image["orgId"] / image["name"] / image["tag"]
+
+
+def test_a_name_that_now_means_another_image_boots_that_image(client: httpx.Client) -> None:
+    """Creates boot what an image name meant last time before the database answers
+    (services/speculation.py); when the name has moved on, the new image is what runs."""
+    source = create_sandbox(client, name="renamer")
+    sh(client, source, "echo one > /root/which")
+    snapshot(client, source, "moving", "1")
+    first = create_sandbox(client, name="moving-1", image="moving")
+    assert sh(client, first, "cat /root/which") == "one\n"
+    sh(client, source, "echo two > /root/which")
+    snapshot(client, source, "moving", "2")  # "moving" is now the newer one
+    second = create_sandbox(client, name="moving-2", image="moving")
+    assert second["image"] == "moving:2"
+    assert sh(client, second, "cat /root/which") == "two\n"
+    again = create_sandbox(client, name="moving-1b", image="moving:1")
+    assert sh(client, again, "cat /root/which") == "one\n"
