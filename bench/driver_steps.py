@@ -1,7 +1,9 @@
 """Driver-level create, step by step: where the time of one namespace-sandbox create goes.
 
-Usage: .venv/bin/python bench/driver_steps.py [-n 30] [--exec]   (root; the code image must be
-built). By default the agent is forked by the zygote, as the server does; ``--exec`` starts an
+Usage: .venv/bin/python bench/driver_steps.py [-n 30] [--exec] [--live N] [--network]   (root;
+the code image must be built). ``--live N`` keeps N idle sandboxes alive while measuring (how a
+create's steps grow with the host's sandbox count); ``--network`` wires every sandbox. By
+default the agent is forked by the zygote, as the server does; ``--exec`` starts an
 interpreter in every sandbox instead (VOIDRUN_AGENT_ZYGOTE=false).
 
 Creates N sandboxes one after another through ``NamespaceDriver`` directly (no HTTP, no
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import ipaddress
 import secrets
 import shutil
 import tempfile
@@ -32,6 +35,7 @@ from voidrun_server.drivers.namespace import NamespaceDriver
 from voidrun_server.drivers.namespace import disk as disk_module
 from voidrun_server.drivers.namespace import driver as driver_module
 from voidrun_server.drivers.namespace import host as host_module
+from voidrun_server.drivers.namespace.network import NetworkConfig
 from voidrun_server.images.build import build_code_image
 from voidrun_server.services.images import SYSTEM_IMAGES
 
@@ -82,7 +86,20 @@ def instrument() -> None:
     driver_module.wait_until_ready = wait  # type: ignore[assignment]
 
 
-async def run(driver: NamespaceDriver, rootfs: Path, n: int) -> None:
+async def run(driver: NamespaceDriver, rootfs: Path, n: int, live: int) -> None:
+    kept = []
+    try:
+        for _ in range(live):  # idle sandboxes the measured creates happen next to
+            spec = SandboxSpec(secrets.token_hex(12), "idle", rootfs, 1, 512, 256)
+            await driver.create(spec)
+            kept.append(spec.sandbox_id)
+        await measure(driver, rootfs, n)
+    finally:
+        for sandbox_id in kept:
+            await driver.destroy(sandbox_id)
+
+
+async def measure(driver: NamespaceDriver, rootfs: Path, n: int) -> None:
     for i in range(n + 3):
         spec = SandboxSpec(secrets.token_hex(12), "bench", rootfs, 1, 512, 256)
         started = time.perf_counter()
@@ -99,6 +116,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=30)
     parser.add_argument("--exec", action="store_true", help="no zygote: exec an interpreter")
+    parser.add_argument("--live", type=int, default=0, help="idle sandboxes kept meanwhile")
+    parser.add_argument("--network", action="store_true", help="wire sandboxes (10.213/16)")
     args = parser.parse_args()
     instrument()
     rootfs = build_code_image(IMAGES, tag=SYSTEM_IMAGES["code"]).rootfs
@@ -114,14 +133,18 @@ def main() -> None:
             runtime_dir=runtime.host_dir,
             cgroup_parent="voidrun-bench",
             zygote=None if args.exec else zygote_config(runtime, agent_dir),
+            network=NetworkConfig(ipaddress.ip_network("10.213.0.0/16"), ("127.0.0.1",))
+            if args.network
+            else None,
         )
         try:
-            asyncio.run(run(driver, rootfs, args.n))
+            asyncio.run(run(driver, rootfs, args.n, args.live))
         finally:
             driver.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)
-    print(f"{'what (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={args.n}")
+    live = f", {args.live} idle sandboxes alive" if args.live else ""
+    print(f"{'what (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={args.n}{live}")
     for label, values in TIMES.items():
         print(row(label, values))
 

@@ -200,7 +200,9 @@ class Provisioner:
                 await self._destroy_quietly(boot.sandbox_id)
 
     async def _hand_out(self, pool: WarmPool, warm: Warm, spec: SandboxSpec) -> None:
-        """Make a warm-pool sandbox the caller's (``pool.hand_out``)."""
+        """Make a warm-pool sandbox the caller's (``pool.hand_out``). It was started under
+        the server's default egress policy: only another one is applied."""
+        default = networking.default_policy(self.service.settings)
         await pool.hand_out(
             warm,
             spec.sandbox_id,
@@ -208,7 +210,7 @@ class Provisioner:
             cpu=spec.cpu,
             mem_mb=spec.mem_mb,
             env=dict(spec.env),
-            network=spec.network,
+            network=spec.network if spec.network != default else None,
         )
         self.service._sockets[spec.sandbox_id] = warm.agent_socket
 
