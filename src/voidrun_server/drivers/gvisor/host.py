@@ -13,8 +13,10 @@ runsc's own state for the sandbox is its private ``--root`` directory, removed w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -165,9 +167,26 @@ class GvisorHost:
         return init
 
     def _kill(self, record: SandboxRecord, deadline: float) -> None:
-        if record.init is not None:
-            record.init.kill()
-        self.cgroups.remove(record.cgroups, deadline)
+        self._kill_group(record.cgroups, deadline)
+
+    def _kill_group(self, paths: dict[str, str], deadline: float) -> None:
+        """SIGKILL everything in the sandbox's cgroups until they are empty, then remove them.
+
+        Not the namespace driver's freeze-then-kill: a sentry that is dying (or was killed
+        behind our back) leaves ptrace stubs that never reach FROZEN. Nothing here can fork
+        once the sentry is gone (the stubs die with their tracer: PTRACE_O_EXITKILL), so
+        killing whatever is listed until the list is empty terminates."""
+        if self.cgroups.exists(paths):
+            with contextlib.suppress(OSError):
+                self.cgroups.thaw(paths)  # a frozen task acts on SIGKILL only once thawed
+        while pids := self.cgroups.procs(paths):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise DriverError("sandbox processes did not exit after SIGKILL", str(pids))
+            time.sleep(0.001)
+        self.cgroups.remove(paths, deadline)
 
     def stop(self, run: GvisorRun, record: SandboxRecord) -> None:
         deadline = time.monotonic() + CLEANUP_TIMEOUT
@@ -183,7 +202,7 @@ class GvisorHost:
         record = read_record(run)
         if record is not None:
             self._kill(record, deadline)
-        self.cgroups.remove(self.cgroups.paths_for(run.sandbox_id), deadline)
+        self._kill_group(self.cgroups.paths_for(run.sandbox_id), deadline)
         if not run.root.exists():
             return
         unmount_all(run, deadline)

@@ -154,6 +154,7 @@ def _probe(runsc: Runsc, cgroups: Cgroups, timeout: float) -> str | None:
     name = f"probe-{os.getpid()}-{time.monotonic_ns()}"
     paths = cgroups.create(name, CgroupLimits(cpu=1, mem_mb=512, pids_max=256))
     root = Path(tempfile.mkdtemp(prefix="voidrun-runsc-probe-"))
+    proc: subprocess.Popen[bytes] | None = None
     try:
         with cgroups.born_inside(paths) as inside:
             proc = subprocess.Popen(
@@ -175,6 +176,9 @@ def _probe(runsc: Runsc, cgroups: Cgroups, timeout: float) -> str | None:
         return None
     finally:
         cgroups.remove(paths, time.monotonic() + 10)
-        with contextlib.suppress(ProcessLookupError, UnboundLocalError):
-            proc.wait(timeout=5)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            if proc.stderr is not None:
+                proc.stderr.close()
         shutil.rmtree(root, ignore_errors=True)
