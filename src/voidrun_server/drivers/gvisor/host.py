@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
