@@ -67,6 +67,7 @@ def config(
     agent_dir: Path,
     runtime_dir: Path | None,
     run_dir: Path,
+    pids_max: int,
 ) -> dict[str, object]:
     caps = list(CAPABILITIES)
     mounts: list[dict[str, object]] = [
@@ -87,6 +88,7 @@ def config(
             "cwd": "/",
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": True,
+            "rlimits": [{"type": "RLIMIT_NPROC", "hard": pids_max, "soft": pids_max}],
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": hostname,

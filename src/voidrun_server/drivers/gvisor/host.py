@@ -55,6 +55,7 @@ from voidrun_server.drivers.namespace.state import (
 __all__ = ["GvisorHost"]
 
 CLEANUP_TIMEOUT = 30.0
+SENTRY_PIDS = 512  # host threads of the sentry and gofer themselves (Go), beyond the sandbox's
 OWNER = 0  # host uid of every file the gofer makes, the agent socket included (layout.py)
 
 
@@ -134,12 +135,15 @@ class GvisorHost:
             agent_dir=self._agent_dir,
             runtime_dir=self._runtime_dir,
             run_dir=run.run,
+            pids_max=self._pids_max,
         )
         bundle.write_config(run.bundle, spec)
         shutil.rmtree(run.runsc_root, ignore_errors=True)
         run.runsc_root.mkdir(mode=0o700)
         run.pid_file.unlink(missing_ok=True)
-        limits = CgroupLimits(cpu=record.cpu, mem_mb=record.mem_mb, pids_max=self._pids_max)
+        limits = CgroupLimits(
+            cpu=record.cpu, mem_mb=record.mem_mb, pids_max=2 * self._pids_max + SENTRY_PIDS
+        )
         record.cgroups = self.cgroups.create(record.sandbox_id, limits)
         args = ["run", "--detach", f"--bundle={run.bundle}", f"--pid-file={run.pid_file}"]
         with self.cgroups.born_inside(record.cgroups) as inside:
