@@ -19,6 +19,7 @@ need nftables command -v nft            # sandbox egress rules (docs/network.md)
 need dnsmasq command -v dnsmasq        # the sandboxes' resolver
 need iproute2 command -v ip
 need skopeo command -v skopeo          # registry pulls (docs/images.md, Registries)
+need runsc command -v runsc            # the gvisor driver (docs/isolation.md)
 if [ "$tier" = test ]; then
   need postgresql bash -c 'ls -d /usr/lib/postgresql/*/bin/initdb'
   need docker-registry command -v docker-registry   # the loopback registry tests pull from

@@ -550,3 +550,19 @@ class Settings(BaseSettings):
                 shown = str(value.value if isinstance(value, StrEnum) else value)
             rows.append((f"VOIDRUN_{name.upper()}", shown, field.description or ""))
         return rows
+
+    # -- gvisor driver --
+    gvisor_runsc_path: str = Field(
+        "", description="The runsc binary of the gvisor driver; empty: runsc found through PATH."
+    )
+    gvisor_platform: Literal["auto", "systrap", "kvm", "ptrace"] = Field(
+        "auto",
+        description=(
+            "gVisor platform: auto probes systrap, then kvm (each must run a sandbox within "
+            "VOIDRUN_GVISOR_PROBE_TIMEOUT_SECONDS) and falls back to ptrace; the answer is kept "
+            "per runsc build and kernel in <data_dir>/gvisor/.platform.json."
+        ),
+    )
+    gvisor_probe_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="How long one platform probe of the gvisor driver may take."
+    )

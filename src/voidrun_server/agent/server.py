@@ -57,7 +57,7 @@ def bind_unix(path: str) -> _socket.socket:
             dir_fd = os.open(parent, os.O_PATH | os.O_CLOEXEC)
             address = f"/proc/self/fd/{dir_fd}/{name}"
         sock.bind(address)
-        os.chmod(path, 0o600)
+        _owner_only(path)
         sock.listen(BACKLOG)
         sock.setblocking(False)
     except BaseException:
@@ -68,6 +68,15 @@ def bind_unix(path: str) -> _socket.socket:
         if dir_fd >= 0:
             os.close(dir_fd)
     return sock
+
+
+def _owner_only(path: str) -> None:
+    """chmod 0600. gVisor's host-backed sockets (``runsc --host-uds=create``) refuse chmod and
+    even lstat with EPERM; the umask set before ``bind`` already made the socket owner-only."""
+    try:
+        os.chmod(path, 0o600)
+    except PermissionError:
+        pass
 
 
 class Listener:
@@ -125,7 +134,7 @@ async def serve(socket_path: str, base_env: Mapping[str, str]) -> int:
         loop.add_signal_handler(noise, _ignore)
 
     sock = bind_unix(socket_path)
-    inode = os.stat(socket_path).st_ino
+    inode = _socket_inode(socket_path)
     listener = Listener(ctx, sock)
     log.info("listening on %s (protocol %d, pid %d)", socket_path, PROTOCOL_VERSION, os.getpid())
     try:
@@ -145,12 +154,21 @@ async def serve(socket_path: str, base_env: Mapping[str, str]) -> int:
             except ProcessLookupError:
                 pass
         try:
-            if os.stat(socket_path).st_ino == inode:
+            if inode is not None and os.stat(socket_path).st_ino == inode:
                 os.unlink(socket_path)
         except OSError:
             pass
     log.info("stopped")
     return 0
+
+
+def _socket_inode(path: str) -> "int | None":
+    """The bound socket's inode; None where the file system refuses to stat it (gVisor's
+    host-backed sockets: the host side removes those)."""
+    try:
+        return os.stat(path).st_ino
+    except PermissionError:
+        return None
 
 
 def _ignore() -> None:

@@ -43,6 +43,15 @@ _DRIVERS: dict[str, DriverEntry] = {
             ">= 5.11 with user namespaces enabled"
         ),
     ),
+    "gvisor": DriverEntry(
+        name="gvisor",
+        module="voidrun_server.drivers.gvisor",
+        attribute="GvisorDriver",
+        install_hint=(
+            "apt-get install runsc (scripts/install-system-deps.sh does) and run the server as "
+            "root on Linux >= 5.12 (idmapped mounts) with cgroup v1 controllers mounted"
+        ),
+    ),
 }
 
 

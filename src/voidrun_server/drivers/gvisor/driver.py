@@ -1,0 +1,287 @@
+"""The ``gvisor`` driver's async half: public API, deadlines, locking, readiness, cleanup.
+
+Same rules as the namespace driver (``namespace/driver.py``): blocking work in worker threads
+with absolute deadlines, every public operation under ``anyio.fail_after``, a failed create
+leaves nothing (shielded cleanup), one lock per sandbox, host errors as :class:`DriverError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from voidrun_server.drivers.base import (
+    DriverError,
+    DriverTimeoutError,
+    DriverUnavailableError,
+    SandboxInfo,
+    SandboxNotFoundError,
+    SandboxSpec,
+    SandboxState,
+    SandboxStateError,
+    SandboxStats,
+)
+from voidrun_server.drivers.gvisor.host import OWNER, GvisorHost
+from voidrun_server.drivers.gvisor.layout import GvisorRun
+from voidrun_server.drivers.gvisor.runsc import (
+    FALLBACK,
+    INSTALL_HINT,
+    Runsc,
+    find_runsc,
+    pick_platform,
+)
+from voidrun_server.drivers.namespace import idmount
+from voidrun_server.drivers.namespace.cgroups import detect_cgroups
+from voidrun_server.drivers.namespace.procs import ProcessRef
+from voidrun_server.drivers.namespace.ready import wait_until_ready
+from voidrun_server.drivers.namespace.state import SANDBOX_ID_RE, SandboxRecord, read_record
+
+__all__ = ["GvisorDriver", "check_host"]
+
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+PLATFORMS = ("systrap", "kvm", "ptrace")
+
+
+def check_host(runsc_path: str | None = None) -> None:
+    """Raise DriverUnavailableError unless this host can run the driver at all."""
+    if os.geteuid() != 0:
+        raise DriverUnavailableError(
+            "the gvisor driver needs root (runsc, cgroups, loop and overlay mounts)",
+            hint="run the server as root; the sandbox's kernel is gVisor's, not the host's",
+        )
+    find_runsc(runsc_path)
+    idmount.check_support()
+    detect_cgroups("voidrun")
+
+
+@contextlib.contextmanager
+def _operation(what: str, seconds: float) -> Iterator[float]:
+    try:
+        with anyio.fail_after(seconds):
+            yield time.monotonic() + seconds
+    except TimeoutError as exc:
+        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:.1f}s") from exc
+    except OSError as exc:
+        raise DriverError(f"{what} failed", str(exc)) from exc
+
+
+class GvisorDriver:
+    """Sandboxes whose kernel is gVisor's sentry (``runsc``); see the package docstring."""
+
+    name = "gvisor"
+    network_enabled = False  # loopback only (runsc --network=none)
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        agent_argv: Callable[[str], list[str]],
+        agent_dir: Path,
+        runtime_dir: Path | None = None,
+        runsc_path: str | None = None,
+        platform: str | None = None,
+        probe_timeout: float = 10.0,
+        ready_timeout: float = 10.0,
+        op_timeout: float = 30.0,
+        cgroup_parent: str = "voidrun-gvisor",
+        pids_max: int = 1024,
+    ) -> None:
+        """Check the host and pick the platform; DriverUnavailableError (with a hint) if the
+        driver cannot run here. ``platform`` None: the fastest that works (probed once per
+        runsc build and kernel, each probe bounded by ``probe_timeout``)."""
+        check_host(runsc_path)
+        if platform is not None and platform not in PLATFORMS:
+            raise DriverUnavailableError(
+                f"unknown gVisor platform {platform!r}", hint=f"one of {', '.join(PLATFORMS)}"
+            )
+        state_dir = state_dir.resolve()
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        binary = find_runsc(runsc_path)
+        cgroups = detect_cgroups(cgroup_parent)
+        cgroups.ensure_parent()
+        if platform is None:
+            platform, self.platform_reason = pick_platform(
+                binary, cgroups, state_dir, probe_timeout=probe_timeout
+            )
+        else:
+            self.platform_reason = "configured"
+        self.platform = platform
+        runsc = Runsc(binary, platform)
+        try:
+            self.runsc_version = runsc.version()
+        except DriverError as exc:
+            raise DriverUnavailableError(f"runsc does not run: {exc}", hint=INSTALL_HINT) from exc
+        self._host = GvisorHost(
+            state_dir,
+            runsc=runsc,
+            cgroups=cgroups,
+            agent_argv=agent_argv,
+            agent_dir=agent_dir.resolve(),
+            runtime_dir=runtime_dir.resolve() if runtime_dir is not None else None,
+            pids_max=pids_max,
+        )
+        self._ready_timeout = ready_timeout
+        self._op_timeout = op_timeout
+        self._locks: dict[str, anyio.Lock] = {}
+
+    @property
+    def state_dir(self) -> Path:
+        return self._host.state_dir
+
+    def describe(self) -> dict[str, object]:
+        """For ``GET /api/health``: the runtime and the platform it runs on, and why."""
+        return {
+            "driver": self.name,
+            "runtime": self.runsc_version,
+            "platform": self.platform,
+            "platformReason": self.platform_reason,
+            "fallback": self.platform == FALLBACK,
+        }
+
+    def close(self) -> None:
+        """Nothing to release (symmetry with the namespace driver)."""
+
+    # -- Driver -----------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        self._validate(spec)
+        run = self._host.run_dir(spec.sandbox_id)
+        async with self._lock(spec.sandbox_id):
+            with _operation("create", self._op_timeout + self._ready_timeout) as deadline:
+                owned: list[bool] = []
+                done = False
+                try:
+                    init = await anyio.to_thread.run_sync(
+                        self._host.create, run, spec, owned, deadline
+                    )
+                    await self._wait_ready(run, init)
+                    done = True
+                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, OWNER)
+                finally:
+                    if not done and owned:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self._host.destroy, run)
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("start", self._op_timeout + self._ready_timeout) as deadline:
+                record = await self._record(run)
+                current = await anyio.to_thread.run_sync(self._host.observe, run, record)
+                if current.state is SandboxState.RUNNING:
+                    return current
+                if current.state is SandboxState.PAUSED:
+                    raise SandboxStateError("sandbox is paused", "resume it instead")
+                done = False
+                try:
+                    init = await anyio.to_thread.run_sync(self._host.start, run, record, deadline)
+                    await self._wait_ready(run, init)
+                    done = True
+                    return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, OWNER)
+                finally:
+                    if not done:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self._host.stop, run, record)
+
+    async def stop(self, sandbox_id: str) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("stop", self._op_timeout):
+                record = await self._record(run)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._host.stop, run, record)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._host.destroy, run)
+        lock = self._locks.get(sandbox_id)
+        if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
+            del self._locks[sandbox_id]
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        run = self._host.run_dir(sandbox_id)
+        with _operation("inspect", self._op_timeout):
+            return await anyio.to_thread.run_sync(self._host.inspect, run)
+
+    async def recover(self) -> dict[str, SandboxInfo]:
+        with _operation("recover", self._op_timeout):
+            return await anyio.to_thread.run_sync(self._host.recover)
+
+    # -- Pausable, Observable, Retargetable -------------------------------------------------
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._set_frozen(sandbox_id, frozen=True)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._set_frozen(sandbox_id, frozen=False)
+
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        run = self._host.run_dir(sandbox_id)
+        with _operation("stats", self._op_timeout):
+            record = await self._record(run)
+            return await anyio.to_thread.run_sync(self._host.stats, record)
+
+    async def retarget(
+        self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
+    ) -> None:
+        if not _HOSTNAME_RE.match(hostname):
+            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("retarget", self._op_timeout) as deadline:
+                record = await self._record(run)
+                await anyio.to_thread.run_sync(
+                    self._host.retarget, run, record, hostname, cpu, mem_mb, env, deadline
+                )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> anyio.Lock:
+        return self._locks.setdefault(sandbox_id, anyio.Lock())
+
+    async def _record(self, run: GvisorRun) -> SandboxRecord:
+        record = await anyio.to_thread.run_sync(read_record, run)
+        if record is None:
+            raise SandboxNotFoundError(f"no sandbox {run.sandbox_id} on this node")
+        return record
+
+    async def _set_frozen(self, sandbox_id: str, *, frozen: bool) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("pause" if frozen else "resume", self._op_timeout) as deadline:
+                record = await self._record(run)
+                await anyio.to_thread.run_sync(self._host.set_frozen, run, record, frozen, deadline)
+
+    async def _wait_ready(self, run: GvisorRun, init: ProcessRef) -> None:
+        try:
+            with anyio.fail_after(self._ready_timeout):
+                await wait_until_ready(run.socket, owner_uid=OWNER, alive=init.alive)
+        except TimeoutError as exc:
+            tail = await anyio.to_thread.run_sync(run.log_tail)
+            raise DriverTimeoutError(
+                "the agent did not accept connections in time",
+                tail or f"nothing listened on {run.socket} after {self._ready_timeout}s",
+            ) from exc
+        except DriverError as exc:
+            tail = await anyio.to_thread.run_sync(run.log_tail)
+            raise DriverError(exc.message, tail or exc.details) from exc
+
+    def _validate(self, spec: SandboxSpec) -> None:
+        if not SANDBOX_ID_RE.match(spec.sandbox_id):
+            raise DriverError("invalid sandbox id", "expected 24 lowercase hex digits")
+        if not _HOSTNAME_RE.match(spec.hostname):
+            raise DriverError("invalid hostname", f"{spec.hostname!r} is not a DNS-1123 label")
+        if spec.cpu < 1 or spec.mem_mb < 16 or spec.disk_mb < 32:
+            raise DriverError("limits too small", "need cpu >= 1, mem_mb >= 16, disk_mb >= 32")
+        for key in spec.env:
+            if not key or "=" in key or "\0" in key:
+                raise DriverError("invalid environment variable name", repr(key))
