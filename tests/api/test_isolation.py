@@ -6,8 +6,10 @@ tests; this module holds what every server does whatever drivers this host has.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.support.http import assert_error
@@ -63,3 +65,59 @@ def test_health_reports_every_offered_isolation(server: ServerProcess) -> None:
     assert isolations["namespace"] == {"available": True, "default": True}
     assert isolations["nosuch"]["available"] is False
     assert "nosuch" in isolations["nosuch"]["reason"]
+
+
+@pytest.fixture(scope="module")
+def mixed() -> Iterator[ServerProcess]:
+    """A server running namespace and gvisor sandboxes side by side."""
+    env = {"VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]', "VOIDRUN_WARM_POOL_SIZE": "0"}
+    with sandbox_server(**env) as proc:
+        yield proc
+
+
+def sh(client: httpx.Client, box: dict[str, object], command: str) -> str:
+    response = client.post(f"/sandboxes/{box['id']}/exec", json={"command": command})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["exitCode"] == 0, (command, data)
+    return str(data["stdout"])
+
+
+def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
+    with mixed.client() as client:
+        health = client.get("/health").json()["isolations"]
+        assert health["gvisor"]["available"] and health["gvisor"]["platform"]
+        plain = create_sandbox(client, name="plain")
+        strong = create_sandbox(client, name="strong", isolation="gvisor")
+        assert (plain["isolation"], strong["isolation"]) == ("namespace", "gvisor")
+        # gVisor's kernel answers inside; the host's (shared with namespace sandboxes) outside
+        assert "gVisor" in sh(client, strong, "dmesg")
+        assert sh(client, plain, "uname -r") == f"{os.uname().release}\n"
+        for box in (plain, strong):  # the files API and the data plane, the same on both
+            made = client.post(
+                f"/sandboxes/{box['id']}/files/create",
+                params={"path": "/root/f.txt", "content": "kept"},
+            )
+            assert made.status_code == 200, made.text
+        # lifecycle on the gvisor one: pause, resume, stop, start (its disk survives)
+        for verb, status in (("pause", "paused"), ("resume", "running")):
+            assert client.post(f"/sandboxes/{strong['id']}/{verb}").status_code == 200
+            assert client.get(f"/sandboxes/{strong['id']}").json()["data"]["status"] == status
+        assert client.post(f"/sandboxes/{strong['id']}/stop").status_code == 200
+        assert client.post(f"/sandboxes/{strong['id']}/start").status_code == 200
+        assert sh(client, strong, "cat /root/f.txt") == "kept"
+        # snapshots are namespace-only: a 400 that says so, not a 500
+        refused = client.post(f"/sandboxes/{strong['id']}/snapshot", json={"name": "nope"})
+        assert_error(refused, 400)
+        assert "isolation" in refused.json()["error"]
+
+    mixed.stop()  # a restart re-adopts both, each by its own driver
+    mixed.start()
+    with mixed.client() as client:
+        for box in (plain, strong):
+            again = client.get(f"/sandboxes/{box['id']}").json()["data"]
+            assert again["status"] == "running" and again["isolation"] == box["isolation"]
+            assert sh(client, box, "cat /root/f.txt") == "kept"
+        assert "gVisor" in sh(client, strong, "dmesg")
+        for box in (plain, strong):
+            assert client.delete(f"/sandboxes/{box['id']}").status_code == 200

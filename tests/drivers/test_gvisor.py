@@ -208,7 +208,7 @@ async def test_platform_probe_is_remembered(harness: GvisorHarness) -> None:
     assert first.platform in ("systrap", "kvm", "ptrace")
     cache = json.loads((harness.state_dir / ".platform.json").read_text())
     assert cache["platform"] == first.platform
-    assert first.describe()["platformReason"] == cache["why"]
+    assert first.describe()["notes"] == cache["why"]
     again = harness.new_driver(platform=None, probe_timeout=0.001)  # would fail any probe
     assert again.platform == first.platform
 

@@ -92,8 +92,8 @@ class Terminal:
         devnull = -1
         try:
             _set_size(master, cols, rows)
-            if script:
-                tty.setraw(slave)
+            if script:  # TCSANOW: gVisor's terminals refuse TCSAFLUSH (nothing to flush yet)
+                tty.setraw(slave, termios.TCSANOW)
                 devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             fds = (slave, devnull, devnull) if script else (slave, slave, slave)
             # preexec runs after setsid, before exec

@@ -68,8 +68,10 @@ class IsolationHealth(WireModel):
     default: bool = False
     reason: str | None = Field(None, description="Why it cannot run here.")
     hint: str | None = Field(None, description="What to install or change.")
+    runtime: str | None = Field(None, description="What runs its sandboxes, with its version.")
     platform: str | None = Field(None, description="gvisor: ptrace, systrap or kvm.")
     accelerator: str | None = Field(None, description="microvm: kvm or tcg.")
+    notes: str | None = Field(None, description="Why this platform or accelerator.")
 
 
 class Health(WireModel):

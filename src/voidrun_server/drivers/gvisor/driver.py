@@ -31,7 +31,6 @@ from voidrun_server.drivers.base import (
 from voidrun_server.drivers.gvisor.host import OWNER, GvisorHost
 from voidrun_server.drivers.gvisor.layout import GvisorRun
 from voidrun_server.drivers.gvisor.runsc import (
-    FALLBACK,
     INSTALL_HINT,
     Runsc,
     find_runsc,
@@ -138,11 +137,9 @@ class GvisorDriver:
     def describe(self) -> dict[str, object]:
         """For ``GET /api/health``: the runtime and the platform it runs on, and why."""
         return {
-            "driver": self.name,
             "runtime": self.runsc_version,
             "platform": self.platform,
-            "platformReason": self.platform_reason,
-            "fallback": self.platform == FALLBACK,
+            "notes": self.platform_reason,
         }
 
     def close(self) -> None:
