@@ -36,6 +36,16 @@ _DRIVERS: dict[str, DriverEntry] = {
             ">= 5.11 with user namespaces enabled"
         ),
     ),
+    "microvm": DriverEntry(
+        name="microvm",
+        module="voidrun_server.drivers.microvm",
+        attribute="MicrovmDriver",
+        install_hint=(
+            "apt-get install qemu-system-x86 busybox-static e2fsprogs util-linux, apt sources "
+            "that offer linux-image-cloud-amd64 (the guest kernel is fetched on first use); "
+            "run the server as root"
+        ),
+    ),
 }
 
 

@@ -5,7 +5,7 @@
   are attached through idmapped mounts that show the base as 0 (``namespace/idmount.py``),
   stacked with a read-only overlayfs when there are layers (whiteouts apply), and
   ``mkfs.ext4 -d`` copies that view (owners, modes, links, device nodes) into an ext4 file
-  without a journal. Built once per image, cached under ``<state>/images/<hash>.ext4``; no
+  without a journal. Built once per image, cached under ``<cache>/images/<hash>.ext4``; no
   per-file ``chown`` pass is needed.
 * **Agent disk** (read-only, shared): the agent package and its bundled interpreter
   (``agent_launch.install_agent``, ``agent_runtime.install_runtime``) as ``voidrun_agent/``
@@ -103,7 +103,7 @@ def _cached(directory: Path, name: str) -> tuple[Path, bool]:
     return path, path.is_file()
 
 
-def image_disk(state_dir: Path, rootfs: Path, layers: Sequence[Path], deadline: float) -> Path:
+def image_disk(cache_dir: Path, rootfs: Path, layers: Sequence[Path], deadline: float) -> Path:
     """The read-only ext4 of ``layers`` over ``rootfs`` (owners un-shifted), built once."""
     dirs = [*layers, rootfs]
     stats = []
@@ -115,7 +115,7 @@ def image_disk(state_dir: Path, rootfs: Path, layers: Sequence[Path], deadline: 
         stats.append(
             (str(d.resolve()), found.st_ino, found.st_mtime_ns, found.st_uid, found.st_gid)
         )
-    target, ready = _cached(state_dir / "images", f"{_key(stats)}.ext4")
+    target, ready = _cached(cache_dir / "images", f"{_key(stats)}.ext4")
     if ready:
         return target
     with open(target.parent / ".lock", "w") as lock:
@@ -164,9 +164,9 @@ def image_disk(state_dir: Path, rootfs: Path, layers: Sequence[Path], deadline: 
     return target
 
 
-def agent_disk(state_dir: Path, agent_dir: Path, runtime_dir: Path) -> Path:
+def agent_disk(cache_dir: Path, agent_dir: Path, runtime_dir: Path) -> Path:
     """The read-only ext4 with ``voidrun_agent/`` and ``runtime/``, cached by fingerprint."""
-    target, ready = _cached(state_dir / "agent", f"{_key([agent_dir.name, runtime_dir.name])}.ext4")
+    target, ready = _cached(cache_dir / "agent", f"{_key([agent_dir.name, runtime_dir.name])}.ext4")
     if ready:
         return target
     with open(target.parent / ".lock", "w") as lock:

@@ -90,7 +90,7 @@ class MicrovmDriver:
         agent_dir: Path,
         runtime_dir: Path,
         agent_python: Sequence[str],
-        assets_dir: Path | None = None,
+        cache_dir: Path | None = None,
         kernel_package: str = "linux-image-cloud-amd64",
         accelerator: str = "auto",
         probe_timeout: float = 20.0,
@@ -109,7 +109,8 @@ class MicrovmDriver:
         accelerator. ``agent_python`` is the agent interpreter's argv inside the guest (the
         bundled runtime under /opt/voidrun/runtime, ``Runtime.python_argv()``). Each VM's QEMU
         runs as the first uid of a range from ``uid_dir`` (share the namespace driver's
-        ``.uid-ranges`` so both drivers hand out disjoint uids)."""
+        ``.uid-ranges`` so both drivers hand out disjoint uids). ``cache_dir`` (default
+        ``<state_dir>/cache``) holds what VMs share: kernel, initramfs, image and agent disks."""
         check_host()
         if accelerator not in ACCELERATORS:
             raise DriverUnavailableError(
@@ -118,10 +119,12 @@ class MicrovmDriver:
         state_dir = state_dir.resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o711)
-        assets_dir = (assets_dir or state_dir / "assets").resolve()
-        assets = prepare_assets(assets_dir, kernel_package)
+        cache_dir = (cache_dir or state_dir / "cache").resolve()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cache_dir, 0o755)
+        assets = prepare_assets(cache_dir / "assets", kernel_package)
         if accelerator == "auto":
-            accelerator = probe_kvm(assets, assets_dir, probe_timeout)
+            accelerator = probe_kvm(assets, cache_dir / "assets", probe_timeout)
         self.accelerator = accelerator
         try:
             uids = UidRanges(
@@ -139,7 +142,8 @@ class MicrovmDriver:
             state_dir=state_dir,
             assets=assets,
             accelerator=accelerator,
-            agent_disk=disks.agent_disk(state_dir, agent_dir.resolve(), runtime_dir.resolve()),
+            cache_dir=cache_dir,
+            agent_disk=disks.agent_disk(cache_dir, agent_dir.resolve(), runtime_dir.resolve()),
             agent_argv=agent_argv,
             uids=uids,
             cgroups=cgroups,

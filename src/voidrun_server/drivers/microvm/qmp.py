@@ -34,7 +34,7 @@ class QmpError(DriverError):
 
 
 class QmpClient:
-    """One QMP session; use as ``async with await QmpClient.connect(path, owner_uid=..., within=...)``."""
+    """One QMP session: ``async with await QmpClient.connect(path, owner_uid=u, within=s)``."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader

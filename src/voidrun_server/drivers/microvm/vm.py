@@ -55,6 +55,7 @@ def _reap(pid: int) -> None:
 @dataclass
 class VmHost:
     state_dir: Path
+    cache_dir: Path
     assets: GuestAssets
     accelerator: str
     agent_disk: Path
@@ -74,7 +75,7 @@ class VmHost:
 
     def create(self, spec: SandboxSpec, owned: list[bool], deadline: float) -> ProcessRef:
         run = self.run_dir(spec.sandbox_id)
-        image = disks.image_disk(self.state_dir, spec.rootfs, spec.layers, deadline)
+        image = disks.image_disk(self.cache_dir, spec.rootfs, spec.layers, deadline)
         (self.state_dir / "sandboxes").mkdir(mode=0o711, parents=True, exist_ok=True)
         try:
             run.root.mkdir(mode=0o711)
@@ -124,8 +125,9 @@ class VmHost:
             agent_disk=self.agent_disk,
             data_disk=run.disk,
             config_disk=run.config,
-            agent_socket=run.agent_socket,
-            qmp_socket=run.qmp_socket,
+            # relative to QEMU's cwd (the socket dir): sun_path holds only 107 bytes
+            agent_socket=Path(run.agent_socket.name),
+            qmp_socket=Path(run.qmp_socket.name),
             console=run.console,
         )
         log_fd = os.open(run.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -138,7 +140,7 @@ class VmHost:
                     stderr=log_fd,
                     start_new_session=True,
                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                    cwd="/",
+                    cwd=run.sock_dir,
                 )
         finally:
             os.close(log_fd)
