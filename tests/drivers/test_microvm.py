@@ -111,15 +111,19 @@ def test_guest_kernel_is_not_the_hosts(vm: tuple[SandboxInfo, str]) -> None:
 
 
 def test_host_files_and_processes_are_invisible(vm: tuple[SandboxInfo, str]) -> None:
-    token = f"voidrun-host-marker-{secrets.token_hex(8)}"
-    marker = Path("/tmp") / token
-    marker.write_text(token)
-    sleeper = subprocess.Popen(["sh", "-c", "sleep 300", token], stdout=subprocess.DEVNULL)
+    secret = secrets.token_hex(16)  # in the host file's content, never in a command we send
+    marker = Path("/tmp") / f"voidrun-host-marker-{secrets.token_hex(4)}"
+    marker.write_text(secret)
+    # a host process whose argv[0] matches the pattern below (the pattern itself does not)
+    name = f"voidrun-proc-marker-{secrets.token_hex(8)}"
+    sleeper = subprocess.Popen(["sh", "-c", "sleep 300", name], stdout=subprocess.DEVNULL)
     try:
-        code, out = run(vm, f"cat /tmp/{token}; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '")
-        assert token not in out
-        code, out = run(vm, "ps -e -o comm= 2>/dev/null || ls /proc")
-        assert "qemu" not in out
+        code, out = run(vm, f"cat {marker} /etc/hostname 2>&1")
+        assert secret not in out and "No such file" in out, out
+        pattern = "voidrun-proc-marker-[0-9a-f]\\{16\\}"
+        code, out = run(vm, f"cat /proc/[0-9]*/cmdline | tr '\\0' ' ' | grep -c '{pattern}'")
+        assert out.strip() == "0", out
+        assert name in Path(f"/proc/{sleeper.pid}/cmdline").read_text()  # it is there
     finally:
         sleeper.kill()
         sleeper.wait()
