@@ -42,7 +42,7 @@ class Bridge:
 
     def _run(self) -> None:
         while True:
-            ready, _, _ = select.select([self.listener, self.stop_r], [], [])
+            ready, _, _ = select.select([self.listener.fileno(), self.stop_r], [], [])
             if self.stop_r in ready:
                 return
             conn, _ = self.listener.accept()
@@ -51,10 +51,10 @@ class Bridge:
 
     def _pump(self, conn: socket.socket) -> None:
         while True:
-            ready, _, _ = select.select([conn, self.master, self.stop_r], [], [])
+            ready, _, _ = select.select([conn.fileno(), self.master, self.stop_r], [], [])
             if self.stop_r in ready:
                 return
-            if conn in ready:
+            if conn.fileno() in ready:
                 data = conn.recv(65536)
                 if not data:
                     return  # this client left; the pty (the port) stays
