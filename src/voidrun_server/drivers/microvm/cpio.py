@@ -47,7 +47,7 @@ def _header(ino: int, mode: int, nlink: int, size: int, namesize: int) -> bytes:
 def write_newc(path: Path, entries: Iterable[Entry], *, level: int = 6) -> None:
     """Write ``entries`` (parents before children) and the trailer to ``path``, gzip'd.
     Owners are root, times are 0: the same inputs give the same bytes."""
-    with gzip.GzipFile(path, "wb", compresslevel=level, mtime=0) as out:
+    with open(path, "wb") as raw, gzip.GzipFile("", "wb", level, raw, mtime=0) as out:
         ino = 1
         for entry in [*entries, Entry("TRAILER!!!", 0)]:
             name = entry.name.encode() + b"\0"
