@@ -23,7 +23,7 @@ async def _qmp_server(path: Path, script: list[dict[str, object]]) -> asyncio.Ab
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            greeting = {"QMP": {"version": {}, "capabilities": []}}
+            greeting: dict[str, object] = {"QMP": {"version": {}, "capabilities": []}}
             writer.write(json.dumps(greeting).encode() + b"\n")
             for reply in script:
                 request = json.loads(await reader.readline())
