@@ -36,6 +36,7 @@ from voidrun_server.drivers.namespace import disk as disk_module
 from voidrun_server.drivers.namespace import driver as driver_module
 from voidrun_server.drivers.namespace import host as host_module
 from voidrun_server.drivers.namespace.network import NetworkConfig
+from voidrun_server.drivers.namespace.purge import purge
 from voidrun_server.images.build import build_code_image
 from voidrun_server.services.images import SYSTEM_IMAGES
 
@@ -141,7 +142,8 @@ def main() -> None:
             asyncio.run(run(driver, rootfs, args.n, args.live))
         finally:
             driver.close()
-    finally:
+    finally:  # the network's bridge, nft table and resolver too, then the directory
+        purge(state, cgroup_parent="voidrun-bench")
         shutil.rmtree(state, ignore_errors=True)
     live = f", {args.live} idle sandboxes alive" if args.live else ""
     print(f"{'what (ms)':<52} {'p50':>8} {'p95':>8} {'p99':>8}   n={args.n}{live}")

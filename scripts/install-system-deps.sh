@@ -20,11 +20,12 @@ need dnsmasq command -v dnsmasq        # the sandboxes' resolver
 need iproute2 command -v ip
 need skopeo command -v skopeo          # registry pulls (docs/images.md, Registries)
 need runsc command -v runsc            # the gvisor driver (docs/isolation.md)
+need qemu-system-x86 command -v qemu-system-x86_64   # the microvm driver (docs/microvm.md)
+need busybox-static dpkg -s busybox-static           # its guest initramfs (static /bin/busybox)
 if [ "$tier" = test ]; then
   need postgresql bash -c 'ls -d /usr/lib/postgresql/*/bin/initdb'
   need docker-registry command -v docker-registry   # the loopback registry tests pull from
   need apache2-utils command -v htpasswd            # its users
-  need busybox-static dpkg -s busybox-static       # the busybox image tests build
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -437,6 +437,43 @@ class Settings(BaseSettings):
         ),
     )
 
+    # -- microvm driver --
+    microvm_accelerator: Literal["auto", "kvm", "tcg"] = Field(
+        "auto",
+        description=(
+            "How microvm guests run: kvm, tcg (QEMU's emulator: slower, not a QEMU security "
+            "boundary) or auto: kvm only when /dev/kvm boots the guest kernel within "
+            "VOIDRUN_MICROVM_PROBE_TIMEOUT_SECONDS (probed once, cached), else tcg."
+        ),
+    )
+    microvm_kernel_package: str = Field(
+        "linux-image-cloud-amd64",
+        description=(
+            "Debian package the guest kernel comes from (apt-get download on first use, from "
+            "the host's apt sources, unpacked under <data dir>/microvm/assets)."
+        ),
+    )
+    microvm_probe_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        20.0, description="How long the KVM probe may take to boot the guest kernel."
+    )
+    microvm_boot_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        90.0, description="Most time from starting QEMU to the guest agent's answer."
+    )
+    microvm_image_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        900.0,
+        description=(
+            "Most time to turn an image into its read-only ext4 disk (once per image, on the "
+            "first microvm sandbox of that image)."
+        ),
+    )
+    microvm_qemu_overhead_mb: Annotated[int, Field(ge=64)] = Field(
+        256,
+        description=(
+            "Memory a VM's QEMU may use beyond the guest's RAM (its cgroup limit is the "
+            "sandbox's memory plus this): device state, TCG's translation cache."
+        ),
+    )
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -242,8 +242,9 @@ async def test_concurrent_creates(harness: NamespaceHarness) -> None:
 
 
 def test_registry() -> None:
-    assert {"namespace", "gvisor"} <= set(driver_names())
+    assert {"namespace", "gvisor", "microvm"} <= set(driver_names())
     assert load_driver_class("namespace") is NamespaceDriver
+    assert load_driver_class("microvm").__name__ == "MicrovmDriver"
     with pytest.raises(DriverUnavailableError) as err:
         load_driver_class("nope")
     assert err.value.hint and "namespace" in err.value.hint

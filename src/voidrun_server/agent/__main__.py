@@ -1,4 +1,4 @@
-"""Entry point: ``python3 -m voidrun_agent --socket PATH [--env-file FILE]``."""
+"""Entry point: ``python3 -m voidrun_agent (--socket PATH | --serial DEVICE) [--env-file FILE]``."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ def load_env_file(path: str) -> Dict[str, str]:
     return data
 
 
-USAGE = "usage: voidrun-agent --socket PATH [--env-file FILE]"
+USAGE = "usage: voidrun-agent (--socket PATH | --serial DEVICE) [--env-file FILE]"
 
 
-def parse_args(argv: List[str]) -> Tuple[str, Optional[str]]:
-    """Two options do not justify argparse, whose import is a visible part of sandbox start."""
-    options: Dict[str, Optional[str]] = {"--socket": None, "--env-file": None}
+def parse_args(argv: List[str]) -> Tuple[str, Optional[str], bool]:
+    """(socket or device, env file, whether it is a device). Three options do not justify
+    argparse, whose import is a visible part of sandbox start."""
+    options: Dict[str, Optional[str]] = {"--socket": None, "--serial": None, "--env-file": None}
     args = iter(argv)
     for arg in args:
         if arg in ("-h", "--help"):
@@ -42,14 +43,14 @@ def parse_args(argv: List[str]) -> Tuple[str, Optional[str]]:
         if not value:
             raise SystemExit(f"voidrun-agent: {arg} needs a value\n{USAGE}")
         options[arg] = value
-    socket = options["--socket"]
-    if not socket:
-        raise SystemExit(f"voidrun-agent: --socket is required\n{USAGE}")
-    return socket, options["--env-file"]
+    socket, serial = options["--socket"], options["--serial"]
+    if bool(socket) == bool(serial):
+        raise SystemExit(f"voidrun-agent: give one of --socket and --serial\n{USAGE}")
+    return socket or serial or "", options["--env-file"], bool(serial)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    socket, env_file = parse_args(sys.argv[1:] if argv is None else argv)
+    socket, env_file, serial = parse_args(sys.argv[1:] if argv is None else argv)
     env = dict(BASE_ENV)
     if env_file:
         try:
@@ -58,9 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"voidrun-agent: cannot load --env-file: {exc}", file=sys.stderr)
             return 2
     try:
-        return run(serve(socket, env))
+        return run(serve(socket, env, serial))
     except OSError as exc:
-        print(f"voidrun-agent: cannot listen on {socket}: {exc}", file=sys.stderr)
+        print(f"voidrun-agent: cannot serve {socket}: {exc}", file=sys.stderr)
         return 1
 
 

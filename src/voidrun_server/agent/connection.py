@@ -64,11 +64,19 @@ class VersionMismatch(ProtocolError):
 
 
 class Connection:
-    def __init__(self, ctx: AgentContext, fd: int) -> None:
+    def __init__(
+        self, ctx: AgentContext, fd: int, *, rehello: bool = False, inbox: bytes = b""
+    ) -> None:
+        """``rehello``: a hello after the handshake ends this session and leaves the bytes from
+        that frame on in ``leftover`` (a serial port's host reconnected without the agent
+        seeing the gap, ``serial.py``); otherwise it is a protocol error. ``inbox``: bytes
+        already read for this session."""
         self._ctx = ctx
+        self._rehello = rehello
+        self.leftover = b""
         self._loop = get_loop()
         self._sock = Fd(fd, write=True, on_readable=self._readable, on_writable=self._flush)
-        self._inbox = bytearray()
+        self._inbox = bytearray(inbox)
         self._outbox: list[bytes | memoryview] = []
         self._queued = 0  # bytes in _outbox
         self._flush_pending = False
@@ -98,6 +106,11 @@ class Connection:
 
     async def serve(self) -> None:
         try:
+            if self._inbox:
+                try:
+                    self._take_frames()
+                except ProtocolError as exc:
+                    self._end(exc)
             self._readable()
             error = await self._ended
             if error is not None:
@@ -135,13 +148,22 @@ class Connection:
         buf = self._inbox
         pos = 0
         try:
-            while len(buf) - pos >= PREFIX.size:
+            while len(buf) - pos >= PREFIX.size and not self._ended.done():
                 header_len, payload_len = parse_prefix(bytes(buf[pos : pos + PREFIX.size]))
                 start = pos + PREFIX.size
                 end = start + header_len + payload_len
                 if len(buf) < end:
                     break
                 header = parse_header(bytes(buf[start : start + header_len]))
+                if self._rehello and self._greeted and header["t"] == HELLO:
+                    self.leftover = bytes(buf[pos:])  # the next session starts here
+                    pos = len(buf)
+                    self._outbox.clear()  # nothing of this session may reach the next client
+                    self._queued = 0
+                    self._closed = True
+                    self._drained.set()
+                    self._end(None)
+                    break
                 payload = bytes(buf[start + header_len : end])
                 pos = end
                 self._frame(header, payload)
@@ -239,6 +261,8 @@ class Connection:
     # -- writing -------------------------------------------------------------------------------
 
     def _queue(self, *parts: bytes) -> None:
+        if self._closed:  # a session that ended (or was handed over) sends nothing more
+            return
         for part in parts:
             if part:
                 self._outbox.append(part)

@@ -121,8 +121,11 @@ class Listener:
         self._sock.detach()  # the fd is closed already
 
 
-async def serve(socket_path: str, base_env: Mapping[str, str]) -> int:
-    """Run the agent until SIGTERM; then kill every command and remove the socket."""
+async def serve(socket_path: str, base_env: Mapping[str, str], serial: bool = False) -> int:
+    """Run the agent until SIGTERM; then kill every command and remove the socket.
+
+    With ``serial``, ``socket_path`` is a character device (a microVM's virtio-serial port)
+    whose one host connection is served at a time (``serial.py``)."""
     loop = get_loop()
     reaper = Reaper()
     reaper.install()
@@ -133,6 +136,20 @@ async def serve(socket_path: str, base_env: Mapping[str, str]) -> int:
         # A handler rather than SIG_IGN: ignored signals would stay ignored in every command.
         loop.add_signal_handler(noise, _ignore)
 
+    if serial:
+        from .serial import serve_port
+
+        port = Task(serve_port(ctx, socket_path, stop))
+        port.add_done_callback(lambda _: stop.set())  # the device failed: nothing to serve
+        log.info("serving %s (protocol %d, pid %d)", socket_path, PROTOCOL_VERSION, os.getpid())
+        try:
+            await stop.wait()
+        finally:
+            port.cancel()
+            await wait([port])
+            _kill_everything(ctx)
+        log.info("stopped")
+        return 0
     sock = bind_unix(socket_path)
     inode = _socket_inode(socket_path)
     listener = Listener(ctx, sock)
@@ -146,13 +163,7 @@ async def serve(socket_path: str, base_env: Mapping[str, str]) -> int:
             task.cancel()
         if connections:
             await wait(connections)
-        for pgid in list(ctx.groups):
-            kill_group(pgid)
-        if os.getpid() == 1:
-            try:
-                os.kill(-1, _signal.SIGKILL)  # as init: everything left in the namespace
-            except ProcessLookupError:
-                pass
+        _kill_everything(ctx)
         try:
             if inode is not None and os.stat(socket_path).st_ino == inode:
                 os.unlink(socket_path)
@@ -169,6 +180,16 @@ def _socket_inode(path: str) -> "int | None":
         return os.stat(path).st_ino
     except PermissionError:
         return None
+
+
+def _kill_everything(ctx: AgentContext) -> None:
+    for pgid in list(ctx.groups):
+        kill_group(pgid)
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, _signal.SIGKILL)  # as init: everything left in the namespace
+        except ProcessLookupError:
+            pass
 
 
 def _ignore() -> None:

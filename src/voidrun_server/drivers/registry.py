@@ -52,6 +52,16 @@ _DRIVERS: dict[str, DriverEntry] = {
             "root on Linux >= 5.12 (idmapped mounts) with cgroup v1 controllers mounted"
         ),
     ),
+    "microvm": DriverEntry(
+        name="microvm",
+        module="voidrun_server.drivers.microvm",
+        attribute="MicrovmDriver",
+        install_hint=(
+            "apt-get install qemu-system-x86 busybox-static e2fsprogs util-linux, apt sources "
+            "that offer linux-image-cloud-amd64 (the guest kernel is fetched on first use); "
+            "run the server as root"
+        ),
+    ),
 }
 
 

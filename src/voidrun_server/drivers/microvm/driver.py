@@ -1,0 +1,324 @@
+"""The ``microvm`` driver: each sandbox is a QEMU ``-M microvm`` guest with its own kernel.
+
+The async half: public API, deadlines, per-sandbox locks, readiness, cleanup on failure (the
+same rules as the namespace driver, whose docstring explains them). Blocking work is in
+``vm.py``; the guest's pieces in ``assets.py``, ``disks.py``, ``guest_init.py``, ``qemu.py``.
+
+Lifecycle: create boots a VM (cold boot; no snapshot clones yet); pause/resume are QMP
+``stop``/``cont`` (the guest's clock and every process stop together); stop ends QEMU and
+keeps the sandbox disk; start boots again from it; a restarted server re-adopts running VMs
+from ``record.json`` (pid + start time; QMP and the agent are Unix sockets in the run dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from voidrun_server.agent_launch import DEFAULT_MOUNT_DIR, bootstrap_code
+from voidrun_server.agentclient import AgentClient
+from voidrun_server.drivers.base import (
+    DriverError,
+    DriverTimeoutError,
+    DriverUnavailableError,
+    SandboxInfo,
+    SandboxNotFoundError,
+    SandboxSpec,
+    SandboxState,
+    SandboxStateError,
+    SandboxStats,
+)
+from voidrun_server.drivers.microvm import disks
+from voidrun_server.drivers.microvm.assets import prepare_assets
+from voidrun_server.drivers.microvm.qemu import find_tools, probe_kvm
+from voidrun_server.drivers.microvm.qmp import QmpClient
+from voidrun_server.drivers.microvm.state import RunDir, VmRecord, read_record, write_record
+from voidrun_server.drivers.microvm.vm import VmHost
+from voidrun_server.drivers.namespace.cgroups import detect_cgroups
+from voidrun_server.drivers.namespace.procs import ProcessRef
+from voidrun_server.drivers.namespace.state import SANDBOX_ID_RE
+from voidrun_server.drivers.namespace.uidrange import (
+    DEFAULT_FIRST_BASE,
+    DEFAULT_MAX_RANGES,
+    UidRanges,
+)
+
+__all__ = ["MicrovmDriver", "check_host"]
+
+log = logging.getLogger(__name__)
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ACCELERATORS = ("auto", "kvm", "tcg")
+
+
+def check_host() -> None:
+    """Raise DriverUnavailableError unless this host can run the driver at all."""
+    if os.geteuid() != 0:
+        raise DriverUnavailableError(
+            "the microvm driver needs root (cgroups, idmapped mounts, per-VM uids)",
+            hint="run the server as root (each QEMU runs as its own unprivileged uid)",
+        )
+    find_tools()
+
+
+@contextlib.contextmanager
+def _operation(what: str, seconds: float) -> Iterator[float]:
+    try:
+        with anyio.fail_after(seconds):
+            yield time.monotonic() + seconds
+    except TimeoutError as exc:
+        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:.1f}s") from exc
+    except OSError as exc:
+        raise DriverError(f"{what} failed", str(exc)) from exc
+
+
+class MicrovmDriver:
+    name = "microvm"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        agent_dir: Path,
+        runtime_dir: Path,
+        agent_python: Sequence[str],
+        cache_dir: Path | None = None,
+        kernel_package: str = "linux-image-cloud-amd64",
+        accelerator: str = "auto",
+        probe_timeout: float = 20.0,
+        boot_timeout: float = 60.0,
+        image_timeout: float = 900.0,
+        op_timeout: float = 30.0,
+        qemu_overhead_mb: int = 256,
+        cgroup_parent: str = "voidrun-microvm",
+        uid_dir: Path | None = None,
+        uid_base: int = DEFAULT_FIRST_BASE,
+        uid_ranges: int = DEFAULT_MAX_RANGES,
+        subid_files: Sequence[Path] = (Path("/etc/subuid"), Path("/etc/subgid")),
+    ) -> None:
+        """Check the host, fetch the guest kernel (apt) and build the initramfs and the agent
+        disk if they are not cached yet (blocking: seconds the first time), and pick the
+        accelerator. ``agent_python`` is the agent interpreter's argv inside the guest (the
+        bundled runtime under /opt/voidrun/runtime, ``Runtime.python_argv()``). Each VM's QEMU
+        runs as the first uid of a range from ``uid_dir`` (share the namespace driver's
+        ``.uid-ranges`` so both drivers hand out disjoint uids). ``cache_dir`` (default
+        ``<state_dir>/cache``) holds what VMs share: kernel, initramfs, image and agent disks."""
+        check_host()
+        if accelerator not in ACCELERATORS:
+            raise DriverUnavailableError(
+                f"unknown accelerator {accelerator!r}", hint=f"one of {', '.join(ACCELERATORS)}"
+            )
+        state_dir = state_dir.resolve()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o711)
+        cache_dir = (cache_dir or state_dir / "cache").resolve()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cache_dir, 0o755)
+        assets = prepare_assets(cache_dir / "assets", kernel_package)
+        if accelerator == "auto":
+            accelerator = probe_kvm(assets, cache_dir / "assets", probe_timeout)
+        self.accelerator = accelerator
+        try:
+            uids = UidRanges(
+                (uid_dir or state_dir / ".uid-ranges").resolve(),
+                first=uid_base,
+                max_ranges=uid_ranges,
+                subid_files=subid_files,
+            )
+        except ValueError as exc:
+            raise DriverUnavailableError(str(exc), hint="choose another uid base") from exc
+        cgroups = detect_cgroups(cgroup_parent)
+        cgroups.ensure_parent()
+        agent_argv = [*agent_python, "-I", "-S", "-c", bootstrap_code(DEFAULT_MOUNT_DIR)]
+        self._host = VmHost(
+            state_dir=state_dir,
+            assets=assets,
+            accelerator=accelerator,
+            cache_dir=cache_dir,
+            agent_disk=disks.agent_disk(cache_dir, agent_dir.resolve(), runtime_dir.resolve()),
+            agent_argv=agent_argv,
+            uids=uids,
+            cgroups=cgroups,
+            overhead_mb=qemu_overhead_mb,
+        )
+        self._boot_timeout = boot_timeout
+        self._image_timeout = image_timeout
+        self._op_timeout = op_timeout
+        self._locks: dict[str, anyio.Lock] = {}
+
+    @property
+    def state_dir(self) -> Path:
+        return self._host.state_dir
+
+    def describe(self) -> dict[str, Any]:
+        """For ``GET /api/health``: how VMs run here."""
+        return {
+            "accelerator": self.accelerator,
+            "isolation": "hardware" if self.accelerator == "kvm" else "emulated",
+            "kernel": self._host.assets.kernel_release,
+        }
+
+    def close(self) -> None:
+        """Nothing to release (running VMs are not affected); for symmetry with namespace."""
+
+    # -- Driver -----------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        self._validate(spec)
+        run = self._host.run_dir(spec.sandbox_id)
+        async with self._lock(spec.sandbox_id):
+            seconds = self._image_timeout + self._boot_timeout
+            with _operation("create", seconds) as deadline:
+                owned: list[bool] = []
+                done = False
+                try:
+                    proc = await anyio.to_thread.run_sync(self._host.create, spec, owned, deadline)
+                    record = await self._record(run)
+                    await self._wait_ready(run, record, proc)
+                    done = True
+                    return SandboxInfo(SandboxState.RUNNING, run.agent_socket, proc.pid, record.uid)
+                finally:
+                    if not done and owned:
+                        with anyio.CancelScope(shield=True):
+                            cleanup = time.monotonic() + self._op_timeout
+                            await anyio.to_thread.run_sync(
+                                self._host.destroy, spec.sandbox_id, cleanup
+                            )
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("start", self._op_timeout + self._boot_timeout) as deadline:
+                record = await self._record(run)
+                current = self._host.observe(run, record)
+                if current.state is SandboxState.RUNNING:
+                    return current
+                if current.state is SandboxState.PAUSED:
+                    raise SandboxStateError("sandbox is paused", "resume it instead")
+                done = False
+                try:
+                    await anyio.to_thread.run_sync(self._host.halt, run, record, deadline)
+                    proc = await anyio.to_thread.run_sync(self._host.boot, run, record)
+                    await self._wait_ready(run, record, proc)
+                    done = True
+                    return SandboxInfo(SandboxState.RUNNING, run.agent_socket, proc.pid, record.uid)
+                finally:
+                    if not done:  # back to STOPPED, disk kept
+                        with anyio.CancelScope(shield=True):
+                            cleanup = time.monotonic() + self._op_timeout
+                            await anyio.to_thread.run_sync(self._host.halt, run, record, cleanup)
+
+    async def stop(self, sandbox_id: str) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("stop", self._op_timeout) as deadline:
+                record = await self._record(run)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._host.halt, run, record, deadline)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        if not SANDBOX_ID_RE.match(sandbox_id):
+            return
+        async with self._lock(sandbox_id):
+            with (
+                _operation("destroy", self._op_timeout) as deadline,
+                anyio.CancelScope(shield=True),
+            ):
+                await anyio.to_thread.run_sync(self._host.destroy, sandbox_id, deadline)
+        self._locks.pop(sandbox_id, None)
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        with _operation("inspect", self._op_timeout):
+            return await anyio.to_thread.run_sync(self._host.inspect, sandbox_id)
+
+    async def recover(self) -> dict[str, SandboxInfo]:
+        with _operation("recover", self._op_timeout):
+            return await anyio.to_thread.run_sync(self._host.recover)
+
+    # -- Pausable, Observable ---------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._set_paused(sandbox_id, paused=True)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._set_paused(sandbox_id, paused=False)
+
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        run = self._host.run_dir(sandbox_id)
+        with _operation("stats", self._op_timeout):
+            record = await self._record(run)
+            return await anyio.to_thread.run_sync(self._host.stats, record)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> anyio.Lock:
+        return self._locks.setdefault(sandbox_id, anyio.Lock())
+
+    async def _record(self, run: RunDir) -> VmRecord:
+        record = await anyio.to_thread.run_sync(read_record, run)
+        if record is None:
+            raise SandboxNotFoundError(f"no sandbox {run.sandbox_id} on this node")
+        return record
+
+    async def _set_paused(self, sandbox_id: str, *, paused: bool) -> None:
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("pause" if paused else "resume", self._op_timeout):
+                record = await self._record(run)
+                state = self._host.observe(run, record).state
+                if state not in (SandboxState.RUNNING, SandboxState.PAUSED):
+                    raise SandboxStateError(f"sandbox is {state.value}", sandbox_id)
+                async with await QmpClient.connect(
+                    run.qmp_socket, owner_uid=record.uid, within=self._op_timeout
+                ) as qmp:
+                    await qmp.execute("stop" if paused else "cont", within=self._op_timeout)
+                record.paused = paused
+                await anyio.to_thread.run_sync(write_record, run, record)
+
+    async def _wait_ready(self, run: RunDir, record: VmRecord, proc: ProcessRef) -> None:
+        """One agent handshake over the virtio-serial socket (QEMU accepts at once and holds
+        the bytes until the guest opens its port), while watching QEMU stay alive."""
+        outcome: list[BaseException | None] = []
+
+        async def handshake() -> None:
+            try:
+                async with AgentClient(
+                    run.agent_socket, connect_timeout=self._boot_timeout, owner_uid=record.uid
+                ):
+                    pass
+                outcome.append(None)
+            except Exception as exc:  # reported below, after the watcher stops
+                outcome.append(exc)
+            tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handshake)
+            while not outcome and proc.alive():  # noqa: ASYNC110 (a pid has no event to await)
+                await anyio.sleep(0.05)
+            if not outcome:
+                tg.cancel_scope.cancel()
+        if outcome and outcome[0] is None:
+            return
+        tail = await anyio.to_thread.run_sync(run.log_tail)
+        if not outcome:
+            raise DriverError("the VM exited before its agent answered", tail)
+        raise DriverTimeoutError("the VM's agent did not answer", f"{outcome[0]}\n{tail}")
+
+    def _validate(self, spec: SandboxSpec) -> None:
+        if not SANDBOX_ID_RE.match(spec.sandbox_id):
+            raise DriverError("invalid sandbox id", "expected 24 lowercase hex digits")
+        if not _HOSTNAME_RE.match(spec.hostname):
+            raise DriverError("invalid hostname", f"{spec.hostname!r} is not a DNS-1123 label")
+        if spec.cpu < 1 or spec.mem_mb < 96 or spec.disk_mb < 32:
+            raise DriverError("limits too small", "need cpu >= 1, mem_mb >= 96, disk_mb >= 32")
+        for key in spec.env:
+            if not key or "=" in key or "\0" in key or "\n" in key:
+                raise DriverError("invalid environment variable name", repr(key))
