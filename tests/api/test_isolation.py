@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.support.http import assert_error
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import create_sandbox, sandbox_server, wait_for_isolation
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
@@ -72,6 +72,7 @@ def mixed() -> Iterator[ServerProcess]:
     """A server running namespace and gvisor sandboxes side by side."""
     env = {"VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]', "VOIDRUN_WARM_POOL_SIZE": "0"}
     with sandbox_server(**env) as proc:
+        wait_for_isolation(proc, "gvisor")
         yield proc
 
 
@@ -113,6 +114,12 @@ def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
 
     mixed.stop()  # a restart re-adopts both, each by its own driver
     mixed.start()
+    with mixed.client() as client:
+        # the namespace one at once; the gvisor one is "starting" until its driver is up
+        assert sh(client, plain, "cat /root/f.txt") == "kept"
+        early = client.get(f"/sandboxes/{strong['id']}").json()["data"]
+        assert early["status"] == "running"  # never marked killed while its driver starts
+    wait_for_isolation(mixed, "gvisor")
     with mixed.client() as client:
         for box in (plain, strong):
             again = client.get(f"/sandboxes/{box['id']}").json()["data"]
