@@ -230,6 +230,7 @@ class NamespaceDriver(NetnsPorts):
         server keeps them for its lifetime); running sandboxes are not affected."""
         if self._host.zygote is not None:
             self._host.zygote.close()
+        self._host.launch_ns.close()
         if self.net is not None:
             self.net.host.close()
 
