@@ -13,6 +13,7 @@ from ..agent_runtime import install_runtime
 from ..config import Settings
 from ..drivers.base import Driver, DriverUnavailableError, Retargetable
 from ..drivers.driverset import DriverSet
+from ..drivers.netshare import NetworkShare
 from ..drivers.registry import build_driver
 from ..services.agents import AgentPool
 from ..services.pool import WarmPool
@@ -32,9 +33,12 @@ async def load_drivers(settings: Settings) -> tuple[DriverSet | None, str | None
     runtime = await anyio.to_thread.run_sync(install_runtime, settings.runtime_root)
     loaded: dict[str, Driver] = {}
     missing: dict[str, DriverUnavailableError] = {}
+    network = NetworkShare(settings)  # one subnet, table and resolver for every driver
     for name in settings.isolations:
         try:
-            loaded[name] = build_driver(name, settings, agent_dir=agent_dir, runtime=runtime)
+            loaded[name] = build_driver(
+                name, settings, agent_dir=agent_dir, runtime=runtime, network=network
+            )
         except DriverUnavailableError as exc:
             missing[name] = exc
             level = logging.ERROR if name == settings.driver else logging.WARNING
