@@ -186,3 +186,21 @@ def test_gvisor_network_survives_stop_start_and_restart(
             assert not Path(f"/sys/class/net/vr{str(sid)[-12:]}").exists()
             assert f"sb_{sid}" not in nft("list", "table", "inet", table)
         assert not (mixed.data_dir / "gvisor" / str(box["id"])).exists()
+
+
+def test_gvisor_preview_is_a_clear_400_not_a_500(client: httpx.Client) -> None:
+    """No ``PortOpener`` on gvisor yet (docs/isolation.md#network): the preview proxy says the
+    isolation cannot do it; a namespace sandbox's preview on the same server works."""
+    ports = [{"protocol": "http", "port": 8000}]
+    strong = gvisor(client, "gv-preview", ports=ports)
+    plain = create_sandbox(client, name="ns-preview", ports=ports)
+    serve = "cd /tmp && (python3 -m http.server 8000 >/dev/null 2>&1 &) && sleep 1 && echo up"
+    for box in (strong, plain):
+        assert sh(client, box["id"], serve) == (0, "up\n")
+    refused = client.get(f"/sandboxes/{strong['id']}/ports/8000/")
+    assert refused.status_code == 400, refused.text
+    assert "gvisor" in refused.json()["error"]
+    served = client.get(f"/sandboxes/{plain['id']}/ports/8000/")
+    assert served.status_code == 200 and "Directory listing" in served.text
+    for box in (strong, plain):
+        assert client.delete(f"/sandboxes/{box['id']}").status_code == 200
