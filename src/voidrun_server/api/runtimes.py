@@ -17,6 +17,7 @@ from ..agent_runtime import Runtime, install_runtime
 from ..config import Settings
 from ..drivers.base import Driver, DriverUnavailableError, Retargetable
 from ..drivers.driverset import DriverSet
+from ..drivers.netshare import NetworkShare
 from ..drivers.registry import build_driver
 from ..services.agents import AgentPool
 from ..services.pool import WarmPool
@@ -33,6 +34,8 @@ class AgentAssets:
 
     agent_dir: Path
     runtime: Runtime
+    network: NetworkShare
+    """One subnet, nftables table and resolver for every driver that wires sandboxes."""
 
 
 async def load_drivers(settings: Settings) -> tuple[DriverSet | None, str | None, AgentAssets]:
@@ -43,10 +46,12 @@ async def load_drivers(settings: Settings) -> tuple[DriverSet | None, str | None
     # with the interpreter that runs it (never the sandbox's own python3).
     agent_dir = await anyio.to_thread.run_sync(install_agent, settings.data_dir / "agent")
     runtime = await anyio.to_thread.run_sync(install_runtime, settings.runtime_root)
-    assets = AgentAssets(agent_dir, runtime)
+    assets = AgentAssets(agent_dir, runtime, NetworkShare(settings))
     name = settings.driver
     try:
-        default = build_driver(name, settings, agent_dir=agent_dir, runtime=runtime)
+        default = build_driver(
+            name, settings, agent_dir=agent_dir, runtime=runtime, network=assets.network
+        )
     except DriverUnavailableError as exc:
         log.error("isolation %s is unavailable: %s (%s)", name, exc.message, exc.hint)
         return None, f"{exc.message} ({exc.hint})" if exc.hint else exc.message, assets
@@ -73,6 +78,7 @@ async def start_others(
                     settings,
                     agent_dir=assets.agent_dir,
                     runtime=assets.runtime,
+                    network=assets.network,
                 ),
                 abandon_on_cancel=True,
             )
