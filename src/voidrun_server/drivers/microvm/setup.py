@@ -13,6 +13,10 @@ from voidrun_server.drivers.netshare import NetworkShare
 __all__ = ["build"]
 
 
+def state_dir(settings: Settings) -> Path:
+    return settings.data_dir / "microvm"
+
+
 def build(
     settings: Settings,
     *,
@@ -24,7 +28,7 @@ def build(
     interpreter (``install_runtime``), both copied once into the guest's agent disk.
     ``network``: unused, microvm guests have loopback only (docs/microvm.md)."""
     return MicrovmDriver(
-        settings.data_dir / "microvm",
+        state_dir(settings),
         agent_dir=agent_dir,
         runtime_dir=runtime.host_dir,
         agent_python=runtime.python_argv(),
