@@ -184,6 +184,7 @@ class SandboxHost:
         # data directory (and every other pin and loop mount) are left out of it
         data_root = state_dir.resolve().parent
         self.launch_ns = LaunchNamespace((data_root if data_root != Path("/") else state_dir,))
+        self.launch_ns.prepare()
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
