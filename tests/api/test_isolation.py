@@ -6,6 +6,7 @@ tests; this module holds what every server does whatever drivers this host has.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -128,3 +129,36 @@ def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
         assert "gVisor" in sh(client, strong, "dmesg")
         for box in (plain, strong):
             assert client.delete(f"/sandboxes/{box['id']}").status_code == 200
+
+
+def test_purge_destroys_the_sandboxes_of_every_isolation() -> None:
+    """`voidrun-server purge` with the server stopped: gvisor sandboxes go through their own
+    driver, then the namespace ones and the network they shared."""
+    env = {"VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]', "VOIDRUN_WARM_POOL_SIZE": "0"}
+    with sandbox_server(**env) as proc:
+        wait_for_isolation(proc, "gvisor")
+        with proc.client() as client:
+            strong = create_sandbox(client, name="strong", isolation="gvisor")
+            plain = create_sandbox(client, name="plain")
+        runsc = [p for p in _processes() if strong["id"] in p]
+        assert runsc, "no runsc process names the gvisor sandbox"
+        proc.stop()  # sandboxes outlive the server on purpose
+        result = proc.cli("purge", "--yes", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert {strong["id"], plain["id"]} <= set(report["sandboxes"])
+        assert report["left"] == [] and report["errors"] == []
+        assert not [p for p in _processes() if strong["id"] in p]
+        assert not list((proc.data_dir / "gvisor").glob(f"{strong['id']}*"))
+
+
+def _processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found

@@ -133,14 +133,20 @@ def available_drivers() -> dict[str, str | None]:
     return result
 
 
+def state_dir_of(name: str, settings: Any) -> Path:
+    """Where driver ``name`` keeps its sandboxes (its ``setup.state_dir``), resolved; raises
+    ImportError or OSError when it cannot be imported here."""
+    setup = importlib.import_module(f"{_DRIVERS[name].module}.setup")
+    return Path(setup.state_dir(settings)).resolve()
+
+
 def state_dirs(settings: Any) -> list[Path]:
-    """Where each driver this build knows keeps its sandboxes (its ``setup.state_dir``),
-    resolved; drivers that cannot be imported here are left out."""
+    """Where each driver this build knows keeps its sandboxes, resolved; drivers that cannot
+    be imported here are left out."""
     found = []
-    for entry in _DRIVERS.values():
+    for name in _DRIVERS:
         try:
-            setup = importlib.import_module(f"{entry.module}.setup")
+            found.append(state_dir_of(name, settings))
         except (ImportError, OSError):
             continue
-        found.append(Path(setup.state_dir(settings)).resolve())
     return found
