@@ -29,6 +29,7 @@ def build(
     ``network``: unused, microvm guests have loopback only (docs/microvm.md)."""
     return MicrovmDriver(
         state_dir(settings),
+        cache_dir=settings.microvm_cache_dir,
         agent_dir=agent_dir,
         runtime_dir=runtime.host_dir,
         agent_python=runtime.python_argv(),
