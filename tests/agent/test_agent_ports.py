@@ -21,9 +21,7 @@ MiB = 1024 * 1024
 
 
 @contextmanager
-def server(
-    handle: Callable[[socket.socket], None], family: int = socket.AF_INET
-) -> Iterator[int]:
+def server(handle: Callable[[socket.socket], None], family: int = socket.AF_INET) -> Iterator[int]:
     """A one-connection-at-a-time TCP server on loopback; yields its port."""
     host = "127.0.0.1" if family == socket.AF_INET else "::1"
     listener = socket.socket(family, socket.SOCK_STREAM)
