@@ -69,7 +69,9 @@ def install_hostile_agent(data_dir: Path) -> None:
         stale.unlink()
 
 
-RELAY_MODES = ["relay-overrun", "relay-data-after-end", "relay-no-head"]
+# (relay-overrun is a client-level test, tests/agent/test_client_hostile.py: the proxy reads
+# what it is sent, so a flood reaches h11, which refuses it: a 502, not a protocol violation)
+RELAY_MODES = ["relay-data-after-end", "relay-no-head"]
 
 
 @pytest.fixture(scope="module")
