@@ -1,6 +1,7 @@
 """The preview proxy's cost: the same requests through the proxy and straight into the sandbox.
 
-Usage: .venv/bin/python bench/proxy.py [--requests 2000] [--mb 200] [--repeat 3]   (root)
+Usage: .venv/bin/python bench/proxy.py [--requests 2000] [--mb 200] [--repeat 3]
+       [--via setns|agent|both]   (root)
 
 One sandbox runs ``tests/api/proxy_apps/upstream.py`` (HTTP/1.1 keep-alive) on 8001 and
 ``python3 -m http.server`` on 8000. Both paths use the same client (httpcore, sync, one
@@ -16,6 +17,11 @@ same machine load; p50/p95/p99 in ms. CPU: the server process's user+system time
 request (``/proc/<pid>/stat``), and the bench client's own per request on each path.
 Throughput: a ``--mb`` MB file, MB/s best and median of ``--repeat`` downloads per path, and
 the server's CPU seconds per proxied GB.
+
+``--via``: how the server reaches the sandbox's port: ``setns`` (the namespace driver's
+``PortOpener``), ``agent`` (``VOIDRUN_PROXY_THROUGH_AGENT``: the agent relay that gvisor and
+microvm sandboxes use), or ``both`` (one server after the other, each beside its own direct
+floor, then the two compared).
 """
 
 from __future__ import annotations
@@ -108,14 +114,26 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--via", choices=("setns", "agent", "both"), default="setns")
     args = parser.parse_args()
-    run(args.requests, args.mb, args.repeat)
+    if args.via != "both":
+        run(args.requests, args.mb, args.repeat, via=args.via)
+        return
+    found = {via: run(args.requests, args.mb, args.repeat, via=via) for via in ("setns", "agent")}
+    print("\nsetns vs agent relay (each beside its own direct floor)")
+    print(f"{'':<30} {'added p50 ms':>14} {'proxied MB/s':>14} {'of direct':>10}")
+    for via, (added, speed, ratio) in found.items():
+        print(f"{via:<30} {added:14.2f} {speed:14.1f} {ratio * 100:9.0f}%")
 
 
-def run(requests: int, mb: int, repeat: int) -> None:
-    """Measure and print (also ``bench/network.py --part proxy``)."""
+def run(requests: int, mb: int, repeat: int, via: str = "setns") -> tuple[float, float, float]:
+    """Measure and print (also ``bench/network.py --part proxy``); returns the p50 added by
+    the proxy (ms), the median proxied download speed (MB/s) and its share of direct."""
     args = argparse.Namespace(requests=requests, mb=mb, repeat=repeat)
-    with server(VOIDRUN_SANDBOX_DISK_MB="2048") as srv, srv.client() as client:
+    env = {"VOIDRUN_SANDBOX_DISK_MB": "2048"}
+    if via == "agent":
+        env["VOIDRUN_PROXY_THROUGH_AGENT"] = "true"
+    with server(**env) as srv, srv.client() as client:
         ports = [{"protocol": "http", "port": 8000}, {"protocol": "http", "port": 8001}]
         made = client.post(
             "/sandboxes", json={"name": "bench-proxy", "autoSleep": False, "ports": ports}
@@ -199,7 +217,7 @@ def run(requests: int, mb: int, repeat: int) -> None:
                 size = download(direct, "http://localhost:8000/big.bin", {"Host": "localhost:8000"})
                 speeds["direct"].append(size / MB / (time.perf_counter() - t0))
     n = args.requests
-    print(f"\nGET {base}/…/ports/8001/headers vs the same in the sandbox's netns ({n} each, ms)")
+    print(f"\n[via {via}] GET {base}/…/ports/8001/headers vs the same in the netns ({n} each, ms)")
     print(f"{'':<52} {'p50':>8} {'p95':>8} {'p99':>8}")
     print(row("proxied (path form, X-API-Key)", lat_proxy))
     print(row("direct (socket in the sandbox's netns)", lat_direct))
@@ -220,6 +238,7 @@ def run(requests: int, mb: int, repeat: int) -> None:
     ratio = statistics.median(speeds["proxied"]) / statistics.median(speeds["direct"])
     print(f"{'proxied / direct (medians)':<52} {ratio * 100:7.0f}%")
     print(f"server CPU per proxied GB: {statistics.median(server_cpu_per_gb):.2f} s")
+    return added, statistics.median(speeds["proxied"]), ratio
 
 
 if __name__ == "__main__":

@@ -415,6 +415,14 @@ class Settings(BaseSettings):
             "one that stops sending its request body (then 408). WebSockets are not timed."
         ),
     )
+    proxy_through_agent: bool = Field(
+        False,
+        description=(
+            "Reach every sandbox's ports through its agent (port.connect), even where the "
+            "driver can open them itself (namespace: setns). Sandboxes of drivers without that "
+            "(gvisor, microvm) always go through their agent. For measuring the relay."
+        ),
+    )
     proxy_max_connections_per_sandbox: Annotated[int, Field(ge=1)] = Field(
         256,
         description=(

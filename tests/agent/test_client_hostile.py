@@ -158,3 +158,35 @@ async def test_output_past_the_cap_fails_the_request_not_the_connection(
         with anyio.fail_after(20), pytest.raises(AgentResponseTooLargeError, match="1048576"):
             await client.exec("yes", max_output=1 << 20)
         assert client.failure is None  # only that request ended
+
+
+@pytest.mark.parametrize("mode", ["relay-overrun", "relay-data-after-end", "relay-no-head"])
+async def test_a_lying_port_relay_is_a_protocol_error(
+    fake_agent: Callable[[Attack], Path], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``port.connect`` (the preview relay): data past the window, data after the agent's end,
+    data before the head: each is an ``AgentProtocolError`` (the first two end the connection,
+    which ``AgentPool`` reports as a violation), never more than one window buffered
+    (relay-overrun floods a stream nobody reads: cut at the window)."""
+    monkeypatch.setattr(hostile_agent.time, "sleep", lambda _: None)
+    path = fake_agent(lambda conn, sid: hostile_agent.attack(conn, mode, sid))
+    async with AgentClient(path, connect_timeout=5) as client:
+        with anyio.fail_after(20):
+            if mode == "relay-no-head":
+                with pytest.raises(AgentProtocolError, match="not head"):
+                    await client.open_port(8000)
+            else:
+                stream = await client.open_port(8000)
+                await client.wait_closed()  # nobody reads: the reader alone judges the frames
+                await stream.aclose()
+                assert isinstance(client.failure, AgentProtocolError)
+
+
+def test_end_from_the_agent_ends_the_data() -> None:
+    channel = Channel(cast(Connection, object()), 1)
+    channel.on_frame({"t": "head", "id": 1, "body": {}}, b"")
+    channel.on_frame({"t": "data", "id": 1, "ch": "port"}, b"x")
+    channel.on_frame({"t": "end", "id": 1}, b"")
+    for late in ({"t": "data", "id": 1, "ch": "port"}, {"t": "end", "id": 1}):
+        with pytest.raises(AgentProtocolError, match="after end"):
+            channel.on_frame(dict(late), b"")

@@ -188,19 +188,22 @@ def test_gvisor_network_survives_stop_start_and_restart(
         assert not (mixed.data_dir / "gvisor" / str(box["id"])).exists()
 
 
-def test_gvisor_preview_is_a_clear_400_not_a_500(client: httpx.Client) -> None:
-    """No ``PortOpener`` on gvisor yet (docs/isolation.md#network): the preview proxy says the
-    isolation cannot do it; a namespace sandbox's preview on the same server works."""
-    ports = [{"protocol": "http", "port": 8000}]
+def test_gvisor_preview_goes_through_the_agent(client: httpx.Client) -> None:
+    """No ``PortOpener`` on gvisor (its loopback is gVisor's netstack, docs/isolation.md): the
+    preview proxy reaches the port through the sandbox's agent (``port.connect``), beside a
+    namespace sandbox's preview (``setns``) on the same server; a port nobody listens on is the
+    same 502 on both."""
+    ports = [{"protocol": "http", "port": 8000}, {"protocol": "http", "port": 8001}]
     strong = gvisor(client, "gv-preview", ports=ports)
     plain = create_sandbox(client, name="ns-preview", ports=ports)
     serve = "cd /tmp && (python3 -m http.server 8000 >/dev/null 2>&1 &) && sleep 1 && echo up"
     for box in (strong, plain):
         assert sh(client, box["id"], serve) == (0, "up\n")
-    refused = client.get(f"/sandboxes/{strong['id']}/ports/8000/")
-    assert refused.status_code == 400, refused.text
-    assert "gvisor" in refused.json()["error"]
-    served = client.get(f"/sandboxes/{plain['id']}/ports/8000/")
-    assert served.status_code == 200 and "Directory listing" in served.text
+        served = client.get(f"/sandboxes/{box['id']}/ports/8000/")
+        assert served.status_code == 200, served.text
+        assert "Directory listing" in served.text
+        closed = client.get(f"/sandboxes/{box['id']}/ports/8001/")
+        assert closed.status_code == 502, closed.text
+        assert "nothing listens on port 8001" in closed.json()["error"]
     for box in (strong, plain):
         assert client.delete(f"/sandboxes/{box['id']}").status_code == 200

@@ -35,23 +35,33 @@ PORTS = [
 ]
 
 
+SERVER_ENV = {
+    "VOIDRUN_PUBLIC_DOMAIN": DOMAIN,
+    "VOIDRUN_PROXY_RESPONSE_TIMEOUT_SECONDS": "2",
+    "VOIDRUN_PROXY_IDLE_TIMEOUT_SECONDS": str(IDLE),
+    "VOIDRUN_PROXY_MAX_CONNECTIONS_PER_SANDBOX": "6",
+    "VOIDRUN_SANDBOX_DISK_MB": "1024",
+}
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    env = {
-        "VOIDRUN_PUBLIC_DOMAIN": DOMAIN,
-        "VOIDRUN_PROXY_RESPONSE_TIMEOUT_SECONDS": "2",
-        "VOIDRUN_PROXY_IDLE_TIMEOUT_SECONDS": str(IDLE),
-        "VOIDRUN_PROXY_MAX_CONNECTIONS_PER_SANDBOX": "6",
-        "VOIDRUN_SANDBOX_DISK_MB": "1024",
-    }
-    with sandbox_server(**env) as proc:
+    with sandbox_server(**SERVER_ENV) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
-def box(server: ServerProcess) -> str:
+def isolation() -> dict[str, str]:
+    """The box's isolation (the server's default here; test_proxy_relay.py runs these tests
+    again on gvisor, whose ports only the agent relay reaches)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def box(server: ServerProcess, isolation: dict[str, str]) -> str:
     with server.client() as client:
-        sid = str(create_sandbox(client, name="preview", autoSleep=False, ports=PORTS)["id"])
+        made = create_sandbox(client, name="preview", autoSleep=False, ports=PORTS, **isolation)
+        sid = str(made["id"])
         upload = client.post(
             f"/sandboxes/{sid}/files/upload", params={"path": "/root/upstream.py"}, content=APP
         )

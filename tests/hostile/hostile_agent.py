@@ -65,6 +65,17 @@ def attack(conn, mode, sid):
         while True:  # one byte a second, for ever: the frame never ends
             time.sleep(1)
             conn.sendall(b"a")
+    elif mode == "relay-overrun":  # port.connect: data past the window granted
+        conn.sendall(frame({"t": "head", "id": sid, "body": {}}))
+        chunk = frame({"t": "data", "id": sid, "ch": "port"}, b"HTTP/1.1 200 OK\r\n" * 14_000)
+        while True:
+            conn.sendall(chunk)
+    elif mode == "relay-data-after-end":
+        conn.sendall(frame({"t": "head", "id": sid, "body": {}}))
+        conn.sendall(frame({"t": "end", "id": sid}))
+        conn.sendall(frame({"t": "data", "id": sid, "ch": "port"}, b"HTTP/1.1 200 OK\r\n\r\n"))
+    elif mode == "relay-no-head":
+        conn.sendall(frame({"t": "data", "id": sid, "ch": "port"}, b"HTTP/1.1 200 OK\r\n\r\n"))
     time.sleep(3600)
 
 

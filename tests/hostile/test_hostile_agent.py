@@ -69,9 +69,15 @@ def install_hostile_agent(data_dir: Path) -> None:
         stale.unlink()
 
 
+# (relay-overrun is a client-level test, tests/agent/test_client_hostile.py: the proxy reads
+# what it is sent, so a flood reaches h11, which refuses it: a 502, not a protocol violation)
+RELAY_MODES = ["relay-data-after-end", "relay-no-head"]
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
+    # previews through the agent (port.connect), as on gvisor and microvm, for RELAY_MODES
+    with sandbox_server(VOIDRUN_PROXY_THROUGH_AGENT="true") as proc:
         install_hostile_agent(proc.data_dir)
         proc.stop()  # the agent fork server loaded the real agent at start: load the swap
         proc.start()
@@ -162,4 +168,38 @@ def test_a_lying_agent_only_hurts_its_own_sandbox(
         peak_growth = vm_kib(server.process.pid, "VmHWM") - rss_before
         assert peak_growth < RSS_GROWTH_LIMIT_KB, f"server peak RSS grew by {peak_growth} KiB"
         assert client.get("/sandboxes", params={"limit": 1}).status_code == 200
+        assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+@pytest.mark.parametrize("mode", RELAY_MODES)
+def test_a_lying_port_relay_only_hurts_its_own_sandbox(
+    server: ServerProcess, victim: tuple[httpx.Client, str], mode: str
+) -> None:
+    """An agent that breaks the protocol on ``port.connect`` (the preview proxy's relay): the
+    preview answers 502, the sandbox ends in ``error``, the victim's exec and the server's
+    memory are untouched."""
+    assert server.process is not None
+    other, other_id = victim
+    with server.client() as client:
+        ports = [{"protocol": "http", "port": 8000}]
+        box = str(create_sandbox(client, name=f"hostile-{mode}", ports=ports)["id"])
+        plant = client.post(
+            f"/sandboxes/{box}/exec", json={"command": f"echo {mode} > /root/.hostile"}
+        )
+        assert plant.status_code == 200, plant.text
+        assert client.post(f"/sandboxes/{box}/stop").status_code == 200
+        assert client.post(f"/sandboxes/{box}/start").status_code == 200
+        rss_before = reset_peak_rss(server.process.pid)
+
+        preview = client.get(f"/sandboxes/{box}/ports/8000/", timeout=60)
+        assert preview.status_code == 502, preview.text
+        assert "error" in preview.json()
+        deadline = time.monotonic() + 60
+        while (state := status_of(client, box))["status"] != "error":
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+        assert "broke the protocol" in str(state.get("error")), state
+        assert exec_latencies(other, other_id, 3)
+        peak_growth = vm_kib(server.process.pid, "VmHWM") - rss_before
+        assert peak_growth < RSS_GROWTH_LIMIT_KB, f"server peak RSS grew by {peak_growth} KiB"
         assert client.delete(f"/sandboxes/{box}").status_code == 200

@@ -75,6 +75,8 @@ LAZY: Dict[str, tuple[str, str]] = {
     "pty.resize": ("pty", "op_pty_resize"),
     "pty.buffer": ("pty", "op_pty_buffer"),
     "pty.close": ("pty", "op_pty_close"),
+    # --- previews: a TCP connection to a port inside, relayed (drivers without setns) ---
+    "port.connect": ("portconnect", "op_port_connect"),
 }
 
 

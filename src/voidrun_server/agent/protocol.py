@@ -16,7 +16,8 @@ Frame types::
     req     client -> agent: opens request ``id`` (client-chosen, never reused): {"op", "args"}
     head    agent -> client: optional metadata before any data: {"body"}
     data    both ways: a chunk of the request's byte stream: {"ch"} + payload
-    end     client -> agent: no more data from the client on this request
+    end     client -> agent: no more data from the client on this request; agent -> client
+            (``port.connect`` only): no more data from the agent, the request goes on
     window  both ways: the receiver grants ``n`` more payload bytes on request ``id``
     cancel  client -> agent: abandon request ``id`` (kills its command, drops its upload);
             frames already in flight may still arrive and are ignored, as are all frames for
@@ -36,6 +37,8 @@ Ops (``req`` args -> what the agent sends back)::
                  -> head {pid}, data "stdout"/"stderr" as produced, res {exitCode, timedOut}
     file.read    {path}   -> head {size, mode, mtime}, data "file"..., res {size}
     file.write   {path, mode?} then client data... and end   -> res {size}
+    port.connect {port}   -> head {}, then data both ways, end both ways, res {}
+                 (err port_closed when nothing listens; see ``portconnect``)
 
 New capabilities are new op names; the agent lists its ops in its hello.
 
@@ -102,6 +105,7 @@ PROTOCOL_ERROR = "protocol_error"
 VERSION_MISMATCH = "version_mismatch"
 INTERNAL = "internal"
 SLOW_CONSUMER = "slow_consumer"  # a terminal client stayed behind too long
+PORT_CLOSED = "port_closed"  # port.connect: nothing listens on that port inside
 
 
 class ProtocolError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .protocol import (
     DATA,
+    END,
     FRAME_COST,
     HEAD,
     INITIAL_WINDOW,
@@ -76,6 +77,10 @@ class Stream:
 
     async def send_head(self, body: Dict[str, Any]) -> None:
         await self._conn.send({"t": HEAD, "id": self.id, "body": body})
+
+    async def send_end(self) -> None:
+        """No more data from this side (the request goes on: a half-close)."""
+        await self._conn.send({"t": END, "id": self.id})
 
     async def wait_credit(self) -> int:
         """Wait until the client can take more data; return how much one frame may carry.

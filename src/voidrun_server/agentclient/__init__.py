@@ -18,6 +18,7 @@ from voidrun_server.agent.protocol import (
     NOT_A_FILE,
     NOT_FOUND,
     PERMISSION_DENIED,
+    PORT_CLOSED,
     PROTOCOL_VERSION,
     SLOW_CONSUMER,
     SPAWN_FAILED,
@@ -31,10 +32,12 @@ from ._errors import (
     AgentError,
     AgentOperationError,
     AgentProtocolError,
+    AgentRequestFinished,
     AgentRequestTooLargeError,
     AgentResponseTooLargeError,
     AgentVersionError,
 )
+from ._ports import PortStream
 from ._procs import OpStream, Output, ProcessInfo, ProcessOps, ShellResult, TerminalInfo
 from ._streams import ExecExit, ExecOutput, ExecResult, ExecStream, FileDownload
 
@@ -49,6 +52,7 @@ __all__ = [
     "NOT_A_FILE",
     "NOT_FOUND",
     "PERMISSION_DENIED",
+    "PORT_CLOSED",
     "PROTOCOL_VERSION",
     "SLOW_CONSUMER",
     "SPAWN_FAILED",
@@ -59,6 +63,7 @@ __all__ = [
     "AgentError",
     "AgentOperationError",
     "AgentProtocolError",
+    "AgentRequestFinished",
     "AgentRequestTooLargeError",
     "AgentResponseTooLargeError",
     "AgentVersionError",
@@ -68,6 +73,7 @@ __all__ = [
     "ExecStream",
     "FileDownload",
     "OpStream",
+    "PortStream",
     "Output",
     "ProcessInfo",
     "ProcessOps",

@@ -21,7 +21,13 @@ from voidrun_server.agent.protocol import (
     data_cost,
 )
 
-from ._errors import AgentConnectionError, AgentError, AgentOperationError, AgentProtocolError
+from ._errors import (
+    AgentConnectionError,
+    AgentError,
+    AgentOperationError,
+    AgentProtocolError,
+    AgentRequestFinished,
+)
 
 if TYPE_CHECKING:
     from ._wire import Connection
@@ -35,6 +41,9 @@ class Channel:
         self._conn = conn
         self._frames: deque[tuple[Header, bytes]] = deque()
         self._waiter: asyncio.Future[None] | None = None  # the consumer, while it waits
+        # The sender waiting for credit: its own future, so a request that uploads and
+        # downloads at once (port.connect) can have one task in each direction.
+        self._send_waiter: asyncio.Future[None] | None = None
         self._failure: AgentError | None = None
         self._answered = False  # res/err arrived
         self._closed = False  # slot given back
@@ -43,12 +52,17 @@ class Channel:
         self._recv_unacked = 0
         self._got_head = False
         self._got_data = False
+        self.peer_ended = False  # the agent sent ``end`` (port.connect): no more data
 
     # -- called by the reader ------------------------------------------------------------------
 
     def on_frame(self, header: Header, payload: bytes) -> None:
         kind = header["t"]
-        if kind == DATA:
+        if self.peer_ended and kind in (DATA, HEAD, END):
+            raise AgentProtocolError(f"{kind} frame after end on request {self.id}")
+        if kind == END:
+            self.peer_ended = True
+        elif kind == DATA:
             cost = data_cost(len(payload))
             if cost > self._recv_allowed:
                 raise AgentProtocolError(f"agent overran the window on request {self.id}")
@@ -72,9 +86,9 @@ class Channel:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._waiter, self._send_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def _wait(self) -> None:
         # One consumer per channel, and nothing awaits between its check and this wait. A
@@ -84,6 +98,13 @@ class Channel:
             await waiter
         finally:
             self._waiter = None
+
+    async def _wait_credit(self) -> None:
+        waiter = self._send_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._send_waiter = None
 
     # -- used by the client --------------------------------------------------------------------
 
@@ -113,15 +134,22 @@ class Channel:
                 raise AgentOperationError(header["code"], header["message"])
         return header, payload
 
-    async def send_data(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_data(
+        self, data: bytes | bytearray | memoryview, *, reader_elsewhere: bool = False
+    ) -> None:
+        """Send ``data`` as the window allows. An answer that arrives meanwhile is read here
+        (its error raised), unless ``reader_elsewhere`` (another task reads this request's
+        frames): then :class:`AgentRequestFinished` is raised and the reader sees the answer."""
         view = memoryview(data).cast("B")
         while view:
             while self._send_credit <= FRAME_COST or self._answered:
                 if self._failure is not None:
                     raise self._failure
+                if self._answered and reader_elsewhere:
+                    raise AgentRequestFinished(f"request {self.id} has finished")
                 if self._answered:
                     await self._early_answer()
-                await self._wait()
+                await self._wait_credit()
             n = min(self._send_credit - FRAME_COST, MAX_PAYLOAD_SIZE, len(view))
             self._send_credit -= data_cost(n)
             await self._conn.send({"t": DATA, "id": self.id}, bytes(view[:n]))

@@ -27,6 +27,7 @@ from ._errors import (
     AgentProtocolError,
     AgentResponseTooLargeError,
 )
+from ._ports import PortStream, open_port_stream
 from ._procs import ProcessOps
 from ._socket import connect_unix
 from ._streams import ExecResult, ExecStream, FileDownload, _int
@@ -346,6 +347,14 @@ class AgentClient:
                             yield event
 
             yield events()
+
+    # --- previews ---
+
+    async def open_port(self, port: int) -> PortStream:
+        """A TCP connection to ``127.0.0.1:port`` (else ``::1``) inside the sandbox, relayed by
+        the agent (``port.connect``); returns once connected. Nothing listening raises
+        ``AgentOperationError`` with code ``port_closed``. The caller must ``aclose`` it."""
+        return await open_port_stream(self._connection, port)
 
     # --- processes: background commands, shell sessions, PTYs ---
 

@@ -7,6 +7,7 @@
      ├── AgentProtocolError       the agent sent something this client does not understand
      │    └── AgentVersionError   the agent speaks another protocol version
      ├── AgentRequestTooLargeError  a request this client was asked to send is too large
+     ├── AgentRequestFinished     data for a request the agent has already answered
      ├── AgentResponseTooLargeError an answer went past a cap of this client (request dropped)
      └── AgentOperationError      the agent refused or failed one request (``code``, ``message``)
 
@@ -31,6 +32,10 @@ class AgentProtocolError(AgentError):
 
 class AgentRequestTooLargeError(AgentError):
     """Raised before sending: the connection stays usable."""
+
+
+class AgentRequestFinished(AgentError):
+    """Raised to a sender whose request was answered meanwhile: the connection stays usable."""
 
 
 class AgentResponseTooLargeError(AgentError):

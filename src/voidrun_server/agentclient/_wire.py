@@ -35,6 +35,7 @@ import anyio.lowlevel
 
 from voidrun_server.agent.protocol import (
     DATA,
+    END,
     ERR,
     HEAD,
     HELLO,
@@ -391,7 +392,7 @@ class Connection:
             if not is_int(n) or not 0 < n <= MAX_WINDOW_INCREMENT:
                 raise AgentProtocolError(f"bad window increment {_short(n)}")
             channel.on_window(n)
-        elif kind in (HEAD, DATA, RES, ERR):
+        elif kind in (HEAD, DATA, END, RES, ERR):
             _check_shape(header)
             channel.on_frame(header, payload)
             if kind in (RES, ERR):

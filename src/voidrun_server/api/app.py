@@ -25,6 +25,7 @@ from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
 from ..services.image_builds import ImageBuilds
 from ..services.keycache import KeyCache
+from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
@@ -225,6 +226,7 @@ async def _start_sandboxes(
         disk_floor=disk_floor,
     )
     agents.on_violation = service.agent_violated
+    drivers.relay_ports(AgentPorts(service, task_group), always=settings.proxy_through_agent)
 
     def run_pool(name: str) -> None:
         pool = runtimes.warm_pool(settings, drivers, name, agents, disk_floor)

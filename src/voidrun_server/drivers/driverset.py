@@ -58,6 +58,14 @@ class DriverSet:
         self.unavailable = dict(unavailable or {})
         self.starting: set[str] = set()  # offered, still being prepared (``add`` or ``fail``)
         self._owner: dict[str, str] = {}  # sandbox id -> isolation
+        self._port_relay: PortOpener | None = None
+        self._relay_every_port = False
+
+    def relay_ports(self, relay: PortOpener, *, always: bool = False) -> None:
+        """Open the ports of sandboxes whose driver is no ``PortOpener`` through ``relay``
+        (the services layer's agent relay); with ``always``, every sandbox's."""
+        self._port_relay = relay
+        self._relay_every_port = always
 
     def add(self, name: str, driver: Driver) -> None:
         """A driver that finished starting after the server did."""
@@ -198,10 +206,13 @@ class DriverSet:
         await driver.retarget(sandbox_id, hostname=hostname, cpu=cpu, mem_mb=mem_mb, env=env)
 
     async def open_port(self, sandbox_id: str, port: int, *, within: float) -> socket.socket:
+        """The driver's own way in (``setns``) when it has one, else the relay's."""
         driver = self.of(sandbox_id)
-        if not isinstance(driver, PortOpener):
+        if isinstance(driver, PortOpener) and not self._relay_every_port:
+            return await driver.open_port(sandbox_id, port, within=within)
+        if self._port_relay is None:
             raise self._unsupported(sandbox_id, "port preview")
-        return await driver.open_port(sandbox_id, port, within=within)
+        return await self._port_relay.open_port(sandbox_id, port, within=within)
 
     def supports(self, sandbox_id: str, kind: type[Any]) -> bool:
         return isinstance(self.of(sandbox_id), kind)

@@ -2,7 +2,8 @@
 
 httpcore speaks HTTP/1.1 (h11: keep-alive, chunked bodies, strict parsing of what a hostile
 server sends) over whatever stream its backend hands it. This backend hands it the socket the
-driver opened inside the sandbox's network namespace (``PortOpener.open_port``), so the origin
+driver opened inside the sandbox's network namespace (``PortOpener.open_port``; for drivers
+without one, a socketpair relayed by the sandbox's agent: ``port_relay.py``), so the origin
 ``http://<sandbox id>:<port>`` means "that port in that sandbox". Errors are httpcore's own
 exception classes, as its bundled backends raise them.
 
@@ -181,7 +182,8 @@ class SandboxNetwork(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         sock = await self._open_port(host, port, timeout or self._connect_timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:  # a relay's socketpair (``port_relay.py``)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             loop = asyncio.get_running_loop()
             transport, protocol = await loop.create_connection(_Protocol, sock=sock)
         except BaseException:

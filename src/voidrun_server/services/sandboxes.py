@@ -294,6 +294,15 @@ class SandboxService:
             self._live[sandbox_id] = row
         return Running(row=row, agent_socket=socket)
 
+    async def agent_socket(self, sandbox_id: str) -> AgentSocket:
+        """The agent socket of a sandbox the caller already made sure is running (cached as
+        ``ensure_running`` caches it)."""
+        socket = self._sockets.get(sandbox_id)
+        if socket is None:
+            socket = AgentSocket.of(await self.driver.inspect(sandbox_id))
+            self._sockets[sandbox_id] = socket
+        return socket
+
     async def idle_step(self, sandbox_id: str, verb: Verb) -> None:
         """An auto-sleep step (``Verb.IDLE_*``): applies only if the sandbox is still in a
         status the table allows it from (it may have changed since the scan)."""
