@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHECKED := src tests bench
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast lint typecheck pytest fuzz openapi install install-test clean
+.PHONY: help serve test test-fast test-heavy lint typecheck pytest fuzz openapi install install-test clean
 
 help: ## Show the available targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,6 +20,9 @@ test: install-test ## Install test deps (pip + apt), then lint, type-check and r
 
 test-fast: install-test ## Only the tiers that need no root, image or PostgreSQL: unit, inprocess
 	$(BIN)/pytest -m "not (postgres or root or sandbox or slow)" $(PYTEST_ARGS)
+
+test-heavy: install-test ## The heavy tier: whole suites again through other paths (e.g. previews via the agent)
+	VOIDRUN_TEST_HEAVY=1 $(MAKE) --no-print-directory pytest PYTEST_ARGS="-m heavy $(PYTEST_ARGS)"
 
 lint: ## ruff check + format check
 	$(BIN)/ruff check $(CHECKED)

@@ -22,6 +22,21 @@ from tests.support.tiers import skip_if_opted_out, skip_tier
 pytest_plugins = ["tests.support.tier_plugin", "tests.support.leak_plugin"]
 
 POSTGRES_URL = os.environ.get("VOIDRUN_TEST_POSTGRES_URL", "")
+HEAVY = os.environ.get("VOIDRUN_TEST_HEAVY", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``heavy`` tests (whole suites again through another path) run only with
+    ``VOIDRUN_TEST_HEAVY=1`` (``make test-heavy``): deselected, not skipped, so they are no
+    tier's skip."""
+    if HEAVY:
+        return
+    heavy = [item for item in items if item.get_closest_marker("heavy") is not None]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if item.get_closest_marker("heavy") is None]
+
+
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),

@@ -21,7 +21,10 @@ from tests.api.test_proxy import *  # noqa: F403 - every test of the module, col
 from tests.support.sandboxes import sandbox_server, wait_for_isolation
 from tests.support.server import ServerProcess
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(1200)]
+# ~6 minutes here: `make test-heavy`. `make test` covers the relay with tests/api/
+# test_gvisor_network.py (a gvisor preview beside a namespace one, a closed port's 502),
+# tests/agent/test_agent_ports.py and the hostile agent's port.connect modes.
+pytestmark = [pytest.mark.sandbox, pytest.mark.heavy, pytest.mark.timeout(1200)]
 
 MODES = {
     "relay-namespace": ({"VOIDRUN_PROXY_THROUGH_AGENT": "true"}, {}),
