@@ -70,8 +70,13 @@ def test_health_reports_every_offered_isolation(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="module")
 def mixed() -> Iterator[ServerProcess]:
-    """A server running namespace and gvisor sandboxes side by side."""
-    env = {"VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]', "VOIDRUN_WARM_POOL_SIZE": "0"}
+    """A server running namespace and gvisor sandboxes side by side, with a warm pool of one
+    gvisor sandbox (none of namespace ones)."""
+    env = {
+        "VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]',
+        "VOIDRUN_WARM_POOL_SIZE": "0",
+        "VOIDRUN_WARM_POOL_SIZES": '{"gvisor": 1}',
+    }
     with sandbox_server(**env) as proc:
         wait_for_isolation(proc, "gvisor")
         yield proc
@@ -94,6 +99,11 @@ def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
         assert (plain["isolation"], strong["isolation"]) == ("namespace", "gvisor")
         # gVisor's kernel answers inside; the host's (shared with namespace sandboxes) outside
         assert "gVisor" in sh(client, strong, "dmesg")
+        # from the gvisor pool or booted: it has its own name either way
+        assert sh(client, strong, "hostname") == "strong\n"
+        pooled = create_sandbox(client, name="pooled", isolation="gvisor")
+        assert sh(client, pooled, "hostname; cat /etc/hostname") == "pooled\npooled\n"
+        assert client.delete(f"/sandboxes/{pooled['id']}").status_code == 200
         assert sh(client, plain, "uname -r") == f"{os.uname().release}\n"
         for box in (plain, strong):  # the files API and the data plane, the same on both
             made = client.post(

@@ -151,7 +151,8 @@ class GvisorDriver:
         }
 
     def close(self) -> None:
-        """Nothing to release (symmetry with the namespace driver)."""
+        """Release the launch namespace (tests; a server keeps it for its lifetime)."""
+        self._host.launch_ns.close()
 
     # -- Driver -----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from voidrun_server.drivers.gvisor.layout import (
 from voidrun_server.drivers.gvisor.runsc import Runsc
 from voidrun_server.drivers.namespace import disk, netns
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
+from voidrun_server.drivers.namespace.mountns import LaunchNamespace
 from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
@@ -84,6 +85,14 @@ class GvisorHost:
         self._runtime_dir = runtime_dir
         self._pids_max = pids_max
         self._templates = disk.DiskTemplates(state_dir / ".templates")
+        # runsc is spawned as bwrap is (namespace/mountns.py): from a small mount namespace
+        # with this sandbox's mounts only. Its sentry and gofer (and the `unshare --mount` of
+        # a wired start) then never hold copies of other sandboxes' disks, which would keep
+        # their loop devices bound after their deletion, and the copy costs the same at any
+        # sandbox count.
+        data_root = state_dir.resolve().parent
+        self.launch_ns = LaunchNamespace((data_root if data_root != Path("/") else state_dir,))
+        self.launch_ns.prepare()
 
     def run_dir(self, sandbox_id: str) -> GvisorRun:
         return GvisorRun.at(self.state_dir, sandbox_id)
@@ -202,7 +211,8 @@ class GvisorHost:
             try:
                 # runsc 20221219 copies the interfaces of the namespace its sandbox process is
                 # born in (it does not join the spec's path for that): spawn it from in there.
-                with netns.entered(run.netns) if wired else contextlib.nullcontext():
+                in_netns = netns.entered(run.netns) if wired else contextlib.nullcontext()
+                with in_netns, self.launch_ns.spawning(run.root):
                     self.runsc.call(
                         run.runsc_root,
                         *args,
@@ -308,20 +318,24 @@ class GvisorHost:
         self.cgroups.set_limits(record.cgroups, limits)
         code = "import socket, sys; socket.sethostname(sys.argv[1])"
         python = self._agent_argv("")[: self._agent_argv("").index("-I")]
-        self.runsc.call(
-            run.runsc_root,
-            "exec",
-            "--cap=CAP_SYS_ADMIN",
-            record.sandbox_id,
-            *python,
-            "-I",
-            "-S",
-            "-c",
-            code,
-            hostname,
-            deadline=deadline,
-            network=bool(record.net_address) and self.network is not None,
-        )
+        wired = bool(record.net_address) and self.network is not None
+        # A wired sentry's control socket is an abstract Unix socket, which belongs to the
+        # sandbox's network namespace: from anywhere else runsc finds no running container.
+        with netns.entered(run.netns) if wired else contextlib.nullcontext():
+            self.runsc.call(
+                run.runsc_root,
+                "exec",
+                "--cap=CAP_SYS_ADMIN",
+                record.sandbox_id,
+                *python,
+                "-I",
+                "-S",
+                "-c",
+                code,
+                hostname,
+                deadline=deadline,
+                network=wired,
+            )
         tmp = run.run / f".env.{os.getpid()}.{time.monotonic_ns()}"
         _write_private(tmp, json.dumps(dict(env), sort_keys=True).encode(), 0o600)
         os.rename(tmp, run.run / "env")
