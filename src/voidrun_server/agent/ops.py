@@ -75,6 +75,8 @@ LAZY: Dict[str, tuple[str, str]] = {
     "pty.resize": ("pty", "op_pty_resize"),
     "pty.buffer": ("pty", "op_pty_buffer"),
     "pty.close": ("pty", "op_pty_close"),
+    # --- a restored microvm snapshot becomes this sandbox (hostname, clock, RNG, env) ---
+    "vm.identity": ("guest", "op_vm_identity"),
 }
 
 

@@ -47,6 +47,12 @@ class VmConfig:
     agent_socket: Path
     qmp_socket: Path
     console: Path
+    # snapshot templates and their clones (``template.py``): guest RAM in a file, shared with
+    # the file (template) or a private copy-on-write mapping of it (clone); a clone has no
+    # kernel of its own and loads its device state from an inherited fd
+    ram_file: Path | None = None
+    ram_shared: bool = False
+    incoming_fd: int | None = None
 
 
 def find_tools() -> dict[str, str]:
@@ -98,11 +104,23 @@ def _drive(name: str, path: Path, *, readonly: bool) -> list[str]:
 
 
 def qemu_argv(config: VmConfig) -> list[str]:
-    argv = [QEMU, *_machine(config.accelerator)]
+    machine = _machine(config.accelerator)
+    if config.ram_file is not None:
+        share = "on" if config.ram_shared else "off"
+        machine[1] += ",memory-backend=ram0"
+        machine += [
+            "-object",
+            f"memory-backend-file,id=ram0,size={config.mem_mb}M,"
+            f"mem-path={config.ram_file},share={share}",
+        ]
+    argv = [QEMU, *machine]
     argv += ["-m", f"{config.mem_mb}M", "-smp", str(config.cpu)]
     argv += ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-sandbox", SANDBOX]
-    argv += ["-kernel", str(config.assets.kernel), "-initrd", str(config.assets.initrd)]
-    argv += ["-append", _cmdline()]
+    if config.incoming_fd is None:
+        argv += ["-kernel", str(config.assets.kernel), "-initrd", str(config.assets.initrd)]
+        argv += ["-append", _cmdline()]
+    else:  # a clone: RAM and CPU state come from the template, only devices are described
+        argv += ["-incoming", "defer"]  # QMP sets x-ignore-shared, then migrate-incoming
     argv += ["-serial", f"file:{config.console}"]
     argv += _drive("vr-image", config.image_disk, readonly=True)
     argv += _drive("vr-data", config.data_disk, readonly=False)

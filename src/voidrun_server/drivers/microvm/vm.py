@@ -73,9 +73,16 @@ class VmHost:
 
     # -- create / boot ------------------------------------------------------------------------
 
-    def create(self, spec: SandboxSpec, owned: list[bool], deadline: float) -> ProcessRef:
+    def image(self, spec: SandboxSpec, deadline: float) -> Path:
+        """The image's read-only disk (built on first use)."""
+        return disks.image_disk(self.cache_dir, spec.rootfs, spec.layers, deadline)
+
+    def prepare(
+        self, spec: SandboxSpec, image: Path, owned: list[bool], disk_source: Path | None = None
+    ) -> tuple[RunDir, VmRecord]:
+        """Run directory, uid, record and the sandbox disk: a fresh one of ``disk_mb``, or a
+        copy of ``disk_source`` (a template's disk, see ``template.py``)."""
         run = self.run_dir(spec.sandbox_id)
-        image = disks.image_disk(self.cache_dir, spec.rootfs, spec.layers, deadline)
         (self.state_dir / "sandboxes").mkdir(mode=0o711, parents=True, exist_ok=True)
         try:
             run.root.mkdir(mode=0o711)
@@ -94,15 +101,31 @@ class VmHost:
             env=dict(spec.env),
         )
         write_record(run, record)
-        template = DiskTemplates(self.state_dir / ".templates").get(spec.disk_mb)
-        provision_image(template, run.disk)
+        if disk_source is None:
+            disk_source = DiskTemplates(self.state_dir / ".templates").get(spec.disk_mb)
+        provision_image(disk_source, run.disk)
         os.chown(run.disk, uid, uid)
         run.sock_dir.mkdir(mode=0o700)
         os.chown(run.sock_dir, uid, uid)
+        return run, record
+
+    def create(self, spec: SandboxSpec, owned: list[bool], deadline: float) -> ProcessRef:
+        """A cold boot: prepare, then :meth:`boot`."""
+        run, record = self.prepare(spec, self.image(spec, deadline), owned)
         return self.boot(run, record)
 
-    def boot(self, run: RunDir, record: VmRecord) -> ProcessRef:
-        """Start QEMU on the kept disk; the record says RUNNING with its pid."""
+    def boot(
+        self,
+        run: RunDir,
+        record: VmRecord,
+        *,
+        ram_file: Path | None = None,
+        ram_shared: bool = False,
+        incoming_fd: int | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> ProcessRef:
+        """Start QEMU on the kept disk; the record says RUNNING with its pid. A cold boot
+        unless ``incoming_fd`` (an fd in ``pass_fds``) holds a template's device state."""
         env_json = json.dumps(record.env, separators=(",", ":"))
         disks.config_disk(run.config, record.hostname, env_json, self.agent_argv, record.uid)
         for path in (run.agent_socket, run.qmp_socket):
@@ -129,6 +152,9 @@ class VmHost:
             agent_socket=Path(run.agent_socket.name),
             qmp_socket=Path(run.qmp_socket.name),
             console=run.console,
+            ram_file=ram_file,
+            ram_shared=ram_shared,
+            incoming_fd=incoming_fd,
         )
         log_fd = os.open(run.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -141,6 +167,7 @@ class VmHost:
                     start_new_session=True,
                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                     cwd=run.sock_dir,
+                    pass_fds=tuple(pass_fds),
                 )
         finally:
             os.close(log_fd)
