@@ -63,7 +63,7 @@ class Cloner:
         op_timeout: float,
     ) -> None:
         self.host = host
-        self.store = TemplateStore(host.state_dir / "templates")
+        self.store = TemplateStore(host.cache_dir / "templates")
         self.python = list(agent_python)
         self.wait_ready = wait_ready
         self.op_timeout = op_timeout
@@ -91,7 +91,13 @@ class Cloner:
             found = await anyio.to_thread.run_sync(self.store.find, key)
             if found is not None:
                 return found
-            return await self._build(key, spec, image, deadline)
+            lock = self.store.build_lock(key)
+            await anyio.to_thread.run_sync(lock.__enter__)
+            try:
+                found = await anyio.to_thread.run_sync(self.store.find, key)
+                return found or await self._build(key, spec, image, deadline)
+            finally:
+                await anyio.to_thread.run_sync(lock.__exit__, None, None, None)
 
     async def _build(self, key: str, spec: SandboxSpec, image: Path, deadline: float) -> Template:
         host = self.host
@@ -137,8 +143,7 @@ class Cloner:
 
         def launch() -> tuple[RunDir, VmRecord, ProcessRef, int]:
             run, record = host.prepare(spec, image, owned, disk_source=template.disk)
-            memfd = self.store.memfd(template)
-            state = os.open(template.state, os.O_RDONLY | os.O_CLOEXEC)
+            memfd, state = self.store.open(template)
             try:
                 proc = host.boot(
                     run,

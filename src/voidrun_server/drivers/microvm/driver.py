@@ -106,6 +106,7 @@ class MicrovmDriver:
         uid_ranges: int = DEFAULT_MAX_RANGES,
         subid_files: Sequence[Path] = (Path("/etc/subuid"), Path("/etc/subgid")),
         clones: bool = True,
+        tcg_tb_mb: int = 32,
     ) -> None:
         """Check the host, fetch the guest kernel (apt) and build the initramfs and the agent
         disk if they are not cached yet (blocking: seconds the first time), and pick the
@@ -115,7 +116,7 @@ class MicrovmDriver:
         ``.uid-ranges`` so both drivers hand out disjoint uids). ``cache_dir`` (default
         ``<state_dir>/cache``) holds what VMs share: kernel, initramfs, image and agent disks.
         ``clones``: create by cloning a snapshot template per shape (``clones.py``) instead of
-        a cold boot each time."""
+        a cold boot each time. ``tcg_tb_mb``: TCG's translation cache per VM."""
         check_host()
         if accelerator not in ACCELERATORS:
             raise DriverUnavailableError(
@@ -153,6 +154,7 @@ class MicrovmDriver:
             uids=uids,
             cgroups=cgroups,
             overhead_mb=qemu_overhead_mb,
+            tb_mb=tcg_tb_mb,
         )
         self._boot_timeout = boot_timeout
         self._image_timeout = image_timeout

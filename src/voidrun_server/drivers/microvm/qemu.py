@@ -30,7 +30,7 @@ __all__ = ["QEMU", "VmConfig", "find_tools", "probe_kvm", "qemu_argv", "tsc_khz"
 
 QEMU = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-TCG_TB_MB = 128  # TCG's translation cache (QEMU's default is 1 GiB of address space)
+TCG_TB_MB = 32  # TCG's translation cache (QEMU's default is 1 GiB): most of a VM's own memory
 INSTALL_HINT = "apt-get install qemu-system-x86 busybox-static e2fsprogs util-linux"
 
 
@@ -53,6 +53,7 @@ class VmConfig:
     ram_file: Path | None = None
     ram_shared: bool = False
     incoming_fd: int | None = None
+    tb_mb: int = TCG_TB_MB
 
 
 def find_tools() -> dict[str, str]:
@@ -89,11 +90,11 @@ def _cmdline(extra: str = "") -> str:
     return " ".join(args) + (f" {extra}" if extra else "")
 
 
-def _machine(accelerator: str) -> list[str]:
+def _machine(accelerator: str, tb_mb: int = TCG_TB_MB) -> list[str]:
     if accelerator == "kvm":
         return ["-M", "microvm", "-accel", "kvm", "-cpu", "host"]
     # TCG needs a timer source on microvm (without PIT/RTC: "No reference (HPET/PMTIMER)").
-    return ["-M", "microvm,pit=on,rtc=on", "-accel", f"tcg,tb-size={TCG_TB_MB}", "-cpu", "max"]
+    return ["-M", "microvm,pit=on,rtc=on", "-accel", f"tcg,tb-size={tb_mb}", "-cpu", "max"]
 
 
 def _drive(name: str, path: Path, *, readonly: bool) -> list[str]:
@@ -104,7 +105,7 @@ def _drive(name: str, path: Path, *, readonly: bool) -> list[str]:
 
 
 def qemu_argv(config: VmConfig) -> list[str]:
-    machine = _machine(config.accelerator)
+    machine = _machine(config.accelerator, config.tb_mb)
     if config.ram_file is not None:
         share = "on" if config.ram_shared else "off"
         machine[1] += ",memory-backend=ram0"

@@ -33,6 +33,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def template_key(parts: dict[str, Any]) -> str:
 class TemplateStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._memfds: dict[str, int] = {}
+        self._memfds: dict[tuple[str, int], int] = {}  # (key, generation) -> memfd
 
     def find(self, key: str) -> Template | None:
         found = Template(self.root / key)
@@ -98,7 +99,8 @@ class TemplateStore:
         return path
 
     def publish(self, key: str, build: Path) -> Template:
-        """Keep the build's state, RAM and disk (root's, read-only) as template ``key``."""
+        """Keep the build's state, RAM and disk (root's, read-only) as template ``key``; if
+        another process published one meanwhile, that one is kept and this build dropped."""
         for name in ("state.bin", "ram.img", "disk.img"):
             os.chown(build / name, 0, 0)
             os.chmod(build / name, 0o400)
@@ -108,44 +110,68 @@ class TemplateStore:
         for name in ("state.bin", "ram.img", "disk.img"):
             os.rename(build / name, keep / name)
         shutil.rmtree(build, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(keep, final)
+        try:
+            os.rename(keep, final)  # fails if ``final`` exists (not empty)
+        except OSError:
+            shutil.rmtree(keep, ignore_errors=True)
         return Template(final)
+
+    @contextlib.contextmanager
+    def build_lock(self, key: str) -> Iterator[None]:
+        """Across processes sharing this store (blocking: call from a thread)."""
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        with open(self.root / f".{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def discard(self, template: Template) -> None:
         """Drop a template that failed to restore (it is rebuilt on the next create)."""
-        fd = self._memfds.pop(template.key, None)
-        if fd is not None:
-            os.close(fd)
+        for cached in [k for k in self._memfds if k[0] == template.key]:
+            os.close(self._memfds.pop(cached))
         shutil.rmtree(template.root, ignore_errors=True)
 
-    def memfd(self, template: Template) -> int:
-        """A sealed, write-protected memfd with the template's RAM (loaded on first use;
-        only the file's data extents are copied, holes stay holes)."""
-        fd = self._memfds.get(template.key)
-        if fd is not None:
-            return fd
-        fd = os.memfd_create(f"voidrun-template-{template.key}", os.MFD_ALLOW_SEALING)
+    def open(self, template: Template) -> tuple[int, int]:
+        """(sealed memfd with the template's RAM, fd of its state file), both of the same
+        generation of the template (the directory is replaced whole when rebuilt). The
+        memfd is kept for later clones; the caller closes the state fd."""
+        root = os.open(template.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            src = os.open(template.ram, os.O_RDONLY | os.O_CLOEXEC)
+            generation = (template.key, os.fstat(root).st_ino)
+            state = os.open("state.bin", os.O_RDONLY | os.O_CLOEXEC, dir_fd=root)
             try:
-                size = os.fstat(src).st_size
-                os.ftruncate(fd, size)
-                _copy_extents(src, fd, size)
-            finally:
-                os.close(src)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _F_SEALS)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.set_inheritable(fd, False)
-        self._memfds[template.key] = fd
-        return fd
+                memfd = self._memfds.get(generation)
+                if memfd is None:
+                    memfd = self._memfds[generation] = _load_ram(template.key, root)
+            except BaseException:
+                os.close(state)
+                raise
+            return memfd, state
+        finally:
+            os.close(root)
 
     def close(self) -> None:
         for fd in self._memfds.values():
             os.close(fd)
         self._memfds.clear()
+
+
+def _load_ram(key: str, root: int) -> int:
+    """A memfd holding ``ram.img`` (data extents only: holes stay holes), sealed so nobody
+    can write it or map it shared-writable; a private mapping is allowed."""
+    fd = os.memfd_create(f"voidrun-template-{key}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    try:
+        src = os.open("ram.img", os.O_RDONLY | os.O_CLOEXEC, dir_fd=root)
+        try:
+            size = os.fstat(src).st_size
+            os.ftruncate(fd, size)
+            _copy_extents(src, fd, size)
+        finally:
+            os.close(src)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _F_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _copy_extents(src: int, dst: int, size: int) -> None:

@@ -63,6 +63,7 @@ class VmHost:
     uids: UidRanges
     cgroups: Cgroups
     overhead_mb: int
+    tb_mb: int = 32
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
@@ -155,6 +156,7 @@ class VmHost:
             ram_file=ram_file,
             ram_shared=ram_shared,
             incoming_fd=incoming_fd,
+            tb_mb=self.tb_mb,
         )
         log_fd = os.open(run.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
