@@ -6,8 +6,8 @@ guest's stopped when the snapshot was taken) and fresh host randomness, which is
 the kernel's input pool and forces an immediate CRNG reseed (``RNDADDENTROPY`` then
 ``RNDRESEEDCRNG``; otherwise every clone would draw the same "random" bytes until its next
 scheduled reseed). Also the sandbox's environment: merged into the exec defaults and written
-to the env file a restarted agent reads. Needs the agent to be the guest's root (PID 1 in a
-microvm); elsewhere it fails with ``permission_denied`` and changes nothing that matters.
+to the env file a restarted agent reads. Runs only when the agent is PID 1 (the guest's init
+in a microvm): an agent started on a host as root must never set the host's clock or name.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def reseed(seed: bytes) -> None:
 
 
 async def op_vm_identity(ctx: AgentContext, stream: Stream, args: Dict[str, Any]) -> Dict[str, Any]:
+    if os.getpid() != 1:
+        raise OpError(PERMISSION_DENIED, "vm.identity runs only in an agent that is PID 1 (a VM)")
     hostname = req_str(args, "hostname")
     seed_hex = req_str(args, "seed")
     clock = args.get("time")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .sync import Event
 
 HOST_POLL = 0.02  # seconds between checks for a host connection
+CONTROL_POLL = 0.1  # the same for a control port (rarely used: less idle work in the guest)
 
 
 def open_port(path: str) -> int:
@@ -42,7 +43,7 @@ def host_connected(fd: int) -> bool:
     return not any(mask & select.POLLHUP for _, mask in events)
 
 
-async def serve_port(ctx: AgentContext, path: str, stop: Event) -> None:
+async def serve_port(ctx: AgentContext, path: str, stop: Event, poll: float = HOST_POLL) -> None:
     """Serve host connections on the device at ``path``, one after another, until ``stop``.
 
     The port stays open throughout (opening it again would discard bytes a new host
@@ -57,7 +58,7 @@ async def serve_port(ctx: AgentContext, path: str, stop: Event) -> None:
                 while not host_connected(fd):
                     if stop.is_set():
                         return
-                    await sleep(HOST_POLL)
+                    await sleep(poll)
             log.info("host connected on %s", path)
             connection = Connection(ctx, os.dup(fd), rehello=True, inbox=leftover)
             await connection.serve()

@@ -44,7 +44,7 @@ from voidrun_server.drivers.microvm.vm import VmHost
 from voidrun_server.drivers.namespace.disk import DiskTemplates, provision_image
 from voidrun_server.drivers.namespace.procs import ProcessRef
 
-__all__ = ["Cloner"]
+__all__ = ["Cloner", "identify"]
 
 TEMPLATE_HOSTNAME = "sandbox"
 SETTLE = 0.5  # after the template's host connection closes: the agent sees the hang-up
@@ -123,7 +123,7 @@ class Cloner:
             await self.wait_ready(run, record, proc)
             async with AgentClient(run.agent_socket, owner_uid=uid) as agent:
                 # imports what a clone's identity step and first command use; flushes
-                await _identify(agent, TEMPLATE_HOSTNAME, {})
+                await identify(agent, TEMPLATE_HOSTNAME, {})
                 await agent.exec("sync", timeout=30)
             await anyio.sleep(SETTLE)
             await anyio.to_thread.run_sync(
@@ -164,7 +164,7 @@ class Cloner:
             await anyio.to_thread.run_sync(self.store.discard, template)
             tail = await anyio.to_thread.run_sync(run.log_tail)
             raise DriverError(exc.message, f"{exc.details}\n{tail}") from exc
-        await self.identify(run, record, spec)
+        await self._personalise(run, record, spec)
         return run, record, proc
 
     async def _resume(self, run: RunDir, record: VmRecord, *, incoming_fd: int) -> None:
@@ -187,12 +187,13 @@ class Cloner:
                 await anyio.sleep(0.005)
             await qmp.execute("cont", within=within)
 
-    async def identify(self, run: RunDir, record: VmRecord, spec: SandboxSpec) -> None:
+    async def _personalise(self, run: RunDir, record: VmRecord, spec: SandboxSpec) -> None:
         async with AgentClient(run.agent_socket, owner_uid=record.uid) as agent:
-            await _identify(agent, spec.hostname, spec.env)
+            await identify(agent, spec.hostname, spec.env)
 
 
-async def _identify(agent: AgentClient, hostname: str, env: Mapping[str, str]) -> None:
+async def identify(agent: AgentClient, hostname: str, env: Mapping[str, str]) -> None:
+    """``vm.identity`` with the host's clock and 64 fresh random bytes."""
     seed = secrets.token_bytes(64)
     await agent.vm_identity(
         hostname=hostname, clock=time.time(), seed=seed, env=env, env_file=ENV_FILE

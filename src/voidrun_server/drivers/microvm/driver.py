@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from voidrun_server.drivers.base import (
 )
 from voidrun_server.drivers.microvm import disks
 from voidrun_server.drivers.microvm.assets import prepare_assets
-from voidrun_server.drivers.microvm.clones import Cloner
+from voidrun_server.drivers.microvm.clones import Cloner, identify
 from voidrun_server.drivers.microvm.qemu import find_tools, probe_kvm
 from voidrun_server.drivers.microvm.qmp import QmpClient
 from voidrun_server.drivers.microvm.state import RunDir, VmRecord, read_record, write_record
@@ -174,6 +174,7 @@ class MicrovmDriver:
             "accelerator": self.accelerator,
             "isolation": "hardware" if self.accelerator == "kvm" else "emulated",
             "kernel": self._host.assets.kernel_release,
+            "clones": self._cloner is not None,
         }
 
     def close(self) -> None:
@@ -298,6 +299,31 @@ class MicrovmDriver:
         with _operation("stats", self._op_timeout):
             record = await self._record(run)
             return await anyio.to_thread.run_sync(self._host.stats, record)
+
+    # -- Retargetable (the warm pool) ------------------------------------------------------
+
+    async def retarget(
+        self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
+    ) -> None:
+        """Hostname, clock, a CRNG reseed and the environment inside (``vm.identity`` over
+        the agent's control port: the services hold its main port meanwhile), CPU quota
+        outside; the guest's RAM stays what it booted with (``VmHost.retarget``)."""
+        if not _HOSTNAME_RE.match(hostname):
+            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("retarget", self._op_timeout):
+                record = await self._record(run)
+                state = self._host.observe(run, record).state
+                if state is not SandboxState.RUNNING:
+                    raise SandboxStateError(f"sandbox is {state.value}", sandbox_id)
+                async with AgentClient(
+                    run.control_socket, connect_timeout=self._op_timeout, owner_uid=record.uid
+                ) as agent:
+                    await identify(agent, hostname, env)
+                await anyio.to_thread.run_sync(
+                    self._host.retarget, run, record, hostname, cpu, mem_mb, env
+                )
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ Each VM is one ``qemu-system-x86_64 -M microvm`` process:
 * It runs as the sandbox's own host uid (``setpriv``, no groups, no_new_privs) in new
   network, IPC and UTS namespaces (``unshare``; loopback only, not even the host's), inside
   the sandbox's cgroups (memory = guest RAM + QEMU's overhead, CPU quota = ``-smp``).
-* Devices (virtio-mmio): four virtio-blk disks named by serial (``guest_init.py``), a
-  virtio-serial port on a Unix socket chardev (``server=on,wait=off``) for the agent, QMP
+* Devices (virtio-mmio): four virtio-blk disks named by serial (``guest_init.py``), two
+  virtio-serial ports on Unix socket chardevs (``server=on,wait=off``) for the agent (its
+  main and its control port), QMP
   on another Unix socket, the serial console to a file.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from voidrun_server.drivers.base import DriverUnavailableError
 from voidrun_server.drivers.microvm.assets import GuestAssets
-from voidrun_server.drivers.microvm.guest_init import PORT_NAME
+from voidrun_server.drivers.microvm.guest_init import CONTROL_PORT_NAME, PORT_NAME
 
 __all__ = ["QEMU", "VmConfig", "find_tools", "probe_kvm", "qemu_argv", "tsc_khz"]
 
@@ -45,6 +46,7 @@ class VmConfig:
     data_disk: Path
     config_disk: Path
     agent_socket: Path
+    control_socket: Path
     qmp_socket: Path
     console: Path
     # snapshot templates and their clones (``template.py``): guest RAM in a file, shared with
@@ -127,9 +129,11 @@ def qemu_argv(config: VmConfig) -> list[str]:
     argv += _drive("vr-data", config.data_disk, readonly=False)
     argv += _drive("vr-agent", config.agent_disk, readonly=True)
     argv += _drive("vr-config", config.config_disk, readonly=True)
-    argv += ["-device", "virtio-serial-device,max_ports=2"]
+    argv += ["-device", "virtio-serial-device,max_ports=3"]  # port 0 is the console's
     argv += ["-chardev", f"socket,id=agent,path={config.agent_socket},server=on,wait=off"]
     argv += ["-device", f"virtserialport,chardev=agent,name={PORT_NAME}"]
+    argv += ["-chardev", f"socket,id=control,path={config.control_socket},server=on,wait=off"]
+    argv += ["-device", f"virtserialport,chardev=control,name={CONTROL_PORT_NAME}"]
     argv += ["-qmp", f"unix:{config.qmp_socket},server=on,wait=off"]
     return argv
 

@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.uidrange import UidRanges
 
 __all__ = ["VmHost"]
+
+Env = Mapping[str, str]
 
 STOP_GRACE = 2.0  # SIGTERM (QEMU flushes its block layer and exits), then SIGKILL
 PIDS_MAX = 256  # QEMU's threads (vCPUs, I/O workers)
@@ -129,7 +131,7 @@ class VmHost:
         unless ``incoming_fd`` (an fd in ``pass_fds``) holds a template's device state."""
         env_json = json.dumps(record.env, separators=(",", ":"))
         disks.config_disk(run.config, record.hostname, env_json, self.agent_argv, record.uid)
-        for path in (run.agent_socket, run.qmp_socket):
+        for path in (run.agent_socket, run.control_socket, run.qmp_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         fd = os.open(run.console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -151,6 +153,7 @@ class VmHost:
             config_disk=run.config,
             # relative to QEMU's cwd (the socket dir): sun_path holds only 107 bytes
             agent_socket=Path(run.agent_socket.name),
+            control_socket=Path(run.control_socket.name),
             qmp_socket=Path(run.qmp_socket.name),
             console=run.console,
             ram_file=ram_file,
@@ -186,8 +189,24 @@ class VmHost:
         record.process = proc.to_json()
         record.phase = Phase.RUNNING.value
         record.paused = False
+        record.ram_mb, record.vcpus = record.mem_mb, record.cpu
         write_record(run, record)
         return proc
+
+    def retarget(
+        self, run: RunDir, record: VmRecord, hostname: str, cpu: int, mem_mb: int, env: Env
+    ) -> None:
+        """A warm-pool VM becomes a caller's (the guest side is done over the agent's control
+        port): the CPU quota now; the RAM stays the VM's own (``-m`` cannot grow, and a
+        cgroup below it would have the host kill the VM instead of the guest an offender),
+        so ``mem_mb`` and ``cpu`` take effect as the VM's shape at its next boot. The
+        config disk is written again so a next boot has the new name and environment."""
+        ram = record.ram_mb or record.mem_mb
+        self.cgroups.set_limits(record.cgroups, CgroupLimits(cpu, ram + self.overhead_mb, PIDS_MAX))
+        record.hostname, record.cpu, record.mem_mb, record.env = hostname, cpu, mem_mb, dict(env)
+        env_json = json.dumps(record.env, separators=(",", ":"))
+        disks.config_disk(run.config, hostname, env_json, self.agent_argv, record.uid)
+        write_record(run, record)
 
     # -- stop / destroy -----------------------------------------------------------------------
 
@@ -255,7 +274,8 @@ class VmHost:
         host = self.cgroups.stats(paths)
         return SandboxStats(
             memory_bytes=host.memory_bytes,
-            memory_limit_bytes=record.mem_mb << 20,  # the guest's RAM is the sandbox's limit
+            # the guest's RAM is the sandbox's limit
+            memory_limit_bytes=(record.ram_mb or record.mem_mb) << 20,
             cpu_usage_ns=host.cpu_usage_ns,
             pids=host.pids,
             oom_kills=host.oom_kills,
