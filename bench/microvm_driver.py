@@ -39,6 +39,8 @@ from voidrun_server.drivers.base import SandboxSpec  # noqa: E402
 from voidrun_server.drivers.microvm import MicrovmDriver  # noqa: E402
 from voidrun_server.images.build import CODE_IMAGE_NAME, find_built_image  # noqa: E402
 
+CACHE = Path("/var/tmp/voidrun-test-microvm")  # the tests' cache: kernel, disks, templates
+
 
 def pss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -67,7 +69,7 @@ async def run(n: int, accelerator: str, clones: bool) -> None:
         agent_dir=install_agent(TEST_AGENT_ROOT),
         runtime_dir=runtime.host_dir,
         agent_python=runtime.python_argv(),
-        cache_dir=Path("/var/tmp/voidrun-test-microvm"),
+        cache_dir=CACHE,
         accelerator=accelerator,
         cgroup_parent="voidrun-bench-microvm",
         boot_timeout=180,
@@ -78,14 +80,13 @@ async def run(n: int, accelerator: str, clones: bool) -> None:
     creates, ids = [], []
     try:
         if clones:  # the first create of a shape builds its template (unless it is cached)
-            templates = Path("/var/tmp/voidrun-test-microvm/templates")
-            before = set(templates.iterdir()) if templates.is_dir() else set()
+            before = template_dirs()
             spec = SandboxSpec(secrets.token_hex(12), "bench", image.rootfs, 1, 256, 256)
             start = time.perf_counter()
             await driver.create(spec)
             first = (time.perf_counter() - start) * 1000
             ids.append(spec.sandbox_id)
-            built = set(templates.iterdir()) != before
+            built = template_dirs() != before
             what = "template build + clone" if built else "template cached: a clone"
             print(f"first create ({what}): {first:.0f} ms")
         for _ in range(n):
@@ -122,6 +123,11 @@ async def run(n: int, accelerator: str, clones: bool) -> None:
             await driver.destroy(sandbox_id)
         driver.close()
         await anyio.to_thread.run_sync(clean_up, state)
+
+
+def template_dirs() -> set[str]:
+    templates = CACHE / "templates"
+    return {p.name for p in templates.iterdir()} if templates.is_dir() else set()
 
 
 def host_floor() -> list[float]:
