@@ -114,12 +114,13 @@ def test_template_ram_is_sealed_against_writes(tmp_path: Path) -> None:
         f.seek(1 << 20)
         f.write(b"B" * 4096)
     (root / "state.bin").write_bytes(b"state")
+    (root / "disk.img").write_bytes(b"disk")
     store = TemplateStore(tmp_path / "templates")
     template = store.find("k1")
     assert template == Template(root)
-    memfd, state = store.open(template)
+    memfd, state, disk = store.open(template)
     try:
-        assert os.read(state, 10) == b"state"
+        assert (os.read(state, 10), os.read(disk, 10)) == (b"state", b"disk")
         assert os.pread(memfd, 4, 0) == b"AAAA" and os.pread(memfd, 4, 1 << 20) == b"BBBB"
         assert os.pread(memfd, 4, 8192) == b"\0" * 4
         with pytest.raises(PermissionError):
@@ -133,9 +134,13 @@ def test_template_ram_is_sealed_against_writes(tmp_path: Path) -> None:
         assert os.pread(memfd, 4, 0) == b"AAAA"
         private.close()
         os.close(again)
-        assert store.open(template)[0] == memfd  # loaded once per template generation
+        again_fds = store.open(template)
+        assert again_fds[0] == memfd  # loaded once per template generation
+        os.close(again_fds[1])
+        os.close(again_fds[2])
     finally:
         os.close(state)
+        os.close(disk)
         store.close()
 
 
@@ -189,3 +194,20 @@ def test_template_key_follows_the_shape(tmp_path: Path) -> None:
     before = template_key(base)
     image.write_bytes(b"22")  # a rebuilt image disk is another template
     assert template_key(base) != before
+
+
+def test_least_recently_used_templates_go_first(tmp_path: Path) -> None:
+    from voidrun_server.drivers.microvm.template import KEEP_ON_DISK, TemplateStore
+
+    store = TemplateStore(tmp_path)
+    for i in range(KEEP_ON_DISK + 2):
+        (tmp_path / f"k{i}").mkdir()
+        (tmp_path / f"k{i}" / "state.bin").write_bytes(b"s")
+        os.utime(tmp_path / f"k{i}", (1000 + i, 1000 + i))
+    (tmp_path / "k0.build-1").mkdir()  # a build in progress is not a template
+    assert store.find("k1") is not None  # used now: the most recent
+    store._prune(keep=f"k{KEEP_ON_DISK + 1}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len([n for n in left if "." not in n]) == KEEP_ON_DISK
+    assert "k1" in left and "k0.build-1" in left
+    assert "k0" not in left and "k2" not in left and "k3" in left

@@ -142,8 +142,16 @@ class Cloner:
         host = self.host
 
         def launch() -> tuple[RunDir, VmRecord, ProcessRef, int]:
-            run, record = host.prepare(spec, image, owned, disk_source=template.disk)
-            memfd, state = self.store.open(template)
+            memfd, state, disk = self.store.open(template)
+            try:
+                run, record = host.prepare(
+                    spec, image, owned, disk_source=Path(f"/proc/self/fd/{disk}")
+                )
+            except BaseException:
+                os.close(state)
+                raise
+            finally:
+                os.close(disk)
             try:
                 proc = host.boot(
                     run,

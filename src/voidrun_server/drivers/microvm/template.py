@@ -44,6 +44,8 @@ from voidrun_server.drivers.namespace.ready import AgentNotReady, connect_agent_
 __all__ = ["Template", "TemplateStore", "save_state", "template_key"]
 
 VERSION = 1  # bump when what a template holds changes
+KEEP_ON_DISK = 8  # templates kept (least recently used go first: rebuilt when needed again)
+KEEP_LOADED = 4  # templates whose RAM this process keeps in memfds
 _F_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
@@ -82,11 +84,27 @@ def template_key(parts: dict[str, Any]) -> str:
 class TemplateStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._memfds: dict[tuple[str, int], int] = {}  # (key, generation) -> memfd
+        self._memfds: dict[tuple[str, int, int, int], int] = {}  # generation -> memfd
 
     def find(self, key: str) -> Template | None:
         found = Template(self.root / key)
-        return found if found.state.is_file() else None
+        if not found.state.is_file():
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(found.root)  # its last use, for :meth:`_prune`
+        return found
+
+    def _prune(self, keep: str) -> None:
+        """At most KEEP_ON_DISK templates: the least recently used others are removed
+        (running clones do not need the files; a create that loses the race cold-boots)."""
+        found = []
+        for entry in self.root.iterdir():
+            if entry.name != keep and "." not in entry.name and entry.is_dir():
+                with contextlib.suppress(OSError):
+                    found.append((entry.stat().st_mtime, entry))
+        found.sort()
+        for _, entry in found[: max(0, len(found) + 1 - KEEP_ON_DISK)]:
+            self.discard(Template(entry))
 
     def build_dir(self, key: str) -> Path:
         """A fresh, empty directory for building ``key`` (stale builds are removed)."""
@@ -114,6 +132,7 @@ class TemplateStore:
             os.rename(keep, final)  # fails if ``final`` exists (not empty)
         except OSError:
             shutil.rmtree(keep, ignore_errors=True)
+        self._prune(keep=key)
         return Template(final)
 
     @contextlib.contextmanager
@@ -130,24 +149,41 @@ class TemplateStore:
             os.close(self._memfds.pop(cached))
         shutil.rmtree(template.root, ignore_errors=True)
 
-    def open(self, template: Template) -> tuple[int, int]:
-        """(sealed memfd with the template's RAM, fd of its state file), both of the same
-        generation of the template (the directory is replaced whole when rebuilt). The
-        memfd is kept for later clones; the caller closes the state fd."""
+    def open(self, template: Template) -> tuple[int, int, int]:
+        """(sealed memfd with the template's RAM, fd of its state file, fd of its disk), all
+        of the same generation of the template (the directory is replaced whole when
+        rebuilt, and read through one directory fd here; a generation is the state file's
+        identity). The memfd is kept for later clones; the caller closes the other two."""
         root = os.open(template.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            generation = (template.key, os.fstat(root).st_ino)
             state = os.open("state.bin", os.O_RDONLY | os.O_CLOEXEC, dir_fd=root)
+            disk = -1
             try:
-                memfd = self._memfds.get(generation)
+                disk = os.open("disk.img", os.O_RDONLY | os.O_CLOEXEC, dir_fd=root)
+                st = os.fstat(state)  # inode numbers are reused: the time tells builds apart
+                generation = (template.key, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                memfd = self._memfds.pop(generation, None)
                 if memfd is None:
-                    memfd = self._memfds[generation] = _load_ram(template.key, root)
+                    memfd = _load_ram(template.key, root)
+                    self._evict(template.key)
+                self._memfds[generation] = memfd  # now the most recently used
             except BaseException:
                 os.close(state)
+                if disk >= 0:
+                    os.close(disk)
                 raise
-            return memfd, state
+            return memfd, state, disk
         finally:
             os.close(root)
+
+    def _evict(self, key: str) -> None:
+        """Room for one more memfd: drop older generations of ``key`` (rebuilt templates) and
+        the least recently used beyond KEEP_LOADED. Running clones keep their own mappings."""
+        for generation in list(self._memfds):
+            if generation[0] == key:
+                os.close(self._memfds.pop(generation))
+        while len(self._memfds) >= KEEP_LOADED:
+            os.close(self._memfds.pop(next(iter(self._memfds))))
 
     def close(self) -> None:
         for fd in self._memfds.values():
