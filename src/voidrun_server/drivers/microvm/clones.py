@@ -24,13 +24,13 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from voidrun_server.agentclient import AgentClient
+from voidrun_server.agentclient import AgentClient, AgentError
 from voidrun_server.drivers.base import DriverError, SandboxSpec
 from voidrun_server.drivers.microvm.qmp import QmpClient
 from voidrun_server.drivers.microvm.state import RunDir, VmRecord
@@ -44,7 +44,7 @@ from voidrun_server.drivers.microvm.vm import VmHost
 from voidrun_server.drivers.namespace.disk import DiskTemplates, provision_image
 from voidrun_server.drivers.namespace.procs import ProcessRef
 
-__all__ = ["Cloner", "identify"]
+__all__ = ["Cloner", "identify", "identify_at"]
 
 TEMPLATE_HOSTNAME = "sandbox"
 SETTLE = 0.5  # after the template's host connection closes: the agent sees the hang-up
@@ -55,16 +55,9 @@ WaitReady = Callable[[RunDir, VmRecord, ProcessRef], Awaitable[None]]
 
 
 class Cloner:
-    def __init__(
-        self,
-        host: VmHost,
-        agent_python: Sequence[str],
-        wait_ready: WaitReady,
-        op_timeout: float,
-    ) -> None:
+    def __init__(self, host: VmHost, wait_ready: WaitReady, op_timeout: float) -> None:
         self.host = host
         self.store = TemplateStore(host.cache_dir / "templates")
-        self.python = list(agent_python)
         self.wait_ready = wait_ready
         self.op_timeout = op_timeout
         self._locks: dict[str, anyio.Lock] = {}
@@ -196,8 +189,7 @@ class Cloner:
             await qmp.execute("cont", within=within)
 
     async def _personalise(self, run: RunDir, record: VmRecord, spec: SandboxSpec) -> None:
-        async with AgentClient(run.agent_socket, owner_uid=record.uid) as agent:
-            await identify(agent, spec.hostname, spec.env)
+        await identify_at(run.agent_socket, record.uid, spec.hostname, spec.env, self.op_timeout)
 
 
 async def identify(agent: AgentClient, hostname: str, env: Mapping[str, str]) -> None:
@@ -206,6 +198,18 @@ async def identify(agent: AgentClient, hostname: str, env: Mapping[str, str]) ->
     await agent.vm_identity(
         hostname=hostname, clock=time.time(), seed=seed, env=env, env_file=ENV_FILE
     )
+
+
+async def identify_at(
+    socket: Path, uid: int, hostname: str, env: Mapping[str, str], connect_within: float
+) -> None:
+    """:func:`identify` over a new connection to the agent port at ``socket`` (owned by
+    ``uid``); DriverError if it cannot connect, the guest refuses or the agent goes away."""
+    try:
+        async with AgentClient(socket, connect_timeout=connect_within, owner_uid=uid) as agent:
+            await identify(agent, hostname, env)
+    except AgentError as exc:
+        raise DriverError("cannot give the VM its identity", str(exc)) from exc
 
 
 def _prepare_build(host: VmHost, run: RunDir, record: VmRecord) -> None:

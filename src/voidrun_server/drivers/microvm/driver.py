@@ -40,7 +40,7 @@ from voidrun_server.drivers.base import (
 )
 from voidrun_server.drivers.microvm import disks
 from voidrun_server.drivers.microvm.assets import prepare_assets
-from voidrun_server.drivers.microvm.clones import Cloner, identify
+from voidrun_server.drivers.microvm.clones import Cloner, identify_at
 from voidrun_server.drivers.microvm.qemu import find_tools, probe_kvm
 from voidrun_server.drivers.microvm.qmp import QmpClient
 from voidrun_server.drivers.microvm.state import RunDir, VmRecord, read_record, write_record
@@ -160,9 +160,7 @@ class MicrovmDriver:
         self._image_timeout = image_timeout
         self._op_timeout = op_timeout
         self._locks: dict[str, anyio.Lock] = {}
-        self._cloner = (
-            Cloner(self._host, agent_python, self._wait_ready, op_timeout) if clones else None
-        )
+        self._cloner = Cloner(self._host, self._wait_ready, op_timeout) if clones else None
 
     @property
     def state_dir(self) -> Path:
@@ -193,6 +191,8 @@ class MicrovmDriver:
                 owned: list[bool] = []
                 done = False
                 try:
+                    if await anyio.to_thread.run_sync(run.root.exists):
+                        raise DriverError("sandbox already exists", spec.sandbox_id)
                     image = await anyio.to_thread.run_sync(self._host.image, spec, deadline)
                     proc = await self._clone(spec, image, owned, deadline)
                     if proc is None:
@@ -317,10 +317,7 @@ class MicrovmDriver:
                 state = self._host.observe(run, record).state
                 if state is not SandboxState.RUNNING:
                     raise SandboxStateError(f"sandbox is {state.value}", sandbox_id)
-                async with AgentClient(
-                    run.control_socket, connect_timeout=self._op_timeout, owner_uid=record.uid
-                ) as agent:
-                    await identify(agent, hostname, env)
+                await identify_at(run.control_socket, record.uid, hostname, env, self._op_timeout)
                 await anyio.to_thread.run_sync(
                     self._host.retarget, run, record, hostname, cpu, mem_mb, env
                 )

@@ -148,6 +148,8 @@ class TemplateStore:
         for cached in [k for k in self._memfds if k[0] == template.key]:
             os.close(self._memfds.pop(cached))
         shutil.rmtree(template.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.root / f".{template.key}.lock")
 
     def open(self, template: Template) -> tuple[int, int, int]:
         """(sealed memfd with the template's RAM, fd of its state file, fd of its disk), all
