@@ -473,6 +473,14 @@ class Settings(BaseSettings):
             "sandbox's memory plus this): device state, TCG's translation cache."
         ),
     )
+    microvm_cache_dir: Path | None = Field(
+        None,
+        description=(
+            "Where the microvm driver keeps what its VMs share (guest kernel, initramfs, the "
+            "images' and the agent's read-only disks); default <data dir>/microvm/cache. "
+            "Servers on one host may share one."
+        ),
+    )
     microvm_clones: bool = Field(
         True,
         description=(

@@ -6,6 +6,7 @@ tests; this module holds what every server does whatever drivers this host has.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support.http import assert_error
-from tests.support.sandboxes import create_sandbox, sandbox_server
+from tests.support.sandboxes import create_sandbox, sandbox_server, wait_for_isolation
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
@@ -72,6 +73,7 @@ def mixed() -> Iterator[ServerProcess]:
     """A server running namespace and gvisor sandboxes side by side."""
     env = {"VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]', "VOIDRUN_WARM_POOL_SIZE": "0"}
     with sandbox_server(**env) as proc:
+        wait_for_isolation(proc, "gvisor")
         yield proc
 
 
@@ -114,6 +116,12 @@ def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
     mixed.stop()  # a restart re-adopts both, each by its own driver
     mixed.start()
     with mixed.client() as client:
+        # the namespace one at once; the gvisor one is "starting" until its driver is up
+        assert sh(client, plain, "cat /root/f.txt") == "kept"
+        early = client.get(f"/sandboxes/{strong['id']}").json()["data"]
+        assert early["status"] == "running"  # never marked killed while its driver starts
+    wait_for_isolation(mixed, "gvisor")
+    with mixed.client() as client:
         for box in (plain, strong):
             again = client.get(f"/sandboxes/{box['id']}").json()["data"]
             assert again["status"] == "running" and again["isolation"] == box["isolation"]
@@ -121,3 +129,36 @@ def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
         assert "gVisor" in sh(client, strong, "dmesg")
         for box in (plain, strong):
             assert client.delete(f"/sandboxes/{box['id']}").status_code == 200
+
+
+def test_purge_destroys_the_sandboxes_of_every_isolation() -> None:
+    """`voidrun-server purge` with the server stopped: gvisor sandboxes go through their own
+    driver, then the namespace ones and the network they shared."""
+    env = {"VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]', "VOIDRUN_WARM_POOL_SIZE": "0"}
+    with sandbox_server(**env) as proc:
+        wait_for_isolation(proc, "gvisor")
+        with proc.client() as client:
+            strong = create_sandbox(client, name="strong", isolation="gvisor")
+            plain = create_sandbox(client, name="plain")
+        runsc = [p for p in _processes() if strong["id"] in p]
+        assert runsc, "no runsc process names the gvisor sandbox"
+        proc.stop()  # sandboxes outlive the server on purpose
+        result = proc.cli("purge", "--yes", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert {strong["id"], plain["id"]} <= set(report["sandboxes"])
+        assert report["left"] == [] and report["errors"] == []
+        assert not [p for p in _processes() if strong["id"] in p]
+        assert not list((proc.data_dir / "gvisor").glob(f"{strong['id']}*"))
+
+
+def _processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found

@@ -23,7 +23,7 @@ from tests.compat.test_sdk_sandboxes import (  # noqa: F401 - collected here aga
     test_run_code,
     test_update_and_lifecycle,
 )
-from tests.support.sandboxes import sandbox_server
+from tests.support.sandboxes import sandbox_server, wait_for_isolation
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(900)]
@@ -34,6 +34,5 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     isolation = request.param
     env = {"VOIDRUN_DRIVER": isolation, "VOIDRUN_ISOLATIONS": f'["{isolation}"]'}
     with sandbox_server(**env) as proc:
-        with proc.client() as client:
-            assert client.get("/health").json()["isolations"][isolation]["available"]
+        wait_for_isolation(proc, isolation)
         yield proc

@@ -233,9 +233,22 @@ async def test_concurrent_creates(harness: NamespaceHarness) -> None:
         assert info.state is SandboxState.RUNNING
         pids.add(info.pid)
     assert len(pids) == 4
-    # the worker threads stepped back out of the sandboxes' cgroups
+    # the worker threads stepped back out of the sandboxes' cgroups and mount namespaces
+    host_mounts = os.readlink("/proc/self/ns/mnt")
     for task in os.listdir("/proc/self/task"):
         assert harness.cgroup_parent not in read_text(f"/proc/self/task/{task}/cgroup")
+        assert os.readlink(f"/proc/self/task/{task}/ns/mnt") == host_mounts
+    # bwrap was spawned from a small namespace: its own mounts, none of its neighbours'
+    # (mountns.py: a create costs the same beside 1 or 1,000 sandboxes)
+    for spec in specs:
+        record = read_record(harness.run_dir(spec.sandbox_id))
+        assert record is not None and record.monitor is not None
+        mounts = read_text(f"/proc/{record.monitor.pid}/mountinfo")
+        assert os.readlink(f"/proc/{record.monitor.pid}/ns/mnt") != host_mounts
+        assert str(harness.run_dir(spec.sandbox_id).disk_mount) in mounts
+        others = [s.sandbox_id for s in specs if s is not spec]
+        assert not [other for other in others if other in mounts]
+        assert len(mounts.splitlines()) < len(read_text("/proc/self/mountinfo").splitlines())
 
 
 # -- unit tests (no sandbox) --------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,20 @@ def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
         finally:
             proc.stop_and_purge()
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def wait_for_isolation(proc: ServerProcess, name: str, seconds: float = 120.0) -> None:
+    """Until ``GET /api/health`` says isolation ``name`` is available (isolations other than
+    the default start in the background); fails with its reason if it cannot run."""
+    deadline = time.monotonic() + seconds
+    with proc.client() as client:
+        while True:
+            state = client.get("/health").json()["isolations"][name]
+            if state["available"]:
+                return
+            assert state.get("reason") == "starting", f"isolation {name}: {state}"
+            assert time.monotonic() < deadline, f"isolation {name} still starting"
+            time.sleep(0.1)
 
 
 def delete_org_images(proc: ServerProcess) -> None:

@@ -7,6 +7,7 @@ import pytest
 from voidrun_server import errors
 from voidrun_server.api.errors import STATUS_BY_ERROR, status_for
 from voidrun_server.drivers import base as _driver_errors  # noqa: F401 - their classes count too
+from voidrun_server.drivers.microvm import qmp as _qmp_errors  # noqa: F401 - and this one
 
 
 def all_error_classes() -> list[type[errors.VoidRunError]]:
@@ -46,6 +47,7 @@ EXPECTED_STATUS = {
     "DriverTimeoutError": 504,
     "PortClosedError": 502,
     "UnsupportedByDriverError": 400,
+    "QmpError": 500,
     "UpstreamError": 502,
     "UpstreamTimeoutError": 504,
     "TooManyConnectionsError": 429,

@@ -195,16 +195,18 @@ def _key_cache(settings: Settings) -> KeyCache:
 async def _start_sandboxes(
     ctx: AppContext, task_group: anyio.abc.TaskGroup, driver: Driver | None = None
 ) -> AgentPool | None:
-    """Load the drivers, register built images, re-adopt sandboxes, start the watch loop.
+    """Load the default driver, register built images, re-adopt sandboxes, start the watch
+    loop; the other isolations start in the background (``runtimes.start_others``).
 
     A host that cannot run sandboxes still serves the account API; sandbox routes then answer
     503 with the reason and what to install.
     """
     settings = ctx.settings
+    assets = None
     if driver is not None:
         drivers: DriverSet | None = runtimes.single(driver)
     else:
-        drivers, why = await runtimes.load_drivers(settings)
+        drivers, why, assets = await runtimes.load_drivers(settings)
         if why is not None:
             ctx.sandboxes_unavailable = why
     if drivers is None:
@@ -212,10 +214,8 @@ async def _start_sandboxes(
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
-    disk_floor = DiskFloor(
-        settings.data_dir, settings.min_free_disk_mb, drivers.unwritten_disk_bytes
-    )
-    pools = runtimes.warm_pools(settings, drivers, agents, disk_floor)
+    unwritten = drivers.unwritten_disk_bytes
+    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
     service = SandboxService(
         settings,
         ctx.sessions,
@@ -223,18 +223,38 @@ async def _start_sandboxes(
         agents,
         spawn=spawner(task_group),
         disk_floor=disk_floor,
-        pools=pools,
     )
     agents.on_violation = service.agent_violated
+
+    def run_pool(name: str) -> None:
+        pool = runtimes.warm_pool(settings, drivers, name, agents, disk_floor)
+        if pool is not None:  # after reconcile: it destroys orphans, pooled ones look like them
+            service.pools[name] = pool
+            task_group.start_soon(guarded, f"{name} warm pool", pool.run_forever, default_rootfs)
+
+    async def default_rootfs() -> Path | None:
+        return await _default_rootfs(ctx)
+
+    async def adopt(name: str) -> None:
+        """A driver that started late: its network side, its sandboxes, its pool."""
+        late = drivers.networked(name)
+        if late is not None:
+            task_group.start_soon(guarded, f"{name} network", late.serve_network)
+        await reconcile.reconcile_on_start(service, name)
+        run_pool(name)
+
     # the sandboxes' resolver, and their traffic in /metrics
     task_group.start_soon(guarded, "sandbox network", drivers.serve_network)
     if settings.metrics_enabled:
         ctx.registry.register(networking.UsageCollector(drivers.network_usage_snapshot))
-    await reconcile.reconcile_on_start(service)
+    await reconcile.reconcile_on_start(service, drivers.default)
     task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
     task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
-    for pool in pools.values():  # after reconcile: it destroys orphans, pooled ones look like them
-        task_group.start_soon(guarded, "warm pool", pool.run_forever, lambda: _default_rootfs(ctx))
+    run_pool(drivers.default)
+    if assets is not None and drivers.starting:
+        task_group.start_soon(
+            guarded, "isolations", runtimes.start_others, settings, drivers, assets, adopt
+        )
     ctx.sandboxes = service
     return agents
 

@@ -38,6 +38,7 @@ def purge(
         raise typer.Exit(2)
     from ..drivers.namespace.purge import purge as purge_state_dir
     from ..drivers.namespace.state import SANDBOX_ID_RE
+    from .purge_others import purge_other_isolations
 
     lock = None
     if settings.data_dir.exists():  # no data dir: nothing can run on it; sweep what is left
@@ -54,12 +55,16 @@ def purge(
     )
     if not yes:
         typer.confirm(
-            f"Destroy the {len(found)} sandbox(es) under {state_dir}, their disks included, "
-            "and the server's bridge, nftables table and resolver?",
+            f"Destroy the {len(found)} sandbox(es) under {state_dir} and every gvisor and "
+            "microvm sandbox of this data dir, their disks included, and the server's bridge, "
+            "nftables table and resolver?",
             abort=True,
         )
-    try:
+    try:  # gvisor and microvm sandboxes first: the namespace purge ends the shared network
+        others, other_errors = purge_other_isolations(settings, _progress)
         result = purge_state_dir(state_dir, progress=_progress)
+        result.sandboxes[:0] = others
+        result.errors[:0] = other_errors
     finally:
         if lock is not None:
             os.close(lock)

@@ -56,7 +56,20 @@ class DriverSet:
         self.drivers = dict(drivers)
         self.default = default
         self.unavailable = dict(unavailable or {})
+        self.starting: set[str] = set()  # offered, still being prepared (``add`` or ``fail``)
         self._owner: dict[str, str] = {}  # sandbox id -> isolation
+
+    def add(self, name: str, driver: Driver) -> None:
+        """A driver that finished starting after the server did."""
+        self.drivers[name] = driver
+        self.starting.discard(name)
+
+    def fail(self, name: str, error: DriverUnavailableError) -> None:
+        self.unavailable[name] = error
+        self.starting.discard(name)
+
+    def loaded(self, isolation: str) -> bool:
+        return isolation in self.drivers
 
     # -- choosing ------------------------------------------------------------------------------
 
@@ -70,6 +83,8 @@ class DriverSet:
         name = isolation or self.default
         if name in self.drivers:
             return name
+        if name in self.starting:
+            raise self._starting(name)
         missing = self.unavailable.get(name)
         if missing is not None:
             raise UnsupportedByDriverError(
@@ -89,7 +104,27 @@ class DriverSet:
         return self._owner.get(sandbox_id, self.default)
 
     def of(self, sandbox_id: str) -> Driver:
-        return self.drivers.get(self.isolation_of(sandbox_id)) or self.drivers[self.default]
+        """The driver holding ``sandbox_id``; 503 while its isolation is still starting or
+        cannot run on this server any more."""
+        name = self.isolation_of(sandbox_id)
+        driver = self.drivers.get(name)
+        if driver is not None:
+            return driver
+        if name in self.starting:
+            raise self._starting(name)
+        missing = self.unavailable.get(name)
+        raise DriverUnavailableError(
+            f"the {name} isolation of this sandbox is not available on this server",
+            missing.hint if missing is not None else "add it to VOIDRUN_ISOLATIONS",
+        )
+
+    @staticmethod
+    def _starting(name: str) -> DriverUnavailableError:
+        return DriverUnavailableError(
+            f"the {name} isolation is still starting",
+            hint="its first start prepares what its sandboxes need (GET /api/health shows "
+            "when it is ready); try again shortly",
+        )
 
     def _unsupported(self, sandbox_id: str, what: str) -> UnsupportedByDriverError:
         return UnsupportedByDriverError(
@@ -117,9 +152,12 @@ class DriverSet:
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
         return await self.of(sandbox_id).inspect(sandbox_id)
 
-    async def recover(self) -> dict[str, SandboxInfo]:
+    async def recover(self, isolation: str | None = None) -> dict[str, SandboxInfo]:
+        """Every driver's sandboxes (or only ``isolation``'s), each bound to its driver."""
         found: dict[str, SandboxInfo] = {}
-        for name, driver in self.drivers.items():
+        for name, driver in list(self.drivers.items()):
+            if isolation is not None and name != isolation:
+                continue
             for sandbox_id, info in (await driver.recover()).items():
                 self._owner[sandbox_id] = name
                 found[sandbox_id] = info
@@ -216,6 +254,8 @@ class DriverSet:
             about = getattr(driver, "describe", None)
             extra = about() if callable(about) else {}
             out[name] = {"available": True, "default": name == self.default, **extra}
+        for name in sorted(self.starting):
+            out[name] = {"available": False, "default": False, "reason": "starting"}
         for name, exc in sorted(self.unavailable.items()):
             out[name] = {
                 "available": False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from voidrun_server.drivers.base import Driver, DriverUnavailableError
@@ -21,6 +22,7 @@ __all__ = [
     "create_driver",
     "driver_names",
     "load_driver_class",
+    "state_dirs",
 ]
 
 
@@ -129,3 +131,22 @@ def available_drivers() -> dict[str, str | None]:
         else:
             result[name] = None
     return result
+
+
+def state_dir_of(name: str, settings: Any) -> Path:
+    """Where driver ``name`` keeps its sandboxes (its ``setup.state_dir``), resolved; raises
+    ImportError or OSError when it cannot be imported here."""
+    setup = importlib.import_module(f"{_DRIVERS[name].module}.setup")
+    return Path(setup.state_dir(settings)).resolve()
+
+
+def state_dirs(settings: Any) -> list[Path]:
+    """Where each driver this build knows keeps its sandboxes, resolved; drivers that cannot
+    be imported here are left out."""
+    found = []
+    for name in _DRIVERS:
+        try:
+            found.append(state_dir_of(name, settings))
+        except (ImportError, OSError):
+            continue
+    return found

@@ -30,15 +30,17 @@ EXPECTED = {
 ACTUAL = {state: status for status, state in EXPECTED.items()}
 
 
-async def reconcile_on_start(service: SandboxService) -> None:
-    found = await service.driver.recover()
+async def reconcile_on_start(service: SandboxService, isolation: str) -> None:
+    """Reconcile the rows of ``isolation`` with what its driver finds (each driver once, as
+    it becomes available: the others' rows are left alone until theirs is)."""
+    found = await service.driver.recover(isolation)
     killed: list[str] = []
     async with transaction(service.sessions) as session:
         rows = {row.id: row for row in await repo.with_status(session, list(Status))}
         for row in rows.values():
-            if row.id not in found:  # the drivers' recover() bound the ones they hold
+            if row.id not in found:  # the driver's recover() bound the ones it holds
                 service.driver.bind(row.id, row.isolation)
-            if row.status not in LIVE:
+            if row.isolation != isolation or row.status not in LIVE:
                 continue
             info = found.get(row.id)
             state = info.state if info else SandboxState.GONE
@@ -55,6 +57,7 @@ async def reconcile_on_start(service: SandboxService) -> None:
     for sandbox_id in killed:
         await _release(service, sandbox_id)
     orphans = [i for i in found if i not in rows or rows[i].status == Status.DELETED]
+    # (a sandbox is bound to the driver that found it, so an orphan's destroy goes there)
     for sandbox_id in orphans:
         log.warning("destroying orphan sandbox %s (no live row)", sandbox_id)
         try:
@@ -97,6 +100,8 @@ async def check_health(service: SandboxService) -> None:
     async with service.sessions() as session:
         rows = await repo.with_status(session, [Status.RUNNING, Status.PAUSED])
     for row in rows:
+        if not service.driver.loaded(row.isolation):
+            continue  # its isolation is still starting (or gone): nothing to ask
         async with service.lock(row.id):
             info = await service.driver.inspect(row.id)
             if info.state is EXPECTED[Status(row.status)]:
@@ -121,6 +126,8 @@ async def auto_sleep(service: SandboxService) -> None:
     async with service.sessions() as session:
         rows = await repo.with_status(session, list(LIVE))
     for row in rows:
+        if not service.driver.loaded(row.isolation):
+            continue
         try:
             if row.status == Status.RUNNING and row.auto_sleep:
                 if row.last_activity_at < pause_before:

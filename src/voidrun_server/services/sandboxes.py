@@ -29,6 +29,7 @@ from .. import ids
 from ..config import Settings
 from ..drivers.base import (
     DriverError,
+    DriverUnavailableError,
     NetworkPolicy,
     NetworkUsage,
     SandboxInfo,
@@ -339,8 +340,8 @@ class SandboxService:
                     info = await self._start(sandbox_id)
                     await self.agents.ping(sandbox_id, AgentSocket.of(info))
                     self._sockets[sandbox_id] = AgentSocket.of(info)
-        except UnsupportedByDriverError:
-            raise  # the caller's mistake (400), nothing happened
+        except (UnsupportedByDriverError, DriverUnavailableError):
+            raise  # the caller's mistake (400) or not now (503): nothing happened
         except DriverError as exc:
             if action is Action.START:
                 await self.set_status(sandbox_id, Status.ERROR, error=describe(exc))

@@ -13,9 +13,11 @@ What the spec says, and why:
   and the run directory (``<disk>/run``, inside the disk quota) at ``/run/voidrun``: with
   ``runsc --host-uds=create`` the agent's listening socket there is a real host socket the
   server connects to.
-* ``linux.namespaces``: a fresh network namespace (``--network=none``: loopback only), pid,
-  ipc, uts, mount. No ``linux.resources``: runsc runs with ``--ignore-cgroups`` and the driver
-  puts the sentry, gofer and (ptrace platform) stub processes into the sandbox's cgroups itself.
+* ``linux.namespaces``: pid, ipc, uts, mount, and the network namespace: the sandbox's own,
+  made and wired by the server (``netns``, as for the namespace driver; runsc runs
+  ``--network=sandbox`` in it), or a fresh one (``--network=none``: loopback only). No
+  ``linux.resources``: runsc runs with ``--ignore-cgroups`` and the driver puts the sentry,
+  gofer and (ptrace platform) stub processes into the sandbox's cgroups itself.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def config(
     runtime_dir: Path | None,
     run_dir: Path,
     pids_max: int,
+    netns: Path | None = None,
 ) -> dict[str, object]:
     caps = list(CAPABILITIES)
     mounts: list[dict[str, object]] = [
@@ -94,7 +97,10 @@ def config(
         "hostname": hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+            "namespaces": [
+                *({"type": t} for t in ("pid", "ipc", "uts", "mount")),
+                {"type": "network", **({"path": str(netns)} if netns is not None else {})},
+            ],
         },
     }
 

@@ -21,6 +21,8 @@ from voidrun_server.drivers.base import (
     DriverError,
     DriverTimeoutError,
     DriverUnavailableError,
+    NetworkPolicy,
+    NetworkUsage,
     SandboxInfo,
     SandboxNotFoundError,
     SandboxSpec,
@@ -36,8 +38,9 @@ from voidrun_server.drivers.gvisor.runsc import (
     find_runsc,
     pick_platform,
 )
-from voidrun_server.drivers.namespace import idmount
+from voidrun_server.drivers.namespace import idmount, netns
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
+from voidrun_server.drivers.namespace.networking import Networking
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
 from voidrun_server.drivers.namespace.state import SANDBOX_ID_RE, SandboxRecord, read_record
@@ -75,7 +78,6 @@ class GvisorDriver:
     """Sandboxes whose kernel is gVisor's sentry (``runsc``); see the package docstring."""
 
     name = "gvisor"
-    network_enabled = False  # loopback only (runsc --network=none)
 
     def __init__(
         self,
@@ -91,10 +93,13 @@ class GvisorDriver:
         op_timeout: float = 30.0,
         cgroup_parent: str = "voidrun-gvisor",
         pids_max: int = 1024,
+        networking: Networking | None = None,
     ) -> None:
         """Check the host and pick the platform; DriverUnavailableError (with a hint) if the
         driver cannot run here. ``platform`` None: the fastest that works (probed once per
-        runsc build and kernel, each probe bounded by ``probe_timeout``)."""
+        runsc build and kernel, each probe bounded by ``probe_timeout``). ``networking``: the
+        server's sandbox network (``drivers/netshare.py``), shared with the namespace driver;
+        None: loopback only (``runsc --network=none``)."""
         check_host(runsc_path)
         if platform is not None and platform not in PLATFORMS:
             raise DriverUnavailableError(
@@ -125,7 +130,10 @@ class GvisorDriver:
             agent_dir=agent_dir.resolve(),
             runtime_dir=runtime_dir.resolve() if runtime_dir is not None else None,
             pids_max=pids_max,
+            network=networking.host if networking is not None else None,
         )
+        self.net = networking
+        self.network_enabled = networking is not None
         self._ready_timeout = ready_timeout
         self._op_timeout = op_timeout
         self._locks: dict[str, anyio.Lock] = {}
@@ -155,16 +163,25 @@ class GvisorDriver:
                 owned: list[bool] = []
                 done = False
                 try:
+                    restart = False
+                    if self.net is not None:  # domain sets before the rules naming them
+                        policy = self.net.policy(spec.network)
+                        restart = await self.net.want(spec.sandbox_id, policy, wait=False)
                     init = await anyio.to_thread.run_sync(
                         self._host.create, run, spec, owned, deadline
                     )
                     await self._wait_ready(run, init)
+                    if restart and self.net is not None:  # new domains: restarted meanwhile
+                        await self.net.resolvers_ready()
                     done = True
                     return SandboxInfo(SandboxState.RUNNING, run.socket, init.pid, OWNER)
                 finally:
-                    if not done and owned:
+                    if not done:
                         with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(self._host.destroy, run)
+                            if owned:
+                                await anyio.to_thread.run_sync(self._host.destroy, run)
+                            if self.net is not None:
+                                await self.net.settle(spec.sandbox_id, None)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
@@ -200,6 +217,8 @@ class GvisorDriver:
         async with self._lock(sandbox_id):
             with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._host.destroy, run)
+                if self.net is not None:
+                    await self.net.settle(sandbox_id, None)
         lock = self._locks.get(sandbox_id)
         if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
             del self._locks[sandbox_id]
@@ -282,3 +301,57 @@ class GvisorDriver:
         for key in spec.env:
             if not key or "=" in key or "\0" in key:
                 raise DriverError("invalid environment variable name", repr(key))
+
+    # -- Networked (the namespace driver's machinery; docs/network.md) ----------------------
+
+    def _networking(self) -> Networking:
+        if self.net is None:
+            raise DriverError("sandbox networking is off", "set VOIDRUN_SANDBOX_NETWORK=true")
+        return self.net
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        net = self._networking()
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("network policy", self._op_timeout):
+                record = await self._record(run)
+                await net.want(sandbox_id, policy)
+                await anyio.to_thread.run_sync(self._host.set_policy, run, record, policy.to_wire())
+                await net.settle(sandbox_id, policy)
+
+    async def network_usage(self, sandbox_id: str) -> NetworkUsage | None:
+        net = self._networking()
+        counters = await anyio.to_thread.run_sync(net.host.usage, sandbox_id)
+        return NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1]) if counters else None
+
+    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
+        """Counters of every wired sandbox of the shared network (any driver's: the links
+        are named by sandbox id, so the union over drivers is the same)."""
+        found: dict[str, NetworkUsage] = {}
+        for sandbox_id in self.net.sandboxes() if self.net is not None else ():
+            counters = netns.link_counters(netns.host_link_name(sandbox_id))
+            if counters is not None:
+                found[sandbox_id] = NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1])
+        return found
+
+    async def netns_path(self, sandbox_id: str) -> Path:
+        """The namespace the server made for the sandbox. Not the sandbox's loopback: that
+        lives in gVisor's netstack, which no host namespace reaches."""
+        run = self._host.run_dir(sandbox_id)
+        with _operation("netns", self._op_timeout):
+            if await anyio.to_thread.run_sync(os.path.ismount, run.netns):
+                return run.netns
+        raise SandboxStateError("the sandbox has no network namespace now", sandbox_id)
+
+    async def serve_network(self) -> None:
+        if self.net is None:
+            return
+        try:
+            await self.net.serve()
+        finally:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(self._op_timeout):  # creates being undone at shutdown
+                    for lock in list(self._locks.values()):
+                        async with lock:
+                            pass
+                await self.net.leave()

@@ -39,8 +39,9 @@ from voidrun_server.drivers.gvisor.layout import (
     unmount_all,
 )
 from voidrun_server.drivers.gvisor.runsc import Runsc
-from voidrun_server.drivers.namespace import disk
+from voidrun_server.drivers.namespace import disk, netns
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
+from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
@@ -70,8 +71,12 @@ class GvisorHost:
         agent_dir: Path,
         runtime_dir: Path | None,
         pids_max: int,
+        network: HostNetwork | None = None,
     ) -> None:
+        """``network``: wire each sandbox as the namespace driver does (its netns, veth and
+        nftables chain); runsc then runs ``--network=sandbox`` in that namespace."""
         self.state_dir = state_dir
+        self.network = network
         self.runsc = runsc
         self.cgroups = cgroups
         self._agent_argv = agent_argv
@@ -107,13 +112,30 @@ class GvisorHost:
             phase=Phase.CREATING,
             layers=[str(layer.resolve()) for layer in spec.layers],
         )
-        disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
-        run.disk_mount.mkdir(mode=0o700)
-        disk.mount_image(run.disk_image, run.disk_mount)
-        disk.claim_layer(run.disk_mount, OWNER, OWNER)
-        _write_identity(run, spec.hostname)
-        _write_env(run, spec.env)
-        return self._launch(run, record, deadline)
+        if self.network is not None:
+            record.net_address = str(self.network.allocate())
+            record.net_policy = spec.network.to_wire() if spec.network else None
+        attaching = None
+        try:
+            if self.network is not None:  # namespace, link and rules while the disk is made
+                attaching = self.network.begin_attach(run, record)
+            try:
+                disk.provision_image(self._templates.get(spec.disk_mb), run.disk_image)
+                run.disk_mount.mkdir(mode=0o700)
+                disk.mount_image(run.disk_image, run.disk_mount)
+                disk.claim_layer(run.disk_mount, OWNER, OWNER)
+                gateway = str(self.network.gateway) if self.network is not None else None
+                _write_identity(run, spec.hostname, gateway)
+                _write_env(run, spec.env)
+            except BaseException:
+                if attaching is not None:
+                    attaching.undo()
+                raise
+            return self._launch(run, record, deadline, attaching)
+        except BaseException:
+            if self.network is not None:
+                self.network.release(record.net_address)
+            raise
 
     def start(self, run: GvisorRun, record: SandboxRecord, deadline: float) -> ProcessRef:
         self._kill(record, deadline)  # leftovers of a sandbox that died on its own
@@ -124,7 +146,31 @@ class GvisorHost:
         remove_socket(run)
         return self._launch(run, record, deadline)
 
-    def _launch(self, run: GvisorRun, record: SandboxRecord, deadline: float) -> ProcessRef:
+    def _launch(
+        self,
+        run: GvisorRun,
+        record: SandboxRecord,
+        deadline: float,
+        attaching: Attaching | None = None,
+    ) -> ProcessRef:
+        """Mounts, bundle, cgroups, runsc. A wired sandbox's network is complete before runsc
+        starts: with ``--network=sandbox`` runsc copies the namespace's interfaces, addresses
+        and routes into gVisor's netstack at start (and takes the addresses off the kernel's
+        interface, so only gVisor answers for them)."""
+        if self.network is not None and record.net_address and attaching is None:
+            attaching = self.network.begin_attach(run, record)
+        try:
+            if attaching is not None:
+                attaching.wait()
+            return self._launch_wired(run, record, deadline, attaching is not None)
+        except BaseException:
+            if attaching is not None:
+                attaching.undo()
+            raise
+
+    def _launch_wired(
+        self, run: GvisorRun, record: SandboxRecord, deadline: float, wired: bool
+    ) -> ProcessRef:
         lowers = mount_lowers(run, [Path(record.rootfs), *map(Path, record.layers)], deadline)
         mount_rootfs(run, lowers)
         argv = [*self._agent_argv(SANDBOX_SOCKET), "--env-file", SANDBOX_ENV_FILE]
@@ -136,6 +182,7 @@ class GvisorHost:
             runtime_dir=self._runtime_dir,
             run_dir=run.run,
             pids_max=self._pids_max,
+            netns=run.netns if wired else None,
         )
         bundle.write_config(run.bundle, spec)
         shutil.rmtree(run.runsc_root, ignore_errors=True)
@@ -153,9 +200,17 @@ class GvisorHost:
                     "this host's cgroups cannot place a spawned process (cgroup v2)",
                 )
             try:
-                self.runsc.call(
-                    run.runsc_root, *args, record.sandbox_id, deadline=deadline, log=run.log_file
-                )
+                # runsc 20221219 copies the interfaces of the namespace its sandbox process is
+                # born in (it does not join the spec's path for that): spawn it from in there.
+                with netns.entered(run.netns) if wired else contextlib.nullcontext():
+                    self.runsc.call(
+                        run.runsc_root,
+                        *args,
+                        record.sandbox_id,
+                        deadline=deadline,
+                        log=run.log_file,
+                        network=wired,
+                    )
             except DriverError as exc:
                 raise type(exc)(exc.message, run.log_tail() or exc.details) from exc
         try:
@@ -195,6 +250,8 @@ class GvisorHost:
     def stop(self, run: GvisorRun, record: SandboxRecord) -> None:
         deadline = time.monotonic() + CLEANUP_TIMEOUT
         self._kill(record, deadline)
+        if self.network is not None and record.net_address:
+            self.network.detach(run, record.sandbox_id)
         shutil.rmtree(run.runsc_root, ignore_errors=True)
         unmount_all(run, deadline)
         record.monitor = record.init = None
@@ -207,6 +264,9 @@ class GvisorHost:
         if record is not None:
             self._kill(record, deadline)
         self._kill_group(self.cgroups.paths_for(run.sandbox_id), deadline)
+        if self.network is not None and run.root.exists():
+            self.network.detach(run, run.sandbox_id)
+            self.network.release(record.net_address if record else None)
         if not run.root.exists():
             return
         unmount_all(run, deadline)
@@ -260,6 +320,7 @@ class GvisorHost:
             code,
             hostname,
             deadline=deadline,
+            network=bool(record.net_address) and self.network is not None,
         )
         tmp = run.run / f".env.{os.getpid()}.{time.monotonic_ns()}"
         _write_private(tmp, json.dumps(dict(env), sort_keys=True).encode(), 0o600)
@@ -293,14 +354,23 @@ class GvisorHost:
     def stats(self, record: SandboxRecord) -> SandboxStats:
         return self.cgroups.stats(record.cgroups)
 
+    def set_policy(self, run: GvisorRun, record: SandboxRecord, policy: dict[str, object]) -> None:
+        """Record the policy; a sandbox with a link gets it at once, a stopped one at start."""
+        record.net_policy = policy
+        write_record(run, record)
+        if self.network is not None and os.path.ismount(run.netns):
+            self.network.apply_policy(record)
 
-def _write_identity(run: GvisorRun, hostname: str) -> None:
+
+def _write_identity(run: GvisorRun, hostname: str, nameserver: str | None) -> None:
     etc = run.upper / "etc"
     files = {
         "hostname": f"{hostname}\n",
         "hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n",
     }
+    if nameserver is not None:  # the server's resolver, on the gateway
+        files["resolv.conf"] = f"nameserver {nameserver}\noptions timeout:2\n"
     for name, text in files.items():
         _write_private(etc / name, text.encode(), 0o644)
 

@@ -52,22 +52,47 @@ class Runsc:
         self.binary = binary
         self.platform = platform
 
-    def argv(self, root: Path, *args: str) -> list[str]:
+    def argv(self, root: Path, *args: str, network: bool = False) -> list[str]:
+        """``network``: gVisor's netstack on the interfaces of the network namespace the spec
+        names (``--network=sandbox``); else loopback only (``--network=none``)."""
         return [
             str(self.binary),
             f"--root={root}",
             f"--platform={self.platform}",
-            "--network=none",
+            f"--network={'sandbox' if network else 'none'}",
             "--host-uds=create",  # the agent's socket becomes a host socket in its run dir
             "--ignore-cgroups",  # the driver places and limits the sandbox itself
             *args,
         ]
 
+    def sandbox_argv(self, root: Path, *args: str) -> list[str]:
+        """``runsc ... run`` for a wired sandbox (``--network=sandbox``), spawned in the
+        sandbox's network namespace. runsc 20221219 refuses to copy a namespace it takes for
+        the host's, and it tells them apart by whether ``/proc/sys/net/core/rmem_default``
+        exists, which since Linux 6.x it does in every namespace. So it runs in a mount
+        namespace of its own (slave: the host's unmounts still reach it) where an empty
+        tmpfs hides ``/proc/sys/net/core``; nothing else of runsc reads it (the sentry mounts
+        its own /proc in its chroot)."""
+        hide = (
+            "mount -t tmpfs -o size=4k,mode=0555,nosuid,nodev,noexec voidrun /proc/sys/net/core"
+            ' && exec "$@"'
+        )
+        unshare = ["unshare", "--mount", "--propagation", "slave", "--"]
+        return [*unshare, "/bin/sh", "-c", hide, "sh", *self.argv(root, *args, network=True)]
+
     def call(
-        self, root: Path, *args: str, deadline: float, log: Path | None = None
+        self,
+        root: Path,
+        *args: str,
+        deadline: float,
+        log: Path | None = None,
+        network: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run one runsc command; DriverError on failure, DriverTimeoutError past ``deadline``."""
-        return run(self.argv(root, *args), deadline=deadline, log=log)
+        """Run one runsc command; DriverError on failure, DriverTimeoutError past ``deadline``.
+        ``network``: a command of a wired sandbox (``run`` goes through :meth:`sandbox_argv`)."""
+        if network and args[:1] == ("run",):
+            return run(self.sandbox_argv(root, *args), deadline=deadline, log=log)
+        return run(self.argv(root, *args, network=network), deadline=deadline, log=log)
 
     def version(self) -> str:
         out = run([str(self.binary), "--version"], deadline=time.monotonic() + 10)

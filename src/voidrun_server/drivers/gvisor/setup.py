@@ -9,13 +9,25 @@ from voidrun_server.agent_launch import agent_argv
 from voidrun_server.agent_runtime import Runtime
 from voidrun_server.config import Settings
 from voidrun_server.drivers.gvisor.driver import GvisorDriver
+from voidrun_server.drivers.netshare import NetworkShare
 
-__all__ = ["build"]
+__all__ = ["build", "state_dir"]
 
 
-def build(settings: Settings, *, agent_dir: Path, runtime: Runtime) -> GvisorDriver:
+def state_dir(settings: Settings) -> Path:
+    return settings.data_dir / "gvisor"
+
+
+def build(
+    settings: Settings,
+    *,
+    agent_dir: Path,
+    runtime: Runtime,
+    network: NetworkShare | None = None,
+) -> GvisorDriver:
+    """``network``: the server's shared sandbox network (one of its own when None)."""
     return GvisorDriver(
-        settings.data_dir / "gvisor",
+        state_dir(settings),
         agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
         agent_dir=agent_dir,
         runtime_dir=runtime.host_dir,
@@ -24,4 +36,5 @@ def build(settings: Settings, *, agent_dir: Path, runtime: Runtime) -> GvisorDri
         probe_timeout=settings.gvisor_probe_timeout_seconds,
         ready_timeout=settings.sandbox_ready_timeout_seconds,
         pids_max=settings.sandbox_pids_max,
+        networking=(network or NetworkShare(settings)).get(),
     )

@@ -8,15 +8,28 @@ from pathlib import Path
 from voidrun_server.agent_runtime import Runtime
 from voidrun_server.config import Settings
 from voidrun_server.drivers.microvm.driver import MicrovmDriver
+from voidrun_server.drivers.netshare import NetworkShare
 
 __all__ = ["build"]
 
 
-def build(settings: Settings, *, agent_dir: Path, runtime: Runtime) -> MicrovmDriver:
+def state_dir(settings: Settings) -> Path:
+    return settings.data_dir / "microvm"
+
+
+def build(
+    settings: Settings,
+    *,
+    agent_dir: Path,
+    runtime: Runtime,
+    network: NetworkShare | None = None,
+) -> MicrovmDriver:
     """``agent_dir``: the installed agent package (``install_agent``); ``runtime``: its bundled
-    interpreter (``install_runtime``), both copied once into the guest's agent disk."""
+    interpreter (``install_runtime``), both copied once into the guest's agent disk.
+    ``network``: unused, microvm guests have loopback only (docs/microvm.md)."""
     return MicrovmDriver(
-        settings.data_dir / "microvm",
+        state_dir(settings),
+        cache_dir=settings.microvm_cache_dir,
         agent_dir=agent_dir,
         runtime_dir=runtime.host_dir,
         agent_python=runtime.python_argv(),

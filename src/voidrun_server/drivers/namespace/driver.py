@@ -140,6 +140,7 @@ class NamespaceDriver(NetnsPorts):
         network: NetworkConfig | None = None,
         ca_bundle: Path | None = None,
         zygote: ZygoteConfig | None = None,
+        networking: Networking | None = None,
     ) -> None:
         """Check the host and prepare; raises DriverUnavailableError with a hint if it can't.
 
@@ -152,7 +153,9 @@ class NamespaceDriver(NetnsPorts):
         Each sandbox gets its own range of 65,536 host uids: ``uid_ranges`` slots from
         ``uid_base``, skipping every range listed in ``subid_files`` (``uidrange.py``).
         ``network``: wire each sandbox to the host under an egress policy (docs/network.md);
-        None keeps sandboxes loopback-only. ``ca_bundle`` is what sandboxes trust for TLS.
+        None keeps sandboxes loopback-only; ``networking``: the server's shared network
+        (``drivers/netshare.py``) instead of one of its own. ``ca_bundle`` is what sandboxes
+        trust for TLS.
         ``zygote``: fork each agent from one warm interpreter (``zygote.py``) instead of
         starting ``agent_argv`` in every sandbox.
         """
@@ -212,9 +215,10 @@ class NamespaceDriver(NetnsPorts):
             ca_bundle=ca_bundle,
             zygote=forks,
         )
-        self.net: Networking | None = None
-        if network is not None:
-            self.net = Networking(state_dir, network, self._host.records())
+        self.net: Networking | None = networking
+        if self.net is None and network is not None:
+            self.net = Networking(state_dir, network, [state_dir])
+        if self.net is not None:
             self._host.network = self.net.host
         self.network_enabled = self.net is not None
         self._ready_timeout = ready_timeout
@@ -230,6 +234,7 @@ class NamespaceDriver(NetnsPorts):
         server keeps them for its lifetime); running sandboxes are not affected."""
         if self._host.zygote is not None:
             self._host.zygote.close()
+        self._host.launch_ns.close()
         if self.net is not None:
             self.net.host.close()
 
@@ -465,7 +470,4 @@ class NamespaceDriver(NetnsPorts):
                     for lock in list(self._locks.values()):
                         async with lock:
                             pass
-                records = await anyio.to_thread.run_sync(self._host.records)
-                if not any(r.net_address for r in records):  # nothing left to serve
-                    await anyio.to_thread.run_sync(self.net.host.remove_all)
-                    log.info("sandbox network: no sandbox left, removed its rules and links")
+                await self.net.leave()

@@ -41,6 +41,7 @@ from voidrun_server.drivers.namespace import disk, idmount
 from voidrun_server.drivers.namespace.bwrap import CA_BUNDLE, SANDBOX_PATH, BwrapFds, bwrap_argv
 from voidrun_server.drivers.namespace.cgroups import CgroupLimits, Cgroups
 from voidrun_server.drivers.namespace.launch import disable_core_dumps, launch
+from voidrun_server.drivers.namespace.mountns import LaunchNamespace
 from voidrun_server.drivers.namespace.netns import entered
 from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
@@ -179,6 +180,11 @@ class SandboxHost:
         self.network = network
         self._ca_bundle = ca_bundle
         self.zygote = zygote
+        # bwrap is spawned from a small mount namespace (mountns.py): sandbox mounts of this
+        # data directory (and every other pin and loop mount) are left out of it
+        data_root = state_dir.resolve().parent
+        self.launch_ns = LaunchNamespace((data_root if data_root != Path("/") else state_dir,))
+        self.launch_ns.prepare()
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
@@ -338,6 +344,7 @@ class SandboxHost:
                 deadline=deadline,
                 netns=run.netns if networked else None,
                 join=join,
+                mounts=self.launch_ns.spawning(run.root),
             )
         except DriverError as exc:
             tail = run.log_tail()

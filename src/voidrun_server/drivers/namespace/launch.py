@@ -122,6 +122,7 @@ def launch(
     deadline: float,
     netns: Path | None = None,
     join: AgentJoin | None = None,
+    mounts: contextlib.AbstractContextManager[None] | None = None,
 ) -> Launched:
     """Start bwrap, place the sandbox, release it. Blocking: call from a worker thread.
 
@@ -148,7 +149,8 @@ def launch(
     ours = (info_r, block_w, log_fd) + ((life[1], echo[0]) if life and echo else ())
     try:
         in_netns = entered(netns) if netns is not None else contextlib.nullcontext()
-        with in_netns, cgroups.born_inside(cgroup_paths) as inside:
+        in_mounts = mounts if mounts is not None else contextlib.nullcontext()
+        with in_netns, in_mounts, cgroups.born_inside(cgroup_paths) as inside:
             popen = _DetachedPopen(
                 argv,
                 stdin=life[0] if life else subprocess.DEVNULL,

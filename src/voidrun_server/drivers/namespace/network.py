@@ -67,7 +67,14 @@ def _ignore_exists(exc: NetlinkError) -> None:
 
 
 class HostNetwork:
-    def __init__(self, state_dir: Path, config: NetworkConfig, records: Iterable[SandboxRecord]):
+    def __init__(
+        self,
+        state_dir: Path,
+        config: NetworkConfig,
+        records: Iterable[tuple[RunDir, SandboxRecord]],
+    ):
+        """``state_dir`` names the table, the bridge (:func:`host_names`); ``records``: every
+        sandbox of every driver wired through this network, with its run directory."""
         if config.subnet.prefixlen > 28:
             raise DriverUnavailableError(
                 f"sandbox subnet {config.subnet} is too small", hint="use a /16 .. /28"
@@ -86,9 +93,9 @@ class HostNetwork:
         self._wiring = ThreadPoolExecutor(4, thread_name_prefix="voidrun-wiring")
         self._closed = False
         self.nft = nftables.Nft()
-        records = [r for r in records if r.net_address]
-        self._used = {ipaddress.IPv4Address(r.net_address) for r in records}
-        self._check_overlap({netns.host_link_name(r.sandbox_id) for r in records})
+        records = [(run, r) for run, r in records if r.net_address]
+        self._used = {ipaddress.IPv4Address(r.net_address) for _, r in records if r.net_address}
+        self._check_overlap({netns.host_link_name(r.sandbox_id) for _, r in records})
         self._claim_subnet()
         self.rebuild(records)
 
@@ -143,17 +150,16 @@ class HostNetwork:
         except NetlinkError as exc:
             _ignore_exists(exc)
 
-    def rebuild(self, records: Iterable[SandboxRecord]) -> None:
+    def rebuild(self, records: Iterable[tuple[RunDir, SandboxRecord]]) -> None:
         """The whole table from the records (running and paused sandboxes get their chains)."""
         script = nftables.table_script(
             self.table, self.config.subnet, self.gateway, self.config.allowed_private
         )
         domains: set[str] = set()
         chains = []
-        for record in records:
+        for run, record in records:
             policy = self.policy_of(record)
             domains |= nftables.domains_of(policy)
-            run = RunDir.of(self.state_dir, record.sandbox_id)
             if record.net_address and os.path.ismount(run.netns):  # wired now
                 link = netns.host_link_name(record.sandbox_id)
                 address = ipaddress.IPv4Address(record.net_address)

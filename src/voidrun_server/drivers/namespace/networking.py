@@ -7,11 +7,19 @@ sandboxes with allowOut (nftables redirects their lookups to it). Both fill the 
 Domain sets are shared by every sandbox (``d_<hash>`` per domain), so they are counted here:
 a set is created before the first rule that names it and deleted once no policy does, after
 the resolver stopped filling it. The blocking work is ``network.HostNetwork``'s.
+
+One per server: every driver that wires sandboxes (namespace, gvisor) shares it, so there is
+one nftables table, one gateway bridge, one address book and one pair of resolvers, named
+after ``state_dir`` (the namespace driver's; ``drivers/netshare.py`` makes the shared one).
+``sources`` are the state directories of every driver whose sandboxes it wires: a restart
+rebuilds the table from all their records at once. Each driver calls :meth:`serve` from its
+``serve_network`` and :meth:`leave` when that ends; the resolvers run once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -25,17 +33,19 @@ from voidrun_server.drivers.namespace.nftables import (
     domains_of,
 )
 from voidrun_server.drivers.namespace.resolver import RESOLVERS, Resolver, resolver_dir
-from voidrun_server.drivers.namespace.state import SandboxRecord
+from voidrun_server.drivers.namespace.state import records_in
 
 __all__ = ["Networking"]
 
+log = logging.getLogger(__name__)
+
 
 class Networking:
-    def __init__(
-        self, state_dir: Path, config: NetworkConfig, records: Iterable[SandboxRecord]
-    ) -> None:
-        records = [r for r in records if r.net_address]
-        self.host = HostNetwork(state_dir, config, records)
+    def __init__(self, state_dir: Path, config: NetworkConfig, sources: Sequence[Path]) -> None:
+        self.sources = tuple(sources)
+        wired = [(run, r) for src in self.sources for run, r in records_in(src) if r.net_address]
+        records = [r for _, r in wired]
+        self.host = HostNetwork(state_dir, config, wired)
         work_dir = resolver_dir(state_dir)
         gateway, table = str(self.host.gateway), self.host.table
         self.resolver = Resolver(work_dir, gateway, config.upstreams, table)
@@ -55,6 +65,7 @@ class Networking:
             resolver.domains = frozenset(self._all())
         self.allowed_resolver.only = frozenset(self._all_allowed())
         self._lock = anyio.Lock()
+        self._serving = 0
 
     def _all(self) -> set[str]:
         return set().union(*self._domains.values()) if self._domains else set()
@@ -115,9 +126,26 @@ class Networking:
                 await anyio.to_thread.run_sync(self.host.ensure_sets, (), sorted(unused))
 
     async def serve(self) -> None:
+        """Run the resolvers until cancelled; of the drivers sharing this network, the first
+        caller runs them and the others wait (all are cancelled together, at shutdown)."""
+        self._serving += 1
+        if self._serving > 1:
+            await anyio.sleep_forever()
         async with anyio.create_task_group() as group:
             group.start_soon(self.resolver.serve)
             group.start_soon(self.allowed_resolver.serve)
+
+    def any_wired(self) -> bool:
+        """Whether any sandbox of any source still has an address (blocking: reads records)."""
+        return any(r.net_address for src in self.sources for _, r in records_in(src))
+
+    async def leave(self) -> None:
+        """A driver's :meth:`serve` ended and its creates are settled. The last to leave
+        removes the table and the gateway bridge when no sandbox is left to serve."""
+        self._serving -= 1
+        if self._serving <= 0 and not await anyio.to_thread.run_sync(self.any_wired):
+            await anyio.to_thread.run_sync(self.host.remove_all)
+            log.info("sandbox network: no sandbox left, removed its rules and links")
 
     def sandboxes(self) -> list[str]:
         return list(self._domains)

@@ -12,8 +12,9 @@ from voidrun_server.drivers.base import NetworkPolicy
 from voidrun_server.drivers.namespace.driver import NamespaceDriver
 from voidrun_server.drivers.namespace.network import NetworkConfig
 from voidrun_server.drivers.namespace.resolver import host_resolvers
+from voidrun_server.drivers.netshare import NetworkShare
 
-__all__ = ["build", "network_config"]
+__all__ = ["build", "network_config", "state_dir"]
 
 
 def network_config(settings: Settings) -> NetworkConfig | None:
@@ -29,9 +30,20 @@ def network_config(settings: Settings) -> NetworkConfig | None:
     )
 
 
-def build(settings: Settings, *, agent_dir: Path, runtime: Runtime) -> NamespaceDriver:
+def state_dir(settings: Settings) -> Path:
+    return settings.sandboxes_dir
+
+
+def build(
+    settings: Settings,
+    *,
+    agent_dir: Path,
+    runtime: Runtime,
+    network: NetworkShare | None = None,
+) -> NamespaceDriver:
+    """``network``: the server's shared sandbox network (one of its own when None)."""
     return NamespaceDriver(
-        state_dir=settings.sandboxes_dir,
+        state_dir=state_dir(settings),
         uid_base=settings.sandbox_uid_base,
         uid_ranges=settings.sandbox_uid_ranges,
         agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
@@ -39,7 +51,7 @@ def build(settings: Settings, *, agent_dir: Path, runtime: Runtime) -> Namespace
         runtime_dir=runtime.host_dir,
         ready_timeout=settings.sandbox_ready_timeout_seconds,
         pids_max=settings.sandbox_pids_max,
-        network=network_config(settings),
+        networking=(network or NetworkShare(settings)).get(),
         ca_bundle=settings.sandbox_ca_bundle,
         zygote=zygote_config(runtime, agent_dir) if settings.agent_zygote else None,
     )

@@ -41,7 +41,15 @@ from typing import Any
 
 from voidrun_server.drivers.namespace.procs import ProcessRef
 
-__all__ = ["SANDBOX_ID_RE", "Phase", "RunDir", "SandboxRecord", "read_record", "write_record"]
+__all__ = [
+    "SANDBOX_ID_RE",
+    "Phase",
+    "RunDir",
+    "SandboxRecord",
+    "read_record",
+    "records_in",
+    "write_record",
+]
 
 STATE_VERSION = 1
 SANDBOX_ID_RE = re.compile(r"^[0-9a-f]{24}$")
@@ -232,3 +240,20 @@ def read_record(run: RunDir) -> SandboxRecord | None:
             return SandboxRecord.from_json(json.loads(f.read()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def records_in(state_dir: Path) -> list[tuple[RunDir, SandboxRecord]]:
+    """Every sandbox under ``state_dir`` that has a record, with its run directory (any
+    driver's: they share this layout). A missing ``state_dir`` holds none."""
+    found = []
+    try:
+        entries = sorted(os.scandir(state_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            run = RunDir(Path(entry.path))
+            record = read_record(run)
+            if record is not None:
+                found.append((run, record))
+    return found
