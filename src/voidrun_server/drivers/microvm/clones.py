@@ -32,6 +32,7 @@ import anyio.to_thread
 
 from voidrun_server.agentclient import AgentClient, AgentError
 from voidrun_server.drivers.base import DriverError, SandboxSpec
+from voidrun_server.drivers.microvm.qemu import GUEST_ARGS
 from voidrun_server.drivers.microvm.qmp import QmpClient
 from voidrun_server.drivers.microvm.state import RunDir, VmRecord
 from voidrun_server.drivers.microvm.template import (
@@ -71,6 +72,7 @@ class Cloner:
                 "initrd": self.host.assets.initrd,
                 "accelerator": self.host.accelerator,
                 "agent_argv": list(self.host.agent_argv),
+                "kernel_args": list(GUEST_ARGS),
                 "cpu": spec.cpu,
                 "mem_mb": spec.mem_mb,
                 "disk_mb": spec.disk_mb,
