@@ -8,7 +8,8 @@ Usage: .venv/bin/python bench/microvm_driver.py [-n 5] [--accelerator auto|kvm|t
 create builds the shape's snapshot template (reported on its own), the others are clones
 (restore -> cont -> handshake -> identity step). Exec is ``true`` through the agent (bash -c
 inside the guest), beside ``bash -c true`` on the host, measured in the same run (the floor).
-Idle memory is QEMU's PSS per VM with all ``n`` VMs up, after they settled for 3 s (PSS
+Idle CPU is the last VM's QEMU over 10 s with no host connection. Idle memory is QEMU's
+PSS per VM with all ``n`` VMs up, after they settled for 3 s (PSS
 splits shared pages, such as a template's RAM, between the VMs that map them). Needs the built
 ``code`` image (``make test`` builds it) in VOIDRUN_TEST_IMAGES_DIR.
 """
@@ -16,6 +17,7 @@ splits shared pages, such as a template's RAM, between the VMs that map them). N
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import shutil
 import statistics
@@ -112,6 +114,8 @@ async def run(n: int, accelerator: str, clones: bool) -> None:
             f"exec 'true' (n=50): p50 {statistics.median(execs):.1f} ms, "
             f"p95 {pct(execs, 0.95):.1f} ms; host bash -c true p50 {statistics.median(host):.1f} ms"
         )
+        busy = await anyio.to_thread.run_sync(idle_cpu, info.pid, 10.0)
+        print(f"idle VM CPU (QEMU, 10 s, host connection closed): {busy:.1f}% of a core")
         pids = [(await driver.inspect(i)).pid for i in ids]
         pss = [await anyio.to_thread.run_sync(pss_mib, pid) for pid in pids if pid]
         print(
@@ -123,6 +127,18 @@ async def run(n: int, accelerator: str, clones: bool) -> None:
             await driver.destroy(sandbox_id)
         driver.close()
         await anyio.to_thread.run_sync(clean_up, state)
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    """QEMU's CPU use over ``seconds``, in percent of one core."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = used()
+    time.sleep(seconds)
+    return (used() - before) / seconds * 100
 
 
 def template_dirs() -> set[str]:
