@@ -32,7 +32,7 @@ import anyio.to_thread
 
 from voidrun_server.agentclient import AgentClient, AgentError
 from voidrun_server.drivers.base import DriverError, SandboxSpec
-from voidrun_server.drivers.microvm.qemu import GUEST_ARGS
+from voidrun_server.drivers.microvm.qemu import GUEST_ARGS, qemu_version
 from voidrun_server.drivers.microvm.qmp import QmpClient
 from voidrun_server.drivers.microvm.state import RunDir, VmRecord
 from voidrun_server.drivers.microvm.template import (
@@ -61,6 +61,7 @@ class Cloner:
         self.store = TemplateStore(host.cache_dir / "templates")
         self.wait_ready = wait_ready
         self.op_timeout = op_timeout
+        self.qemu = qemu_version(build=True)  # another build may not load this one's state
         self._locks: dict[str, anyio.Lock] = {}
 
     def key(self, spec: SandboxSpec, image: Path) -> str:
@@ -73,6 +74,7 @@ class Cloner:
                 "accelerator": self.host.accelerator,
                 "agent_argv": list(self.host.agent_argv),
                 "kernel_args": list(GUEST_ARGS),
+                "qemu": self.qemu,
                 "cpu": spec.cpu,
                 "mem_mb": spec.mem_mb,
                 "disk_mb": spec.disk_mb,

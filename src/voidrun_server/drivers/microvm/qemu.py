@@ -27,7 +27,16 @@ from voidrun_server.drivers.base import DriverUnavailableError
 from voidrun_server.drivers.microvm.assets import GuestAssets
 from voidrun_server.drivers.microvm.guest_init import CONTROL_PORT_NAME, PORT_NAME
 
-__all__ = ["GUEST_ARGS", "QEMU", "VmConfig", "find_tools", "probe_kvm", "qemu_argv", "tsc_khz"]
+__all__ = [
+    "GUEST_ARGS",
+    "QEMU",
+    "VmConfig",
+    "find_tools",
+    "probe_kvm",
+    "qemu_argv",
+    "qemu_version",
+    "tsc_khz",
+]
 
 QEMU = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -169,7 +178,7 @@ def probe_kvm(assets: GuestAssets, cache: Path, timeout: float) -> str:
     emulator) fails here. The answer is cached per host kernel, QEMU and guest kernel."""
     if not os.path.exists("/dev/kvm"):
         return "tcg"
-    key = f"{os.uname().release}-{assets.kernel.name}-{_qemu_version()}".replace("/", "_")
+    key = f"{os.uname().release}-{assets.kernel.name}-{qemu_version()}".replace("/", "_")
     cached = cache / f"accel-{key}"
     try:
         return cached.read_text().strip()
@@ -191,9 +200,12 @@ def probe_kvm(assets: GuestAssets, cache: Path, timeout: float) -> str:
     return result
 
 
-def _qemu_version() -> str:
+def qemu_version(*, build: bool = False) -> str:
+    """``7.2.22`` and the like, or with ``build`` the whole line with the distribution's
+    package version ("unknown" if QEMU cannot say)."""
     try:
         out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10)
-        return out.stdout.split("\n")[0].split()[3]
+        line = out.stdout.split("\n")[0]
+        return line.strip() if build else line.split()[3]
     except (OSError, subprocess.TimeoutExpired, IndexError):
         return "unknown"
