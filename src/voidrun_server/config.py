@@ -489,6 +489,21 @@ class Settings(BaseSettings):
             "Servers on one host may share one."
         ),
     )
+    microvm_clones: bool = Field(
+        True,
+        description=(
+            "Create microvm sandboxes by cloning a snapshot template of their shape (image, "
+            "cpu, memory, disk; built by the first create of that shape) instead of a cold "
+            "boot each (docs/microvm.md)."
+        ),
+    )
+    microvm_tcg_tb_mb: Annotated[int, Field(ge=8, le=1024)] = Field(
+        32,
+        description=(
+            "Size of TCG's translation cache per VM in MiB (tcg only): most of an idle VM's "
+            "own memory; smaller saves memory, but CPU-heavy guests retranslate more often."
+        ),
+    )
 
     @field_validator("bootstrap_api_key")
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import time
 from pathlib import Path
 
 import anyio
@@ -203,3 +205,23 @@ async def test_a_caller_deadline_kills_the_command(agent: AgentProcess, tmp_path
         pid = int(pid_file.read_text())
         await eventually(lambda: not is_running(pid), "the command is killed")
         assert (await client.exec("echo still usable")).stdout == b"still usable\n"
+
+
+async def test_vm_identity_only_in_a_vm(agent: AgentProcess) -> None:
+    """The op that renames a restored microvm clone and sets its clock must refuse in an agent
+    that is not a VM's init (here: a root process on the test host)."""
+    before = os.uname().nodename
+    try:
+        async with AgentClient(agent.socket) as client:
+            assert "vm.identity" in client.agent_ops
+            with pytest.raises(AgentOperationError) as refused:
+                # the clock is now's: harmless to the host even if the guard were gone
+                await client.vm_identity(
+                    hostname="not-this-host", clock=time.time(), seed=os.urandom(64), env={"A": "1"}
+                )
+            assert refused.value.code == "permission_denied"
+            assert (await client.exec("echo ${A:-unset}")).stdout == b"unset\n"
+        assert os.uname().nodename == before
+    finally:
+        if os.uname().nodename != before:
+            socket.sethostname(before)

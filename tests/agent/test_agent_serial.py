@@ -122,8 +122,19 @@ async def test_a_session_left_mid_command_does_not_leak_into_the_next(
 
 
 def test_parse_args_serial() -> None:
-    assert parse_args(["--serial", "/dev/vport0p1"]) == ("/dev/vport0p1", None, True)
-    assert parse_args(["--socket", "/run/a.sock", "--env-file", "e"]) == ("/run/a.sock", "e", False)
-    for bad in ([], ["--socket", "a", "--serial", "b"]):
+    assert parse_args(["--serial", "/dev/vport0p1"]) == ("/dev/vport0p1", None, True, None)
+    assert parse_args(["--socket", "/run/a.sock", "--env-file", "e"]) == (
+        "/run/a.sock",
+        "e",
+        False,
+        None,
+    )
+    assert parse_args(["--serial", "/dev/vport0p1", "--control", "/dev/vport0p2"]) == (
+        "/dev/vport0p1",
+        None,
+        True,
+        "/dev/vport0p2",
+    )
+    for bad in ([], ["--socket", "a", "--serial", "b"], ["--socket", "a", "--control", "b"]):
         with pytest.raises(SystemExit):
             parse_args(bad)

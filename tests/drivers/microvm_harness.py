@@ -64,7 +64,7 @@ class MicrovmHarness:
             "rootfs": self.rootfs,
             "cpu": 1,
             "mem_mb": self.mem_mb,
-            "disk_mb": 256,
+            "disk_mb": 64,  # one shape for the whole module: every create clones one template
             "env": {"VOIDRUN_TEST": "1"},
         }
         fields.update(overrides)

@@ -1,8 +1,9 @@
 """The microvm driver: the driver contract (``contract.py``) and isolation checks, on QEMU
 guests (TCG on hosts whose /dev/kvm cannot boot a stock kernel, as this project's machines).
 
-CI budget: every contract test boots its own VMs (a few seconds each under TCG, 256 MiB); the
-isolation checks share one module-scoped VM.
+CI budget: creates are clones of one snapshot template per shape (``clones.py``), kept in the
+shared test cache across runs: the first run cold-boots each shape once (about 10-20 s under
+TCG), later creates take well under a second. The isolation checks share one module-scoped VM.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tests.drivers.contract import DriverContract, sh
 from tests.drivers.microvm_harness import MicrovmHarness, qemu_missing
 from tests.support.hostleaks import new_state_dir
 from tests.support.tiers import skip_if_opted_out, skip_tier
+from voidrun_server.agentclient import AgentClient
 from voidrun_server.drivers.base import SandboxInfo, SandboxState
 from voidrun_server.drivers.microvm import MicrovmDriver
 
@@ -161,3 +164,68 @@ async def test_reconnect_starts_a_fresh_session(microvm_harness: MicrovmHarness)
         assert await sh(info, f"echo {i}") == (0, f"{i}\n")
     assert (await driver.inspect(spec.sandbox_id)).state is SandboxState.RUNNING
     assert driver.describe()["accelerator"] in ("kvm", "tcg")
+
+
+# -- snapshot clones ------------------------------------------------------------------------
+
+PROBE = (
+    "hostname; echo $WHO; cat /proc/sys/kernel/random/boot_id; "
+    "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; ls /root"
+)
+
+
+def _is_clone(pid: int) -> bool:
+    """QEMU restored a template's state (a cold boot has ``-kernel`` instead)."""
+    return b"-incoming" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+async def test_clones_of_one_template_share_nothing(microvm_harness: MicrovmHarness) -> None:
+    """Two clones of the same template: each has its own name, environment, kernel randomness
+    (boot_id, /dev/urandom: the template's CRNG state is reseeded in each), wall clock and
+    disk; what one writes the other never sees."""
+    driver = microvm_harness.new_driver()
+    specs = [microvm_harness.spec(hostname=f"clone-{who}", env={"WHO": who}) for who in ("a", "b")]
+    infos = [await driver.create(spec) for spec in specs]
+    assert all(info.pid is not None and _is_clone(info.pid) for info in infos)
+    assert (await sh(infos[0], "echo only-a > /root/secret-a; sync"))[0] == 0
+    seen = []
+    for who, info in zip("ab", infos, strict=True):
+        code, out = await sh(info, PROBE)
+        assert code == 0, out
+        hostname, env, boot_id, random_hex, clock, *files = out.split()
+        assert (hostname, env) == (f"clone-{who}", who)
+        assert abs(int(clock) - time.time()) < 120  # not the template's frozen clock
+        seen.append((boot_id, random_hex))
+        assert files == (["secret-a"] if who == "a" else []), files
+    assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1], seen
+    disks = [microvm_harness.run_dir(spec.sandbox_id).disk for spec in specs]
+    assert os.stat(disks[0]).st_ino != os.stat(disks[1]).st_ino
+    await driver.stop(specs[0].sandbox_id)  # after the guest's sync: its file is complete
+    assert microvm_harness.read_writable(specs[0].sandbox_id, "root/secret-a") == b"only-a\n"
+    assert microvm_harness.read_writable(specs[1].sandbox_id, "root/secret-a") is None
+
+
+async def test_retarget_while_the_main_port_is_held(microvm_harness: MicrovmHarness) -> None:
+    """The warm pool's hand-out: the services hold the agent's main port while the driver
+    renames the VM over the control port. Name and environment apply at once, the RAM (fixed
+    at boot) at the next boot, a cold boot from the clone's own disk."""
+    driver = microvm_harness.new_driver()
+    spec = microvm_harness.spec(hostname="sandbox", env={})
+    info = await driver.create(spec)
+    async with AgentClient(info.agent_socket, owner_uid=info.agent_socket_owner) as held:
+        await driver.retarget(
+            spec.sandbox_id, hostname="handed-out", cpu=1, mem_mb=320, env={"WHO": "caller"}
+        )
+        done = await held.exec("hostname; echo $WHO; cat /run/voidrun/env.json; echo x > /root/f")
+        assert done.stdout_text.split() == ["handed-out", "caller", '{"WHO":"caller"}']
+        await held.exec("sync")
+    assert (await driver.stats(spec.sandbox_id)).memory_limit_bytes == MEM_MB << 20
+    await driver.stop(spec.sandbox_id)
+    restarted = await driver.start(spec.sandbox_id)
+    code, out = await sh(
+        restarted, "hostname; echo $WHO; cat /root/f; awk '/MemTotal/ {print $2}' /proc/meminfo"
+    )
+    name, who, kept, mem_kib = out.split()
+    assert (code, name, who, kept) == (0, "handed-out", "caller", "x")
+    assert MEM_MB * 1024 < int(mem_kib) <= 320 * 1024
+    assert (await driver.stats(spec.sandbox_id)).memory_limit_bytes == 320 << 20

@@ -96,3 +96,118 @@ def test_initramfs_archive_unpacks_with_busybox(tmp_path: Path) -> None:
     assert os.readlink(out / "link") == "bin/tool"
     write_newc(tmp_path / "b.cpio.gz", entries)
     assert (tmp_path / "b.cpio.gz").read_bytes() == archive.read_bytes()  # reproducible
+
+
+# -- snapshot templates (template.py, qemu.py) ----------------------------------------------
+
+
+def test_template_ram_is_sealed_against_writes(tmp_path: Path) -> None:
+    """Clones map the template's RAM privately; nobody may change the shared copy."""
+    import mmap
+
+    from voidrun_server.drivers.microvm.template import Template, TemplateStore
+
+    root = tmp_path / "templates" / "k1"
+    root.mkdir(parents=True)
+    with open(root / "ram.img", "wb") as f:  # data, a hole, data: holes stay holes
+        f.write(b"A" * 4096)
+        f.seek(1 << 20)
+        f.write(b"B" * 4096)
+    (root / "state.bin").write_bytes(b"state")
+    (root / "disk.img").write_bytes(b"disk")
+    store = TemplateStore(tmp_path / "templates")
+    template = store.find("k1")
+    assert template == Template(root)
+    memfd, state, disk = store.open(template)
+    try:
+        assert (os.read(state, 10), os.read(disk, 10)) == (b"state", b"disk")
+        assert os.pread(memfd, 4, 0) == b"AAAA" and os.pread(memfd, 4, 1 << 20) == b"BBBB"
+        assert os.pread(memfd, 4, 8192) == b"\0" * 4
+        with pytest.raises(PermissionError):
+            os.pwrite(memfd, b"x", 0)
+        with pytest.raises(PermissionError):
+            mmap.mmap(memfd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # what QEMU does: reopen read-write by path, map privately, write (copy-on-write)
+        again = os.open(f"/proc/self/fd/{memfd}", os.O_RDWR)
+        private = mmap.mmap(again, 8192, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+        private[0:4] = b"ZZZZ"
+        assert os.pread(memfd, 4, 0) == b"AAAA"
+        private.close()
+        os.close(again)
+        again_fds = store.open(template)
+        assert again_fds[0] == memfd  # loaded once per template generation
+        os.close(again_fds[1])
+        os.close(again_fds[2])
+    finally:
+        os.close(state)
+        os.close(disk)
+        store.close()
+
+
+def test_clone_argv_restores_instead_of_booting(tmp_path: Path) -> None:
+    from voidrun_server.drivers.microvm.assets import GuestAssets
+    from voidrun_server.drivers.microvm.qemu import VmConfig, qemu_argv
+
+    files = {n: tmp_path / n for n in ("k", "i", "img", "agent", "data", "conf", "console")}
+    config = VmConfig(
+        accelerator="tcg",
+        assets=GuestAssets(files["k"], files["i"], "6.1"),
+        cpu=1,
+        mem_mb=256,
+        image_disk=files["img"],
+        agent_disk=files["agent"],
+        data_disk=files["data"],
+        config_disk=files["conf"],
+        agent_socket=Path("agent.sock"),
+        control_socket=Path("control.sock"),
+        qmp_socket=Path("qmp.sock"),
+        console=files["console"],
+    )
+    cold = qemu_argv(config)
+    assert "-kernel" in cold and "-incoming" not in cold and "tcg,tb-size=32" in cold
+    clone = qemu_argv(
+        VmConfig(**{**config.__dict__, "ram_file": Path("/proc/self/fd/7"), "incoming_fd": 8})
+    )
+    assert "-kernel" not in clone and clone[clone.index("-incoming") + 1] == "defer"
+    backend = clone[clone.index("-object") + 1]
+    assert "mem-path=/proc/self/fd/7" in backend and "share=off" in backend
+    assert "microvm,pit=on,rtc=on,memory-backend=ram0" in clone
+    # the devices are the template's: everything but the boot and RAM options is the same
+    rest = [a for a in clone if a not in ("-incoming", "defer", "-object", backend)]
+    assert [a.replace(",memory-backend=ram0", "") for a in rest] == [
+        a
+        for a in cold
+        if a not in ("-kernel", "-initrd", "-append")
+        and a not in (str(files["k"]), str(files["i"]), cold[cold.index("-append") + 1])
+    ]
+
+
+def test_template_key_follows_the_shape(tmp_path: Path) -> None:
+    from voidrun_server.drivers.microvm.template import template_key
+
+    image = tmp_path / "image.ext4"
+    image.write_bytes(b"1")
+    base = {"image": image, "cpu": 1, "mem_mb": 256, "disk_mb": 64}
+    assert template_key(base) == template_key(dict(base))
+    for change in ({"cpu": 2}, {"mem_mb": 512}, {"disk_mb": 128}):
+        assert template_key({**base, **change}) != template_key(base)
+    before = template_key(base)
+    image.write_bytes(b"22")  # a rebuilt image disk is another template
+    assert template_key(base) != before
+
+
+def test_least_recently_used_templates_go_first(tmp_path: Path) -> None:
+    from voidrun_server.drivers.microvm.template import KEEP_ON_DISK, TemplateStore
+
+    store = TemplateStore(tmp_path)
+    for i in range(KEEP_ON_DISK + 2):
+        (tmp_path / f"k{i}").mkdir()
+        (tmp_path / f"k{i}" / "state.bin").write_bytes(b"s")
+        os.utime(tmp_path / f"k{i}", (1000 + i, 1000 + i))
+    (tmp_path / "k0.build-1").mkdir()  # a build in progress is not a template
+    assert store.find("k1") is not None  # used now: the most recent
+    store._prune(keep=f"k{KEEP_ON_DISK + 1}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len([n for n in left if "." not in n]) == KEEP_ON_DISK
+    assert "k1" in left and "k0.build-1" in left
+    assert "k0" not in left and "k2" not in left and "k3" in left

@@ -1,4 +1,9 @@
-"""Entry point: ``python3 -m voidrun_agent (--socket PATH | --serial DEVICE) [--env-file FILE]``."""
+"""Entry point: ``python3 -m voidrun_agent (--socket PATH | --serial DEVICE [--control DEVICE])
+[--env-file FILE]``.
+
+``--control``: a second virtio-serial port served like the first (same ops, same state), so
+the host can reach the agent while a client holds the main port (the microvm driver renames
+a warm-pool VM through it)."""
 
 from __future__ import annotations
 
@@ -25,13 +30,20 @@ def load_env_file(path: str) -> Dict[str, str]:
     return data
 
 
-USAGE = "usage: voidrun-agent (--socket PATH | --serial DEVICE) [--env-file FILE]"
+USAGE = (
+    "usage: voidrun-agent (--socket PATH | --serial DEVICE [--control DEVICE]) [--env-file FILE]"
+)
 
 
-def parse_args(argv: List[str]) -> Tuple[str, Optional[str], bool]:
-    """(socket or device, env file, whether it is a device). Three options do not justify
-    argparse, whose import is a visible part of sandbox start."""
-    options: Dict[str, Optional[str]] = {"--socket": None, "--serial": None, "--env-file": None}
+def parse_args(argv: List[str]) -> Tuple[str, Optional[str], bool, Optional[str]]:
+    """(socket or device, env file, whether it is a device, control device). Four options do
+    not justify argparse, whose import is a visible part of sandbox start."""
+    options: Dict[str, Optional[str]] = {
+        "--socket": None,
+        "--serial": None,
+        "--env-file": None,
+        "--control": None,
+    }
     args = iter(argv)
     for arg in args:
         if arg in ("-h", "--help"):
@@ -46,11 +58,13 @@ def parse_args(argv: List[str]) -> Tuple[str, Optional[str], bool]:
     socket, serial = options["--socket"], options["--serial"]
     if bool(socket) == bool(serial):
         raise SystemExit(f"voidrun-agent: give one of --socket and --serial\n{USAGE}")
-    return socket or serial or "", options["--env-file"], bool(serial)
+    if options["--control"] and not serial:
+        raise SystemExit(f"voidrun-agent: --control goes with --serial\n{USAGE}")
+    return socket or serial or "", options["--env-file"], bool(serial), options["--control"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    socket, env_file, serial = parse_args(sys.argv[1:] if argv is None else argv)
+    socket, env_file, serial, control = parse_args(sys.argv[1:] if argv is None else argv)
     env = dict(BASE_ENV)
     if env_file:
         try:
@@ -59,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"voidrun-agent: cannot load --env-file: {exc}", file=sys.stderr)
             return 2
     try:
-        return run(serve(socket, env, serial))
+        return run(serve(socket, env, serial, control))
     except OSError as exc:
         print(f"voidrun-agent: cannot serve {socket}: {exc}", file=sys.stderr)
         return 1

@@ -77,6 +77,8 @@ LAZY: Dict[str, tuple[str, str]] = {
     "pty.close": ("pty", "op_pty_close"),
     # --- previews: a TCP connection to a port inside, relayed (drivers without setns) ---
     "port.connect": ("portconnect", "op_port_connect"),
+    # --- a restored microvm snapshot becomes this sandbox (hostname, clock, RNG, env) ---
+    "vm.identity": ("guest", "op_vm_identity"),
 }
 
 

@@ -121,11 +121,17 @@ class Listener:
         self._sock.detach()  # the fd is closed already
 
 
-async def serve(socket_path: str, base_env: Mapping[str, str], serial: bool = False) -> int:
+async def serve(
+    socket_path: str,
+    base_env: Mapping[str, str],
+    serial: bool = False,
+    control: str | None = None,
+) -> int:
     """Run the agent until SIGTERM; then kill every command and remove the socket.
 
     With ``serial``, ``socket_path`` is a character device (a microVM's virtio-serial port)
-    whose one host connection is served at a time (``serial.py``)."""
+    whose one host connection is served at a time (``serial.py``); ``control`` is a second
+    such port, served the same way, polled for a host less often."""
     loop = get_loop()
     reaper = Reaper()
     reaper.install()
@@ -137,16 +143,19 @@ async def serve(socket_path: str, base_env: Mapping[str, str], serial: bool = Fa
         loop.add_signal_handler(noise, _ignore)
 
     if serial:
-        from .serial import serve_port
+        from .serial import CONTROL_POLL, serve_port
 
-        port = Task(serve_port(ctx, socket_path, stop))
-        port.add_done_callback(lambda _: stop.set())  # the device failed: nothing to serve
+        ports = [Task(serve_port(ctx, socket_path, stop))]
+        ports[0].add_done_callback(lambda _: stop.set())  # the device failed: nothing to serve
+        if control:
+            ports.append(Task(serve_port(ctx, control, stop, poll=CONTROL_POLL)))
         log.info("serving %s (protocol %d, pid %d)", socket_path, PROTOCOL_VERSION, os.getpid())
         try:
             await stop.wait()
         finally:
-            port.cancel()
-            await wait([port])
+            for port in ports:
+                port.cancel()
+            await wait(ports)
             _kill_everything(ctx)
         log.info("stopped")
         return 0

@@ -177,6 +177,21 @@ class AgentClient:
         """Merge ``env`` into the defaults inherited by every later exec on this agent."""
         await self._call("env.set", {"env": dict(env)})
 
+    async def vm_identity(
+        self,
+        *,
+        hostname: str,
+        clock: float,
+        seed: bytes,
+        env: Mapping[str, str],
+        env_file: str | None = None,
+    ) -> None:
+        """A restored VM snapshot becomes this sandbox (``agent/guest.py``): hostname, wall
+        clock, a CRNG reseed from ``seed``, ``env`` merged into the exec defaults and written
+        to ``env_file``. Needs the agent to be the guest's root."""
+        args = {"hostname": hostname, "time": clock, "seed": seed.hex(), "env": dict(env)}
+        await self._call("vm.identity", {**args, "envFile": env_file})
+
     async def exec(
         self,
         command: str,

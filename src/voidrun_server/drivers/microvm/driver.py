@@ -4,7 +4,8 @@ The async half: public API, deadlines, per-sandbox locks, readiness, cleanup on 
 same rules as the namespace driver, whose docstring explains them). Blocking work is in
 ``vm.py``; the guest's pieces in ``assets.py``, ``disks.py``, ``guest_init.py``, ``qemu.py``.
 
-Lifecycle: create boots a VM (cold boot; no snapshot clones yet); pause/resume are QMP
+Lifecycle: create clones a snapshot template of the sandbox's shape (``clones.py``), or
+cold-boots when there is none and none can be made; pause/resume are QMP
 ``stop``/``cont`` (the guest's clock and every process stop together); stop ends QEMU and
 keeps the sandbox disk; start boots again from it; a restarted server re-adopts running VMs
 from ``record.json`` (pid + start time; QMP and the agent are Unix sockets in the run dir).
@@ -17,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from voidrun_server.drivers.base import (
 )
 from voidrun_server.drivers.microvm import disks
 from voidrun_server.drivers.microvm.assets import prepare_assets
+from voidrun_server.drivers.microvm.clones import Cloner, identify_at
 from voidrun_server.drivers.microvm.qemu import find_tools, probe_kvm
 from voidrun_server.drivers.microvm.qmp import QmpClient
 from voidrun_server.drivers.microvm.state import RunDir, VmRecord, read_record, write_record
@@ -103,6 +105,8 @@ class MicrovmDriver:
         uid_base: int = DEFAULT_FIRST_BASE,
         uid_ranges: int = DEFAULT_MAX_RANGES,
         subid_files: Sequence[Path] = (Path("/etc/subuid"), Path("/etc/subgid")),
+        clones: bool = True,
+        tcg_tb_mb: int = 32,
     ) -> None:
         """Check the host, fetch the guest kernel (apt) and build the initramfs and the agent
         disk if they are not cached yet (blocking: seconds the first time), and pick the
@@ -110,7 +114,9 @@ class MicrovmDriver:
         bundled runtime under /opt/voidrun/runtime, ``Runtime.python_argv()``). Each VM's QEMU
         runs as the first uid of a range from ``uid_dir`` (share the namespace driver's
         ``.uid-ranges`` so both drivers hand out disjoint uids). ``cache_dir`` (default
-        ``<state_dir>/cache``) holds what VMs share: kernel, initramfs, image and agent disks."""
+        ``<state_dir>/cache``) holds what VMs share: kernel, initramfs, image and agent disks.
+        ``clones``: create by cloning a snapshot template per shape (``clones.py``) instead of
+        a cold boot each time. ``tcg_tb_mb``: TCG's translation cache per VM."""
         check_host()
         if accelerator not in ACCELERATORS:
             raise DriverUnavailableError(
@@ -148,11 +154,13 @@ class MicrovmDriver:
             uids=uids,
             cgroups=cgroups,
             overhead_mb=qemu_overhead_mb,
+            tb_mb=tcg_tb_mb,
         )
         self._boot_timeout = boot_timeout
         self._image_timeout = image_timeout
         self._op_timeout = op_timeout
         self._locks: dict[str, anyio.Lock] = {}
+        self._cloner = Cloner(self._host, self._wait_ready, op_timeout) if clones else None
 
     @property
     def state_dir(self) -> Path:
@@ -164,10 +172,13 @@ class MicrovmDriver:
             "accelerator": self.accelerator,
             "isolation": "hardware" if self.accelerator == "kvm" else "emulated",
             "kernel": self._host.assets.kernel_release,
+            "clones": self._cloner is not None,
         }
 
     def close(self) -> None:
-        """Nothing to release (running VMs are not affected); for symmetry with namespace."""
+        """Release the templates' memfds (running clones keep their own mappings)."""
+        if self._cloner is not None:
+            self._cloner.store.close()
 
     # -- Driver -----------------------------------------------------------------------------
 
@@ -175,14 +186,20 @@ class MicrovmDriver:
         self._validate(spec)
         run = self._host.run_dir(spec.sandbox_id)
         async with self._lock(spec.sandbox_id):
-            seconds = self._image_timeout + self._boot_timeout
+            seconds = self._image_timeout + 2 * self._boot_timeout
             with _operation("create", seconds) as deadline:
                 owned: list[bool] = []
                 done = False
                 try:
-                    proc = await anyio.to_thread.run_sync(self._host.create, spec, owned, deadline)
+                    if await anyio.to_thread.run_sync(run.root.exists):
+                        raise DriverError("sandbox already exists", spec.sandbox_id)
+                    image = await anyio.to_thread.run_sync(self._host.image, spec, deadline)
+                    proc = await self._clone(spec, image, owned, deadline)
+                    if proc is None:
+                        proc = await anyio.to_thread.run_sync(self._cold, spec, image, owned)
+                        record = await self._record(run)
+                        await self._wait_ready(run, record, proc)
                     record = await self._record(run)
-                    await self._wait_ready(run, record, proc)
                     done = True
                     return SandboxInfo(SandboxState.RUNNING, run.agent_socket, proc.pid, record.uid)
                 finally:
@@ -192,6 +209,32 @@ class MicrovmDriver:
                             await anyio.to_thread.run_sync(
                                 self._host.destroy, spec.sandbox_id, cleanup
                             )
+
+    def _cold(self, spec: SandboxSpec, image: Path, owned: list[bool]) -> ProcessRef:
+        run, record = self._host.prepare(spec, image, owned)
+        return self._host.boot(run, record)
+
+    async def _clone(
+        self, spec: SandboxSpec, image: Path, owned: list[bool], deadline: float
+    ) -> ProcessRef | None:
+        """A clone of this shape's template (built first if needed); None: cold-boot instead
+        (clones off, or the template could not be built or restored: logged)."""
+        if self._cloner is None:
+            return None
+        try:
+            template = await self._cloner.template(spec, image, deadline)
+            _, _, proc = await self._cloner.clone(spec, image, template, owned)
+            return proc
+        except (DriverError, OSError) as exc:
+            if isinstance(exc, DriverTimeoutError):
+                raise
+            log.warning("microvm: no clone for %s, cold boot instead: %s", spec.sandbox_id, exc)
+            if owned:
+                cleanup = time.monotonic() + self._op_timeout
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._host.destroy, spec.sandbox_id, cleanup)
+                owned.clear()
+            return None
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
@@ -256,6 +299,28 @@ class MicrovmDriver:
         with _operation("stats", self._op_timeout):
             record = await self._record(run)
             return await anyio.to_thread.run_sync(self._host.stats, record)
+
+    # -- Retargetable (the warm pool) ------------------------------------------------------
+
+    async def retarget(
+        self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
+    ) -> None:
+        """Hostname, clock, a CRNG reseed and the environment inside (``vm.identity`` over
+        the agent's control port: the services hold its main port meanwhile), CPU quota
+        outside; the guest's RAM stays what it booted with (``VmHost.retarget``)."""
+        if not _HOSTNAME_RE.match(hostname):
+            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        run = self._host.run_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            with _operation("retarget", self._op_timeout):
+                record = await self._record(run)
+                state = self._host.observe(run, record).state
+                if state is not SandboxState.RUNNING:
+                    raise SandboxStateError(f"sandbox is {state.value}", sandbox_id)
+                await identify_at(run.control_socket, record.uid, hostname, env, self._op_timeout)
+                await anyio.to_thread.run_sync(
+                    self._host.retarget, run, record, hostname, cpu, mem_mb, env
+                )
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ Disks are found by their virtio serial (``/sys/block/vd*/serial``), not by probe
   JSON line, then the agent's argv, one argument per line
 
 The root is overlay(lower=image, upper=sandbox disk); ``switch_root`` then execs the agent,
-which serves the virtio-serial port named ``org.voidrun.agent``. Dirty pages are written back
+which serves the virtio-serial port named ``org.voidrun.agent`` and, as ``--control``, the
+port ``org.voidrun.control`` (the driver's own way in while a client holds the first). Dirty pages are written back
 within about a second (``commit=1``, short dirty expiry) because a stop ends the VM from
 outside. Any failure prints ``VOIDRUN_INIT_FAILED`` on the console and powers off.
 """
@@ -17,9 +18,10 @@ outside. Any failure prints ``VOIDRUN_INIT_FAILED`` on the console and powers of
 # ruff: noqa: E501 (the shell script keeps its natural lines)
 from __future__ import annotations
 
-__all__ = ["INIT_SCRIPT", "PORT_NAME"]
+__all__ = ["CONTROL_PORT_NAME", "INIT_SCRIPT", "PORT_NAME"]
 
 PORT_NAME = "org.voidrun.agent"
+CONTROL_PORT_NAME = "org.voidrun.control"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 export PATH=/bin
@@ -34,10 +36,10 @@ disk() { for d in /sys/block/vd*; do
   [ "$(cat $d/serial 2>/dev/null)" = "$1" ] && [ -b /dev/${d##*/} ] && { echo /dev/${d##*/}; return 0; }
 done; return 1; }
 port() { for p in /sys/class/virtio-ports/vport*; do
-  [ "$(cat $p/name 2>/dev/null)" = "@PORT@" ] && [ -c /dev/${p##*/} ] && { echo /dev/${p##*/}; return 0; }
+  [ "$(cat $p/name 2>/dev/null)" = "$1" ] && [ -c /dev/${p##*/} ] && { echo /dev/${p##*/}; return 0; }
 done; return 1; }
 i=0
-until IMG=$(disk vr-image) && DATA=$(disk vr-data) && AGENT=$(disk vr-agent) && CONF=$(disk vr-config) && PORT=$(port); do
+until IMG=$(disk vr-image) && DATA=$(disk vr-data) && AGENT=$(disk vr-agent) && CONF=$(disk vr-config) && PORT=$(port @PORT@) && CTRL=$(port @CONTROL@); do
   i=$((i+1)); [ $i -gt 3000 ] && fail "devices did not appear"; sleep 0.01
 done
 echo 100 > /proc/sys/vm/dirty_expire_centisecs
@@ -58,10 +60,10 @@ hostname "$HOST"
 ifconfig lo 127.0.0.1 netmask 255.0.0.0 up
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done < /argv
-set -- "$@" --serial "$PORT" --env-file /run/voidrun/env.json
+set -- "$@" --serial "$PORT" --control "$CTRL" --env-file /run/voidrun/env.json
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount --move /dev /newroot/dev && mount --move /proc /newroot/proc && mount --move /sys /newroot/sys || fail "move mounts"
 exec switch_root /newroot "$@"
-""".replace("@PORT@", PORT_NAME)
+""".replace("@PORT@", PORT_NAME).replace("@CONTROL@", CONTROL_PORT_NAME)

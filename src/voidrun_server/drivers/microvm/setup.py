@@ -39,6 +39,8 @@ def build(
         boot_timeout=settings.microvm_boot_timeout_seconds,
         image_timeout=settings.microvm_image_timeout_seconds,
         qemu_overhead_mb=settings.microvm_qemu_overhead_mb,
+        clones=settings.microvm_clones,
+        tcg_tb_mb=settings.microvm_tcg_tb_mb,
         # one uid allocation table with the namespace driver: every sandbox's uids are its own
         uid_dir=settings.sandboxes_dir / ".uid-ranges",
         uid_base=settings.sandbox_uid_base,

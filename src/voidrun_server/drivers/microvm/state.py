@@ -7,7 +7,7 @@ Layout of ``<state>/sandboxes/<id>/`` (root-owned, 0711)::
     config.img    this boot's settings disk        (owned by QEMU's uid)
     console.log   the guest's serial console       (owned by QEMU's uid)
     qemu.log      QEMU's own stderr                (root; QEMU inherits the open fd)
-    sock/         QEMU's uid, 0700: agent.sock (virtio-serial), qmp.sock
+    sock/         QEMU's uid, 0700: agent.sock, control.sock (virtio-serial), qmp.sock
 
 QEMU, if compromised, could replace the sockets; the server therefore opens them with
 ``O_NOFOLLOW`` and checks their owner (``namespace/ready.py``), and never reads anything else
@@ -74,6 +74,10 @@ class RunDir:
         return self.sock_dir / "agent.sock"
 
     @property
+    def control_socket(self) -> Path:
+        return self.sock_dir / "control.sock"
+
+    @property
     def qmp_socket(self) -> Path:
         return self.sock_dir / "qmp.sock"
 
@@ -107,6 +111,10 @@ class VmRecord:
     phase: str = Phase.RUNNING.value
     paused: bool = False
     process: dict[str, int] | None = None
+    # the running VM's RAM and vCPUs (fixed at boot); cpu/mem_mb may differ after a retarget
+    # (a warm-pool VM handed out): they apply from the next boot
+    ram_mb: int | None = None
+    vcpus: int | None = None
 
     @property
     def qemu(self) -> ProcessRef | None:

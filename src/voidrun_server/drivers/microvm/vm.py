@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.uidrange import UidRanges
 
 __all__ = ["VmHost"]
+
+Env = Mapping[str, str]
 
 STOP_GRACE = 2.0  # SIGTERM (QEMU flushes its block layer and exits), then SIGKILL
 PIDS_MAX = 256  # QEMU's threads (vCPUs, I/O workers)
@@ -63,6 +65,7 @@ class VmHost:
     uids: UidRanges
     cgroups: Cgroups
     overhead_mb: int
+    tb_mb: int = 32
 
     def run_dir(self, sandbox_id: str) -> RunDir:
         return RunDir.of(self.state_dir, sandbox_id)
@@ -73,9 +76,16 @@ class VmHost:
 
     # -- create / boot ------------------------------------------------------------------------
 
-    def create(self, spec: SandboxSpec, owned: list[bool], deadline: float) -> ProcessRef:
+    def image(self, spec: SandboxSpec, deadline: float) -> Path:
+        """The image's read-only disk (built on first use)."""
+        return disks.image_disk(self.cache_dir, spec.rootfs, spec.layers, deadline)
+
+    def prepare(
+        self, spec: SandboxSpec, image: Path, owned: list[bool], disk_source: Path | None = None
+    ) -> tuple[RunDir, VmRecord]:
+        """Run directory, uid, record and the sandbox disk: a fresh one of ``disk_mb``, or a
+        copy of ``disk_source`` (a template's disk, see ``template.py``)."""
         run = self.run_dir(spec.sandbox_id)
-        image = disks.image_disk(self.cache_dir, spec.rootfs, spec.layers, deadline)
         (self.state_dir / "sandboxes").mkdir(mode=0o711, parents=True, exist_ok=True)
         try:
             run.root.mkdir(mode=0o711)
@@ -94,18 +104,34 @@ class VmHost:
             env=dict(spec.env),
         )
         write_record(run, record)
-        template = DiskTemplates(self.state_dir / ".templates").get(spec.disk_mb)
-        provision_image(template, run.disk)
+        if disk_source is None:
+            disk_source = DiskTemplates(self.state_dir / ".templates").get(spec.disk_mb)
+        provision_image(disk_source, run.disk)
         os.chown(run.disk, uid, uid)
         run.sock_dir.mkdir(mode=0o700)
         os.chown(run.sock_dir, uid, uid)
+        return run, record
+
+    def create(self, spec: SandboxSpec, owned: list[bool], deadline: float) -> ProcessRef:
+        """A cold boot: prepare, then :meth:`boot`."""
+        run, record = self.prepare(spec, self.image(spec, deadline), owned)
         return self.boot(run, record)
 
-    def boot(self, run: RunDir, record: VmRecord) -> ProcessRef:
-        """Start QEMU on the kept disk; the record says RUNNING with its pid."""
+    def boot(
+        self,
+        run: RunDir,
+        record: VmRecord,
+        *,
+        ram_file: Path | None = None,
+        ram_shared: bool = False,
+        incoming_fd: int | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> ProcessRef:
+        """Start QEMU on the kept disk; the record says RUNNING with its pid. A cold boot
+        unless ``incoming_fd`` (an fd in ``pass_fds``) holds a template's device state."""
         env_json = json.dumps(record.env, separators=(",", ":"))
         disks.config_disk(run.config, record.hostname, env_json, self.agent_argv, record.uid)
-        for path in (run.agent_socket, run.qmp_socket):
+        for path in (run.agent_socket, run.control_socket, run.qmp_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         fd = os.open(run.console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -127,8 +153,13 @@ class VmHost:
             config_disk=run.config,
             # relative to QEMU's cwd (the socket dir): sun_path holds only 107 bytes
             agent_socket=Path(run.agent_socket.name),
+            control_socket=Path(run.control_socket.name),
             qmp_socket=Path(run.qmp_socket.name),
             console=run.console,
+            ram_file=ram_file,
+            ram_shared=ram_shared,
+            incoming_fd=incoming_fd,
+            tb_mb=self.tb_mb,
         )
         log_fd = os.open(run.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -141,6 +172,7 @@ class VmHost:
                     start_new_session=True,
                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                     cwd=run.sock_dir,
+                    pass_fds=tuple(pass_fds),
                 )
         finally:
             os.close(log_fd)
@@ -157,8 +189,24 @@ class VmHost:
         record.process = proc.to_json()
         record.phase = Phase.RUNNING.value
         record.paused = False
+        record.ram_mb, record.vcpus = record.mem_mb, record.cpu
         write_record(run, record)
         return proc
+
+    def retarget(
+        self, run: RunDir, record: VmRecord, hostname: str, cpu: int, mem_mb: int, env: Env
+    ) -> None:
+        """A warm-pool VM becomes a caller's (the guest side is done over the agent's control
+        port): the CPU quota now; the RAM stays the VM's own (``-m`` cannot grow, and a
+        cgroup below it would have the host kill the VM instead of the guest an offender),
+        so ``mem_mb`` and ``cpu`` take effect as the VM's shape at its next boot. The
+        config disk is written again so a next boot has the new name and environment."""
+        ram = record.ram_mb or record.mem_mb
+        self.cgroups.set_limits(record.cgroups, CgroupLimits(cpu, ram + self.overhead_mb, PIDS_MAX))
+        record.hostname, record.cpu, record.mem_mb, record.env = hostname, cpu, mem_mb, dict(env)
+        env_json = json.dumps(record.env, separators=(",", ":"))
+        disks.config_disk(run.config, hostname, env_json, self.agent_argv, record.uid)
+        write_record(run, record)
 
     # -- stop / destroy -----------------------------------------------------------------------
 
@@ -226,7 +274,8 @@ class VmHost:
         host = self.cgroups.stats(paths)
         return SandboxStats(
             memory_bytes=host.memory_bytes,
-            memory_limit_bytes=record.mem_mb << 20,  # the guest's RAM is the sandbox's limit
+            # the guest's RAM is the sandbox's limit
+            memory_limit_bytes=(record.ram_mb or record.mem_mb) << 20,
             cpu_usage_ns=host.cpu_usage_ns,
             pids=host.pids,
             oom_kills=host.oom_kills,
