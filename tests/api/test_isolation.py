@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.drivers.microvm_harness import TEST_CACHE as MICROVM_CACHE
 from tests.support.http import assert_error
 from tests.support.sandboxes import create_sandbox, sandbox_server, wait_for_isolation
 from tests.support.server import ServerProcess
@@ -70,15 +71,17 @@ def test_health_reports_every_offered_isolation(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="module")
 def mixed() -> Iterator[ServerProcess]:
-    """A server running namespace and gvisor sandboxes side by side, with a warm pool of one
-    gvisor sandbox (none of namespace ones)."""
+    """A server running namespace, gvisor and microvm sandboxes side by side, with a warm
+    pool of one gvisor sandbox (none of the others)."""
     env = {
-        "VOIDRUN_ISOLATIONS": '["namespace", "gvisor"]',
+        "VOIDRUN_ISOLATIONS": '["namespace", "gvisor", "microvm"]',
         "VOIDRUN_WARM_POOL_SIZE": "0",
         "VOIDRUN_WARM_POOL_SIZES": '{"gvisor": 1}',
+        "VOIDRUN_MICROVM_CACHE_DIR": str(MICROVM_CACHE),  # kernel, disks, templates: shared
     }
     with sandbox_server(**env) as proc:
         wait_for_isolation(proc, "gvisor")
+        wait_for_isolation(proc, "microvm", seconds=300)
         yield proc
 
 
@@ -90,54 +93,62 @@ def sh(client: httpx.Client, box: dict[str, object], command: str) -> str:
     return str(data["stdout"])
 
 
-def test_namespace_and_gvisor_side_by_side(mixed: ServerProcess) -> None:
+def test_three_isolations_side_by_side(mixed: ServerProcess) -> None:
     with mixed.client() as client:
         health = client.get("/health").json()["isolations"]
         assert health["gvisor"]["available"] and health["gvisor"]["platform"]
+        assert health["microvm"]["available"] and health["microvm"]["accelerator"]
         plain = create_sandbox(client, name="plain")
         strong = create_sandbox(client, name="strong", isolation="gvisor")
-        assert (plain["isolation"], strong["isolation"]) == ("namespace", "gvisor")
-        # gVisor's kernel answers inside; the host's (shared with namespace sandboxes) outside
+        vm = create_sandbox(client, name="vm", isolation="microvm")
+        boxes = (plain, strong, vm)
+        assert [b["isolation"] for b in boxes] == ["namespace", "gvisor", "microvm"]
+        # each answers with its own kernel: the host's, gVisor's, the guest's
+        assert sh(client, plain, "uname -r") == f"{os.uname().release}\n"
         assert "gVisor" in sh(client, strong, "dmesg")
+        assert sh(client, vm, "uname -r") != f"{os.uname().release}\n"
+        assert "microvm" not in sh(client, plain, "cat /proc/cmdline")
         # from the gvisor pool or booted: it has its own name either way
         assert sh(client, strong, "hostname") == "strong\n"
+        assert sh(client, vm, "hostname") == "vm\n"
         pooled = create_sandbox(client, name="pooled", isolation="gvisor")
         assert sh(client, pooled, "hostname; cat /etc/hostname") == "pooled\npooled\n"
         assert client.delete(f"/sandboxes/{pooled['id']}").status_code == 200
-        assert sh(client, plain, "uname -r") == f"{os.uname().release}\n"
-        for box in (plain, strong):  # the files API and the data plane, the same on both
+        for box in boxes:  # the files API and the data plane, the same on all three
             made = client.post(
                 f"/sandboxes/{box['id']}/files/create",
                 params={"path": "/root/f.txt", "content": "kept"},
             )
             assert made.status_code == 200, made.text
-        # lifecycle on the gvisor one: pause, resume, stop, start (its disk survives)
-        for verb, status in (("pause", "paused"), ("resume", "running")):
-            assert client.post(f"/sandboxes/{strong['id']}/{verb}").status_code == 200
-            assert client.get(f"/sandboxes/{strong['id']}").json()["data"]["status"] == status
-        assert client.post(f"/sandboxes/{strong['id']}/stop").status_code == 200
-        assert client.post(f"/sandboxes/{strong['id']}/start").status_code == 200
-        assert sh(client, strong, "cat /root/f.txt") == "kept"
+        # lifecycle on the stronger ones: pause, resume, stop, start (the disk survives)
+        for box in (strong, vm):
+            for verb, status in (("pause", "paused"), ("resume", "running")):
+                assert client.post(f"/sandboxes/{box['id']}/{verb}").status_code == 200
+                assert client.get(f"/sandboxes/{box['id']}").json()["data"]["status"] == status
+            assert client.post(f"/sandboxes/{box['id']}/stop").status_code == 200
+            assert client.post(f"/sandboxes/{box['id']}/start").status_code == 200
+            assert sh(client, box, "cat /root/f.txt") == "kept"
         # snapshots are namespace-only: a 400 that says so, not a 500
         refused = client.post(f"/sandboxes/{strong['id']}/snapshot", json={"name": "nope"})
         assert_error(refused, 400)
         assert "isolation" in refused.json()["error"]
 
-    mixed.stop()  # a restart re-adopts both, each by its own driver
+    mixed.stop()  # a restart re-adopts all three, each by its own driver
     mixed.start()
     with mixed.client() as client:
-        # the namespace one at once; the gvisor one is "starting" until its driver is up
+        # the namespace one at once; the others are "starting" until their drivers are up
         assert sh(client, plain, "cat /root/f.txt") == "kept"
-        early = client.get(f"/sandboxes/{strong['id']}").json()["data"]
-        assert early["status"] == "running"  # never marked killed while its driver starts
+        for box in (strong, vm):  # never marked killed while their drivers start
+            assert client.get(f"/sandboxes/{box['id']}").json()["data"]["status"] == "running"
     wait_for_isolation(mixed, "gvisor")
+    wait_for_isolation(mixed, "microvm", seconds=300)
     with mixed.client() as client:
-        for box in (plain, strong):
+        for box in boxes:
             again = client.get(f"/sandboxes/{box['id']}").json()["data"]
             assert again["status"] == "running" and again["isolation"] == box["isolation"]
             assert sh(client, box, "cat /root/f.txt") == "kept"
         assert "gVisor" in sh(client, strong, "dmesg")
-        for box in (plain, strong):
+        for box in boxes:
             assert client.delete(f"/sandboxes/{box['id']}").status_code == 200
 
 

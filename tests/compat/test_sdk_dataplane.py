@@ -128,10 +128,20 @@ def test_pty(box: Sandbox) -> None:
         assert session_id in [s.id for s in pty.list().data.sessions]
         seen: list[str] = []
         session = await pty.connect(session_id=session_id, on_data=seen.append)
-        output = await session.run_command("echo pty-$((40+2))")
-        assert "pty-42" in output
+
+        async def run(command: str, expected: str) -> None:
+            """``run_command`` returns what came within its own short wait; a slow guest
+            (a microVM under emulation) may answer after it: the stream has it then."""
+            output = await session.run_command(command)
+            for _ in range(200):
+                if expected in output + "".join(seen):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{expected!r} never came: {output + ''.join(seen)!r}")
+
+        await run("echo pty-$((40+2))", "pty-42")
         await session.resize(120, 40)
-        assert "40 120" in await session.run_command("stty size")
+        await run("stty size", "40 120")
         api = ExecutionApi(box._api_client)
         api.execute_in_pty_session(
             box.id, session_id, ExecuteInSessionRequest(command="echo via-api")

@@ -139,7 +139,7 @@ class ServerProcess:
         """Stop (sandboxes outlive a server on purpose) and remove everything the server
         left on the host: its sandboxes of every org, network and resolver."""
         self.stop(sig)
-        others = [self.data_dir / name for name in ("gvisor", "microvm")]
+        others = [self.data_dir / n for n in ("gvisor", "microvm", "microvm/sandboxes")]
         if any(len(e.name) == 24 for d in others if d.is_dir() for e in d.iterdir()):
             # sandboxes of other isolations: the real command, which asks their drivers
             result = self.cli("purge", "--yes")

@@ -22,19 +22,20 @@ __all__ = ["purge_other_isolations"]
 
 
 def _sandboxes(state_dir: Path) -> list[str]:
-    if not state_dir.is_dir():
-        return []
-    return sorted(e.name for e in state_dir.iterdir() if SANDBOX_ID_RE.match(e.name))
+    """Sandbox directories in a driver's state directory (gvisor keeps them at its top,
+    microvm under ``sandboxes/``)."""
+    found = []
+    for where in (state_dir, state_dir / "sandboxes"):
+        if where.is_dir():
+            found += [e.name for e in where.iterdir() if SANDBOX_ID_RE.match(e.name)]
+    return sorted(found)
 
 
 async def _destroy_all(
-    driver: Driver,
-    found: list[str],
-    destroyed: list[str],
-    errors: list[str],
-    progress: Callable[[str], None],
+    driver: Driver, destroyed: list[str], errors: list[str], progress: Callable[[str], None]
 ) -> None:
-    for sandbox_id in found:
+    """Whatever the driver itself finds (its ``recover``), each destroyed its one way."""
+    for sandbox_id in sorted(await driver.recover()):
         progress(f"{driver.name} sandbox {sandbox_id}: destroying")
         try:
             await driver.destroy(sandbox_id)
@@ -69,5 +70,5 @@ def purge_other_isolations(
             errors.append(f"{name}: cannot load its driver to destroy {found}: {exc}")
             continue
 
-        anyio.run(_destroy_all, driver, found, destroyed, errors, progress)
+        anyio.run(_destroy_all, driver, destroyed, errors, progress)
     return destroyed, errors
