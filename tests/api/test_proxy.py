@@ -383,8 +383,13 @@ def test_a_client_that_stops_reading_holds_no_memory_and_is_cut_off(
     the exchange ends: the connection into the sandbox is closed and the client's too."""
     assert server.process is not None
     exec_out(client, box, "rm -f /root/unread-closed")
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+    with socket.socket() as sock:
+        # A 4 KiB receive buffer stalls the stream at once. Segments smaller than it let the
+        # receiver announce the room it makes (with loopback's 64 KiB segments it never
+        # would, and the drain below would crawl on the sender's zero-window probes).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1024)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
         sock.sendall(
             f"GET /api/sandboxes/{box}/ports/8001/forever?name=unread HTTP/1.1\r\n"
             f"Host: 127.0.0.1\r\nX-API-Key: {server.api_key}\r\n\r\n".encode()
