@@ -628,7 +628,7 @@ class Settings(BaseSettings):
         description=(
             "gVisor platform: auto probes systrap, then kvm (each must run a sandbox within "
             "VOIDRUN_GVISOR_PROBE_TIMEOUT_SECONDS) and falls back to ptrace; the answer is kept "
-            "per runsc build and kernel in <data_dir>/gvisor/.platform.json."
+            "per runsc build and kernel in .platform.json of the agent runtime directory."
         ),
     )
     gvisor_probe_timeout_seconds: Annotated[float, Field(gt=0)] = Field(

@@ -89,6 +89,7 @@ class GvisorDriver:
         runsc_path: str | None = None,
         platform: str | None = None,
         probe_timeout: float = 10.0,
+        probe_cache: Path | None = None,
         ready_timeout: float = 10.0,
         op_timeout: float = 30.0,
         cgroup_parent: str = "voidrun-gvisor",
@@ -97,7 +98,9 @@ class GvisorDriver:
     ) -> None:
         """Check the host and pick the platform; DriverUnavailableError (with a hint) if the
         driver cannot run here. ``platform`` None: the fastest that works (probed once per
-        runsc build and kernel, each probe bounded by ``probe_timeout``). ``networking``: the
+        runsc build and kernel in ``probe_cache`` (default ``state_dir``; the server passes a
+        host-wide directory, so servers on one host probe once), each probe bounded by
+        ``probe_timeout``). ``networking``: the
         server's sandbox network (``drivers/netshare.py``), shared with the namespace driver;
         None: loopback only (``runsc --network=none``)."""
         check_host(runsc_path)
@@ -112,7 +115,7 @@ class GvisorDriver:
         cgroups.ensure_parent()
         if platform is None:
             platform, self.platform_reason = pick_platform(
-                binary, cgroups, state_dir, probe_timeout=probe_timeout
+                binary, cgroups, probe_cache or state_dir, probe_timeout=probe_timeout
             )
         else:
             self.platform_reason = "configured"

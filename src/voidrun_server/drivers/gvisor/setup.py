@@ -34,6 +34,7 @@ def build(
         runsc_path=settings.gvisor_runsc_path or None,
         platform=None if settings.gvisor_platform == "auto" else settings.gvisor_platform,
         probe_timeout=settings.gvisor_probe_timeout_seconds,
+        probe_cache=settings.runtime_root,  # host-wide, like the agent runtime beside it
         ready_timeout=settings.sandbox_ready_timeout_seconds,
         pids_max=settings.sandbox_pids_max,
         networking=(network or NetworkShare(settings)).get(),
