@@ -7,11 +7,9 @@ leaves nothing (shielded cleanup), one lock per sandbox, host errors as :class:`
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
-import re
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -19,16 +17,20 @@ import anyio.to_thread
 
 from voidrun_server.drivers.base import (
     DriverError,
-    DriverTimeoutError,
     DriverUnavailableError,
-    NetworkPolicy,
-    NetworkUsage,
     SandboxInfo,
     SandboxNotFoundError,
     SandboxSpec,
     SandboxState,
     SandboxStateError,
     SandboxStats,
+)
+from voidrun_server.drivers.common import (
+    SandboxLocks,
+    check_hostname,
+    operation,
+    validate_spec,
+    wait_for_agent,
 )
 from voidrun_server.drivers.gvisor.host import OWNER, GvisorHost
 from voidrun_server.drivers.gvisor.layout import GvisorRun
@@ -38,16 +40,16 @@ from voidrun_server.drivers.gvisor.runsc import (
     find_runsc,
     pick_platform,
 )
-from voidrun_server.drivers.namespace import idmount, netns
+from voidrun_server.drivers.namespace import idmount
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.networking import Networking
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
-from voidrun_server.drivers.namespace.state import SANDBOX_ID_RE, SandboxRecord, read_record
+from voidrun_server.drivers.namespace.state import SandboxRecord, read_record
+from voidrun_server.drivers.namespace.wired import WiredSandboxes
 
 __all__ = ["GvisorDriver", "check_host"]
 
-_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PLATFORMS = ("systrap", "kvm", "ptrace")
 
 
@@ -63,21 +65,11 @@ def check_host(runsc_path: str | None = None) -> None:
     detect_cgroups("voidrun")
 
 
-@contextlib.contextmanager
-def _operation(what: str, seconds: float) -> Iterator[float]:
-    try:
-        with anyio.fail_after(seconds):
-            yield time.monotonic() + seconds
-    except TimeoutError as exc:
-        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:.1f}s") from exc
-    except OSError as exc:
-        raise DriverError(f"{what} failed", str(exc)) from exc
-
-
-class GvisorDriver:
+class GvisorDriver(WiredSandboxes):
     """Sandboxes whose kernel is gVisor's sentry (``runsc``); see the package docstring."""
 
     name = "gvisor"
+    _host: GvisorHost
 
     def __init__(
         self,
@@ -139,7 +131,7 @@ class GvisorDriver:
         self.network_enabled = networking is not None
         self._ready_timeout = ready_timeout
         self._op_timeout = op_timeout
-        self._locks: dict[str, anyio.Lock] = {}
+        self._lock = SandboxLocks()
 
     @property
     def state_dir(self) -> Path:
@@ -160,10 +152,10 @@ class GvisorDriver:
     # -- Driver -----------------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
-        self._validate(spec)
+        validate_spec(spec)
         run = self._host.run_dir(spec.sandbox_id)
         async with self._lock(spec.sandbox_id):
-            with _operation("create", self._op_timeout + self._ready_timeout) as deadline:
+            with operation("create", self._op_timeout + self._ready_timeout) as deadline:
                 owned: list[bool] = []
                 done = False
                 try:
@@ -190,7 +182,7 @@ class GvisorDriver:
     async def start(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("start", self._op_timeout + self._ready_timeout) as deadline:
+            with operation("start", self._op_timeout + self._ready_timeout) as deadline:
                 record = await self._record(run)
                 current = await anyio.to_thread.run_sync(self._host.observe, run, record)
                 if current.state is SandboxState.RUNNING:
@@ -211,7 +203,7 @@ class GvisorDriver:
     async def stop(self, sandbox_id: str) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("stop", self._op_timeout):
+            with operation("stop", self._op_timeout):
                 record = await self._record(run)
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._host.stop, run, record)
@@ -219,21 +211,19 @@ class GvisorDriver:
     async def destroy(self, sandbox_id: str) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
+            with operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._host.destroy, run)
                 if self.net is not None:
                     await self.net.settle(sandbox_id, None)
-        lock = self._locks.get(sandbox_id)
-        if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
-            del self._locks[sandbox_id]
+        self._lock.forget(sandbox_id)
 
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
-        with _operation("inspect", self._op_timeout):
+        with operation("inspect", self._op_timeout):
             return await anyio.to_thread.run_sync(self._host.inspect, run)
 
     async def recover(self) -> dict[str, SandboxInfo]:
-        with _operation("recover", self._op_timeout):
+        with operation("recover", self._op_timeout):
             return await anyio.to_thread.run_sync(self._host.recover)
 
     # -- Pausable, Observable, Retargetable -------------------------------------------------
@@ -246,27 +236,23 @@ class GvisorDriver:
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         run = self._host.run_dir(sandbox_id)
-        with _operation("stats", self._op_timeout):
+        with operation("stats", self._op_timeout):
             record = await self._record(run)
             return await anyio.to_thread.run_sync(self._host.stats, record)
 
     async def retarget(
         self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
     ) -> None:
-        if not _HOSTNAME_RE.match(hostname):
-            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        check_hostname(hostname)
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("retarget", self._op_timeout) as deadline:
+            with operation("retarget", self._op_timeout) as deadline:
                 record = await self._record(run)
                 await anyio.to_thread.run_sync(
                     self._host.retarget, run, record, hostname, cpu, mem_mb, env, deadline
                 )
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _lock(self, sandbox_id: str) -> anyio.Lock:
-        return self._locks.setdefault(sandbox_id, anyio.Lock())
 
     async def _record(self, run: GvisorRun) -> SandboxRecord:
         record = await anyio.to_thread.run_sync(read_record, run)
@@ -277,85 +263,25 @@ class GvisorDriver:
     async def _set_frozen(self, sandbox_id: str, *, frozen: bool) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("pause" if frozen else "resume", self._op_timeout) as deadline:
+            with operation("pause" if frozen else "resume", self._op_timeout) as deadline:
                 record = await self._record(run)
                 await anyio.to_thread.run_sync(self._host.set_frozen, run, record, frozen, deadline)
 
     async def _wait_ready(self, run: GvisorRun, init: ProcessRef) -> None:
-        try:
-            with anyio.fail_after(self._ready_timeout):
-                await wait_until_ready(run.socket, owner_uid=OWNER, alive=init.alive)
-        except TimeoutError as exc:
-            tail = await anyio.to_thread.run_sync(run.log_tail)
-            raise DriverTimeoutError(
-                "the agent did not accept connections in time",
-                tail or f"nothing listened on {run.socket} after {self._ready_timeout}s",
-            ) from exc
-        except DriverError as exc:
-            tail = await anyio.to_thread.run_sync(run.log_tail)
-            raise DriverError(exc.message, tail or exc.details) from exc
-
-    def _validate(self, spec: SandboxSpec) -> None:
-        if not SANDBOX_ID_RE.match(spec.sandbox_id):
-            raise DriverError("invalid sandbox id", "expected 24 lowercase hex digits")
-        if not _HOSTNAME_RE.match(spec.hostname):
-            raise DriverError("invalid hostname", f"{spec.hostname!r} is not a DNS-1123 label")
-        if spec.cpu < 1 or spec.mem_mb < 16 or spec.disk_mb < 32:
-            raise DriverError("limits too small", "need cpu >= 1, mem_mb >= 16, disk_mb >= 32")
-        for key in spec.env:
-            if not key or "=" in key or "\0" in key:
-                raise DriverError("invalid environment variable name", repr(key))
+        await wait_for_agent(
+            functools.partial(wait_until_ready, run.socket, owner_uid=OWNER, alive=init.alive),
+            seconds=self._ready_timeout,
+            socket=run.socket,
+            log_tail=run.log_tail,
+        )
 
     # -- Networked (the namespace driver's machinery; docs/network.md) ----------------------
-
-    def _networking(self) -> Networking:
-        if self.net is None:
-            raise DriverError("sandbox networking is off", "set VOIDRUN_SANDBOX_NETWORK=true")
-        return self.net
-
-    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
-        net = self._networking()
-        run = self._host.run_dir(sandbox_id)
-        async with self._lock(sandbox_id):
-            with _operation("network policy", self._op_timeout):
-                record = await self._record(run)
-                await net.want(sandbox_id, policy)
-                await anyio.to_thread.run_sync(self._host.set_policy, run, record, policy.to_wire())
-                await net.settle(sandbox_id, policy)
-
-    async def network_usage(self, sandbox_id: str) -> NetworkUsage | None:
-        net = self._networking()
-        counters = await anyio.to_thread.run_sync(net.host.usage, sandbox_id)
-        return NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1]) if counters else None
-
-    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
-        """Counters of every wired sandbox of the shared network (any driver's: the links
-        are named by sandbox id, so the union over drivers is the same)."""
-        found: dict[str, NetworkUsage] = {}
-        for sandbox_id in self.net.sandboxes() if self.net is not None else ():
-            counters = netns.link_counters(netns.host_link_name(sandbox_id))
-            if counters is not None:
-                found[sandbox_id] = NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1])
-        return found
 
     async def netns_path(self, sandbox_id: str) -> Path:
         """The namespace the server made for the sandbox. Not the sandbox's loopback: that
         lives in gVisor's netstack, which no host namespace reaches."""
         run = self._host.run_dir(sandbox_id)
-        with _operation("netns", self._op_timeout):
+        with operation("netns", self._op_timeout):
             if await anyio.to_thread.run_sync(os.path.ismount, run.netns):
                 return run.netns
         raise SandboxStateError("the sandbox has no network namespace now", sandbox_id)
-
-    async def serve_network(self) -> None:
-        if self.net is None:
-            return
-        try:
-            await self.net.serve()
-        finally:
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(self._op_timeout):  # creates being undone at shutdown
-                    for lock in list(self._locks.values()):
-                        async with lock:
-                            pass
-                await self.net.leave()

@@ -13,12 +13,10 @@ from ``record.json`` (pid + start time; QMP and the agent are Unix sockets in th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
+from voidrun_server.drivers.common import SandboxLocks, check_hostname, operation, validate_spec
 from voidrun_server.drivers.microvm import disks
 from voidrun_server.drivers.microvm.assets import prepare_assets
 from voidrun_server.drivers.microvm.clones import Cloner, identify_at
@@ -57,7 +56,6 @@ from voidrun_server.drivers.namespace.uidrange import (
 __all__ = ["MicrovmDriver", "check_host"]
 
 log = logging.getLogger(__name__)
-_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ACCELERATORS = ("auto", "kvm", "tcg")
 
 
@@ -69,17 +67,6 @@ def check_host() -> None:
             hint="run the server as root (each QEMU runs as its own unprivileged uid)",
         )
     find_tools()
-
-
-@contextlib.contextmanager
-def _operation(what: str, seconds: float) -> Iterator[float]:
-    try:
-        with anyio.fail_after(seconds):
-            yield time.monotonic() + seconds
-    except TimeoutError as exc:
-        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:.1f}s") from exc
-    except OSError as exc:
-        raise DriverError(f"{what} failed", str(exc)) from exc
 
 
 class MicrovmDriver:
@@ -159,7 +146,7 @@ class MicrovmDriver:
         self._boot_timeout = boot_timeout
         self._image_timeout = image_timeout
         self._op_timeout = op_timeout
-        self._locks: dict[str, anyio.Lock] = {}
+        self._lock = SandboxLocks()
         self._cloner = Cloner(self._host, self._wait_ready, op_timeout) if clones else None
 
     @property
@@ -183,11 +170,11 @@ class MicrovmDriver:
     # -- Driver -----------------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
-        self._validate(spec)
+        validate_spec(spec, min_mem_mb=96)
         run = self._host.run_dir(spec.sandbox_id)
         async with self._lock(spec.sandbox_id):
             seconds = self._image_timeout + 2 * self._boot_timeout
-            with _operation("create", seconds) as deadline:
+            with operation("create", seconds) as deadline:
                 owned: list[bool] = []
                 done = False
                 try:
@@ -239,7 +226,7 @@ class MicrovmDriver:
     async def start(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("start", self._op_timeout + self._boot_timeout) as deadline:
+            with operation("start", self._op_timeout + self._boot_timeout) as deadline:
                 record = await self._record(run)
                 current = self._host.observe(run, record)
                 if current.state is SandboxState.RUNNING:
@@ -262,7 +249,7 @@ class MicrovmDriver:
     async def stop(self, sandbox_id: str) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("stop", self._op_timeout) as deadline:
+            with operation("stop", self._op_timeout) as deadline:
                 record = await self._record(run)
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._host.halt, run, record, deadline)
@@ -272,18 +259,18 @@ class MicrovmDriver:
             return
         async with self._lock(sandbox_id):
             with (
-                _operation("destroy", self._op_timeout) as deadline,
+                operation("destroy", self._op_timeout) as deadline,
                 anyio.CancelScope(shield=True),
             ):
                 await anyio.to_thread.run_sync(self._host.destroy, sandbox_id, deadline)
-        self._locks.pop(sandbox_id, None)
+        self._lock.forget(sandbox_id)
 
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
-        with _operation("inspect", self._op_timeout):
+        with operation("inspect", self._op_timeout):
             return await anyio.to_thread.run_sync(self._host.inspect, sandbox_id)
 
     async def recover(self) -> dict[str, SandboxInfo]:
-        with _operation("recover", self._op_timeout):
+        with operation("recover", self._op_timeout):
             return await anyio.to_thread.run_sync(self._host.recover)
 
     # -- Pausable, Observable ---------------------------------------------------------------
@@ -296,7 +283,7 @@ class MicrovmDriver:
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         run = self._host.run_dir(sandbox_id)
-        with _operation("stats", self._op_timeout):
+        with operation("stats", self._op_timeout):
             record = await self._record(run)
             return await anyio.to_thread.run_sync(self._host.stats, record)
 
@@ -308,11 +295,10 @@ class MicrovmDriver:
         """Hostname, clock, a CRNG reseed and the environment inside (``vm.identity`` over
         the agent's control port: the services hold its main port meanwhile), CPU quota
         outside; the guest's RAM stays what it booted with (``VmHost.retarget``)."""
-        if not _HOSTNAME_RE.match(hostname):
-            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        check_hostname(hostname)
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("retarget", self._op_timeout):
+            with operation("retarget", self._op_timeout):
                 record = await self._record(run)
                 state = self._host.observe(run, record).state
                 if state is not SandboxState.RUNNING:
@@ -324,9 +310,6 @@ class MicrovmDriver:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _lock(self, sandbox_id: str) -> anyio.Lock:
-        return self._locks.setdefault(sandbox_id, anyio.Lock())
-
     async def _record(self, run: RunDir) -> VmRecord:
         record = await anyio.to_thread.run_sync(read_record, run)
         if record is None:
@@ -336,7 +319,7 @@ class MicrovmDriver:
     async def _set_paused(self, sandbox_id: str, *, paused: bool) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("pause" if paused else "resume", self._op_timeout):
+            with operation("pause" if paused else "resume", self._op_timeout):
                 record = await self._record(run)
                 state = self._host.observe(run, record).state
                 if state not in (SandboxState.RUNNING, SandboxState.PAUSED):
@@ -376,14 +359,3 @@ class MicrovmDriver:
         if not outcome:
             raise DriverError("the VM exited before its agent answered", tail)
         raise DriverTimeoutError("the VM's agent did not answer", f"{outcome[0]}\n{tail}")
-
-    def _validate(self, spec: SandboxSpec) -> None:
-        if not SANDBOX_ID_RE.match(spec.sandbox_id):
-            raise DriverError("invalid sandbox id", "expected 24 lowercase hex digits")
-        if not _HOSTNAME_RE.match(spec.hostname):
-            raise DriverError("invalid hostname", f"{spec.hostname!r} is not a DNS-1123 label")
-        if spec.cpu < 1 or spec.mem_mb < 96 or spec.disk_mb < 32:
-            raise DriverError("limits too small", "need cpu >= 1, mem_mb >= 96, disk_mb >= 32")
-        for key in spec.env:
-            if not key or "=" in key or "\0" in key or "\n" in key:
-                raise DriverError("invalid environment variable name", repr(key))

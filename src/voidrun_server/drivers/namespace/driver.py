@@ -18,24 +18,18 @@ blocking work lives in ``host.py`` (and each mechanism in its own module). The r
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
-import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
 from voidrun_server.drivers.base import (
-    DriverError,
-    DriverTimeoutError,
     DriverUnavailableError,
     LayerExport,
-    NetworkPolicy,
-    NetworkUsage,
     SandboxInfo,
     SandboxNotFoundError,
     SandboxSpec,
@@ -43,7 +37,14 @@ from voidrun_server.drivers.base import (
     SandboxStateError,
     SandboxStats,
 )
-from voidrun_server.drivers.namespace import export, idmount, netns
+from voidrun_server.drivers.common import (
+    SandboxLocks,
+    check_hostname,
+    operation,
+    validate_spec,
+    wait_for_agent,
+)
+from voidrun_server.drivers.namespace import export, idmount
 from voidrun_server.drivers.namespace.bwrap import DEFAULT_CAPS, find_bwrap, install_bwrap
 from voidrun_server.drivers.namespace.cgroups import detect_cgroups
 from voidrun_server.drivers.namespace.host import SandboxHost, check_traversable
@@ -54,7 +55,6 @@ from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
 from voidrun_server.drivers.namespace.seccomp import compile_bpf
 from voidrun_server.drivers.namespace.state import (
-    SANDBOX_ID_RE,
     RunDir,
     SandboxRecord,
     read_record,
@@ -66,6 +66,7 @@ from voidrun_server.drivers.namespace.uidrange import (
 )
 from voidrun_server.drivers.namespace.usage import unwritten_bytes
 from voidrun_server.drivers.namespace.userns import find_setpriv
+from voidrun_server.drivers.namespace.wired import WiredSandboxes
 from voidrun_server.drivers.namespace.zygote import Zygote, ZygoteConfig, capability_mask
 
 __all__ = ["NamespaceDriver", "check_host"]
@@ -73,7 +74,6 @@ __all__ = ["NamespaceDriver", "check_host"]
 log = logging.getLogger(__name__)
 
 EXPORT_MB_PER_SECOND = 20
-_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def _check_privileges() -> None:
@@ -103,24 +103,12 @@ def check_host() -> None:
     detect_cgroups("voidrun")
 
 
-@contextlib.contextmanager
-def _operation(what: str, seconds: float) -> Iterator[float]:
-    """``anyio.fail_after`` that yields the absolute monotonic deadline for worker threads,
-    and turns timeouts and host errors into the driver's exception tree."""
-    try:
-        with anyio.fail_after(seconds):
-            yield time.monotonic() + seconds
-    except TimeoutError as exc:
-        raise DriverTimeoutError(f"{what} timed out", f"after {seconds:.1f}s") from exc
-    except OSError as exc:
-        raise DriverError(f"{what} failed", str(exc)) from exc
-
-
-class NamespaceDriver(NetnsPorts):
+class NamespaceDriver(NetnsPorts, WiredSandboxes):
     """Sandboxes as namespaced process trees on this host (see the package docstring);
     ``open_port`` (the preview proxy's way in) comes from ``ports.py``."""
 
     name = "namespace"
+    _host: SandboxHost
 
     def __init__(
         self,
@@ -223,7 +211,7 @@ class NamespaceDriver(NetnsPorts):
         self.network_enabled = self.net is not None
         self._ready_timeout = ready_timeout
         self._op_timeout = op_timeout
-        self._locks: dict[str, anyio.Lock] = {}
+        self._lock = SandboxLocks()
 
     @property
     def state_dir(self) -> Path:
@@ -255,10 +243,10 @@ class NamespaceDriver(NetnsPorts):
     # -- Driver -----------------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
-        self._validate(spec)
+        validate_spec(spec)
         run = self._host.run_dir(spec.sandbox_id)
         async with self._lock(spec.sandbox_id):
-            with _operation("create", self._op_timeout + self._ready_timeout) as deadline:
+            with operation("create", self._op_timeout + self._ready_timeout) as deadline:
                 owned: list[bool] = []  # non-empty once the run dir is ours to clean up
                 done = False
                 try:
@@ -285,7 +273,7 @@ class NamespaceDriver(NetnsPorts):
     async def start(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("start", self._op_timeout + self._ready_timeout) as deadline:
+            with operation("start", self._op_timeout + self._ready_timeout) as deadline:
                 record = await self._record(run)
                 current = await anyio.to_thread.run_sync(self._host.observe, run, record)
                 if current.state is SandboxState.RUNNING:
@@ -306,7 +294,7 @@ class NamespaceDriver(NetnsPorts):
     async def stop(self, sandbox_id: str) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("stop", self._op_timeout):
+            with operation("stop", self._op_timeout):
                 record = await self._record(run)
                 with anyio.CancelScope(shield=True):  # never leave it half-stopped
                     await anyio.to_thread.run_sync(self._host.stop, run, record)
@@ -316,19 +304,19 @@ class NamespaceDriver(NetnsPorts):
         async with self._lock(sandbox_id):
             # Shielded: a half-destroyed sandbox is the worst outcome. The worker bounds its
             # own waits (host.CLEANUP_TIMEOUT), so this cannot hang forever.
-            with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
+            with operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._host.destroy, run)
                 if self.net is not None:
                     await self.net.settle(sandbox_id, None)
-        self._forget_lock(sandbox_id)
+        self._lock.forget(sandbox_id)
 
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
         run = self._host.run_dir(sandbox_id)
-        with _operation("inspect", self._op_timeout):
+        with operation("inspect", self._op_timeout):
             return await anyio.to_thread.run_sync(self._host.inspect, run)
 
     async def recover(self) -> dict[str, SandboxInfo]:
-        with _operation("recover", self._op_timeout):
+        with operation("recover", self._op_timeout):
             return await anyio.to_thread.run_sync(self._host.recover)
 
     # -- Pausable, Observable ---------------------------------------------------------------
@@ -343,10 +331,10 @@ class NamespaceDriver(NetnsPorts):
         """``Exportable`` (``export.py``). The deadline allows 20 MB/s for a full disk."""
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("snapshot", self._op_timeout):
+            with operation("snapshot", self._op_timeout):
                 record = await self._record(run)
             seconds = self._op_timeout + record.disk_mb / EXPORT_MB_PER_SECOND
-            with _operation("snapshot", seconds) as deadline:
+            with operation("snapshot", seconds) as deadline:
                 # Not abandoned on cancel: the worker thaws the sandbox before it returns.
                 return await anyio.to_thread.run_sync(
                     export.export_layer, self._host, run, record, dest, uid_base, deadline
@@ -354,19 +342,11 @@ class NamespaceDriver(NetnsPorts):
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         run = self._host.run_dir(sandbox_id)
-        with _operation("stats", self._op_timeout):
+        with operation("stats", self._op_timeout):
             record = await self._record(run)
             return await anyio.to_thread.run_sync(self._host.stats, record)
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _lock(self, sandbox_id: str) -> anyio.Lock:
-        return self._locks.setdefault(sandbox_id, anyio.Lock())
-
-    def _forget_lock(self, sandbox_id: str) -> None:
-        lock = self._locks.get(sandbox_id)
-        if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
-            del self._locks[sandbox_id]
 
     async def _record(self, run: RunDir) -> SandboxRecord:
         record = await anyio.to_thread.run_sync(read_record, run)
@@ -375,27 +355,20 @@ class NamespaceDriver(NetnsPorts):
         return record
 
     async def _wait_ready(self, run: RunDir, init: ProcessRef, owner: int) -> None:
-        try:
-            with anyio.fail_after(self._ready_timeout):
-                await wait_until_ready(run.socket, owner_uid=owner, alive=init.alive)
-        except TimeoutError as exc:
-            tail = await anyio.to_thread.run_sync(run.log_tail)
-            raise DriverTimeoutError(
-                "the agent did not accept connections in time",
-                tail or f"nothing listened on {run.socket} after {self._ready_timeout}s",
-            ) from exc
-        except DriverError as exc:
-            tail = await anyio.to_thread.run_sync(run.log_tail)
-            raise DriverError(exc.message, tail or exc.details) from exc
+        await wait_for_agent(
+            functools.partial(wait_until_ready, run.socket, owner_uid=owner, alive=init.alive),
+            seconds=self._ready_timeout,
+            socket=run.socket,
+            log_tail=run.log_tail,
+        )
 
     async def retarget(
         self, sandbox_id: str, *, hostname: str, cpu: int, mem_mb: int, env: Mapping[str, str]
     ) -> None:
         run = self._host.run_dir(sandbox_id)
-        if not _HOSTNAME_RE.match(hostname):
-            raise DriverError("invalid hostname", f"{hostname!r} is not a DNS-1123 label")
+        check_hostname(hostname)
         async with self._lock(sandbox_id):
-            with _operation("retarget", self._op_timeout):
+            with operation("retarget", self._op_timeout):
                 record = await self._record(run)
                 await anyio.to_thread.run_sync(
                     self._host.retarget, run, record, hostname, cpu, mem_mb, env
@@ -404,70 +377,18 @@ class NamespaceDriver(NetnsPorts):
     async def _set_frozen(self, sandbox_id: str, *, frozen: bool) -> None:
         run = self._host.run_dir(sandbox_id)
         async with self._lock(sandbox_id):
-            with _operation("pause" if frozen else "resume", self._op_timeout) as deadline:
+            with operation("pause" if frozen else "resume", self._op_timeout) as deadline:
                 record = await self._record(run)
                 await anyio.to_thread.run_sync(self._host.set_frozen, run, record, frozen, deadline)
 
-    def _validate(self, spec: SandboxSpec) -> None:
-        if not SANDBOX_ID_RE.match(spec.sandbox_id):
-            raise DriverError("invalid sandbox id", "expected 24 lowercase hex digits")
-        if not _HOSTNAME_RE.match(spec.hostname):
-            raise DriverError("invalid hostname", f"{spec.hostname!r} is not a DNS-1123 label")
-        if spec.cpu < 1 or spec.mem_mb < 16 or spec.disk_mb < 32:
-            raise DriverError("limits too small", "need cpu >= 1, mem_mb >= 16, disk_mb >= 32")
-        for key in spec.env:
-            if not key or "=" in key or "\0" in key:
-                raise DriverError("invalid environment variable name", repr(key))
-
     # -- Networked --------------------------------------------------------------------------
-
-    def _networking(self) -> Networking:
-        if self.net is None:
-            raise DriverError("sandbox networking is off", "set VOIDRUN_SANDBOX_NETWORK=true")
-        return self.net
-
-    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
-        net = self._networking()
-        run = self._host.run_dir(sandbox_id)
-        async with self._lock(sandbox_id):
-            with _operation("network policy", self._op_timeout):
-                record = await self._record(run)
-                await net.want(sandbox_id, policy)
-                await anyio.to_thread.run_sync(self._host.set_policy, run, record, policy.to_wire())
-                await net.settle(sandbox_id, policy)
-
-    async def network_usage(self, sandbox_id: str) -> NetworkUsage | None:
-        net = self._networking()
-        counters = await anyio.to_thread.run_sync(net.host.usage, sandbox_id)
-        return NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1]) if counters else None
-
-    def network_usage_snapshot(self) -> dict[str, NetworkUsage]:
-        found: dict[str, NetworkUsage] = {}
-        for sandbox_id in self.net.sandboxes() if self.net is not None else ():
-            counters = netns.link_counters(netns.host_link_name(sandbox_id))
-            if counters is not None:
-                found[sandbox_id] = NetworkUsage(rx_bytes=counters[0], tx_bytes=counters[1])
-        return found
 
     async def netns_path(self, sandbox_id: str) -> Path:
         run = self._host.run_dir(sandbox_id)
-        with _operation("netns", self._op_timeout):
+        with operation("netns", self._op_timeout):
             if self.net is not None and await anyio.to_thread.run_sync(os.path.ismount, run.netns):
                 return run.netns
             info = await self.inspect(sandbox_id)  # loopback-only: the sandbox's own
             if info.pid is None:
                 raise SandboxStateError("the sandbox is not running", sandbox_id)
             return Path(f"/proc/{info.pid}/ns/net")
-
-    async def serve_network(self) -> None:
-        if self.net is None:
-            return
-        try:
-            await self.net.serve()
-        finally:
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(self._op_timeout):  # creates being undone at shutdown
-                    for lock in list(self._locks.values()):
-                        async with lock:
-                            pass
-                await self.net.leave()
