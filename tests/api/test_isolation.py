@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -100,7 +101,7 @@ def test_three_isolations_side_by_side(mixed: ServerProcess) -> None:
         assert health["microvm"]["available"] and health["microvm"]["accelerator"]
         plain = create_sandbox(client, name="plain")
         strong = create_sandbox(client, name="strong", isolation="gvisor")
-        vm = create_sandbox(client, name="vm", isolation="microvm")
+        vm = create_sandbox(client, name="vm", isolation="microvm", ports=[{"port": 8000}])
         boxes = (plain, strong, vm)
         assert [b["isolation"] for b in boxes] == ["namespace", "gvisor", "microvm"]
         # each answers with its own kernel: the host's, gVisor's, the guest's
@@ -128,6 +129,16 @@ def test_three_isolations_side_by_side(mixed: ServerProcess) -> None:
             assert client.post(f"/sandboxes/{box['id']}/stop").status_code == 200
             assert client.post(f"/sandboxes/{box['id']}/start").status_code == 200
             assert sh(client, box, "cat /root/f.txt") == "kept"
+        # a preview of a server inside the VM: through its agent (no host namespace reaches it)
+        serve = "cd /tmp && echo hello-vm > index.html && exec python3 -m http.server 8000"
+        started = client.post(f"/sandboxes/{vm['id']}/commands/run", json={"command": serve})
+        assert started.status_code == 200, started.text
+        for _ in range(200):
+            page = client.get(f"/sandboxes/{vm['id']}/ports/8000/index.html")
+            if page.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert (page.status_code, page.text) == (200, "hello-vm\n")
         # snapshots are namespace-only: a 400 that says so, not a 500
         refused = client.post(f"/sandboxes/{strong['id']}/snapshot", json={"name": "nope"})
         assert_error(refused, 400)
