@@ -63,7 +63,7 @@ from voidrun_server.drivers.base import (
 )
 
 # The namespace driver's deadline rules: timeouts and host errors in the driver's exception tree.
-from voidrun_server.drivers.namespace.driver import _operation
+from voidrun_server.drivers.common import operation
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.ready import wait_until_ready
 
@@ -252,7 +252,7 @@ class HostDriver:
             )
         run = self.run_dir(spec.sandbox_id)
         async with self._lock(spec.sandbox_id):
-            with _operation("create", self._op_timeout + self._ready_timeout):
+            with operation("create", self._op_timeout + self._ready_timeout):
                 try:
                     run.mkdir()
                 except FileExistsError:
@@ -270,7 +270,7 @@ class HostDriver:
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         async with self._lock(sandbox_id):
-            with _operation("start", self._op_timeout + self._ready_timeout):
+            with operation("start", self._op_timeout + self._ready_timeout):
                 current = self._existing(sandbox_id)
                 if current.state is SandboxState.RUNNING:
                     return current
@@ -280,14 +280,14 @@ class HostDriver:
 
     async def stop(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):
-            with _operation("stop", self._op_timeout) as deadline:
+            with operation("stop", self._op_timeout) as deadline:
                 self._existing(sandbox_id)
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._kill, sandbox_id, deadline)
 
     async def destroy(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):
-            with _operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
+            with operation("destroy", self._op_timeout), anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._remove, sandbox_id)
         self._locks.pop(sandbox_id, None)
 
@@ -305,13 +305,13 @@ class HostDriver:
 
     async def pause(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):
-            with _operation("pause", self._op_timeout) as deadline:
+            with operation("pause", self._op_timeout) as deadline:
                 agent = self._running_agent(sandbox_id)
                 await anyio.to_thread.run_sync(freeze_tree, agent.pid, deadline)
 
     async def resume(self, sandbox_id: str) -> None:
         async with self._lock(sandbox_id):
-            with _operation("resume", self._op_timeout):
+            with operation("resume", self._op_timeout):
                 agent = self._running_agent(sandbox_id)
                 tree = await anyio.to_thread.run_sync(process_tree, agent.pid)
                 _signal_all(tree, signal.SIGCONT)
