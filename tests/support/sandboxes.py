@@ -31,11 +31,6 @@ def sandbox_server(**extra_env: str) -> Iterator[ServerProcess]:
     env = {
         "VOIDRUN_IMAGES_DIR": str(IMAGES_DIR),
         "VOIDRUN_SANDBOX_DISK_MB": "256",
-        # the other drivers have their own modules (tests/api/test_isolation.py and
-        # tests/drivers); every other test server starts only the default one
-        "VOIDRUN_ISOLATIONS": '["namespace"]',
-        # the platform probe (~10 s here: kvm hangs) has its own test in tests/drivers
-        "VOIDRUN_GVISOR_PLATFORM": "ptrace",
         **extra_env,
     }
     proc = ServerProcess(data_dir=data_dir, extra_env=env)

@@ -93,6 +93,11 @@ class ServerProcess:
             # The agent's bundled interpreter: built once per machine, not per test server.
             VOIDRUN_AGENT_RUNTIME_DIR="/var/tmp/voidrun-test-runtime",
             VOIDRUN_SANDBOX_SUBNET=self.sandbox_subnet,
+            # the other isolations start only where a test asks for them (their background
+            # start probes a platform and fetches a guest kernel)
+            VOIDRUN_ISOLATIONS='["namespace"]',
+            # the platform probe (~10 s here: kvm hangs) has its own test in tests/drivers
+            VOIDRUN_GVISOR_PLATFORM="ptrace",
         )
         env.update(self.extra_env)
         return env

@@ -86,7 +86,7 @@ class GvisorDriver(WiredSandboxes):
         op_timeout: float = 30.0,
         cgroup_parent: str = "voidrun-gvisor",
         pids_max: int = 1024,
-        networking: Networking | None = None,
+        networking: Callable[[], Networking | None] | None = None,
     ) -> None:
         """Check the host and pick the platform; DriverUnavailableError (with a hint) if the
         driver cannot run here. ``platform`` None: the fastest that works (probed once per
@@ -117,6 +117,7 @@ class GvisorDriver(WiredSandboxes):
             self.runsc_version = runsc.version()
         except DriverError as exc:
             raise DriverUnavailableError(f"runsc does not run: {exc}", hint=INSTALL_HINT) from exc
+        net = networking() if networking is not None else None  # after every check above
         self._host = GvisorHost(
             state_dir,
             runsc=runsc,
@@ -125,10 +126,10 @@ class GvisorDriver(WiredSandboxes):
             agent_dir=agent_dir.resolve(),
             runtime_dir=runtime_dir.resolve() if runtime_dir is not None else None,
             pids_max=pids_max,
-            network=networking.host if networking is not None else None,
+            network=net.host if net is not None else None,
         )
-        self.net = networking
-        self.network_enabled = networking is not None
+        self.net = net
+        self.network_enabled = net is not None
         self._ready_timeout = ready_timeout
         self._op_timeout = op_timeout
         self._lock = SandboxLocks()

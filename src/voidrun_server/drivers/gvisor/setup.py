@@ -37,5 +37,5 @@ def build(
         probe_cache=settings.runtime_root,  # host-wide, like the agent runtime beside it
         ready_timeout=settings.sandbox_ready_timeout_seconds,
         pids_max=settings.sandbox_pids_max,
-        networking=(network or NetworkShare(settings)).get(),
+        networking=(network or NetworkShare(settings)).get,  # called after its checks
     )

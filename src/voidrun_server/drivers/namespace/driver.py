@@ -128,7 +128,7 @@ class NamespaceDriver(NetnsPorts, WiredSandboxes):
         network: NetworkConfig | None = None,
         ca_bundle: Path | None = None,
         zygote: ZygoteConfig | None = None,
-        networking: Networking | None = None,
+        networking: Callable[[], Networking | None] | None = None,
     ) -> None:
         """Check the host and prepare; raises DriverUnavailableError with a hint if it can't.
 
@@ -203,7 +203,9 @@ class NamespaceDriver(NetnsPorts, WiredSandboxes):
             ca_bundle=ca_bundle,
             zygote=forks,
         )
-        self.net: Networking | None = networking
+        # the shared network is made (or joined) only once every check above passed: a
+        # driver that cannot run here must leave no bridge or table behind
+        self.net: Networking | None = networking() if networking is not None else None
         if self.net is None and network is not None:
             self.net = Networking(state_dir, network, [state_dir])
         if self.net is not None:

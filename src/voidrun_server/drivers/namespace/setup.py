@@ -51,7 +51,7 @@ def build(
         runtime_dir=runtime.host_dir,
         ready_timeout=settings.sandbox_ready_timeout_seconds,
         pids_max=settings.sandbox_pids_max,
-        networking=(network or NetworkShare(settings)).get(),
+        networking=(network or NetworkShare(settings)).get,  # called after its checks
         ca_bundle=settings.sandbox_ca_bundle,
         zygote=zygote_config(runtime, agent_dir) if settings.agent_zygote else None,
     )
