@@ -58,6 +58,7 @@ __all__ = ["GvisorHost"]
 
 CLEANUP_TIMEOUT = 30.0
 SENTRY_PIDS = 512  # host threads of the sentry and gofer themselves (Go), beyond the sandbox's
+FREEZE_ATTEMPT_SECONDS = 2.0
 OWNER = 0  # host uid of every file the gofer makes, the agent socket included (layout.py)
 
 
@@ -294,11 +295,26 @@ class GvisorHost:
         if info.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
             raise SandboxStateError(f"sandbox is {info.state.value}", "start it first")
         if frozen:
-            self.cgroups.freeze(record.cgroups, deadline)
+            self._freeze(record.cgroups, deadline)
         else:
             self.cgroups.thaw(record.cgroups)
         record.phase = Phase.PAUSED if frozen else Phase.RUNNING
         write_record(run, record)
+
+    def _freeze(self, paths: dict[str, str], deadline: float) -> None:
+        """The cgroup freezer, in short attempts. Under the ptrace platform a stub stopped
+        for its tracer (the sentry) cannot freeze once that sentry thread froze first: the
+        group then stays FREEZING. An attempt that does not complete is thawed (``freeze``
+        does that), the stubs run on, and the next attempt usually finds them in between."""
+        while True:
+            attempt = min(deadline, time.monotonic() + FREEZE_ATTEMPT_SECONDS)
+            try:
+                self.cgroups.freeze(paths, attempt)
+                return
+            except DriverError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def retarget(
         self,
