@@ -46,11 +46,11 @@ from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
-    SANDBOX_ID_RE,
     SANDBOX_SOCKET,
     Phase,
     SandboxRecord,
     read_record,
+    sandbox_ids,
     write_record,
 )
 
@@ -373,13 +373,8 @@ class GvisorHost:
         return self.observe(run, read_record(run))
 
     def recover(self) -> dict[str, SandboxInfo]:
-        found: dict[str, SandboxInfo] = {}
-        with os.scandir(self.state_dir) as entries:
-            for entry in entries:
-                if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-                    run = self.run_dir(entry.name)
-                    found[entry.name] = self.observe(run, read_record(run))
-        return found
+        runs = [self.run_dir(sandbox_id) for sandbox_id in sandbox_ids(self.state_dir)]
+        return {run.sandbox_id: self.observe(run, read_record(run)) for run in runs}
 
     def stats(self, record: SandboxRecord) -> SandboxStats:
         return self.cgroups.stats(record.cgroups)

@@ -47,13 +47,13 @@ from voidrun_server.drivers.namespace.network import Attaching, HostNetwork
 from voidrun_server.drivers.namespace.procs import ProcessRef
 from voidrun_server.drivers.namespace.state import (
     SANDBOX_ENV_FILE,
-    SANDBOX_ID_RE,
     SANDBOX_RUN_DIR,
     SANDBOX_SOCKET,
     Phase,
     RunDir,
     SandboxRecord,
     read_record,
+    sandbox_ids,
     write_record,
 )
 from voidrun_server.drivers.namespace.uidrange import RANGE_SIZE, UidRanges
@@ -508,26 +508,11 @@ class SandboxHost:
 
     def recover(self) -> dict[str, SandboxInfo]:
         """Every sandbox directory under ``state_dir``, as the kernel sees it now."""
-        found: dict[str, SandboxInfo] = {}
-        with os.scandir(self.state_dir) as entries:
-            for entry in entries:
-                if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-                    run = RunDir(Path(entry.path))
-                    found[entry.name] = self.observe(run, read_record(run))
-        return found
+        runs = [self.run_dir(sandbox_id) for sandbox_id in sandbox_ids(self.state_dir)]
+        return {run.sandbox_id: self.observe(run, read_record(run)) for run in runs}
 
     def stats(self, record: SandboxRecord) -> SandboxStats:
         return self.cgroups.stats(record.cgroups)
-
-    def records(self) -> list[SandboxRecord]:
-        found = []
-        with os.scandir(self.state_dir) as entries:
-            for entry in entries:
-                if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-                    record = read_record(RunDir(Path(entry.path)))
-                    if record is not None:
-                        found.append(record)
-        return found
 
     def set_policy(self, run: RunDir, record: SandboxRecord, policy: dict[str, object]) -> None:
         """Record the policy; a sandbox with a link gets it at once, a stopped one at start."""

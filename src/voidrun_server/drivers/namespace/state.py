@@ -242,18 +242,19 @@ def read_record(run: RunDir) -> SandboxRecord | None:
         return None
 
 
-def records_in(state_dir: Path) -> list[tuple[RunDir, SandboxRecord]]:
-    """Every sandbox under ``state_dir`` that has a record, with its run directory (any
-    driver's: they share this layout). A missing ``state_dir`` holds none."""
-    found = []
+def sandbox_ids(state_dir: Path) -> list[str]:
+    """The sandbox directories under ``state_dir`` (any driver's: they share this layout),
+    sorted; a missing ``state_dir`` holds none."""
     try:
         entries = sorted(os.scandir(state_dir), key=lambda e: e.name)
     except FileNotFoundError:
         return []
-    for entry in entries:
-        if SANDBOX_ID_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-            run = RunDir(Path(entry.path))
-            record = read_record(run)
-            if record is not None:
-                found.append((run, record))
-    return found
+    return [
+        e.name for e in entries if SANDBOX_ID_RE.match(e.name) and e.is_dir(follow_symlinks=False)
+    ]
+
+
+def records_in(state_dir: Path) -> list[tuple[RunDir, SandboxRecord]]:
+    """Every sandbox under ``state_dir`` that has a record, with its run directory."""
+    runs = [RunDir(state_dir / sandbox_id) for sandbox_id in sandbox_ids(state_dir)]
+    return [(run, record) for run in runs if (record := read_record(run)) is not None]
