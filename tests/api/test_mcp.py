@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -91,6 +91,18 @@ async def refused(client: Client, tool: str, **arguments: Any) -> str:
     prefix = f"Error executing tool {tool}: "
     assert text(result).startswith(prefix), text(result)
     return text(result)[len(prefix) :]
+
+
+@pytest.fixture(autouse=True)
+def no_crash_logged(server: ServerProcess) -> Iterator[None]:
+    """Whatever a test sends, the server logs no traceback (a tool that crashed, a 500)."""
+    start = server.log_path.stat().st_size
+    yield
+    with server.log_path.open("rb") as log:
+        log.seek(start)
+        written = log.read().decode(errors="replace")
+    for sign in ("Traceback", "unhandled error", "crashed", "raised an unexpected exception"):
+        assert sign not in written, written
 
 
 @pytest.fixture(scope="module")
@@ -372,6 +384,11 @@ def test_malformed_requests_are_never_5xx(server: ServerProcess) -> None:
     assert 400 <= wrong_type.status_code < 500
     put = httpx.put(f"{server.url}/mcp", json=INITIALIZE, headers=headers)
     assert_error(put, 405)
+    # stateless: no stream to open, no session to end
+    stream = httpx.get(f"{server.url}/mcp", headers={**headers, "Accept": "text/event-stream"})
+    assert_error(stream, 405)
+    assert stream.headers["allow"] == "POST"
+    assert_error(httpx.delete(f"{server.url}/mcp", headers=headers), 405)
 
 
 def test_disallowed_host_or_origin_is_refused(server: ServerProcess) -> None:

@@ -40,7 +40,10 @@ from .mcp_hosts import transport_security
 log = logging.getLogger(__name__)
 
 PATHS = ("/mcp", "/api/mcp")
-METHODS = ["GET", "POST", "DELETE"]
+QUIET_LOGGERS = ("mcp.server.streamable_http", "mcp.server.streamable_http_manager")
+# Stateless: a GET would open a stream that never carries anything, and there is no session to
+# DELETE; both are 405, as the transport's spec allows.
+METHODS = ["POST"]
 INSTRUCTIONS = (
     "Sandboxes of a self-hosted VoidRun server: create one (create_sandbox returns its id), "
     "run commands and code in it, read and write its files, open previews of servers in it, "
@@ -49,9 +52,16 @@ INSTRUCTIONS = (
 
 
 def build_server() -> MCPServer[Any]:
-    server: MCPServer[Any] = MCPServer(
-        "voidrun", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
-    )
+    # MCPServer() calls logging.basicConfig with a handler of its own: on a root logger without
+    # handlers yet (create_app before logs.configure) it would take over the server's log
+    # format. The root logger is put back as it was.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    server: MCPServer[Any] = MCPServer("voidrun", version=__version__, instructions=INSTRUCTIONS)
+    root.handlers[:], root.level = handlers, level
+    # The transport logs every stateless request at INFO ("Terminating session: None").
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     mcp_tools.register(server, [*mcp_tools.TOOLS, *mcp_files.TOOLS])
     return server
 
