@@ -15,6 +15,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
 from tests.api.test_accounts import second_org
@@ -93,6 +94,16 @@ async def refused(client: Client, tool: str, **arguments: Any) -> str:
     return text(result)[len(prefix) :]
 
 
+def refused_by_http(error: BaseException) -> bool:
+    """Whether the SDK's client error (alone or in exception groups) is its report of an HTTP
+    error status (it does not say which)."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(refused_by_http(inner) for inner in error.exceptions)
+    return (
+        isinstance(error, MCPError) and error.error.message == "Server returned an error response"
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_crash_logged(server: ServerProcess) -> Iterator[None]:
     """Whatever a test sends, the server logs no traceback (a tool that crashed, a 500)."""
@@ -118,6 +129,7 @@ async def test_tools_and_their_input_schemas(server: ServerProcess) -> None:
     for mode in ("legacy", "auto"):  # initialize handshake, and the 2026 discover probe
         async with mcp(server, mode=mode) as client:
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            assert "total" in json.loads(await call(client, "list_sandboxes"))
         assert set(tools) == TOOLS
         for tool in tools.values():
             assert tool.description, tool.name
@@ -193,6 +205,7 @@ async def test_create_execute_write_read_list_kill(server: ServerProcess) -> Non
             api = http.post(f"/sandboxes/{sandbox_id}/exec", json={"command": "true"}).json()
         said = f"{api['error']}: {api['details']}" if "details" in api else api["error"]
         assert gone == said
+        assert await refused(client, "get_preview_url", sandbox_id=sandbox_id, port=80) == said
 
 
 async def test_background_command_and_processes(server: ServerProcess, sandbox: str) -> None:
@@ -308,8 +321,9 @@ def test_wrong_or_missing_key_is_refused_before_mcp(server: ServerProcess, sandb
         async with mcp(server, headers={"X-API-Key": "vr_" + "y" * 43}) as client:
             await client.list_tools()
 
-    with pytest.raises(Exception):  # noqa: B017 - the SDK's own error for an HTTP 401
+    with pytest.raises(BaseExceptionGroup) as raised:
         anyio.run(wrong_key)
+    assert refused_by_http(raised.value)
 
 
 async def test_revoked_key_is_refused_at_once(server: ServerProcess) -> None:
@@ -320,8 +334,13 @@ async def test_revoked_key_is_refused_at_once(server: ServerProcess) -> None:
         await call(client, "list_sandboxes")
         with server.client() as admin:
             assert admin.delete(f"/orgs/apikeys/{key_id}").status_code == 200
-        with pytest.raises(Exception):  # noqa: B017 - the next call's HTTP 401
-            await client.list_tools()
+        headers = {**MCP_HEADERS, "X-API-Key": key}
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{server.url}/mcp", json=INITIALIZE, headers=headers)
+        assert assert_error(response, 401)["error"] == "invalid or inactive API key"
+        with pytest.raises(MCPError) as raised:  # the same client's next call
+            await client.call_tool("list_sandboxes", {})
+        assert refused_by_http(raised.value)
 
 
 async def test_another_orgs_sandbox_is_not_found(server: ServerProcess, sandbox: str) -> None:

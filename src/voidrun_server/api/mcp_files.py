@@ -110,7 +110,8 @@ async def get_preview_url(ctx: Context, sandbox_id: SandboxId, port: Port) -> st
     caller = Caller(ctx)
     async with tool_errors():
         sandboxes = caller.sandboxes
-        row = await sandboxes.get(caller.principal, sandbox_id)
+        # a data-plane call like the others: a paused sandbox wakes, a deleted one is refused
+        row = (await sandboxes.ensure_running(caller.principal, sandbox_id)).row
         declared = next((p for p in row.ports if p.get("port") == port), None)
         if declared is None:
             ports = [PortSpec.model_validate(p) for p in row.ports]
