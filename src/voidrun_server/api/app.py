@@ -56,14 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-CORS_HEADERS = [
-    "Authorization",
-    "Content-Type",
-    "X-API-Key",
-    "X-Org-ID",
-    "Mcp-Protocol-Version",
-    "Mcp-Session-Id",
-]
+CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Org-ID"]
 
 
 class VoidRunAPI(FastAPI):
