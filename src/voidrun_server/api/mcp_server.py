@@ -12,7 +12,8 @@ Before the SDK sees a request, :class:`McpEndpoint` checks its Host and Origin
 ``Authorization: Bearer``, through the same key cache as the API): a refusal is our error
 envelope (421/403/401/400), not a JSON-RPC message. The principal rides in the ASGI scope to
 the tools (``mcp_tools.Caller``). The SDK's session manager runs in a task of the app's lifespan
-task group (:func:`serve`), started before the first request and cancelled with the group.
+task group (:meth:`McpEndpoint.run`), started before the first request and cancelled with the
+group; were it to fail, ``/mcp`` answers 503 and the rest of the API goes on.
 """
 
 from __future__ import annotations
@@ -87,15 +88,19 @@ class McpEndpoint:
             max_request_body_size=self.settings.max_json_body_bytes,
         )
         manager = self.server.session_manager
+        started = False
         try:
             async with manager.run():
                 self.manager = manager
                 task_status.started()
+                started = True
                 await anyio.sleep_forever()
         except Exception:  # never into the lifespan's task group (services/background.py)
             log.exception("the MCP session manager failed; /mcp answers 503 until a restart")
         finally:
             self.manager = None
+            if not started:
+                task_status.started()  # the API starts all the same
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
