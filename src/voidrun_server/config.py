@@ -253,6 +253,24 @@ class Settings(BaseSettings):
             "stopped) one node keeps; 4094 ends just below systemd's foreign uid range."
         ),
     )
+    cgroup_parent: str = Field(
+        "voidrun",
+        description=(
+            "Name of the cgroup that holds this server's namespace sandboxes, at the root of "
+            "each hierarchy; the gvisor and microvm drivers use <name>-gvisor and "
+            "<name>-microvm. Servers on one host need different names (docs/scale-out.md)."
+        ),
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$",
+    )
+    host_claims_dir: Path = Field(
+        Path("/run/voidrun/claims"),
+        description=(
+            "Host-wide directory where each server records its uid area, subnet and cgroup "
+            "names at start (one locked file each); a server whose settings overlap a live "
+            "server's refuses to start naming both. Every server on a host must use the same "
+            "one (in Kubernetes: a hostPath)."
+        ),
+    )
     sandbox_network: bool = Field(
         True,
         description=(

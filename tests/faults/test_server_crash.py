@@ -62,8 +62,9 @@ def mounts_under(path: Path) -> list[str]:
 
 
 def cgroups_of(sandbox_id: str) -> list[Path]:
-    """The sandbox's cgroup directories in any hierarchy (v1 controllers or v2)."""
-    return [Path(p) for p in glob.glob(f"/sys/fs/cgroup/**/voidrun/{sandbox_id}", recursive=True)]
+    """The sandbox's cgroup directories in any hierarchy (v1 controllers or v2), below any
+    server's cgroup parent (tests give each server its own: tests/support/server.py)."""
+    return [Path(p) for p in glob.glob(f"/sys/fs/cgroup/**/voidrun*/{sandbox_id}", recursive=True)]
 
 
 def assert_consistent(server: ServerProcess, client: httpx.Client) -> list[dict[str, object]]:

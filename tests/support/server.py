@@ -33,6 +33,10 @@ class ApiServer(Protocol):
         ...
 
 
+class HostClaimTaken(RuntimeError):
+    """The server refused to start: another live server claims its uid area or subnet."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,6 +64,33 @@ def free_test_subnet() -> str:
     raise RuntimeError("no free /24 in 10.200.0.0/13 for test sandboxes")
 
 
+# Test servers take their uid areas from here, below the default area (0x70000000..), so a
+# server with default settings on this host never overlaps one; 256 ranges each (192 slots).
+TEST_UID_AREA = (0x40000000, 0x70000000)
+TEST_UID_RANGES = 256
+CONFLICT = "another server on this host already uses"  # hostclaims' refusal
+
+
+def free_uid_base() -> int:
+    """A test uid area that no live server on this host claims (``hostclaims``); a server
+    that starts at the same moment may still take it first: :meth:`ServerProcess.start`
+    then picks again."""
+    from voidrun_server.hostclaims import RANGE_SIZE, live_claims
+
+    size = TEST_UID_RANGES * RANGE_SIZE
+    claims = live_claims(Path("/run/voidrun/claims"))
+    slots = range(TEST_UID_AREA[0], TEST_UID_AREA[1], size)
+    free = [b for b in slots if not any(c.uid_first < b + size and b < c.uid_end for c in claims)]
+    if not free:
+        raise RuntimeError(f"no free test uid area in {TEST_UID_AREA}")
+    return free[secrets.randbelow(len(free))]
+
+
+def new_cgroup_parent() -> str:
+    """A cgroup name of one test server (servers on one host must not share one)."""
+    return f"voidrun-t{secrets.token_hex(4)}"
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -69,6 +100,9 @@ class ServerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     sandbox_subnet: str = field(default_factory=free_test_subnet)
+    # per server on this host, as docs/scale-out.md asks (checked at start: hostclaims.py)
+    uid_base: int = field(default_factory=free_uid_base)
+    cgroup_parent: str = field(default_factory=new_cgroup_parent)
 
     @property
     def url(self) -> str:
@@ -93,6 +127,9 @@ class ServerProcess:
             # The agent's bundled interpreter: built once per machine, not per test server.
             VOIDRUN_AGENT_RUNTIME_DIR="/var/tmp/voidrun-test-runtime",
             VOIDRUN_SANDBOX_SUBNET=self.sandbox_subnet,
+            VOIDRUN_SANDBOX_UID_BASE=str(self.uid_base),
+            VOIDRUN_SANDBOX_UID_RANGES=str(TEST_UID_RANGES),
+            VOIDRUN_CGROUP_PARENT=self.cgroup_parent,
             # the other isolations start only where a test asks for them (their background
             # start probes a platform and fetches a guest kernel)
             VOIDRUN_ISOLATIONS='["namespace"]',
@@ -108,8 +145,20 @@ class ServerProcess:
         return self.data_dir / "sandboxes"
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
+        for _ in range(5):
+            try:
+                return self._start(timeout)
+            except HostClaimTaken:
+                # a server started at the same moment took the area or subnet picked for this
+                # one (only settings this class chose itself are picked again)
+                self.uid_base = free_uid_base()
+                self.sandbox_subnet = free_test_subnet()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        hostleaks.track(self.state_dir, self.sandbox_subnet)
+        hostleaks.track(self.state_dir, self.sandbox_subnet, self.cgroup_parent)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(BIN), "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
@@ -118,7 +167,13 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+                self.process = None
+                text = self.log_path.read_text()
+                this_run = self.log_path.read_bytes()[log_start:].decode(errors="replace")
+                chosen = {"VOIDRUN_SANDBOX_UID_BASE", "VOIDRUN_SANDBOX_SUBNET"}
+                if CONFLICT in this_run and not chosen & set(self.extra_env):
+                    raise HostClaimTaken(this_run)
+                raise RuntimeError(f"server exited early:\n{text}")
             try:
                 if httpx.get(f"{self.api}/health", timeout=1).status_code == 200:
                     return self
@@ -149,7 +204,7 @@ class ServerProcess:
             # sandboxes of other isolations: the real command, which asks their drivers
             result = self.cli("purge", "--yes")
             assert result.returncode == 0, f"purge failed: {result.stdout}{result.stderr}"
-        hostleaks.purge_state_dir(self.state_dir)
+        hostleaks.purge_state_dir(self.state_dir, self.cgroup_parent)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``voidrun-server ARGS`` against the same data dir and database."""

@@ -14,10 +14,11 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import __version__, datadir, logs, serverlock
+from .. import __version__, datadir, hostclaims, logs, serverlock
 from ..config import Settings
 from ..errors import VoidRunError
 from ..services import accounts
@@ -89,8 +90,10 @@ def serve(
     logs.configure(settings.log_level)
     try:  # held until the process ends (its sandboxes stay; `purge` refuses meanwhile)
         serverlock.hold(settings.data_dir, "voidrun-server serve")
+        # its uid area, subnet and cgroup names: no other live server on this host has them
+        hostclaims.claim(settings, "voidrun-server serve")
     except VoidRunError as exc:
-        err.print(f"[red]Cannot start:[/red] {exc}")
+        err.print(f"[red]Cannot start:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(
         f"[bold]voidrun-server {__version__}[/bold] on http://{settings.host}:{settings.port}/api "

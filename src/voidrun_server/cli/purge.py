@@ -62,7 +62,9 @@ def purge(
         )
     try:  # gvisor and microvm sandboxes first: the namespace purge ends the shared network
         others, other_errors = purge_other_isolations(settings, _progress)
-        result = purge_state_dir(state_dir, progress=_progress)
+        result = purge_state_dir(
+            state_dir, cgroup_parent=settings.cgroup_parent, progress=_progress
+        )
         result.sandboxes[:0] = others
         result.errors[:0] = other_errors
     finally:

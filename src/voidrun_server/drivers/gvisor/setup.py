@@ -37,5 +37,6 @@ def build(
         probe_cache=settings.runtime_root,  # host-wide, like the agent runtime beside it
         ready_timeout=settings.sandbox_ready_timeout_seconds,
         pids_max=settings.sandbox_pids_max,
+        cgroup_parent=f"{settings.cgroup_parent}-gvisor",
         networking=(network or NetworkShare(settings)).get,  # called after its checks
     )

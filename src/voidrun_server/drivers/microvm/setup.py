@@ -45,4 +45,5 @@ def build(
         uid_dir=settings.sandboxes_dir / ".uid-ranges",
         uid_base=settings.sandbox_uid_base,
         uid_ranges=settings.sandbox_uid_ranges,
+        cgroup_parent=f"{settings.cgroup_parent}-microvm",
     )

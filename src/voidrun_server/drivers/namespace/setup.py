@@ -46,6 +46,7 @@ def build(
         state_dir=state_dir(settings),
         uid_base=settings.sandbox_uid_base,
         uid_ranges=settings.sandbox_uid_ranges,
+        cgroup_parent=settings.cgroup_parent,
         agent_argv=functools.partial(agent_argv, python=runtime.python_argv()),
         agent_dir=agent_dir,
         runtime_dir=runtime.host_dir,
