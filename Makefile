@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHECKED := src tests bench
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast test-heavy lint typecheck pytest fuzz openapi install install-test clean
+.PHONY: help serve test test-fast test-heavy lint typecheck pytest fuzz openapi manifests install install-test clean
 
 help: ## Show the available targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,10 @@ openapi: install ## Regenerate the committed openapi.json from the app
 	$(BIN)/python -c 'import json; from voidrun_server.api.app import create_app; \
 	from voidrun_server.config import Settings; \
 	print(json.dumps(create_app(Settings(data_dir="/tmp/voidrun-openapi")).openapi(), indent=2, sort_keys=True))' > openapi.json
+
+manifests: install-test ## Render deploy/kubernetes/voidrun.yaml from the Helm chart (tests/support/helmlite.py)
+	$(BIN)/python -m tests.support.helmlite deploy/helm/voidrun deploy/helm/plain-values.yaml \
+		> deploy/kubernetes/voidrun.yaml
 
 install: $(VENV)/.installed ## Create .venv and install the server
 

@@ -91,7 +91,9 @@ def serve(
     try:  # held until the process ends (its sandboxes stay; `purge` refuses meanwhile)
         serverlock.hold(settings.data_dir, "voidrun-server serve")
         # its uid area, subnet and cgroup names: no other live server on this host has them
-        hostclaims.claim(settings, "voidrun-server serve")
+        # (an API replica, VOIDRUN_ROLE=api, runs no sandboxes and claims nothing)
+        if getattr(settings, "role", "all") != "api":
+            hostclaims.claim(settings, "voidrun-server serve")
     except VoidRunError as exc:
         err.print(f"[red]Cannot start:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from exc
