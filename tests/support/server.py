@@ -91,6 +91,16 @@ def new_cgroup_parent() -> str:
     return f"voidrun-t{secrets.token_hex(4)}"
 
 
+def host_slot_env(uid_base: int, cgroup_parent: str) -> dict[str, str]:
+    """The settings that keep one test server's (or node daemon's) sandboxes apart from every
+    other server's on this host, besides its subnet (docs/scale-out.md)."""
+    return {
+        "VOIDRUN_SANDBOX_UID_BASE": str(uid_base),
+        "VOIDRUN_SANDBOX_UID_RANGES": str(TEST_UID_RANGES),
+        "VOIDRUN_CGROUP_PARENT": cgroup_parent,
+    }
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -103,6 +113,12 @@ class ServerProcess:
     # per server on this host, as docs/scale-out.md asks (checked at start: hostclaims.py)
     uid_base: int = field(default_factory=free_uid_base)
     cgroup_parent: str = field(default_factory=new_cgroup_parent)
+
+    def __post_init__(self) -> None:
+        # a test that names them itself: what the server really uses (purge, leak guard)
+        self.uid_base = int(self.extra_env.get("VOIDRUN_SANDBOX_UID_BASE", self.uid_base))
+        self.cgroup_parent = self.extra_env.get("VOIDRUN_CGROUP_PARENT", self.cgroup_parent)
+        self.sandbox_subnet = self.extra_env.get("VOIDRUN_SANDBOX_SUBNET", self.sandbox_subnet)
 
     @property
     def url(self) -> str:
@@ -127,9 +143,7 @@ class ServerProcess:
             # The agent's bundled interpreter: built once per machine, not per test server.
             VOIDRUN_AGENT_RUNTIME_DIR="/var/tmp/voidrun-test-runtime",
             VOIDRUN_SANDBOX_SUBNET=self.sandbox_subnet,
-            VOIDRUN_SANDBOX_UID_BASE=str(self.uid_base),
-            VOIDRUN_SANDBOX_UID_RANGES=str(TEST_UID_RANGES),
-            VOIDRUN_CGROUP_PARENT=self.cgroup_parent,
+            **host_slot_env(self.uid_base, self.cgroup_parent),
             # the other isolations start only where a test asks for them (their background
             # start probes a platform and fetches a guest kernel)
             VOIDRUN_ISOLATIONS='["namespace"]',
