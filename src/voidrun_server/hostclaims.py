@@ -14,10 +14,11 @@ same host uids to different sandboxes; sharing a subnet, they fight over routes 
 So at start a server writes ``<VOIDRUN_HOST_CLAIMS_DIR>/<tag>.json`` (data dir, pid, command,
 uid area, subnet, cgroup names) and holds an ``flock`` on it for its whole life; the check of
 every other claim and the write happen under an exclusive lock of the directory, so two
-servers starting at once see each other. A claim counts while its file is locked: the kernel
-drops the lock when its process dies, however it dies, so the claim of a SIGKILLed server (a
-dead pid) never blocks; nor does a leftover file whose pid was reused. Locks, unlike pids, also
-work across PID namespaces (node daemons in containers sharing the host's ``/run/voidrun``).
+servers starting at once see each other (and the files of dead owners are deleted then). A
+claim counts while its file is locked: the kernel drops the lock when its process dies, however
+it dies, so the claim of a SIGKILLed server (a dead pid) never blocks; nor does a leftover file
+whose pid was reused. Locks, unlike pids, also work across PID namespaces (node daemons in
+containers sharing the host's ``/run/voidrun``).
 """
 
 from __future__ import annotations
@@ -122,12 +123,17 @@ def _held(path: Path) -> bool:
     return False
 
 
-def live_claims(directory: Path, *, skip: str = "") -> list[Claim]:
-    """Every claim in ``directory`` whose owner is alive (its file locked), but ``skip``'s."""
+def live_claims(directory: Path, *, skip: str = "", prune: bool = False) -> list[Claim]:
+    """Every claim in ``directory`` whose owner is alive (its file locked), but ``skip``'s;
+    ``prune`` (only under the directory's lock) deletes the files of dead owners."""
     found = []
     with contextlib.suppress(FileNotFoundError):
         for path in sorted(directory.glob("*.json")):
-            if path.stem == skip or not _held(path):
+            if path.stem == skip:
+                continue
+            if not _held(path):
+                if prune:
+                    path.unlink(missing_ok=True)
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 found.append(Claim.from_json(path.read_text()))
@@ -145,7 +151,7 @@ def claim(settings: Settings, command: str) -> int:
     dir_lock = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(dir_lock, fcntl.LOCK_EX)
-        for other in live_claims(directory, skip=tag):
+        for other in live_claims(directory, skip=tag, prune=True):
             found = conflicts(mine, other)
             if found:
                 raise ConflictError(

@@ -110,6 +110,9 @@ def test_the_claim_of_a_dead_process_does_not_count(tmp_path: Path) -> None:
     assert len(list((tmp_path / "claims").glob("*.json"))) == 1
     assert live_claims(tmp_path / "claims") == []
     os.close(claim(settings(tmp_path, "b"), "x"))
+    # and the next claim deleted it: only b's own file is left
+    [left] = (tmp_path / "claims").glob("*.json")
+    assert '"command": "x"' in left.read_text()
 
 
 def test_a_garbled_claim_file_is_ignored(tmp_path: Path) -> None:
