@@ -36,6 +36,10 @@ def _default_data_dir() -> Path:
     return Path("/var/lib/voidrun") if os.geteuid() == 0 else Path("~/.voidrun")
 
 
+def _default_claims_dir() -> Path:
+    return Path("/run/voidrun/claims") if os.geteuid() == 0 else Path("~/.voidrun/claims")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOIDRUN_",
@@ -263,12 +267,13 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$",
     )
     host_claims_dir: Path = Field(
-        Path("/run/voidrun/claims"),
+        default_factory=lambda: _default_claims_dir(),
         description=(
             "Host-wide directory where each server records its uid area, subnet and cgroup "
             "names at start (one locked file each); a server whose settings overlap a live "
             "server's refuses to start naming both. Every server on a host must use the same "
-            "one (in Kubernetes: a hostPath)."
+            "one (in Kubernetes: a hostPath). Default /run/voidrun/claims, or "
+            "~/.voidrun/claims when not root."
         ),
     )
     sandbox_network: bool = Field(
@@ -587,7 +592,7 @@ class Settings(BaseSettings):
         default = self.warm_pool_size if isolation == self.driver else 0
         return self.warm_pool_sizes.get(isolation, default)
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "host_claims_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().absolute()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .errors import ConflictError
+from .errors import ConflictError, VoidRunError
 
 __all__ = ["Claim", "claim", "conflicts", "live_claims"]
 
@@ -145,10 +145,17 @@ def claim(settings: Settings, command: str) -> int:
     host and record its own; returns the descriptor that holds the claim (closing it, or the
     process ending, releases it). Raises ConflictError naming the settings and the owner."""
     directory = settings.host_claims_dir
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     mine = Claim.of(settings, command)
     tag = _tag(mine.data_dir)
-    dir_lock = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        dir_lock = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise VoidRunError(
+            f"cannot use the host claims directory {directory}",
+            f"{exc.strerror}; set VOIDRUN_HOST_CLAIMS_DIR to a directory this user may write, "
+            "the same for every server on this host",
+        ) from exc
     try:
         fcntl.flock(dir_lock, fcntl.LOCK_EX)
         for other in live_claims(directory, skip=tag, prune=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from voidrun_server.config import Settings
-from voidrun_server.errors import ConflictError
+from voidrun_server.errors import ConflictError, VoidRunError
 from voidrun_server.hostclaims import RANGE_SIZE, Claim, claim, conflicts, live_claims
 
 
@@ -126,3 +126,10 @@ def test_a_garbled_claim_file_is_ignored(tmp_path: Path) -> None:
         os.close(claim(settings(tmp_path, "a"), "x"))
     finally:
         os.close(fd)
+
+
+def test_an_unusable_claims_dir_is_a_clear_start_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VoidRunError) as info:
+        claim(settings(tmp_path, "a", host_claims_dir=tmp_path / "file" / "claims"), "x")
+    assert "VOIDRUN_HOST_CLAIMS_DIR" in str(info.value)
