@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import hostleaks
 from tests.support.hostleaks import new_state_dir
 from tests.support.sandboxes import create_sandbox, sandbox_server
 from tests.support.server import BIN, TEST_UID_RANGES, ServerProcess, free_uid_base
@@ -70,14 +71,17 @@ def test_two_servers_with_disjoint_settings_both_run_sandboxes(first: ServerProc
 def refused(env: dict[str, str]) -> str:
     """Start a server on a fresh data dir with ``env``; it must exit at once (1): its stderr."""
     data_dir = new_state_dir("voidrun-refused-")
+    proc = ServerProcess(data_dir=data_dir, extra_env={**QUIET, **env})
+    # watched and purged like any server's, should it run after all (and be killed at timeout)
+    hostleaks.track(proc.state_dir, proc.sandbox_subnet, proc.cgroup_parent)
     try:
-        proc = ServerProcess(data_dir=data_dir, extra_env=env)
         result = subprocess.run(
             [str(BIN), "serve"], env=proc.env(), capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 1, result.stdout + result.stderr
         return " ".join(result.stderr.split())
     finally:
+        hostleaks.purge_state_dir(proc.state_dir, proc.cgroup_parent)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
