@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,6 +28,7 @@ from . import wire
 from .contexts import ContextError, Contexts
 
 VERSION_HEADER = "X-VoidRun-Interpreter"
+KEEPALIVE_EVERY = 5.0
 MAX_BODY = 16 * 1024 * 1024
 
 
@@ -39,6 +41,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "voidrun-interpreter"
     contexts: Contexts
     version: str
+    _last_write = 0.0
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -107,6 +110,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
+        self._last_write = time.monotonic()
         try:
             self.contexts.execute(context, code, env, self._emit)
         except ClientGoneError:
@@ -119,6 +123,12 @@ class Handler(BaseHTTPRequestHandler):
     # -- I/O ------------------------------------------------------------------------------------
 
     def _emit(self, line: wire.Line) -> None:
+        # Runtimes offer a keepalive each second of silence; one in KEEPALIVE_EVERY goes out
+        # (as E2B's server: a client's per-read timeout still sees a silent cell).
+        now = time.monotonic()
+        if line is wire.KEEPALIVE and now - self._last_write < KEEPALIVE_EVERY:
+            return
+        self._last_write = now
         self._chunk(wire.encode(line))
 
     def _chunk(self, data: bytes) -> None:
