@@ -26,6 +26,7 @@ from . import wire
 
 POLL = 1.0
 DRAIN = 5.0
+EXIT_GRACE = 2.0  # for the other stream's end once the shell exited
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -123,14 +124,32 @@ class BashContext:
                 emit(wire.KEEPALIVE)
                 continue
             if not data:
-                for name in ("stdout", "stderr"):
-                    held = reader.rest(name)
-                    if held:
-                        emit(wire.output(name, held))
+                self._last_words(reader, stream, emit)
                 raise ShellExitedError("bash exited")
             text = reader.feed(stream, data)
             if text:
                 emit(wire.output(stream, text))
+
+    def _last_words(self, reader: _Reader, closed: str, emit: wire.Emit) -> None:
+        """The shell exited: what its other stream still had (its pump may be behind), and
+        what either held back."""
+        open_streams = {"stdout", "stderr"} - {closed}
+        give_up = time.monotonic() + EXIT_GRACE
+        while open_streams and time.monotonic() < give_up:
+            try:
+                stream, data = self.chunks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if not data:
+                open_streams.discard(stream)
+                continue
+            text = reader.feed(stream, data)
+            if text:
+                emit(wire.output(stream, text))
+        for name in ("stdout", "stderr"):
+            held = reader.rest(name)
+            if held:
+                emit(wire.output(name, held))
 
     def _follow_quietly(self, reader: _Reader) -> bool:
         give_up = time.monotonic() + DRAIN
