@@ -188,3 +188,15 @@ def test_two_sandboxes_do_not_share_state(client: httpx.Client, box: str) -> Non
     assert of(lines, "error")[0]["name"] == "NameError"
     assert main_text(execute(client, box, "shared_secret")) == "box one"
     client.delete(f"/sandboxes/{other}")
+
+
+def test_a_javascript_context(client: httpx.Client, box: str) -> None:
+    first = execute(
+        client, box, "const base = 40; console.log(typeof require)", language="javascript"
+    )
+    assert "".join(line["text"] for line in of(first, "stdout")) == "function\n"
+    assert main_text(execute(client, box, "base + 2", language="javascript")) == "42"
+    [error] = of(execute(client, box, "null.x", language="javascript"), "error")
+    assert error["name"] == "TypeError" and "cell.js" in error["traceback"]
+    fetched = execute(client, box, "await Promise.resolve(require('os').platform())", language="js")
+    assert main_text(fetched) == "linux"

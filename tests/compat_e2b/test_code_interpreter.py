@@ -4,7 +4,8 @@ NEEDS THE E2B DISPATCHER (``/e2b``: control plane, envd and the port-49999 proxy
 ``services/interpreter.py``), built on another branch: until it is merged, the server answers
 404 under ``/e2b`` and every test here skips saying so. Once it is, they run: ``run_code``
 keeps state across calls, a matplotlib plot comes back as PNG, an exception as ``error`` with
-its traceback, code contexts (create/list/restart/remove), a bash context, and another org's
+its traceback, code contexts (create/list/restart/remove), bash and javascript contexts, and
+another org's
 key gets the SDK's not-found.
 
 The SDK is configured as a user would: ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` both
@@ -120,6 +121,12 @@ def test_a_bash_context(sbx: Any) -> None:
     sbx.run_code("GREETING=hello", language="bash")
     execution = sbx.run_code("echo $GREETING world", language="bash")
     assert execution.logs.stdout == ["hello world\n"]
+
+
+def test_a_javascript_context(sbx: Any) -> None:
+    sbx.run_code("const base = 40", language="javascript")
+    assert sbx.run_code("base + 2", language="javascript").text == "42"
+    assert sbx.run_code("null.x", language="javascript").error.name == "TypeError"
 
 
 def test_an_unsupported_language_is_refused(sbx: Any) -> None:

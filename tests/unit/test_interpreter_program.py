@@ -30,7 +30,9 @@ PACKAGE_ROOT = PROGRAM_DIR.parent
 ALLOWED = set(sys.stdlib_module_names) | {"jupyter_client"}
 
 
-@pytest.mark.parametrize("name", sorted(interpreter.program_files()))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in interpreter.program_files() if n.endswith(".py"))
+)
 def test_the_program_imports_only_stdlib_jupyter_client_and_itself(name: str) -> None:
     tree = ast.parse((PROGRAM_DIR / name).read_text(), name, feature_version=(3, 9))
     for node in ast.walk(tree):
@@ -45,12 +47,14 @@ def test_the_program_imports_only_stdlib_jupyter_client_and_itself(name: str) ->
 
 
 def test_every_file_of_the_package_is_shipped() -> None:
-    assert set(interpreter.program_files()) == {p.name for p in PROGRAM_DIR.glob("*.py")}
+    shipped = {p.name for p in PROGRAM_DIR.iterdir() if p.suffix in (".py", ".js")}
+    assert set(interpreter.program_files()) == shipped
 
 
 def test_the_server_never_imports_the_program_modules() -> None:
     """Only the package's ``__init__`` (what to ship, how to start it) is the server's."""
-    modules = {Path(n).stem for n in interpreter.program_files()} - {"__init__"}
+    modules = {Path(n).stem for n in interpreter.program_files() if n.endswith(".py")}
+    modules.discard("__init__")
     forbidden = {f"voidrun_server.interpreter.{m}" for m in modules}
     for path in PACKAGE_ROOT.rglob("*.py"):
         if path.parent == PROGRAM_DIR:
@@ -197,6 +201,7 @@ def test_contexts_list_restart_delete(program: str) -> None:
     ("body", "status", "words"),
     [
         ({"code": "1", "language": "cobol"}, 400, "unsupported language"),
+        ({"code": "1", "language": "typescript"}, 400, "python, bash, javascript"),
         ({"code": "1", "language": "bash", "context_id": "x"}, 400, "Only one of"),
         ({"code": 1}, 400, "code must be a string"),
         ({"code": "1", "language": "bash", "env_vars": {"A B": "1"}}, 400, "shell variable"),
@@ -226,3 +231,56 @@ def test_without_jupyter_a_python_context_is_a_clear_500(program: str) -> None:
     response = httpx.post(f"{program}/execute", json={"code": "1"})
     assert response.status_code == 500
     assert "could not start a python context" in response.text
+
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="no node on this host")
+
+
+def results(lines: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [line for line in lines if line["type"] == "result"]
+
+
+@needs_node
+def test_a_javascript_context_keeps_globals_and_declarations(program: str) -> None:
+    made = httpx.post(f"{program}/contexts", json={"language": "javascript"}).json()
+    assert made["language"] == "javascript"
+    first = run(
+        program, code="const x = 41; globalThis.y = 1; console.log('hi')", context_id=made["id"]
+    )
+    assert text(first) == "hi\n" and results(first) == []
+    [value] = results(run(program, code="x + y", context_id=made["id"]))
+    assert value == {"type": "result", "is_main_result": True, "text": "42"}
+    [word] = results(run(program, code="'abc'", context_id=made["id"]))
+    assert word["text"] == "abc"
+    [obj] = results(run(program, code="({a: [1, 2]})", context_id=made["id"]))
+    assert obj["text"] == "{ a: [ 1, 2 ] }"
+
+
+@needs_node
+def test_javascript_errors_awaits_and_interrupts(program: str) -> None:
+    made = httpx.post(f"{program}/contexts", json={"language": "js"}).json()
+    ctx = made["id"]
+    [error] = [
+        line
+        for line in run(
+            program, code="function f() { throw new RangeError('deep') }\nf()", context_id=ctx
+        )
+        if line["type"] == "error"
+    ]
+    assert (error["name"], error["value"]) == ("RangeError", "deep")
+    assert "at f (cell.js:1" in str(error["traceback"]) and "node_runner" not in str(
+        error["traceback"]
+    )
+    [awaited] = results(
+        run(program, code="await new Promise(r => setTimeout(() => r(7), 10))", context_id=ctx)
+    )
+    assert awaited["text"] == "7"
+    env = run(program, code="process.env.GREETING", context_id=ctx, env_vars={"GREETING": "hey"})
+    assert results(env)[0]["text"] == "hey"
+    assert results(run(program, code="process.env.GREETING", context_id=ctx)) == []
+    body = {"code": "globalThis.kept = 5; console.log('spin'); while (true) {}", "context_id": ctx}
+    with httpx.stream("POST", f"{program}/execute", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if json.loads(line).get("text") == "spin\n":
+                break
+    assert results(run(program, code="kept + 1", context_id=ctx))[0]["text"] == "6"

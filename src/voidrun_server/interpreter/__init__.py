@@ -10,7 +10,8 @@ does). Inside, they import only the standard library, ``jupyter_client`` and eac
   ``/contexts`` CRUD, ``GET /health``.
 - ``contexts.py``: the contexts table (a default one per language, serialised executions).
 - ``kernels.py``: a Python context on a real Jupyter kernel; ``shell.py``: a bash context on
-  one persistent bash process.
+  one persistent bash process; ``node.py`` (+ ``node_runner.js``): a javascript context on one
+  persistent node process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ PORT = 49999
 VERSION = "1"
 PACKAGE = "voidrun_interpreter"
 _DIR = Path(__file__).resolve().parent
-_FILES = ("__init__.py", "server.py", "contexts.py", "kernels.py", "shell.py", "wire.py")
+_FILES = (
+    "__init__.py",
+    "server.py",
+    "contexts.py",
+    "kernels.py",
+    "shell.py",
+    "node.py",
+    "node_runner.js",
+    "wire.py",
+)
 
 
 def program_files() -> dict[str, bytes]:

@@ -12,8 +12,15 @@ from typing import Any
 
 from . import wire
 
-LANGUAGES = ("python", "bash")
-ALIASES = {"python3": "python", "py": "python", "sh": "bash", "shell": "bash"}
+LANGUAGES = ("python", "bash", "javascript")
+ALIASES = {
+    "python3": "python",
+    "py": "python",
+    "sh": "bash",
+    "shell": "bash",
+    "js": "javascript",
+    "node": "javascript",
+}
 POLL = 1.0
 
 
@@ -52,6 +59,10 @@ def _runtime(language: str, cwd: str) -> Any:
         from .kernels import PythonContext
 
         return PythonContext(cwd)
+    if language == "javascript":
+        from .node import NodeContext
+
+        return NodeContext(cwd)
     from .shell import BashContext
 
     return BashContext(cwd)

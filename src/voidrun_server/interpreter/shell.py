@@ -1,4 +1,5 @@
-"""A bash context: one persistent ``bash`` process (Debian has no Jupyter bash kernel).
+"""A bash context: one persistent ``bash`` process (Debian has no Jupyter bash kernel), on
+``PipeContext``, the persistent-process machinery it shares with the javascript context.
 
 Each cell is written to a file and ``source``d by that bash, so variables, functions, ``cd``
 and exports persist. Its end is told by a marker only this execution knows (a random token),
@@ -11,9 +12,9 @@ command dies, the shell's trap returns from the cell and the shell lives on.
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import queue
-import re
 import secrets
 import shlex
 import signal
@@ -21,44 +22,70 @@ import subprocess
 import tempfile
 import threading
 import time
+from typing import Any
 
 from . import wire
 
 POLL = 1.0
 DRAIN = 5.0
 EXIT_GRACE = 2.0  # for the other stream's end once the shell exited
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class ShellExitedError(wire.ContextDiedError):
     pass
 
 
-class BashContext:
-    language = "bash"
+class PipeContext:
+    """A persistent interpreter process on pipes: cells go to its stdin, their ends are told
+    by the marker on stdout and stderr and, with ``control``, by one JSON line on a pipe of its
+    own (fd number appended to ``argv``)."""
+
+    language = ""
+    name = ""
+    control = False
 
     def __init__(self, cwd: str) -> None:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.chunks: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.dir = tempfile.mkdtemp(prefix="voidrun-bash-")
+        self.dir = tempfile.mkdtemp(prefix=f"voidrun-{self.language}-")
         self.start()
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def send(self, code: str, env: dict[str, str], marker: str) -> None:
+        raise NotImplementedError
+
+    def finish(self, status: int, reply: dict[str, Any] | None, emit: wire.Emit) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self.chunks = queue.Queue()
-        self.proc = subprocess.Popen(
-            ["bash", "--noprofile", "--norc"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self.cwd,
-            start_new_session=True,
-        )
-        for name, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
-            assert pipe is not None
-            threading.Thread(
-                target=_pump, args=(pipe.fileno(), name, self.chunks), daemon=True
-            ).start()
+        argv = self.argv()
+        keep: tuple[int, ...] = ()
+        if self.control:
+            read_end, write_end = os.pipe()
+            argv, keep = [*argv, str(write_end)], (write_end,)
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=self.cwd,
+                start_new_session=True,
+                pass_fds=keep,
+            )
+        finally:
+            for fd in keep:
+                os.close(fd)
+        pipes = [("stdout", self.proc.stdout), ("stderr", self.proc.stderr)]
+        fds = [(name, pipe.fileno()) for name, pipe in pipes if pipe is not None]
+        if self.control:
+            fds.append(("control", read_end))
+        for stream, fd in fds:
+            threading.Thread(target=_pump, args=(fd, stream, self.chunks), daemon=True).start()
 
     def restart(self) -> None:
         self.shutdown()
@@ -90,20 +117,9 @@ class BashContext:
     def execute(self, code: str, env: dict[str, str], emit: wire.Emit) -> None:
         if not self.alive():
             self.restart()
-        assert self.proc is not None and self.proc.stdin is not None
         marker = f"__voidrun_end_{secrets.token_hex(16)}__"
-        cell = os.path.join(self.dir, "cell.sh")
-        with open(cell, "w", encoding="utf-8") as f:
-            f.write(code + "\n")
-        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        line = (
-            f"trap 'return 130' INT; {assigns} source {shlex.quote(cell)} </dev/null; "
-            f"__voidrun_rc=$?; trap - INT; printf '%s %d\\n' {marker} $__voidrun_rc; "
-            f"printf '%s\\n' {marker} >&2\n"
-        )
-        self.proc.stdin.write(line.encode())
-        self.proc.stdin.flush()
-        reader = _Reader(marker.encode())
+        self.send(code, env, marker)
+        reader = _Reader(marker.encode(), self.control)
         try:
             self._follow(reader, emit)
         except ShellExitedError:
@@ -113,8 +129,15 @@ class BashContext:
             if not self._follow_quietly(reader):
                 self.restart()
             raise
-        if reader.status:
-            emit(wire.error("ExitCode", str(reader.status), ""))
+        self.finish(reader.status, reader.reply, emit)
+
+    def _write(self, data: bytes) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise ShellExitedError(f"{self.name} exited") from exc
 
     def _follow(self, reader: _Reader, emit: wire.Emit) -> None:
         while not reader.done():
@@ -125,14 +148,14 @@ class BashContext:
                 continue
             if not data:
                 self._last_words(reader, stream, emit)
-                raise ShellExitedError("bash exited")
+                raise ShellExitedError(f"{self.name} exited")
             text = reader.feed(stream, data)
             if text:
                 emit(wire.output(stream, text))
 
     def _last_words(self, reader: _Reader, closed: str, emit: wire.Emit) -> None:
-        """The shell exited: what its other stream still had (its pump may be behind), and
-        what either held back."""
+        """The process exited: what its other streams still had (their pumps may be behind),
+        and what was held back."""
         open_streams = {"stdout", "stderr"} - {closed}
         give_up = time.monotonic() + EXIT_GRACE
         while open_streams and time.monotonic() < give_up:
@@ -164,10 +187,35 @@ class BashContext:
         return reader.done()
 
 
+class BashContext(PipeContext):
+    language = "bash"
+    name = "bash"
+
+    def argv(self) -> list[str]:
+        return ["bash", "--noprofile", "--norc"]
+
+    def send(self, code: str, env: dict[str, str], marker: str) -> None:
+        cell = os.path.join(self.dir, "cell.sh")
+        with open(cell, "w", encoding="utf-8") as f:
+            f.write(code + "\n")
+        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        self._write(
+            (
+                f"trap 'return 130' INT; {assigns} source {shlex.quote(cell)} </dev/null; "
+                f"__voidrun_rc=$?; trap - INT; printf '%s %d\\n' {marker} $__voidrun_rc; "
+                f"printf '%s\\n' {marker} >&2\n"
+            ).encode()
+        )
+
+    def finish(self, status: int, reply: dict[str, Any] | None, emit: wire.Emit) -> None:
+        if status:
+            emit(wire.error("ExitCode", str(status), ""))
+
+
 class _Reader:
     """Splits each stream at this execution's marker; text before it is the cell's output."""
 
-    def __init__(self, marker: bytes) -> None:
+    def __init__(self, marker: bytes, control: bool = False) -> None:
         self.marker = marker
         self.buf = {"stdout": b"", "stderr": b""}
         self.ended = {"stdout": False, "stderr": False}
@@ -175,11 +223,24 @@ class _Reader:
             name: codecs.getincrementaldecoder("utf-8")(errors="replace") for name in self.buf
         }
         self.status = 0
+        self.control = control
+        self.control_buf = b""
+        self.reply: dict[str, Any] | None = None
 
     def done(self) -> bool:
-        return all(self.ended.values())
+        return all(self.ended.values()) and (not self.control or self.reply is not None)
 
     def feed(self, stream: str, data: bytes) -> str:
+        if stream == "control":
+            self.control_buf += data
+            if b"\n" in self.control_buf and self.reply is None:
+                line, self.control_buf = self.control_buf.split(b"\n", 1)
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    reply = None
+                self.reply = reply if isinstance(reply, dict) else {}
+            return ""
         if self.ended[stream]:
             return ""
         buf = self.buf[stream] + data
