@@ -5,8 +5,7 @@ NEEDS THE E2B DISPATCHER (``/e2b``: control plane, envd and the port-49999 proxy
 404 under ``/e2b`` and every test here skips saying so. Once it is, they run: ``run_code``
 keeps state across calls, a matplotlib plot comes back as PNG, an exception as ``error`` with
 its traceback, code contexts (create/list/restart/remove), bash and javascript contexts, and
-another org's
-key gets the SDK's not-found.
+another org's key gets the SDK's not-found.
 
 The SDK is configured as a user would: ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` both
 ``http://<server>/e2b``, ``E2B_API_KEY`` one of our API keys.
