@@ -54,7 +54,7 @@ def start_interpreter(client: httpx.Client) -> str:
     for _ in range(600):
         health = client.get(f"/sandboxes/{sid}/ports/{PORT}/health")
         if health.status_code == 200:
-            assert health.headers["x-voidrun-interpreter"] == interpreter.VERSION
+            assert health.headers["x-voidrun-interpreter"] == interpreter.version()
             return sid
         time.sleep(0.05)
     raise AssertionError(f"the interpreter did not answer: {health.status_code} {health.text}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import secrets
+import shlex
 import shutil
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +29,7 @@ from tests.support.inprocess import InProcessServer
 from tests.support.sandboxes import create_sandbox
 from tests.support.server import free_test_subnet
 from tests.support.tiers import skip_if_opted_out, skip_tier
+from voidrun_server import interpreter
 from voidrun_server.api.app import create_app
 from voidrun_server.api.deps import principal
 from voidrun_server.api.interpreter import interpreter_service
@@ -309,3 +311,32 @@ async def _as(app: RealDriverApp, caller: Principal, sid: str) -> None:
         {"type": "http", "app": app.app, "headers": [], "query_string": b""}
     )
     await (await interpreter_service(connection)).execute(caller, sid, "1")
+
+
+def test_an_older_interpreter_is_replaced(app: RealDriverApp, client: httpx.Client) -> None:
+    """A sandbox still running another release's program (the server was upgraded)."""
+    sid = str(create_sandbox(client, autoSleep=False)["id"])
+    files = interpreter.program_files()
+    files["wire.py"] += b"\n# an older release\n"
+    for name, data in files.items():
+        path = f"/opt/old/{interpreter.PACKAGE}/{name}"
+        upload = client.post(f"/sandboxes/{sid}/files/upload", params={"path": path}, content=data)
+        assert upload.status_code == 200, upload.text
+    command = f"exec python3 -I -c {shlex.quote(interpreter.bootstrap_code('/opt/old'))}"
+    old = client.post(f"/sandboxes/{sid}/commands/run", json={"command": command}).json()
+    probe = "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 49999))'"
+    for _ in range(600):
+        if (
+            client.post(f"/sandboxes/{sid}/exec", json={"command": probe}).json()["data"][
+                "exitCode"
+            ]
+            == 0
+        ):
+            break
+    assert main_text(run(app, sid, "6 * 7")) == "42"
+    [now] = interpreters(client, sid)
+    assert now["pid"] != old["pid"] and "/opt/old" not in now["command"]
+    health = "curl -s -D - -o /dev/null http://127.0.0.1:49999/health"
+    head = client.post(f"/sandboxes/{sid}/exec", json={"command": health}).json()["data"]["stdout"]
+    assert f"X-VoidRun-Interpreter: {interpreter.version()}" in head
+    client.delete(f"/sandboxes/{sid}")

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PACKAGE", "PORT", "VERSION", "bootstrap_code", "program_files"]
+__all__ = ["PACKAGE", "PORT", "bootstrap_code", "program_files", "version"]
 
 PORT = 49999
-# Bumped with any change to the program: a sandbox still running an older one is restarted.
-VERSION = "1"
 PACKAGE = "voidrun_interpreter"
 _DIR = Path(__file__).resolve().parent
 _FILES = (
@@ -40,6 +38,17 @@ _FILES = (
 def program_files() -> dict[str, bytes]:
     """The package's files by name, as they are written into a sandbox."""
     return {name: (_DIR / name).read_bytes() for name in _FILES}
+
+
+def version() -> str:
+    """A digest of the program's files: what its health check reports, so the server (with the
+    same files) tells a sandbox still running an older program, and where it is installed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, data in sorted(program_files().items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
 
 
 def bootstrap_code(install_dir: str) -> str:

@@ -196,7 +196,7 @@ def _shell_name(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import VERSION
+    from . import version
 
     parser = argparse.ArgumentParser(prog="voidrun-interpreter")
     parser.add_argument("--host", default="127.0.0.1")
@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prewarm", action="store_true")
     args = parser.parse_args(argv)
     contexts = Contexts(args.cwd)
-    handler = type("BoundHandler", (Handler,), {"contexts": contexts, "version": VERSION})
+    mine = version()
+    handler = type("BoundHandler", (Handler,), {"contexts": contexts, "version": mine})
     ThreadingHTTPServer.allow_reuse_address = True
     httpd = ThreadingHTTPServer((args.host, args.port), handler)
     httpd.daemon_threads = True
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     if not args.no_prewarm:  # the first run_code should not wait for a kernel to start
         threading.Thread(target=_prewarm, args=(contexts,), daemon=True).start()
-    print(f"voidrun-interpreter {VERSION} on {args.host}:{args.port}", file=sys.stderr, flush=True)
+    print(f"voidrun-interpreter {mine} on {args.host}:{args.port}", file=sys.stderr, flush=True)
     try:
         httpd.serve_forever(poll_interval=0.5)
     finally:

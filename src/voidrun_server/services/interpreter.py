@@ -17,7 +17,6 @@ clear 502 (``UpstreamError``), never a hang: every probe and the start have dead
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shlex
@@ -88,26 +87,30 @@ class InterpreterService:
         self.sandboxes = sandboxes
         self.proxy = proxy
         self._starting = KeyedLocks()
-        files = program.program_files()
-        digest = hashlib.sha256(json.dumps(sorted((k, v.hex()) for k, v in files.items())).encode())
-        self._files = files
-        self._install_dir = f"/var/lib/voidrun/interpreter/{digest.hexdigest()[:16]}"
+        self._files = program.program_files()
+        self._version = program.version()
+        self._install_dir = f"/var/lib/voidrun/interpreter/{self._version}"
 
     # -- running ---------------------------------------------------------------------------------
 
     async def ensure_running(self, caller: Principal, sandbox_id: str) -> Target:
-        """The interpreter's port of a running sandbox of ``caller``'s org, answering."""
+        """The interpreter's port of a running sandbox of ``caller``'s org, answering (woken
+        and started if need be). The E2B dispatcher calls this before it proxies to the port."""
         running = await self.sandboxes.ensure_running(caller, sandbox_id)
         target = Target(sandbox_id, running.row.org_id, PORT, public=False)
-        if await self._probe(target):
+        if await self._probe(target) == self._version:
             return target
         async with self._starting.hold(sandbox_id):
-            if not await self._probe(target):  # nobody started it while we waited
+            found = await self._probe(target)  # somebody may have started it meanwhile
+            if found is not None and found != self._version:
+                found = await self._retire(running, target, found)
+            if found is None:
                 await self._start(running, target)
         return target
 
-    async def _probe(self, target: Target) -> bool:
-        """True if the interpreter answers, False if nothing listens; anything else raises."""
+    async def _probe(self, target: Target) -> str | None:
+        """The version of the interpreter answering, None if nothing listens; a port that
+        answers otherwise raises."""
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
                 response = await self.proxy.send(target, b"GET", b"/health", _headers(), None)
@@ -120,18 +123,47 @@ class InterpreterService:
                 TAKEN, f"port {PORT} did not answer within {PROBE_TIMEOUT:g}s"
             ) from exc
         except PortClosedError:
-            return False
+            return None
         except UpstreamError as exc:
             if isinstance(exc.__cause__, httpcore.ConnectError):
-                return False
+                return None
             raise UpstreamError(TAKEN, f"{TAKEN_DETAILS} ({exc.details})") from exc
         except httpcore.ProtocolError as exc:  # a body that breaks off or is not HTTP
             raise UpstreamError(TAKEN, f"{TAKEN_DETAILS} ({exc})") from exc
-        if response.status == 200 and any(
-            name.lower() == VERSION_HEADER for name, _ in response.headers
-        ):
-            return True
+        version = next((v for name, v in response.headers if name.lower() == VERSION_HEADER), None)
+        if response.status == 200 and version is not None:
+            return version.decode(errors="replace")
         raise UpstreamError(TAKEN, f"{TAKEN_DETAILS} (GET /health: {response.status})")
+
+    async def _retire(self, running: Running, target: Target, found: str) -> str | None:
+        """Another release's interpreter (the server was upgraded): stop the command that runs
+        it so this one's starts; one this server did not start is left alone and used."""
+
+        async def stop(client: AgentClient) -> int:
+            stopped = 0
+            for info in await client.procs.list_commands():
+                if info.running and f"{program.PACKAGE}.server" in info.command:
+                    await client.procs.kill_command(info.pid)
+                    stopped += 1
+            return stopped
+
+        stopped = await self.sandboxes.agents.run(
+            running.row.id, running.agent_socket, stop, deadline=30.0, refused=START_REFUSED
+        )
+        if not stopped:
+            log.info("sandbox %s runs interpreter %s, not started by us", running.row.id, found)
+            return found
+        answering: str | None = found
+        with anyio.move_on_after(START_TIMEOUT):
+            while True:  # until its port is free (or the deadline: then it is used as it is)
+                try:
+                    answering = await self._probe(target)
+                except (UpstreamError, UpstreamTimeoutError):  # resets while it shuts down
+                    answering = found
+                if answering is None:
+                    break
+                await anyio.sleep(POLL)
+        return answering
 
     async def _start(self, running: Running, target: Target) -> None:
         user = await self.sandboxes.image_users.effective(running.row, None)
@@ -159,7 +191,7 @@ class InterpreterService:
         with anyio.move_on_after(START_TIMEOUT):
             checked = anyio.current_time()
             while True:
-                if await self._probe(target):
+                if await self._probe(target) == self._version:
                     return
                 if anyio.current_time() - checked >= 1.0:
                     checked = anyio.current_time()
