@@ -9,12 +9,14 @@ the bootstrap key like a request's. Sandboxes are made and inspected over HTTP.
 from __future__ import annotations
 
 import gc
+import os
 import secrets
 import shlex
 import shutil
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,11 +54,12 @@ Work = Callable[[InterpreterService, Principal], Awaitable[T]]
 class RealDriverApp(InProcessServer):
     """``InProcessServer``'s portal and client, around the app as ``serve`` makes it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
         self.data_dir = data_dir
         self.api_key = "vr_test_" + secrets.token_urlsafe(24)
         subnet = free_test_subnet()
         hostleaks.track(data_dir / "sandboxes", subnet)
+        settings = {"isolations": ["namespace"], "gvisor_platform": "ptrace", **settings}
         self.settings = Settings(
             data_dir=data_dir,
             database_url=f"sqlite+aiosqlite:///{data_dir / 'voidrun.db'}",
@@ -64,9 +67,8 @@ class RealDriverApp(InProcessServer):
             images_dir=IMAGES_DIR,
             agent_runtime_dir=Path("/var/tmp/voidrun-test-runtime"),
             sandbox_subnet=subnet,
-            isolations=["namespace"],
-            gvisor_platform="ptrace",
             sandbox_disk_mb=1024,
+            **settings,
         )
         self.app = create_app(self.settings)
         self.state: dict[str, Any] = {}
@@ -95,14 +97,18 @@ class RealDriverApp(InProcessServer):
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[RealDriverApp]:
-    skip_if_opted_out("sandbox")
-    import os
+    with real_driver_app() as server:
+        yield server
 
+
+@contextmanager
+def real_driver_app(**settings: Any) -> Iterator[RealDriverApp]:
+    skip_if_opted_out("sandbox")
     if os.geteuid() != 0:
         skip_tier("sandbox", "sandboxes need root")
     ensure_code_image()
     data_dir = hostleaks.new_state_dir("voidrun-interp-")
-    server = RealDriverApp(data_dir)
+    server = RealDriverApp(data_dir, **settings)
     try:
         server.start()
         yield server
@@ -340,3 +346,29 @@ def test_an_older_interpreter_is_replaced(app: RealDriverApp, client: httpx.Clie
     head = client.post(f"/sandboxes/{sid}/exec", json={"command": health}).json()["data"]["stdout"]
     assert f"X-VoidRun-Interpreter: {interpreter.version()}" in head
     client.delete(f"/sandboxes/{sid}")
+
+
+@pytest.mark.parametrize(
+    ("settings", "body"),
+    [
+        ({"proxy_through_agent": True}, {}),
+        ({"isolations": ["namespace", "gvisor"]}, {"isolation": "gvisor"}),
+    ],
+    ids=["agent-relay", "gvisor"],
+)
+def test_through_the_agent_relay(settings: dict[str, Any], body: dict[str, str]) -> None:
+    """Drivers the host cannot ``setns`` into reach port 49999 through the agent's relay."""
+    with real_driver_app(**settings) as other, other.client() as client:
+        client.timeout = httpx.Timeout(120)
+        for name in settings.get("isolations", [])[1:]:  # others start in the background
+            for _ in range(1200):
+                state = client.get("/health").json()["isolations"][name]
+                if state["available"]:
+                    break
+                assert state.get("reason") == "starting", f"isolation {name}: {state}"
+                time.sleep(0.1)
+        sid = str(create_sandbox(client, autoSleep=False, **body)["id"])
+        run(other, sid, "x = 41")
+        assert main_text(run(other, sid, "x + 1")) == "42"
+        assert run(other, sid, "echo hi", language="bash").stdout == ["hi\n"]
+        client.delete(f"/sandboxes/{sid}")
