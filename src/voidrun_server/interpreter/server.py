@@ -39,6 +39,9 @@ class ClientGoneError(Exception):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "voidrun-interpreter"
+    # The head, the body and each line are separate writes: without this, Nagle's algorithm
+    # and the peer's delayed ACK hold each reply ~40 ms.
+    disable_nagle_algorithm = True
     contexts: Contexts
     version: str
     _last_write = 0.0
