@@ -34,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with sandbox_server(VOIDRUN_SANDBOX_DISK_MB="1024") as proc:
+    with sandbox_server() as proc:
         yield proc
 
 

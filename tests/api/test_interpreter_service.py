@@ -67,7 +67,7 @@ class RealDriverApp(InProcessServer):
             images_dir=IMAGES_DIR,
             agent_runtime_dir=Path("/var/tmp/voidrun-test-runtime"),
             sandbox_subnet=subnet,
-            sandbox_disk_mb=1024,
+            sandbox_disk_mb=256,
             **settings,
         )
         self.app = create_app(self.settings)
@@ -159,7 +159,7 @@ def test_execute_starts_the_interpreter_and_state_persists(app: RealDriverApp, b
     first = run(app, box, "x = 41\nprint('hi')")
     assert first.stdout == ["hi\n"] and first.error is None and first.results == []
     second = run(app, box, "x + 1")
-    assert main_text(second) == "42"
+    assert main_text(second) == "42" and second.text == "42" and first.text is None
     assert second.execution_count is not None and first.execution_count is not None
     assert second.execution_count == first.execution_count + 1
 

@@ -34,7 +34,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with sandbox_server(VOIDRUN_SANDBOX_DISK_MB="1024") as proc:
+    with sandbox_server() as proc:
         listing = httpx.get(
             f"{proc.url}/e2b/v2/sandboxes", headers={"X-API-KEY": proc.api_key}, timeout=30
         )

@@ -81,6 +81,14 @@ class Execution:
     error: ExecutionError | None = None
     execution_count: int | None = None
 
+    @property
+    def text(self) -> str | None:
+        """The cell's value as text (its main result's ``text``), as the SDKs' ``.text``."""
+        for result in self.results:
+            if result.get("is_main_result") and isinstance(result.get("text"), str):
+                return str(result["text"])
+        return None
+
 
 class InterpreterService:
     def __init__(self, sandboxes: SandboxService, proxy: ProxyService) -> None:
