@@ -372,3 +372,9 @@ def test_through_the_agent_relay(settings: dict[str, Any], body: dict[str, str])
         assert main_text(run(other, sid, "x + 1")) == "42"
         assert run(other, sid, "echo hi", language="bash").stdout == ["hi\n"]
         client.delete(f"/sandboxes/{sid}")
+
+
+def test_big_output_arrives_whole(app: RealDriverApp, box: str) -> None:
+    big = run(app, box, "print('x' * 3_000_000)\n'y' * 2_000_000")
+    assert "".join(big.stdout) == "x" * 3_000_000 + "\n"
+    assert big.text == "y" * 2_000_000

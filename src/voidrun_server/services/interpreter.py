@@ -269,7 +269,8 @@ class InterpreterService:
     async def _collect(
         self, response: httpcore.Response, execution: Execution, target: Target
     ) -> None:
-        buffered, total = b"", 0
+        pending: list[bytes] = []  # the line being received (a PNG's may be megabytes)
+        total = 0
         try:
             async for chunk in response.aiter_stream():
                 total += len(chunk)
@@ -278,8 +279,11 @@ class InterpreterService:
                         "The code interpreter sent too much", f"over {MAX_OUTPUT} bytes"
                     )
                 self.proxy.touch(target)
-                buffered += chunk
-                *lines, buffered = buffered.split(b"\n")
+                if b"\n" not in chunk:
+                    pending.append(chunk)
+                    continue
+                *lines, rest = b"".join([*pending, chunk]).split(b"\n")
+                pending = [rest]
                 for line in lines:
                     if line.strip() and _apply(execution, line):
                         return
