@@ -29,7 +29,7 @@ from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import errors, runtimes
+from . import e2b, errors, runtimes
 from .deps import AppContext
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
@@ -166,6 +166,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         app.include_router(router)
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
+    if settings.e2b_enabled:
+        e2b.mount(app, ctx)
     app.edge = {
         "metrics": HttpMetrics(registry) if settings.metrics_enabled else None,
         "max_body": settings.max_json_body_bytes,

@@ -1,0 +1,138 @@
+"""envd's plain HTTP routes: ``GET /health``, ``GET /files`` (a file, streamed) and
+``POST /files`` (``application/octet-stream``, optionally gzip, streamed to the agent; or
+``multipart/form-data`` with one ``file`` part per file, its filename the path)."""
+
+from __future__ import annotations
+
+import posixpath
+import urllib.parse
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from ...errors import InvalidInputError, PayloadTooLargeError
+from ...services.e2b_files import Entry
+from .calls import Call
+from .errors import rest_error, rest_of
+
+CHUNK = 256 * 1024
+MAX_FILES = 100
+MAX_INFLATED_RATIO = 1000  # a gzip body may not grow past this many times its size
+
+
+def _write_info(entry: Entry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "type": "dir" if entry.kind == "dir" else "file",
+        "path": entry.path,
+    }
+
+
+async def health(scope: Scope, receive: Receive, send: Send) -> None:
+    await Response(status_code=204)(scope, receive, send)
+
+
+async def files(call: Call, scope: Scope, receive: Receive, send: Send) -> None:
+    request = Request(scope, receive)
+    started = False
+
+    async def sending(message: Message) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    try:
+        if request.method == "GET":
+            await _download(call, request, scope, receive, sending)
+            return
+        if request.method != "POST":
+            await rest_error(405, "use GET or POST")(scope, receive, send)
+            return
+        written = await _upload(call, request)
+    except Exception as exc:
+        if started:
+            raise  # half a response: the server closes the connection
+        await rest_of(exc)(scope, receive, send)
+        return
+    await JSONResponse([_write_info(e) for e in written])(scope, receive, send)
+
+
+async def _download(
+    call: Call, request: Request, scope: Scope, receive: Receive, send: Send
+) -> None:
+    raw = request.query_params.get("path", "")
+    path = await call.files.absolute(call.caller, call.sandbox_id, raw, call.user)
+    async with call.files.download(call.caller, call.sandbox_id, path) as opened:
+        name = urllib.parse.quote(posixpath.basename(opened.path) or "file")
+        headers = {
+            "content-length": str(opened.size),
+            "content-disposition": f"attachment; filename*=UTF-8''{name}",
+        }
+        response = StreamingResponse(
+            opened.chunks, media_type="application/octet-stream", headers=headers
+        )
+        await response(scope, receive, send)
+
+
+async def _upload(call: Call, request: Request) -> list[Entry]:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    query_path = request.query_params.get("path", "")
+    if kind == "multipart/form-data":
+        return await _multipart(call, request, query_path)
+    if not query_path:
+        raise InvalidInputError("path is required")
+    path = await call.files.absolute(call.caller, call.sandbox_id, query_path, call.user)
+    body: AsyncIterator[bytes] = request.stream()
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding == "gzip":
+        body = _gunzip(body)
+    elif encoding not in ("", "identity"):
+        raise InvalidInputError("Unsupported Content-Encoding", "gzip or identity")
+    return [await call.files.upload(call.caller, call.sandbox_id, path, body)]
+
+
+async def _multipart(call: Call, request: Request, query_path: str) -> list[Entry]:
+    form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+    try:
+        parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not parts:
+            raise InvalidInputError("no file in the form", "send a 'file' part per file")
+        written: list[Entry] = []
+        for part in parts:
+            raw = query_path if len(parts) == 1 and query_path else (part.filename or "")
+            path = await call.files.absolute(call.caller, call.sandbox_id, raw, call.user)
+            written.append(await call.files.upload(call.caller, call.sandbox_id, path, _read(part)))
+        return written
+    finally:
+        await form.close()
+
+
+async def _read(part: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await part.read(CHUNK):
+        yield chunk
+
+
+async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    taken = 0
+    given = 0
+    async for chunk in chunks:
+        taken += len(chunk)
+        try:
+            out = inflate.decompress(chunk, CHUNK * 4)
+            while out:
+                given += len(out)
+                if given > max(taken, CHUNK) * MAX_INFLATED_RATIO:
+                    raise PayloadTooLargeError("gzip body inflates too much")
+                yield out
+                out = inflate.decompress(inflate.unconsumed_tail, CHUNK * 4)
+        except zlib.error as exc:
+            raise InvalidInputError("Invalid gzip body", str(exc)) from exc
+    tail = inflate.flush()
+    if tail:
+        yield tail
