@@ -10,7 +10,6 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -19,6 +18,7 @@ from ...errors import InvalidInputError, PayloadTooLargeError
 from ...services.e2b_files import Entry
 from .calls import Call
 from .errors import rest_error, rest_of
+from .multipart import MultipartReader, boundary_of
 
 CHUNK = 256 * 1024
 MAX_FILES = 100
@@ -97,24 +97,22 @@ async def _upload(call: Call, request: Request) -> list[Entry]:
 
 
 async def _multipart(call: Call, request: Request, query_path: str) -> list[Entry]:
-    form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
-    try:
-        parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not parts:
-            raise InvalidInputError("no file in the form", "send a 'file' part per file")
-        written: list[Entry] = []
-        for part in parts:
-            raw = query_path if len(parts) == 1 and query_path else (part.filename or "")
-            path = await call.files.absolute(call.caller, call.sandbox_id, raw, call.user)
-            written.append(await call.files.upload(call.caller, call.sandbox_id, path, _read(part)))
-        return written
-    finally:
-        await form.close()
-
-
-async def _read(part: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await part.read(CHUNK):
-        yield chunk
+    """One ``file`` part per file, streamed to the agent as it arrives; a part's filename is
+    its path (``path`` in the query names a lone file's instead)."""
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    reader = MultipartReader(request.stream(), boundary)
+    written: list[Entry] = []
+    while (part := await reader.next_part()) is not None:
+        if part.filename is None:
+            continue  # a plain form field: envd takes files only
+        if len(written) >= MAX_FILES:
+            raise InvalidInputError("Too many files", f"at most {MAX_FILES} per request")
+        raw = query_path or part.filename
+        path = await call.files.absolute(call.caller, call.sandbox_id, raw, call.user)
+        written.append(await call.files.upload(call.caller, call.sandbox_id, path, reader.body()))
+    if not written:
+        raise InvalidInputError("no file in the form", "send a 'file' part per file")
+    return written
 
 
 async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
