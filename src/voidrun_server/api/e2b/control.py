@@ -13,8 +13,11 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...errors import AuthenticationError, InvalidInputError
+from ...agentclient import AgentError
+from ...errors import AuthenticationError, InvalidInputError, VoidRunError
 from ...schemas import e2b as wire
 from ...schemas.sandboxes import NetworkSpec
 from ...services import e2b as service
@@ -113,8 +116,34 @@ def _network(spec: wire.NewSandbox) -> NetworkSpec | None:
     )
 
 
+class ControlApp(FastAPI):
+    """Starlette's stack re-raises what its catch-all handler answered (and the main app's
+    edge would then see a started response): this one answers every error itself."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        inner = ExceptionMiddleware(self.router, handlers=handlers)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            started = False
+
+            async def tracking(message: Message) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await inner(scope, receive, tracking)
+            except Exception as exc:
+                if started:
+                    raise
+                await rest_of(exc)(scope, receive, send)
+
+        return app
+
+
 def build(ctx: AppContext, tokens_of: Tokens) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = ControlApp(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     app.state.tokens = tokens_of
 
@@ -130,7 +159,8 @@ def build(ctx: AppContext, tokens_of: Tokens) -> FastAPI:
         assert isinstance(exc, StarletteHTTPException)
         return rest_error(exc.status_code, str(exc.detail))
 
-    app.add_exception_handler(Exception, on_error)
+    app.add_exception_handler(VoidRunError, on_error)
+    app.add_exception_handler(AgentError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
 
