@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator
 
 import pytest
-from e2b import AsyncSandbox, FileType, FilesystemEventType, NotFoundException, Sandbox
+from e2b import AsyncSandbox, FilesystemEventType, FileType, NotFoundException, Sandbox
 
 from tests.support.server import ServerProcess
 
