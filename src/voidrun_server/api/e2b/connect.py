@@ -264,18 +264,18 @@ async def server_stream(
     interval = keepalive_interval(scope)
     sender, receiver = anyio.create_memory_object_stream[Message](1)
     outcome: list[RpcError | None] = [None]
-    started = False
+    started: list[bool] = [False]
     with anyio.move_on_after(within) as scope_deadline:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_produce, handler, request, sender, translate, outcome)
             try:
-                started = await _relay(receiver, send, keepalive, interval)
+                await _relay(receiver, send, keepalive, interval, started)
             finally:
                 tasks.cancel_scope.cancel()
     error = outcome[0]
     if scope_deadline.cancelled_caught:
         error = RpcError("deadline_exceeded", "the call's deadline passed")
-    if not started:
+    if not started[0]:
         if error is not None:
             await send_error(send, error)
             return error
@@ -305,20 +305,24 @@ async def _produce(
 
 
 async def _relay(
-    receiver: MemoryObjectReceiveStream[Message], send: Send, keepalive: Message, interval: float
-) -> bool:
-    """Messages out as they come, keepalives in the gaps; True once the response started."""
-    started = False
+    receiver: MemoryObjectReceiveStream[Message],
+    send: Send,
+    keepalive: Message,
+    interval: float,
+    started: list[bool],
+) -> None:
+    """Messages out as they come, keepalives in the gaps; ``started[0]`` once the response
+    started (kept in a list: a deadline may cancel this at any await)."""
     async with receiver:
         while True:
             message: Message | None = None
-            with anyio.move_on_after(interval if started else math.inf):
+            with anyio.move_on_after(interval if started[0] else math.inf):
                 try:
                     message = await receiver.receive()
                 except anyio.EndOfStream:
-                    return started
-            if not started:
+                    return
+            if not started[0]:
+                started[0] = True
                 await _start_stream(send)
-                started = True
             payload = envelope(encode(message if message is not None else keepalive))
             await send({"type": "http.response.body", "body": payload, "more_body": True})
