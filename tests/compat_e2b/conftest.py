@@ -22,7 +22,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="package")
 def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
+    # a quick reconcile loop: sandboxes end at their E2B timeout within a second of it
+    with sandbox_server(VOIDRUN_AUTO_SLEEP_CHECK_INTERVAL_SECONDS="0.5") as proc:
         yield proc
 
 
