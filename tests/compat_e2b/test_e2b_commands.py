@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from e2b import CommandExitException, PtySize, Sandbox
+from e2b import CommandExitException, PtySize, Sandbox, TimeoutException
 
 from tests.support.server import ServerProcess
 
@@ -90,3 +90,14 @@ def test_pty_create_send_resize(sandbox: Sandbox) -> None:
     assert b"marker-42" in output
     assert b"streamed-9" in output
     assert b"30 100" in output
+
+
+def test_command_timeout_raises_and_kills_it(sandbox: Sandbox) -> None:
+    with pytest.raises(TimeoutException):
+        sandbox.commands.run("echo started > /tmp/t.txt; sleep 600", timeout=1)
+    assert sandbox.files.read("/tmp/t.txt") == "started\n"
+    assert not [
+        p
+        for p in sandbox.commands.list()
+        if p.args[-1:] == ["echo started > /tmp/t.txt; sleep 600"]
+    ]
