@@ -111,3 +111,9 @@ def test_watch_dir_async(e2b_env: ServerProcess) -> None:
             await box.kill()
 
     assert ("a.txt", FilesystemEventType.CREATE) in asyncio.run(scenario())
+
+
+def test_gzip_upload(sandbox: Sandbox) -> None:
+    payload = b"compressible " * 10000
+    sandbox.files.write("/tmp/gz.txt", payload, gzip=True)
+    assert sandbox.files.read("/tmp/gz.txt", format="bytes") == payload

@@ -151,3 +151,19 @@ def test_unknown_ids_and_bad_input_are_e2b_errors(e2b_env: ServerProcess) -> Non
     )
     assert 400 <= answer.status_code < 500
     assert set(answer.json()) == {"code", "message"}
+
+
+def test_network_and_bearer_key(e2b_env: ServerProcess) -> None:
+    box = Sandbox.create(allow_internet_access=False, network={"deny_out": ["10.9.9.9"]})
+    try:
+        with e2b_env.client() as api:
+            network = api.get(f"/sandboxes/{box.sandbox_id}").json()["data"]["network"]
+        assert network["allowInternetAccess"] is False
+        assert network["denyOut"] == ["10.9.9.9"]
+        bearer = {"Authorization": f"Bearer {e2b_env.api_key}"}
+        answer = httpx.get(f"{e2b_env.url}/e2b/sandboxes/{box.sandbox_id}", headers=bearer)
+        assert answer.status_code == 200
+        assert answer.json()["allowInternetAccess"] is False
+        assert answer.json()["lifecycle"] == {"autoResume": True, "onTimeout": "kill"}
+    finally:
+        box.kill()
