@@ -268,6 +268,8 @@ class E2BFiles:
             finally:
                 ready.set()
                 watcher.stop.set()
+                if anyio.current_time() - watcher.polled > WATCHER_IDLE:
+                    self.watchers.pop(watcher_id, None)  # abandoned: nobody will poll it
 
         self.watchers[watcher_id] = watcher
         self.sandboxes.spawn(keep)

@@ -31,6 +31,7 @@ from .sandboxes import Running, SandboxService
 PTY_PIDS = 1 << 30  # kernel pids stay below 2**22
 MAX_TAG_CHARS = 256
 MAX_REMEMBERED = 1000  # per sandbox; the oldest are forgotten past it
+MAX_SANDBOXES = 10_000  # sandboxes remembered; the first seen are forgotten past it
 
 _Work = Callable[[ProcessOps], Awaitable[object]]
 REFUSED = Refusal(failure="Process operation failed", not_found="Process not found")
@@ -68,6 +69,8 @@ class ProcessTable:
         self._pty_pids = itertools.count(PTY_PIDS)
 
     def add(self, sandbox_id: str, spawned: Spawned) -> None:
+        if sandbox_id not in self._sandboxes and len(self._sandboxes) >= MAX_SANDBOXES:
+            del self._sandboxes[next(iter(self._sandboxes))]  # the longest known
         known = self._sandboxes.setdefault(sandbox_id, {})
         known[spawned.pid] = spawned
         while len(known) > MAX_REMEMBERED:
