@@ -316,3 +316,47 @@ def test_multipart_reader_streams_parts_split_anywhere() -> None:
     assert multipart.boundary_of('multipart/form-data; boundary="XyZ"') == b"XyZ"
     with pytest.raises(InvalidInputError):
         multipart.boundary_of("multipart/form-data")
+
+
+def test_server_stream_ends_when_the_client_goes_away() -> None:
+    closed = anyio.Event()
+
+    async def forever(message: Message) -> AsyncIterator[Message]:
+        try:
+            yield {"start": {}}
+            await anyio.sleep_forever()
+        finally:
+            closed.set()
+
+    sent = Sent()
+    pieces = [env(b"{}")]
+
+    async def receive() -> dict[str, Any]:
+        if pieces:
+            return {"type": "http.request", "body": pieces.pop(), "more_body": False}
+        await sent.started.wait()
+        return {"type": "http.disconnect"}
+
+    sent.started = anyio.Event()  # type: ignore[attr-defined]
+    original = sent.__call__
+
+    async def sending(message: dict[str, Any]) -> None:
+        await original(message)
+        if message.get("body", b"").startswith(env(b'{"start":{}}')):
+            sent.started.set()  # type: ignore[attr-defined]
+
+    async def go() -> RpcError | None:
+        return await connect.server_stream(
+            scope(b"application/connect+json"),
+            receive,
+            sending,
+            forever,
+            translate,
+            {"keepalive": {}},
+            1024,
+        )
+
+    error = anyio.run(go)
+    assert error is not None and error.code == "canceled"
+    assert closed.is_set()  # the handler was closed (its agent stream with it)
+    assert sent.frames() == [(0, {"start": {}})]  # no end-of-stream to nobody

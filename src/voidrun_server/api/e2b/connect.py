@@ -265,13 +265,17 @@ async def server_stream(
     sender, receiver = anyio.create_memory_object_stream[Message](1)
     outcome: list[RpcError | None] = [None]
     started: list[bool] = [False]
+    gone = anyio.Event()
     with anyio.move_on_after(within) as scope_deadline:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_produce, handler, request, sender, translate, outcome)
+            tasks.start_soon(_watch_client, receive, gone, tasks.cancel_scope)
             try:
                 await _relay(receiver, send, keepalive, interval, started)
             finally:
                 tasks.cancel_scope.cancel()
+    if gone.is_set():
+        return RpcError("canceled", "the client went away")  # nobody to tell
     error = outcome[0]
     if scope_deadline.cancelled_caught:
         error = RpcError("deadline_exceeded", "the call's deadline passed")
@@ -283,6 +287,16 @@ async def server_stream(
     end: Message = {"error": error.body()} if error is not None else {}
     await send({"type": "http.response.body", "body": envelope(encode(end), END_STREAM)})
     return error
+
+
+async def _watch_client(receive: Receive, gone: anyio.Event, scope: anyio.CancelScope) -> None:
+    """The request body is read: what comes next is the client going away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            scope.cancel()
+            return
 
 
 async def _produce(
