@@ -34,6 +34,7 @@ HEADER = struct.Struct(">BI")
 MAX_TIMEOUT_DIGITS = 10
 DEFAULT_KEEPALIVE = 30.0
 MIN_KEEPALIVE, MAX_KEEPALIVE = 1.0, 50.0
+DEADLINE_SLACK = 0.5  # a client that leaves this close to its deadline left because of it
 
 # Connect's codes and the HTTP statuses of unary errors (the Connect protocol's table).
 STATUS_OF_CODE = {
@@ -266,6 +267,7 @@ async def server_stream(
     outcome: list[RpcError | None] = [None]
     started: list[bool] = [False]
     gone = anyio.Event()
+    began = anyio.current_time()
     with anyio.move_on_after(within) as scope_deadline:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_produce, handler, request, sender, translate, outcome)
@@ -274,8 +276,10 @@ async def server_stream(
                 await _relay(receiver, send, keepalive, interval, started)
             finally:
                 tasks.cancel_scope.cancel()
-    if gone.is_set():
-        return RpcError("canceled", "the client went away")  # nobody to tell
+    if gone.is_set():  # nobody to tell; a client leaving at its deadline gave up on it
+        if anyio.current_time() >= began + within - DEADLINE_SLACK:
+            return RpcError("deadline_exceeded", "the client's deadline passed")
+        return RpcError("canceled", "the client went away")
     error = outcome[0]
     if scope_deadline.cancelled_caught:
         error = RpcError("deadline_exceeded", "the call's deadline passed")
