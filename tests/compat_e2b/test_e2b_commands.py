@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from e2b import CommandExitException, PtySize, Sandbox, TimeoutException
@@ -11,7 +12,7 @@ from tests.support.server import ServerProcess
 
 
 @pytest.fixture
-def sandbox(e2b_env: ServerProcess) -> Sandbox:
+def sandbox(e2b_env: ServerProcess) -> Iterator[Sandbox]:
     box = Sandbox.create()
     yield box
     box.kill()

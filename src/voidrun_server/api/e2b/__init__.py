@@ -13,7 +13,6 @@ files (/files, /health), control (REST), errors (E2B's error shapes).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
@@ -67,4 +66,4 @@ def mount(app: FastAPI, ctx: AppContext) -> E2BGateway:
     return gateway
 
 
-__all__: list[Any] = ["E2BGateway", "mount", "no_interpreter"]
+__all__ = ["E2BGateway", "mount", "no_interpreter"]

@@ -5,7 +5,7 @@ errors are E2B's (``{"code", "message"}``) and it stays out of the VoidRun OpenA
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -33,7 +33,7 @@ ENVD_VERSION = "0.5.7"  # the feature gates of the SDKs this gateway implements 
 CLIENT_ID = "voidrun"
 NO_KEY = "authentication required: send your VoidRun API key as X-API-KEY"
 
-Tokens = Callable[[], "Any"]  # async () -> TrafficTokens
+Tokens = Callable[[], Awaitable[TrafficTokens]]
 
 
 async def caller(request: Request) -> Principal:
