@@ -50,6 +50,18 @@ def test_any_port_is_proxied_with_the_access_token(
     assert answer.text == "from the sandbox"
     wrong = dict(_headers(sandbox, 8000), **{"X-Access-Token": "vre_nope"})
     assert httpx.get(url, headers=wrong).status_code == 401
+    # the traffic token (what the code-interpreter SDK sends on some calls) opens ports...
+    traffic = sandbox.traffic_access_token
+    assert traffic
+    by_traffic = {
+        "E2b-Sandbox-Id": sandbox.sandbox_id,
+        "E2b-Sandbox-Port": "8000",
+        "E2B-Traffic-Access-Token": traffic,
+    }
+    assert httpx.get(url, headers=by_traffic).text == "from the sandbox"
+    # ...but not envd
+    envd = dict(by_traffic, **{"E2b-Sandbox-Port": "49983"})
+    assert httpx.get(f"{e2b_env.url}/e2b/health", headers=envd).status_code == 401
 
 
 def test_interpreter_port_calls_the_hook_first(e2b_env: ServerProcess, sandbox: Sandbox) -> None:

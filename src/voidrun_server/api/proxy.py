@@ -63,7 +63,7 @@ HOP_BY_HOP = frozenset(
 NOT_FORWARDED = frozenset(
     {b"host", b"x-api-key", TOKEN_HEADER.encode(), b"cookie", b"content-length"}
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
-    | {b"x-access-token"}  # the E2B gateway's sandbox credential (api/e2b)
+    | {b"x-access-token", b"e2b-traffic-access-token"}  # the E2B gateway's (api/e2b)
 )
 DROPPED = HOP_BY_HOP | NOT_FORWARDED
 

@@ -71,6 +71,7 @@ def _created(row: SandboxRow, keys: TrafficTokens) -> dict[str, Any]:
         envd_version=ENVD_VERSION,
         alias=row.image,
         envd_access_token=keys.token_for(row.id, ENVD_PURPOSE),
+        traffic_access_token=keys.token_for(row.id),  # the preview token: ports only
     )
     return out.model_dump(by_alias=True, exclude_none=True)
 

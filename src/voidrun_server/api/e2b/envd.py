@@ -30,7 +30,7 @@ SERVICES: dict[str, dict[str, Rpc]] = {
     "process.Process": process.RPCS,
     "filesystem.Filesystem": filesystem.RPCS,
 }
-BAD_TOKEN = "invalid or missing X-Access-Token for this sandbox"
+BAD_TOKEN = "invalid or missing access token for this sandbox (X-Access-Token)"
 
 
 def route_path(scope: Scope) -> str:
@@ -61,13 +61,19 @@ class Envd:
         sandbox_id = (header(scope, b"e2b-sandbox-id") or b"").decode("latin-1")
         raw_port = header(scope, b"e2b-sandbox-port") or str(ENVD_PORT).encode()
         token = (header(scope, b"x-access-token") or b"").decode("latin-1")
+        traffic = (header(scope, b"e2b-traffic-access-token") or b"").decode("latin-1")
         try:
-            tokens = await self.gateway.tokens()
-            if not token or not tokens.check(sandbox_id, token, ENVD_PURPOSE):
-                await self._refuse(scope, receive, send, 401, BAD_TOKEN)
-                return
             if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
                 await self._refuse(scope, receive, send, 400, "invalid E2b-Sandbox-Port")
+                return
+            tokens = await self.gateway.tokens()
+            allowed = bool(token) and tokens.check(sandbox_id, token, ENVD_PURPOSE)
+            if not allowed and traffic and int(raw_port) != ENVD_PORT:
+                # the sandbox's other ports also open to its traffic token (the code
+                # interpreter SDK sends only that one on some calls)
+                allowed = tokens.check(sandbox_id, traffic)
+            if not allowed:
+                await self._refuse(scope, receive, send, 401, BAD_TOKEN)
                 return
             service = self.gateway.ctx.sandbox_service()
             caller = await E2BSandboxes(service).owner(sandbox_id)
