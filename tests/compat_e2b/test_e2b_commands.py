@@ -109,3 +109,15 @@ def test_command_timeout_raises_and_kills_it(sandbox: Sandbox) -> None:
             break
         time.sleep(0.1)
     assert not still_running()
+
+
+def test_pty_kill_and_list(sandbox: Sandbox) -> None:
+    terminal = sandbox.pty.create(PtySize(rows=24, cols=80))
+    assert terminal.pid in {p.pid for p in sandbox.commands.list()}
+    assert sandbox.pty.kill(terminal.pid) is True
+    try:
+        terminal.wait()
+    except CommandExitException:
+        pass  # a killed terminal may report a non-zero exit
+    assert terminal.pid not in {p.pid for p in sandbox.commands.list()}
+    assert sandbox.pty.kill(terminal.pid) is False

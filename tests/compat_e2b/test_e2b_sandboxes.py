@@ -93,8 +93,10 @@ def test_voidrun_sandbox_is_usable_through_e2b(e2b_env: ServerProcess) -> None:
     with e2b_env.client() as api:
         made = api.post("/sandboxes", json={"name": "from-voidrun"}).json()["data"]
     try:
-        box = Sandbox.connect(made["id"])
+        box = Sandbox.connect(made["id"], timeout=60)
         assert box.commands.run("echo shared").stdout == "shared\n"
+        # connecting gave it no end time: it is not deleted in 60 s, as VoidRun made it
+        assert box.get_info().end_at - datetime.now(UTC) > timedelta(hours=1)
     finally:
         with e2b_env.client() as api:
             api.delete(f"/sandboxes/{made['id']}")

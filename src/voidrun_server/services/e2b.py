@@ -140,13 +140,15 @@ class E2BSandboxes:
 
     async def connect(self, caller: Principal, sandbox_id: str, lifetime: int | None) -> bool:
         """Running afterwards (resumed if it slept); its end time moved out to at least
-        ``lifetime`` seconds from now. True when it had to be resumed."""
+        ``lifetime`` seconds from now. A sandbox without an end time (made by the VoidRun
+        API) keeps none: connecting must not schedule its deletion (``set_timeout`` does).
+        True when it had to be resumed."""
         seconds = timeout_seconds(lifetime)
         row = await self.info(caller, sandbox_id)
         resumed = row.status != Status.RUNNING
         await self.sandboxes.ensure_running(caller, sandbox_id)
         end = utcnow() + timedelta(seconds=seconds)
-        if row.end_at is None or row.end_at < end:
+        if row.end_at is not None and row.end_at < end:
             await self._set_end(sandbox_id, end)
         return resumed
 
