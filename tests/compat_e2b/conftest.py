@@ -10,12 +10,14 @@ import pytest
 from tests.support.sandboxes import sandbox_server
 from tests.support.server import ServerProcess
 
+UNIT_FILES = ("test_connect_framing.py", "test_e2b_units.py")  # no server, no sandbox
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here talks to a sandbox server: the sandbox tier (framing tests excepted)."""
+    """Every test here talks to a sandbox server: the sandbox tier (the unit files excepted)."""
     for item in items:
         path = item.path.as_posix()
-        if "tests/compat_e2b/" in path and not path.endswith("test_connect_framing.py"):
+        if "tests/compat_e2b/" in path and not path.endswith(UNIT_FILES):
             if item.get_closest_marker("sandbox") is None:
                 item.add_marker(pytest.mark.sandbox)
 
