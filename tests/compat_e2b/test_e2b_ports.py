@@ -124,3 +124,45 @@ def test_async_sdk_commands_and_files(e2b_env: ServerProcess) -> None:
             await box.kill()
 
     assert asyncio.run(scenario()) == ("async\n", "written", 1)
+
+
+def test_files_route_refuses_bad_input(e2b_env: ServerProcess, sandbox: Sandbox) -> None:
+    url = f"{e2b_env.url}/e2b/files"
+    headers = _headers(sandbox, 49983)
+    octet = dict(headers, **{"Content-Type": "application/octet-stream"})
+    cases = [
+        httpx.get(url, headers=headers),  # no path
+        httpx.get(url, params={"path": "/tmp"}, headers=headers),  # a directory
+        httpx.post(
+            url,
+            params={"path": "/tmp/x"},
+            content=b"not gzip",
+            headers=dict(octet, **{"Content-Encoding": "gzip"}),
+        ),
+        httpx.post(
+            url,
+            params={"path": "/tmp/x"},
+            content=b"x",
+            headers=dict(octet, **{"Content-Encoding": "br"}),
+        ),
+        httpx.post(url, content=b"x", headers=octet),  # no path
+        httpx.post(
+            url,
+            content=b'--b\r\nContent-Disposition: form-data; name="file"',
+            headers=dict(headers, **{"Content-Type": "multipart/form-data; boundary=b"}),
+        ),
+        httpx.post(
+            url,
+            content=b"--b--\r\n",
+            headers=dict(headers, **{"Content-Type": "multipart/form-data; boundary=b"}),
+        ),
+        httpx.post(
+            url, content=b"x", headers=dict(headers, **{"Content-Type": "multipart/form-data"})
+        ),
+    ]
+    for answer in cases:
+        assert answer.status_code == 400, (answer.request.url, answer.text)
+        assert answer.json()["code"] == 400
+    missing = httpx.get(url, params={"path": "/tmp/none"}, headers=headers)
+    assert (missing.status_code, missing.json()["code"]) == (404, 404)
+    assert not sandbox.files.exists("/tmp/x")  # nothing half-written
