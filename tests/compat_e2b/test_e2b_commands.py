@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from e2b import CommandExitException, PtySize, Sandbox, TimeoutException
+from e2b import CommandExitException, NotFoundException, PtySize, Sandbox, TimeoutException
 
 from tests.support.server import ServerProcess
 
@@ -121,3 +121,12 @@ def test_pty_kill_and_list(sandbox: Sandbox) -> None:
         pass  # a killed terminal may report a non-zero exit
     assert terminal.pid not in {p.pid for p in sandbox.commands.list()}
     assert sandbox.pty.kill(terminal.pid) is False
+
+
+def test_unknown_processes_are_not_found(sandbox: Sandbox) -> None:
+    with pytest.raises(NotFoundException):
+        sandbox.commands.connect(99999)
+    with pytest.raises(NotFoundException):
+        sandbox.commands.send_stdin(99999, "x")
+    with pytest.raises(NotFoundException):
+        sandbox.pty.resize(99999, PtySize(rows=3, cols=3))

@@ -203,6 +203,8 @@ class E2BProcesses:
     ) -> None:
         terminal = spawned.terminal
         if terminal is None:
+            if self.table.get(sandbox_id, spawned.pid) is None:
+                raise NotFoundError("Process not found", f"no process {spawned.pid}")
             raise validation.invalid("the process has no PTY")
         if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
             raise validation.invalid("pty size: cols and rows 1..1000")

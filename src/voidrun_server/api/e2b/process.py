@@ -88,10 +88,11 @@ def _info(spawned: Spawned) -> Message:
 
 
 async def _events(call: Call, spawned: Spawned) -> AsyncIterator[Message]:
-    """start, then data until it exits, then end."""
-    yield {"event": {"start": {"pid": spawned.pid}}}
+    """start, then data until it exits, then end. Attached before the start event, so an
+    unknown process is a plain not-found."""
     channel = "pty" if spawned.terminal is not None else None
     async with call.processes.follow(call.caller, call.sandbox_id, spawned) as live:
+        yield {"event": {"start": {"pid": spawned.pid}}}
         async for chunk in live.chunks():
             if chunk is not None:
                 yield {"event": {"data": {channel or chunk.channel: b64(chunk.data)}}}
