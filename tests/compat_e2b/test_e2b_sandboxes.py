@@ -14,6 +14,7 @@ from e2b import (
     NotFoundException,
     Sandbox,
     SandboxNotFoundException,
+    SandboxNotRunningException,
     SandboxQuery,
     SandboxState,
 )
@@ -82,6 +83,9 @@ def test_pause_then_connect_resumes(sandbox: Sandbox) -> None:
 def test_kill_ends_it(e2b_env: ServerProcess) -> None:
     box = Sandbox.create()
     assert box.kill() is True
+    assert box.is_running() is False
+    with pytest.raises(SandboxNotRunningException):  # the proxy's "was not found"
+        box.commands.run("true")
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(box.sandbox_id)
     assert Sandbox.kill(box.sandbox_id) is False
