@@ -31,6 +31,8 @@ from ..services.storage import DiskFloor
 from ..store import db
 from . import e2b, errors, runtimes
 from .deps import AppContext
+from .mcp_server import McpEndpoint
+from .mcp_server import routes as mcp_routes
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
 from .routes import (
@@ -103,6 +105,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         registry=registry,
         keys=_key_cache(settings),
     )
+    mcp = McpEndpoint(settings) if settings.mcp_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +121,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                     ctx.streams,
                     ctx.sessions,
                 )
+                if mcp is not None:  # before the first request: the SDK refuses until it runs
+                    await task_group.start(mcp.run)
                 await _start_image_builds(ctx, task_group)
                 agents = await _start_sandboxes(ctx, task_group, driver)
                 try:
@@ -168,6 +173,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         app.include_router(system.metrics_router)
     if settings.e2b_enabled:
         e2b.mount(app, ctx)
+    if mcp is not None:
+        app.router.routes.extend(mcp_routes(mcp))
     app.edge = {
         "metrics": HttpMetrics(registry) if settings.metrics_enabled else None,
         "max_body": settings.max_json_body_bytes,

@@ -94,7 +94,8 @@ async def principal(
 
 
 async def authenticate(ctx: AppContext, plain: str) -> Principal:
-    """The principal of an API key (401 if unknown or revoked), from memory when it can."""
+    """The principal of an API key, through the key cache (``services/keycache.py``); an
+    unknown, revoked or inactive key raises ``AuthenticationError``."""
     interval = timedelta(seconds=ctx.settings.key_touch_interval_seconds)
     digest = ids.hash_api_key(plain)
     # A known key from memory, unless a key was revoked since (services/keycache.py).
