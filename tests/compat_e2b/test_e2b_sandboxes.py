@@ -11,8 +11,8 @@ import httpx
 import pytest
 from e2b import (
     AuthenticationException,
-    NotFoundException,
     Sandbox,
+    SandboxException,
     SandboxNotFoundException,
     SandboxNotRunningException,
     SandboxQuery,
@@ -145,7 +145,7 @@ def test_wrong_key_and_wrong_access_token_are_refused(
 def test_unknown_ids_and_bad_input_are_e2b_errors(e2b_env: ServerProcess) -> None:
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info("0" * 24)
-    with pytest.raises(NotFoundException):
+    with pytest.raises(SandboxException):  # no such route (501), never a 500
         Sandbox.connect("../../etc")
     key = {"X-API-KEY": e2b_env.api_key}
     for body in ({"templateID": 5}, {"templateID": "base", "timeout": "x"}, {"templateID": ""}):
@@ -173,3 +173,16 @@ def test_network_and_bearer_key(e2b_env: ServerProcess) -> None:
         assert answer.json()["lifecycle"] == {"autoResume": True, "onTimeout": "kill"}
     finally:
         box.kill()
+
+
+def test_unserved_parts_of_the_api_say_so(e2b_env: ServerProcess, sandbox: Sandbox) -> None:
+    key = {"X-API-KEY": e2b_env.api_key}
+    answer = httpx.get(f"{e2b_env.url}/e2b/templates", headers=key)
+    assert answer.status_code == 501
+    assert answer.json() == {
+        "code": 501,
+        "message": "GET /e2b/templates is not implemented by this server",
+    }
+    with pytest.raises(SandboxException) as caught:
+        sandbox.get_metrics()
+    assert "not implemented" in str(caught.value)

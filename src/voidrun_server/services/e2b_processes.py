@@ -106,6 +106,7 @@ class E2BProcesses:
             raise validation.invalid(f"tag: at most {MAX_TAG_CHARS} characters")
         wanted = requested_user(spec.user)
         running = await self.calls.running(caller, sandbox_id)
+        cwd = cwd or running.row.workdir  # the image's WorkingDir, as for our commands
         users = self.calls.sandboxes.image_users
         user = await users.effective(running.row, wanted)
         spawned = Spawned(0, spec.cmd, list(spec.args), envs, cwd, spec.tag)

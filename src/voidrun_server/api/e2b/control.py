@@ -156,8 +156,11 @@ def build(ctx: AppContext, tokens_of: Tokens) -> FastAPI:
         error, details = _describe_validation(exc)
         return rest_error(400, f"{error}: {details}" if details else error)
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:  # no such route: a part of E2B's API not served here
+            path = request.url.path
+            return rest_error(501, f"{request.method} {path} is not implemented by this server")
         return rest_error(exc.status_code, str(exc.detail))
 
     app.add_exception_handler(VoidRunError, on_error)
