@@ -132,8 +132,31 @@ class Settings(BaseSettings):
         ),
     )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    e2b_enabled: bool = Field(
+        True,
+        description=(
+            "Serve the E2B API at /e2b (control plane and in-sandbox envd), for the E2B SDKs "
+            "unchanged (docs/e2b.md)."
+        ),
+    )
     cors_origins: list[str] = Field(
         ["*"], description="Origins allowed by CORS (the reference server allows all)."
+    )
+    mcp_enabled: bool = Field(
+        True,
+        description=(
+            "Serve the MCP server (streamable HTTP, docs/mcp.md) at /mcp and /api/mcp; false: "
+            "those paths answer 404."
+        ),
+    )
+    mcp_allowed_hosts: list[str] = Field(
+        [],
+        description=(
+            "Host header values /mcp accepts besides the server's own names (DNS-rebinding "
+            "protection, docs/mcp.md): the bind address and localhost at VOIDRUN_PORT, the host "
+            "of VOIDRUN_PUBLIC_BASE_URL and VOIDRUN_PUBLIC_DOMAIN. JSON list of host, host:port "
+            'or host:* (any port), e.g. ["sandbox.internal:8080"].'
+        ),
     )
 
     images_dir: Path | None = Field(

@@ -1,11 +1,10 @@
 """The official ``e2b-code-interpreter==2.11.5`` SDK, unchanged, against a real server.
 
-NEEDS THE E2B DISPATCHER (``/e2b``: control plane, envd and the port-49999 proxy that calls
-``services/interpreter.py``), built on another branch: until it is merged, the server answers
-404 under ``/e2b`` and every test here skips saying so. Once it is, they run: ``run_code``
-keeps state across calls, a matplotlib plot comes back as PNG, an exception as ``error`` with
-its traceback, code contexts (create/list/restart/remove), bash and javascript contexts, and
-another org's key gets the SDK's not-found.
+Through the E2B gateway (``/e2b``), whose port-49999 proxy starts the sandbox's interpreter
+first (``services/interpreter.py``): ``run_code`` keeps state across calls, a matplotlib plot
+comes back as PNG, an exception as ``error`` with its traceback, code contexts
+(create/list/restart/remove), bash and javascript contexts, and another org's key gets the
+SDK's not-found.
 
 The SDK is configured as a user would: ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` both
 ``http://<server>/e2b``, ``E2B_API_KEY`` one of our API keys.
@@ -19,11 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import e2b
-import httpx
 import pytest
 from e2b_code_interpreter import Sandbox
 
-from tests.support.sandboxes import sandbox_server
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.sandbox
@@ -33,32 +30,19 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with sandbox_server() as proc:
-        listing = httpx.get(
-            f"{proc.url}/e2b/v2/sandboxes", headers={"X-API-KEY": proc.api_key}, timeout=30
-        )
-        if listing.status_code == 404:
-            pytest.skip(
-                "needs the E2B dispatcher (/e2b is not served by this build: merge the E2B "
-                "helper's branch)"
-            )
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def e2b_env(server: ServerProcess) -> Iterator[None]:
+def interp_env(server: ServerProcess) -> Iterator[None]:
+    """conftest's ``e2b_env`` for the whole module (one sandbox serves every test here)."""
     with pytest.MonkeyPatch.context() as patch:
+        for name in ("E2B_DOMAIN", "E2B_DEBUG", "E2B_ACCESS_TOKEN"):
+            patch.delenv(name, raising=False)
         patch.setenv("E2B_API_URL", f"{server.url}/e2b")
         patch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b")
         patch.setenv("E2B_API_KEY", server.api_key)
-        patch.delenv("E2B_DOMAIN", raising=False)
-        patch.delenv("E2B_ACCESS_TOKEN", raising=False)
         yield
 
 
 @pytest.fixture(scope="module")
-def sbx(e2b_env: None) -> Iterator[Any]:
+def sbx(interp_env: None) -> Iterator[Any]:
     sandbox = Sandbox.create(timeout=600)
     try:
         yield sandbox

@@ -180,17 +180,34 @@ def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
 def _relocate(paths: List[str]) -> None:
     """Later imports (an encoding a zip file names, say) resolve in the sandbox's read-only
     mounts: the module path, and every loaded package's own path, move from the host's
-    directories (gone after the mount namespace changed) to the mounted copies."""
-    agent, stdlib = paths[0], paths[1]
-    host_stdlib = os.path.dirname(os.__file__)
+    directories (gone after the mount namespace changed) to the mounted copies. The new paths
+    are worked out once in the zygote (``_relocations``): the child only assigns them."""
     sys.path[:] = paths[1:]
     sys.path_importer_cache.clear()
-    sys.modules[__package__].__path__[:] = [agent]
+    for where, moved in _relocations(tuple(paths)):
+        where[:] = moved
+
+
+_RELOCATIONS: Dict[Tuple[str, ...], List[Tuple[List[str], List[str]]]] = {}
+
+
+def _relocations(paths: Tuple[str, ...]) -> List[Tuple[List[str], List[str]]]:
+    """Each loaded package's ``__path__`` list with what it becomes in the sandbox (the
+    in-sandbox paths are the same for every sandbox of a driver, so this is computed once)."""
+    known = _RELOCATIONS.get(paths)
+    if known is not None:
+        return known
+    agent, stdlib = paths[0], paths[1]
+    host_stdlib = os.path.dirname(os.__file__)
+    ours: Any = sys.modules[__package__].__path__
+    found: List[Tuple[List[str], List[str]]] = [(ours, [agent])]
     for module in list(sys.modules.values()):
         where = getattr(module, "__path__", None)
         if isinstance(where, list) and module.__name__ != __package__:
-            where[:] = [stdlib + p[len(host_stdlib) :] if p.startswith(host_stdlib) else p
-                        for p in where]  # fmt: skip
+            found.append((where, [stdlib + p[len(host_stdlib) :] if p.startswith(host_stdlib)
+                                  else p for p in where]))  # fmt: skip
+    _RELOCATIONS[paths] = found
+    return found
 
 
 def _preload() -> None:
@@ -287,6 +304,7 @@ def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
                 native.check(native.libc.setns(pidns, _CLONE_NEWPID), "joining the pid namespace")
             finally:
                 os.close(pidns)
+            _relocations(tuple(request["paths"]))  # once, here, not in every child
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)

@@ -29,8 +29,10 @@ from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import errors, runtimes
+from . import e2b, errors, interpreter, runtimes
 from .deps import AppContext
+from .mcp_server import McpEndpoint
+from .mcp_server import routes as mcp_routes
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
 from .routes import (
@@ -103,6 +105,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         registry=registry,
         keys=_key_cache(settings),
     )
+    mcp = McpEndpoint(settings) if settings.mcp_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +121,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                     ctx.streams,
                     ctx.sessions,
                 )
+                if mcp is not None:  # before the first request: the SDK refuses until it runs
+                    await task_group.start(mcp.run)
                 await _start_image_builds(ctx, task_group)
                 agents = await _start_sandboxes(ctx, task_group, driver)
                 try:
@@ -166,6 +171,10 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         app.include_router(router)
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
+    if settings.e2b_enabled:
+        e2b.mount(app, ctx).interpreter_hook = interpreter.e2b_hook(app)
+    if mcp is not None:
+        app.router.routes.extend(mcp_routes(mcp))
     app.edge = {
         "metrics": HttpMetrics(registry) if settings.metrics_enabled else None,
         "max_body": settings.max_json_body_bytes,

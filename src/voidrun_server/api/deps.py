@@ -90,7 +90,12 @@ async def principal(
     if not plain:
         query_only = QUERY_KEY in connection.query_params
         raise AuthenticationError(NO_KEY, QUERY_KEY_ON_HTTP if query_only else None)
-    ctx = app_context(connection)
+    return await authenticate(app_context(connection), plain)
+
+
+async def authenticate(ctx: AppContext, plain: str) -> Principal:
+    """The principal of an API key, through the key cache (``services/keycache.py``); an
+    unknown, revoked or inactive key raises ``AuthenticationError``."""
     interval = timedelta(seconds=ctx.settings.key_touch_interval_seconds)
     digest = ids.hash_api_key(plain)
     # A known key from memory, unless a key was revoked since (services/keycache.py).

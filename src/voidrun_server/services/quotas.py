@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..config import Settings
 from ..errors import NotFoundError, QuotaExceededError
 from ..store.repos import quotas as repo
-from ..store.repos.quotas import Usage
+from ..store.repos.quotas import Standing, Usage
 from ..store.tables import Org
 
 __all__ = ["Quota", "Reservations", "Usage", "check", "effective", "set_quota", "usage"]
@@ -56,15 +56,18 @@ _LIMITS = {
 }
 
 
-def effective(settings: Settings, org: Org) -> Quota:
+def effective(settings: Settings, org: Org | Standing) -> Quota:
     def pick(override: int | None, default: int) -> int:
         return default if override is None else override
 
+    if isinstance(org, Org):
+        org = Standing(org.name, org.quota_max_sandboxes, org.quota_cpu, org.quota_mem_mb,
+                       org.quota_disk_mb, Usage())  # fmt: skip
     return Quota(
-        max_sandboxes=pick(org.quota_max_sandboxes, settings.org_max_sandboxes),
-        cpu=pick(org.quota_cpu, settings.org_max_cpu),
-        mem_mb=pick(org.quota_mem_mb, settings.org_max_mem_mb),
-        disk_mb=pick(org.quota_disk_mb, settings.org_max_disk_mb),
+        max_sandboxes=pick(org.max_sandboxes, settings.org_max_sandboxes),
+        cpu=pick(org.cpu, settings.org_max_cpu),
+        mem_mb=pick(org.mem_mb, settings.org_max_mem_mb),
+        disk_mb=pick(org.disk_mb, settings.org_max_disk_mb),
     )
 
 
@@ -105,11 +108,11 @@ async def check(
     """Lock the org and refuse (403) if ``wanted`` on top of current usage and ``pending``
     (in-flight starts) exceeds a limit. Call first in the transaction that records the change;
     ``lock=False`` is an early, advisory check only."""
-    org = await repo.lock_org(session, org_id) if lock else await session.get(Org, org_id)
-    if org is None:
+    standing = await (repo.lock_org if lock else repo.standing)(session, org_id)
+    if standing is None:
         raise NotFoundError("org not found")
-    quota = effective(settings, org)
-    current = await repo.usage(session, org_id) + pending
+    quota = effective(settings, standing)
+    current = standing.usage + pending
     limits = {
         "sandboxes": quota.max_sandboxes,
         "cpu": quota.cpu,
@@ -120,7 +123,9 @@ async def check(
         requested = getattr(wanted, field)
         in_use = getattr(current, field)
         if requested and in_use + requested > limit:
-            raise QuotaExceededError(details=_explain(org.name, field, in_use, requested, limit))
+            raise QuotaExceededError(
+                details=_explain(standing.name, field, in_use, requested, limit)
+            )
 
 
 def _explain(org_name: str, field: str, in_use: int, requested: int, limit: int) -> str:

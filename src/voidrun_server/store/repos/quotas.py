@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..tables import Org, Sandbox
@@ -31,31 +32,87 @@ class Usage:
         )
 
 
-async def lock_org(session: AsyncSession, org_id: str) -> Org | None:
-    """Lock the org row until the transaction ends; must be the transaction's first statement.
+@dataclass(frozen=True)
+class Standing:
+    """An org's quota overrides (``None``: the server default) and what it holds now."""
 
-    PostgreSQL: ``SELECT … FOR UPDATE``. SQLite has no row locks and a deferred transaction
-    that reads first cannot safely upgrade to a writer; a no-op ``UPDATE`` as the first
-    statement takes the database write lock at once (``BEGIN IMMEDIATE`` semantics, waiting
-    up to the busy timeout), so concurrent checks run one after another.
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        await session.execute(update(Org).where(Org.id == org_id).values(updated_at=Org.updated_at))
-        query = select(Org).where(Org.id == org_id)
-    else:
-        query = select(Org).where(Org.id == org_id).with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+    name: str
+    max_sandboxes: int | None
+    cpu: int | None
+    mem_mb: int | None
+    disk_mb: int | None
+    usage: Usage
 
 
-async def usage(session: AsyncSession, org_id: str) -> Usage:
-    """One aggregate over the org's live rows (index ``ix_sandboxes_org_status``)."""
+def _aggregates() -> tuple[ColumnElement[Any], ...]:
+    """count, CPU, memory and disk of an org's rows, by the rule of ``services/quotas.py``."""
     live = Sandbox.status.in_(HOLDING_CPU_AND_MEMORY)
-    query = select(
+    return (
         func.count(),
         func.coalesce(func.sum(case((live, Sandbox.cpu), else_=0)), 0),
         func.coalesce(func.sum(case((live, Sandbox.mem), else_=0)), 0),
         func.coalesce(func.sum(Sandbox.disk_mb), 0),
-    ).where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
+    )
+
+
+def _counted(org_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The org's rows that count (index ``ix_sandboxes_org_status``)."""
+    return (Sandbox.org_id == org_id, Sandbox.status != DELETED)
+
+
+_OVERRIDES = (Org.name, Org.quota_max_sandboxes, Org.quota_cpu, Org.quota_mem_mb,
+              Org.quota_disk_mb)  # fmt: skip
+
+
+def _usage_subqueries(org_id: str) -> tuple[ColumnElement[Any], ...]:
+    return tuple(select(a).where(*_counted(org_id)).scalar_subquery() for a in _aggregates())
+
+
+def _standing(row: Any) -> Standing:
+    name, max_sandboxes, cpu, mem_mb, disk_mb, *used = row
+    return Standing(name, max_sandboxes, cpu, mem_mb, disk_mb, Usage(*map(int, used)))
+
+
+async def standing(session: AsyncSession, org_id: str) -> Standing | None:
+    """The org's overrides and usage in one statement, without a lock (advisory checks)."""
+    query = select(*_OVERRIDES, *_usage_subqueries(org_id)).where(Org.id == org_id)
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else _standing(row)
+
+
+async def lock_org(session: AsyncSession, org_id: str) -> Standing | None:
+    """Lock the org row until the transaction ends and read its standing; must be the
+    transaction's first statement.
+
+    SQLite has no row locks, and a deferred transaction that reads first cannot safely upgrade
+    to a writer: a no-op ``UPDATE`` as the first statement takes the database write lock at once
+    (``BEGIN IMMEDIATE`` semantics, waiting up to the busy timeout), and its ``RETURNING``
+    carries the overrides and the usage, read under that lock: one round trip.
+
+    PostgreSQL: ``SELECT … FOR UPDATE``, then the usage in a statement of its own: under READ
+    COMMITTED a later statement sees what a create that held the lock before us committed,
+    while a subquery of the locking statement would read the snapshot taken before it waited.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        statement = (
+            update(Org)
+            .where(Org.id == org_id)
+            .values(updated_at=Org.updated_at)
+            .returning(*_OVERRIDES, *_usage_subqueries(org_id))
+        )
+        row = (await session.execute(statement)).one_or_none()
+        return None if row is None else _standing(row)
+    query = select(*_OVERRIDES).where(Org.id == org_id).with_for_update()
+    locked = (await session.execute(query)).one_or_none()
+    if locked is None:
+        return None
+    name, max_sandboxes, cpu, mem_mb, disk_mb = locked
+    return Standing(name, max_sandboxes, cpu, mem_mb, disk_mb, await usage(session, org_id))
+
+
+async def usage(session: AsyncSession, org_id: str) -> Usage:
+    """One aggregate over the org's rows that count."""
+    query = select(*_aggregates()).where(*_counted(org_id))
     count, cpu, mem, disk = (await session.execute(query)).one()
     return Usage(int(count), int(cpu), int(mem), int(disk))
 
