@@ -12,6 +12,7 @@ import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxNotFoundException, SandboxState
 
 from tests.support.server import ServerProcess
+from voidrun_server import interpreter
 
 
 @pytest.fixture
@@ -65,11 +66,23 @@ def test_any_port_is_proxied_with_the_access_token(
 
 
 def test_interpreter_port_calls_the_hook_first(e2b_env: ServerProcess, sandbox: Sandbox) -> None:
-    """Without an interpreter wired in (the default no-op hook) 49999 is a plain port."""
-    sandbox.files.write("/tmp/ci/health", "ok")
+    """Port 49999 is the code interpreter's: the hook starts it before the request goes in."""
+    answer = httpx.get(f"{e2b_env.url}/e2b/health", headers=_headers(sandbox, 49999), timeout=60)
+    assert answer.status_code == 200 and answer.json() == "OK"
+    assert answer.headers["x-voidrun-interpreter"] == interpreter.version()
+
+
+def test_a_foreign_server_on_the_interpreter_port(e2b_env: ServerProcess, sandbox: Sandbox) -> None:
+    """Another program on 49999 first: a clear 502 in E2B's shape, not its answers."""
+    sandbox.files.write("/tmp/ci/health", "not the interpreter")
     sandbox.commands.run("cd /tmp/ci && python3 -m http.server 49999", background=True)
-    answer = _get_until_served(f"{e2b_env.url}/e2b/health", _headers(sandbox, 49999))
-    assert answer.text == "ok"
+    probe = "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 49999))'"
+    for _ in range(300):
+        if sandbox.commands.run(f"{probe} && echo up || true").stdout.strip() == "up":
+            break
+    answer = httpx.get(f"{e2b_env.url}/e2b/health", headers=_headers(sandbox, 49999), timeout=60)
+    assert answer.status_code == 502
+    assert "Port 49999 in the sandbox is taken" in answer.json()["message"]
 
 
 def test_unknown_rpc_and_bad_port_are_refused(e2b_env: ServerProcess, sandbox: Sandbox) -> None:
