@@ -208,6 +208,28 @@ def test_shell_on_a_terminal(server: ServerProcess, boxes: dict[str, str]) -> No
         assert client.get(f"/sandboxes/{box}/pty/sessions").json()["data"]["sessions"] == []
 
 
+def test_shell_ended_by_sigterm_restores_the_terminal(
+    server: ServerProcess, boxes: dict[str, str]
+) -> None:
+    box = boxes["one"]
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    try:
+        with subprocess.Popen(
+            [str(BIN), "sandboxes", "shell", box], env=server.env(), stdin=slave, stdout=slave
+        ) as proc:
+            read_until(master, r"# $", bytearray())
+            assert termios.tcgetattr(slave) != before  # raw
+            proc.terminate()
+            assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+    with server.client() as client:
+        assert client.get(f"/sandboxes/{box}/pty/sessions").json()["data"]["sessions"] == []
+
+
 def test_shell_with_stdin_not_a_terminal(server: ServerProcess, boxes: dict[str, str]) -> None:
     box = boxes["one"]
     piped = cli(server, "shell", box, stdin="echo hel''lo\nexit 3\n")

@@ -73,8 +73,8 @@ async def _attach(target: Target, sandbox_id: str, session: str, http: httpx.Asy
             open_timeout=30,
         ) as ws:
             with raw_mode(STDIN):
-                await _pump(ws, session, http)
-            return _exit_code(ws)
+                left = await _pump(ws, session, http)
+            return 128 + left if left else _exit_code(ws)
     except InvalidStatus as exc:
         body = exc.response.body or b""
         raise refusal(target, exc.response.status_code, body.decode(), sandbox_id) from exc
@@ -96,16 +96,22 @@ def raw_mode(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def _pump(ws: ClientConnection, session: str, http: httpx.AsyncClient) -> None:
-    """Until the server closes the WebSocket (or SIGTERM/SIGHUP)."""
+async def _pump(ws: ClientConnection, session: str, http: httpx.AsyncClient) -> int:
+    """Until the server closes the WebSocket, or SIGTERM/SIGHUP (then: that signal)."""
     loop = asyncio.get_running_loop()
     keys: asyncio.Queue[bytes] = asyncio.Queue()
     resized = asyncio.Event()
     stop = asyncio.Event()
+    caught: list[int] = []
     typing = _read_stdin(loop, keys)
     signals = [signal.SIGTERM, signal.SIGHUP]
+
+    def leave(sig: int) -> None:
+        caught.append(sig)
+        stop.set()
+
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, leave, sig)
     if os.isatty(STDOUT) or os.isatty(STDIN):
         loop.add_signal_handler(signal.SIGWINCH, resized.set)
         signals.append(signal.SIGWINCH)
@@ -125,6 +131,7 @@ async def _pump(ws: ClientConnection, session: str, http: httpx.AsyncClient) -> 
             loop.remove_signal_handler(sig)
         if typing:
             loop.remove_reader(STDIN)
+    return caught[0] if caught else 0
 
 
 def _read_stdin(loop: asyncio.AbstractEventLoop, keys: asyncio.Queue[bytes]) -> bool:
@@ -145,8 +152,9 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, keys: asyncio.Queue[bytes]) -> 
         loop.add_reader(STDIN, readable)
         return True
     except (PermissionError, ValueError, OSError):  # a regular file or /dev/null: read it now
-        while chunk := os.read(STDIN, 65536):
-            keys.put_nowait(chunk)
+        with contextlib.suppress(OSError):  # (or no stdin at all)
+            while chunk := os.read(STDIN, 65536):
+                keys.put_nowait(chunk)
         keys.put_nowait(b"")
         return False
 
@@ -182,6 +190,4 @@ def _exit_code(ws: ClientConnection) -> int:
     if code == 1000:
         exited = EXITED.search(reason)
         return int(exited.group(1)) if exited else 0
-    if code is None:  # we left (SIGTERM/SIGHUP): the session is deleted on the way out
-        return 129
     raise ApiError(f"The terminal ended: {reason or 'connection lost'} (WebSocket close {code}).")
