@@ -29,7 +29,7 @@ from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import e2b, errors, interpreter, runtimes
+from . import docs_ui, e2b, errors, interpreter, runtimes
 from .deps import AppContext
 from .mcp_server import McpEndpoint
 from .mcp_server import routes as mcp_routes
@@ -148,7 +148,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         version=__version__,
         description="Self-hostable sandbox server speaking the VoidRun API.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served from package data by docs_ui (FastAPI's loads a CDN)
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -171,6 +171,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         app.include_router(router)
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
+    app.router.routes.extend(docs_ui.routes(app.title, str(app.openapi_url)))
     if settings.e2b_enabled:
         e2b.mount(app, ctx).interpreter_hook = interpreter.e2b_hook(app)
     if mcp is not None:

@@ -1,7 +1,7 @@
 """``voidrun-server``: run the server and administer orgs, users and keys.
 
 Account commands open the database directly (same data dir), so they work whether or not a server
-is running.
+is running. The ``sandboxes`` commands (``cli/sandboxes.py``) are an API client of a running one.
 """
 
 from __future__ import annotations
@@ -280,3 +280,4 @@ def images_build(
 from . import images as _images  # noqa: E402,F401  registers `images import`
 from . import purge as _purge  # noqa: E402,F401  registers `purge`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`
+from . import sandboxes as _sandboxes  # noqa: E402,F401  registers `sandboxes …`
