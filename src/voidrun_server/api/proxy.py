@@ -108,15 +108,8 @@ async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) ->
     token, token_in_query = _token(connection)
     caller = await _caller(connection)
     target = await proxy.authorize(preview.sandbox_id, preview.port, caller, token)
-    with proxy.limits.hold(target):
-        await proxy.wake(target)
-        if scope["type"] == "websocket":
-            upstream = _upstream_target(scope, preview)
-            headers = forwarded_headers(scope, preview)
-            await relay_websocket(WebSocket(scope, receive, send), proxy, target, upstream, headers)
-        else:
-            cookie = _token_cookie(scope, preview, token) if token_in_query else None
-            await _relay_http(scope, receive, send, proxy, target, preview, cookie)
+    cookie = _token_cookie(scope, preview, token) if token_in_query else None
+    await serve_target(scope, receive, send, proxy, target, preview, cookie)
 
 
 async def serve_target(
@@ -126,8 +119,10 @@ async def serve_target(
     proxy: ProxyService,
     target: Target,
     preview: Preview,
+    cookie: bytes | None = None,
 ) -> None:
-    """Relay to a target the caller already may reach (the E2B gateway: its access token)."""
+    """Relay to a target the caller may reach (authorized by the preview routes, or by the E2B
+    gateway's access token); ``cookie``: the traffic-token cookie to set on the answer."""
     with proxy.limits.hold(target):
         await proxy.wake(target)
         if scope["type"] == "websocket":
@@ -135,7 +130,7 @@ async def serve_target(
             headers = forwarded_headers(scope, preview)
             await relay_websocket(WebSocket(scope, receive, send), proxy, target, upstream, headers)
         else:
-            await _relay_http(scope, receive, send, proxy, target, preview, None)
+            await _relay_http(scope, receive, send, proxy, target, preview, cookie)
 
 
 async def proxy_service(connection: HTTPConnection) -> ProxyService:

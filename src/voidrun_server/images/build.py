@@ -64,6 +64,17 @@ CODE_IMAGE_NAME = "code"
 SUITE = "bookworm"
 ID_COUNT = 65536
 
+# Real Jupyter kernels for the stateful code interpreter (E2B's port 49999), and what its users'
+# code imports first. matplotlib's fonttools wants "python3-scipy | python3-munkres": naming the
+# small one keeps scipy, pythran and a C toolchain's headers (~300 MB) out of the image.
+INTERPRETER_PACKAGES: tuple[str, ...] = (
+    "python3-ipykernel",
+    "python3-jupyter-client",
+    "python3-matplotlib",
+    "python3-numpy",
+    "python3-pandas",
+    "python3-munkres",
+)
 # Everything the SDK's code interpreter and a typical agent session expect to find.
 CODE_PACKAGES: tuple[str, ...] = (
     "python3",
@@ -83,29 +94,12 @@ CODE_PACKAGES: tuple[str, ...] = (
     "unzip",
     "procps",
     "less",
-    # Real Jupyter kernels for the stateful code interpreter (E2B's port 49999), and what its
-    # users' code imports first.
-    "python3-ipykernel",
-    "python3-jupyter-client",
-    "python3-matplotlib",
-    "python3-numpy",
-    "python3-pandas",
-    # matplotlib's fonttools wants "python3-scipy | python3-munkres": naming the small one
-    # keeps scipy, pythran and a C toolchain's headers (~300 MB) out of the image.
-    "python3-munkres",
+    *INTERPRETER_PACKAGES,
 )
 # debootstrap's own dependency resolver cannot handle virtual packages, which npm's ~300 node-*
 # dependencies use; these are left to apt inside the chroot. Everything else comes in the one
 # debootstrap run.
-_APT_AFTER_DEBOOTSTRAP: tuple[str, ...] = (
-    "npm",
-    "python3-ipykernel",
-    "python3-jupyter-client",
-    "python3-matplotlib",
-    "python3-numpy",
-    "python3-pandas",
-    "python3-munkres",
-)
+_APT_AFTER_DEBOOTSTRAP: tuple[str, ...] = ("npm", *INTERPRETER_PACKAGES)
 NPM_GLOBAL_PACKAGES: tuple[str, ...] = ("tsx",)
 
 # Mount points the sandbox driver binds its agent and runtime state onto.

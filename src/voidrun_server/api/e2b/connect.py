@@ -186,24 +186,34 @@ def _check_type(scope: Scope, wanted: bytes) -> None:
         raise RpcError("invalid_argument", f"Content-Type must be {wanted.decode()}")
 
 
-async def unary(
-    scope: Scope, receive: Receive, send: Send, handler: Unary, translate: Translate, limit: int
-) -> None:
+async def _answered(
+    scope: Scope, send: Send, call: Callable[[], Awaitable[Message]], translate: Translate
+) -> Message | None:
+    """``call()`` under the request's deadline; a failure is answered here as a Connect error
+    (None returned), one ``translate`` does not know is raised."""
     try:
-        _check_type(scope, JSON_TYPE)
         with anyio.fail_after(deadline(scope)):
-            request = decode(await read_body(receive, limit))
-            answer = await handler(request)
+            return await call()
     except TimeoutError:
         await send_error(send, RpcError("deadline_exceeded", "the call's deadline passed"))
-        return
     except Exception as exc:
         error = exc if isinstance(exc, RpcError) else translate(exc)
         if error is None:
             raise
         await send_error(send, error)
-        return
-    await send_json(send, 200, answer, JSON_TYPE)
+    return None
+
+
+async def unary(
+    scope: Scope, receive: Receive, send: Send, handler: Unary, translate: Translate, limit: int
+) -> None:
+    async def call() -> Message:
+        _check_type(scope, JSON_TYPE)
+        return await handler(decode(await read_body(receive, limit)))
+
+    answer = await _answered(scope, send, call, translate)
+    if answer is not None:
+        await send_json(send, 200, answer, JSON_TYPE)
 
 
 async def client_stream(
@@ -214,18 +224,12 @@ async def client_stream(
     translate: Translate,
     limit: int,
 ) -> None:
-    try:
+    async def call() -> Message:
         _check_type(scope, STREAM_TYPE)
-        with anyio.fail_after(deadline(scope)):
-            answer = await handler(envelopes(receive, limit))
-    except TimeoutError:
-        await send_error(send, RpcError("deadline_exceeded", "the call's deadline passed"))
-        return
-    except Exception as exc:
-        error = exc if isinstance(exc, RpcError) else translate(exc)
-        if error is None:
-            raise
-        await send_error(send, error)
+        return await handler(envelopes(receive, limit))
+
+    answer = await _answered(scope, send, call, translate)
+    if answer is None:
         return
     await _start_stream(send)
     await send({"type": "http.response.body", "body": envelope(encode(answer)), "more_body": True})
