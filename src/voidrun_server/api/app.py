@@ -29,16 +29,18 @@ from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import errors, runtimes
+from . import dashboard, errors, runtimes
 from .deps import AppContext
 from .mcp_server import McpEndpoint
 from .mcp_server import routes as mcp_routes
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
 from .routes import (
+    auth,
     commands,
     exec,
     files,
+    insights,
     orgs,
     pty,
     sandboxes,
@@ -167,8 +169,12 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         files.router,
         image_routes.router,
         proxy_routes.router,
+        auth.router,
+        insights.router,
     ):
         app.include_router(router)
+    if settings.dashboard_enabled:
+        app.include_router(dashboard.router(settings))
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
     if mcp is not None:
