@@ -295,6 +295,12 @@ async def _default_rootfs(ctx: AppContext) -> Path | None:
     return Path(image.rootfs)
 
 
+def dashboard_line(settings: Settings) -> str:
+    if not settings.dashboard_enabled:
+        return ""
+    return f"  Dashboard: {settings.external_base_url}/ (sign in with this key)\n"
+
+
 async def _bootstrap(ctx: AppContext) -> None:
     configured = ctx.settings.bootstrap_api_key
     async with db.transaction(ctx.sessions) as session:
@@ -307,6 +313,7 @@ async def _bootstrap(ctx: AppContext) -> None:
         print(
             "\n  First start: created org 'default', user 'admin' and this API key "
             f"(shown once):\n\n    {plain}\n\n"
-            f"  It is also saved in {ctx.settings.bootstrap_key_file} (mode 0600).\n",
+            f"  It is also saved in {ctx.settings.bootstrap_key_file} (mode 0600).\n"
+            + dashboard_line(ctx.settings),
             flush=True,
         )
