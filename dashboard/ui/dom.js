@@ -73,3 +73,8 @@ export function confirmDialog(question, action = "Confirm") {
     dialog.showModal();
   });
 }
+
+// A stylesheet a lazily loaded tab needs, added once.
+export function stylesheet(href) {
+  if (!document.querySelector(`link[href="${href}"]`)) document.head.append(h("link", { rel: "stylesheet", href }));
+}

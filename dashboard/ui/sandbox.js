@@ -5,17 +5,17 @@ import { age, clear, confirmDialog, errorBox, h, toast } from "./dom.js";
 import { statusBadge } from "./sandboxes.js";
 import { filesTab } from "./files.js";
 import { processesTab } from "./processes.js";
-import { terminalTab } from "./terminal.js";
-import { eventsTab, usageTab } from "./usage.js";
 
 const REFRESH_MS = 2000;
+// xterm.js and uPlot (most of the page weight) load only when their tab is opened.
+const lazy = (module, name) => async (...args) => (await import(module))[name](...args);
 const TABS = [
   ["overview", "Overview", overviewTab],
-  ["terminal", "Terminal", terminalTab],
+  ["terminal", "Terminal", lazy("./terminal.js", "terminalTab")],
   ["files", "Files", filesTab],
   ["processes", "Processes", processesTab],
-  ["usage", "Usage", usageTab],
-  ["events", "Events", eventsTab],
+  ["usage", "Usage", lazy("./usage.js", "usageTab")],
+  ["events", "Events", lazy("./usage.js", "eventsTab")],
 ];
 // What each verb is offered from (the server refuses the rest with its own message).
 const VERBS = [
@@ -86,8 +86,8 @@ export function sandboxPage(main, id, tab) {
       row = res.data;
       clear(problem);
       if (changed) render();
-      if (changed && !leaveTab) leaveTab = current[2](panel, row, id);
-      else if (changed && typeof leaveTab.statusChanged === "function") leaveTab.statusChanged(row);
+      if (changed && !leaveTab) leaveTab = Promise.resolve(current[2](panel, row, id)).catch((err) => { clear(panel, errorBox(err)); return () => {}; });
+      else if (changed) leaveTab.then((tab) => typeof tab.statusChanged === "function" && tab.statusChanged(row));
     } catch (err) {
       if (!stopped) clear(problem, errorBox(err));
     }
@@ -102,7 +102,7 @@ export function sandboxPage(main, id, tab) {
   return () => {
     stopped = true;
     clearTimeout(timer);
-    if (leaveTab) (leaveTab.leave || leaveTab)();
+    if (leaveTab) leaveTab.then((tab) => tab());
   };
 }
 

@@ -4,7 +4,9 @@
 import { Terminal } from "/ui/vendor/xterm.mjs";
 import { FitAddon } from "/ui/vendor/addon-fit.mjs";
 import { api, get, post } from "./api.js";
-import { clear, errorBox, h, toast } from "./dom.js";
+import { clear, errorBox, h, stylesheet, toast } from "./dom.js";
+
+stylesheet("/ui/vendor/xterm.css");
 
 const RETRIES = 5;
 

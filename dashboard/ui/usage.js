@@ -1,7 +1,9 @@
 // The Usage tab (GET …/metrics polled into uPlot charts) and the Events tab (GET …/events).
 import uPlot from "/ui/vendor/uPlot.esm.js";
 import { get } from "./api.js";
-import { bytes, clear, errorBox, h } from "./dom.js";
+import { bytes, clear, errorBox, h, stylesheet } from "./dom.js";
+
+stylesheet("/ui/vendor/uPlot.min.css");
 
 const SAMPLE_MS = 2000;
 const KEEP = 150; // five minutes of samples

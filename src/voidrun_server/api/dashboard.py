@@ -54,6 +54,17 @@ MISSING = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <p>The API itself works: <a href="/api/docs">/api/docs</a>.</p></body></html>"""
 
 
+def _file(path: Path, kind: str, request: Request) -> Response:
+    """The file, or 304 when the browser's copy is current (``Cache-Control: no-cache`` makes
+    it ask on every load; the answer is a few hundred bytes instead of xterm's 340 KB)."""
+    info = path.stat()
+    etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}"'
+    headers = {**HEADERS, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, headers=headers, media_type=kind, stat_result=info)
+
+
 def missing_assets(root: Path) -> list[str]:
     wanted = [root / "ui" / "index.html"] + [root / "node_modules" / p for p in VENDOR.values()]
     return [str(p) for p in wanted if not p.is_file()]
@@ -65,19 +76,19 @@ def router(settings: Settings) -> APIRouter:
     routes = APIRouter(include_in_schema=False)
 
     @routes.get("/")
-    async def index() -> Response:
+    async def index(request: Request) -> Response:
         missing = missing_assets(root)
         if missing:
             return HTMLResponse(MISSING.format(missing=", ".join(missing)), 503, HEADERS)
-        return FileResponse(ui / "index.html", headers=HEADERS, media_type=TYPES[".html"])
+        return _file(ui / "index.html", TYPES[".html"], request)
 
     @routes.get("/ui/vendor/{name}")
-    async def vendor(name: str) -> Response:
+    async def vendor(name: str, request: Request) -> Response:
         relative = VENDOR.get(name)
         path = root / "node_modules" / relative if relative else None
         if path is None or not path.is_file():
             raise NotFoundError("no such dashboard asset", name)
-        return FileResponse(path, headers=HEADERS, media_type=TYPES[Path(name).suffix])
+        return _file(path, TYPES[Path(name).suffix], request)
 
     @routes.get("/ui/{path:path}")
     async def asset(path: str, request: Request) -> Response:
@@ -85,6 +96,6 @@ def router(settings: Settings) -> APIRouter:
         kind = TYPES.get(target.suffix)
         if kind is None or not target.is_relative_to(ui) or not target.is_file():
             raise NotFoundError("no such dashboard asset", path)
-        return FileResponse(target, headers=HEADERS, media_type=kind)
+        return _file(target, kind, request)
 
     return routes
