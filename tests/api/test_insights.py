@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.api.test_accounts import second_org
 from tests.support.http import assert_error
@@ -82,3 +84,25 @@ def test_the_session_cookie_needs_its_csrf_token_to_change_state(server: ServerP
         assert "voidrun_session" not in browser.cookies
     replayed = httpx.get(f"{server.api}/sandboxes", cookies={"voidrun_session": plain})
     assert "sign in again" in assert_error(replayed, 401)["error"]
+
+
+def test_a_websocket_with_the_session_cookie_must_come_from_this_origin(
+    server: ServerProcess,
+) -> None:
+    signed = httpx.post(f"{server.api}/auth/session", json={"apiKey": server.api_key})
+    cookie = f"voidrun_session={signed.cookies['voidrun_session']}"
+    with server.client() as client:
+        box = str(create_sandbox(client, name="ws-origin")["id"])
+    url = f"ws://127.0.0.1:{server.port}/api/sandboxes/{box}/pty"
+    own = f"http://127.0.0.1:{server.port}"
+    with connect(url, additional_headers={"Cookie": cookie, "Origin": own}) as ws:
+        ws.send("echo ok-$((40+2))\n")
+        seen = ""
+        while "ok-42" not in seen:
+            seen += str(ws.recv(timeout=30))
+    for origin in ("http://evil.example", f"http://127.0.0.1:{server.port + 1}"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers={"Cookie": cookie, "Origin": origin})
+        assert refused.value.response.status_code == 401
+    with server.client() as client:
+        client.delete(f"/sandboxes/{box}")
