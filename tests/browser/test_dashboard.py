@@ -100,6 +100,14 @@ def test_terminal_runs_echo_hello(page: Any, box: dict[str, Any], shots: Path) -
     )
     assert "hello" in terminal_lines(page)
     shot(page, shots, "terminal")
+    session = page.get_by_text("Connected (session").inner_text()
+    page.reload()  # the persistent session survives: reattached, its scrollback replayed
+    expect(page.get_by_text(session)).to_be_visible(timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.xterm-rows > div')]
+                 .some(row => row.textContent.replace(/\u00a0/g, ' ').trim() === 'hello')""",
+        timeout=TIMEOUT_MS,
+    )
 
 
 def test_files_upload_list_download_and_edit(
@@ -132,6 +140,29 @@ def test_files_upload_list_download_and_edit(
             f"/sandboxes/{box['id']}/files/download", params={"path": "/root/note.txt"}
         )
     assert response.content == b"edited in the browser\n"
+
+
+def test_files_folder_rename_and_delete(
+    page: Any, server: ServerProcess, box: dict[str, Any], tmp_path: Path
+) -> None:
+    answers = iter(["made-here", "renamed.txt"])
+    page.on("dialog", lambda dialog: dialog.accept(next(answers)))  # the name prompts
+    open_sandbox(page, box, "Files")
+    page.get_by_role("button", name="New folder").click()
+    expect(page.locator("tr[data-name='made-here']")).to_be_visible()
+    source = tmp_path / "to-rename.txt"
+    source.write_text("x")
+    page.locator("#files-upload").set_input_files(str(source))
+    page.get_by_role("button", name="Rename to-rename.txt").click()
+    expect(page.locator("tr[data-name='renamed.txt']")).to_be_visible()
+    expect(page.locator("tr[data-name='to-rename.txt']")).to_have_count(0)
+    page.get_by_role("button", name="Delete made-here").click()
+    page.locator("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("tr[data-name='made-here']")).to_have_count(0)
+    with server.client() as client:
+        listed = client.get(f"/sandboxes/{box['id']}/files", params={"path": "/root"}).json()
+    names = {f["name"] for f in listed["data"]["files"]}
+    assert "renamed.txt" in names and "made-here" not in names and "to-rename.txt" not in names
 
 
 def test_pause_and_resume_update_the_status_without_reload(
@@ -191,13 +222,18 @@ def test_usage_charts_show_samples(page: Any, box: dict[str, Any], shots: Path) 
 def test_a_revoked_key_ends_its_session(
     browser: Any, page: Any, server: ServerProcess, shots: Path
 ) -> None:
-    with server.client() as client:
-        created = client.post("/orgs/apikeys", json={"keyName": "to-revoke"}).json()
-    other = sign_in(browser, server, created["plainKey"])
-    assert other.context.request.get("/api/sandboxes").status == 200
     page.goto("/#/keys")
+    page.get_by_label("New key name").fill("to-revoke")
+    page.get_by_role("button", name="Create key").click()
+    plain = page.locator("code.secret").inner_text()  # shown once, with a copy button
+    expect(page.get_by_role("button", name="Copy")).to_be_visible()
     expect(page.get_by_role("cell", name="to-revoke", exact=True)).to_be_visible()
-    shot(page, shots, "keys")
+    other = sign_in(browser, server, plain)
+    assert other.context.request.get("/api/sandboxes").status == 200
+    page.reload()
+    expect(page.locator("code.secret")).to_have_count(0)  # not shown again
+    expect(page.get_by_role("cell", name="to-revoke", exact=True)).to_be_visible()
+    shot(page, shots, "keys")  # without a plain key in a committed picture
     page.get_by_role("button", name="Revoke to-revoke").click()
     page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
     expect(page.get_by_role("cell", name="to-revoke", exact=True)).to_have_count(0)
