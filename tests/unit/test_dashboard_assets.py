@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client import CollectorRegistry
 
+from voidrun_server.api import app as app_module
 from voidrun_server.api.app import create_app
 from voidrun_server.api.dashboard import VENDOR
+from voidrun_server.api.deps import AppContext
 from voidrun_server.config import Settings
+from voidrun_server.store import db
 
 
 def client(tmp_path: Path, dashboard: Path) -> httpx.AsyncClient:
@@ -71,3 +76,21 @@ async def test_the_dashboard_can_be_turned_off(tmp_path: Path) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         assert (await http.get("/")).status_code == 404
         assert (await http.get("/ui/app.js")).status_code == 404
+
+
+async def test_the_first_start_prints_the_dashboard_url_next_to_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", port=8123)
+    settings.data_dir.mkdir()
+    engine = db.create_engine(settings.resolved_database_url)
+    try:
+        await db.migrate(engine)
+        ctx = AppContext(settings, engine, db.session_factory(engine), CollectorRegistry())
+        await app_module._bootstrap(ctx)
+    finally:
+        await engine.dispose()
+    printed = capsys.readouterr().out
+    key = settings.bootstrap_key_file.read_text().strip()
+    assert key in printed
+    assert "Dashboard: http://127.0.0.1:8123/ (sign in with this key)" in printed
