@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         ),
     )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    e2b_enabled: bool = Field(
+        True,
+        description=(
+            "Serve the E2B API at /e2b (control plane and in-sandbox envd), for the E2B SDKs "
+            "unchanged (docs/e2b.md)."
+        ),
+    )
     cors_origins: list[str] = Field(
         ["*"], description="Origins allowed by CORS (the reference server allows all)."
     )

@@ -29,7 +29,7 @@ from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import dashboard, errors, runtimes
+from . import dashboard, e2b, errors, runtimes
 from .deps import AppContext
 from .mcp_server import McpEndpoint
 from .mcp_server import routes as mcp_routes
@@ -177,6 +177,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         app.include_router(dashboard.router(settings))
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
+    if settings.e2b_enabled:
+        e2b.mount(app, ctx)
     if mcp is not None:
         app.router.routes.extend(mcp_routes(mcp))
     app.edge = {

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 from ..errors import RequestTimeoutError
 from ..services.accounts import Principal
 from ..services.proxy import ProxyService, Target
-from .deps import CSRF_HEADER, QUERY_KEY, SESSION_COOKIE, app_context, principal
+from .deps import CSRF_HEADER, QUERY_KEY, SESSION_COOKIE, AppContext, principal
 from .proxy_ws import relay_websocket
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ NOT_FORWARDED = frozenset(
         b"content-length",
     }
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
+    | {b"x-access-token", b"e2b-traffic-access-token"}  # the E2B gateway's (api/e2b)
 )
 DROPPED = HOP_BY_HOP | NOT_FORWARDED
 
@@ -125,11 +126,35 @@ async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) ->
             await _relay_http(scope, receive, send, proxy, target, preview, cookie)
 
 
+async def serve_target(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    proxy: ProxyService,
+    target: Target,
+    preview: Preview,
+) -> None:
+    """Relay to a target the caller already may reach (the E2B gateway: its access token)."""
+    with proxy.limits.hold(target):
+        await proxy.wake(target)
+        if scope["type"] == "websocket":
+            upstream = _upstream_target(scope, preview)
+            headers = forwarded_headers(scope, preview)
+            await relay_websocket(WebSocket(scope, receive, send), proxy, target, upstream, headers)
+        else:
+            await _relay_http(scope, receive, send, proxy, target, preview, None)
+
+
 async def proxy_service(connection: HTTPConnection) -> ProxyService:
     """The app's proxy service, made on first use (and again after a lifespan restart)."""
-    ctx = app_context(connection)
+    return await proxy_of(connection.app)
+
+
+async def proxy_of(app: Any) -> ProxyService:
+    """``proxy_service`` of an app (the E2B gateway calls it with the main app)."""
+    ctx: AppContext = app.state.ctx
     sandboxes = ctx.sandbox_service()
-    state = connection.app.state
+    state = app.state
     current: ProxyService | None = getattr(state, "preview_proxy", None)
     if current is None or current.sandboxes is not sandboxes:
         made = await ProxyService.create(ctx.settings, sandboxes)

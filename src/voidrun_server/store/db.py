@@ -67,10 +67,25 @@ def alembic_config() -> Config:
     return config
 
 
+# pg_advisory_xact_lock key for migrations: any constant shared by every process of a fleet
+# (the first 8 bytes of sha256("voidrun migrations"), as a signed 64-bit integer).
+MIGRATION_LOCK = int.from_bytes(bytes.fromhex("b997a85cace53919"), "big", signed=True)
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``; safe to run on every start."""
+    """Bring the schema up to ``revision``; safe to run on every start, from any number of
+    processes at once.
+
+    On PostgreSQL the upgrade runs in one transaction that first takes a transaction-level
+    advisory lock: replicas and nodes started together run the migrations one after another
+    (the later ones find the schema current and do nothing) instead of racing on Alembic's
+    version table, and a rolling upgrade never runs two migrations side by side. SQLite is one
+    file that one server serves (``serverlock.py``); its write lock serialises the rest.
+    """
 
     def upgrade(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

@@ -179,6 +179,9 @@ class Sandbox(Base):
     paused_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # the E2B API's timeout (api/e2b): killed, or paused when on_timeout is "pause", at end_at
+    end_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    on_timeout: Mapped[str] = mapped_column(String(8), default="kill")
 
 
 class Event(Base):

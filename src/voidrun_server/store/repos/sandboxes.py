@@ -83,3 +83,13 @@ async def events_of(
         .limit(limit)
     )
     return (await session.execute(query)).scalars().all()
+
+
+async def set_end(
+    session: AsyncSession, sandbox_id: str, end_at: datetime | None, on_timeout: str | None = None
+) -> None:
+    """The E2B API's end time (and, when given, what happens then: ``kill`` or ``pause``)."""
+    values: dict[str, object] = {"end_at": end_at}
+    if on_timeout is not None:
+        values["on_timeout"] = on_timeout
+    await session.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(**values))

@@ -1,7 +1,7 @@
 """dashboard sessions: an API key exchanged for a cookie
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2027-03-15
 
 ``POST /api/auth/session`` stores the digest of the session id it sets as a cookie, the key it
@@ -11,8 +11,8 @@ was made with (its revocation ends the session), the CSRF token and the expiry.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
