@@ -1,7 +1,7 @@
 // The Usage tab (GET …/metrics polled into uPlot charts) and the Events tab (GET …/events).
 import uPlot from "/ui/vendor/uPlot.esm.js";
 import { get } from "./api.js";
-import { bytes, clear, errorBox, h, stylesheet } from "./dom.js";
+import { age, bytes, clear, errorBox, h, stylesheet } from "./dom.js";
 
 stylesheet("/ui/vendor/uPlot.min.css");
 
@@ -57,7 +57,8 @@ export function usageTab(panel, row, id) {
       summary.textContent = m.memoryBytes == null
         ? `The sandbox is ${m.status}: no usage to show until it runs.`
         : `Memory ${bytes(m.memoryBytes)} of ${bytes(m.memoryLimitBytes)}, ${m.pids ?? "?"} processes, ` +
-          `${m.oomKills ?? 0} OOM kills, disk limit ${m.diskLimitMb ?? "?"} MiB, received ${bytes(m.rxBytes)}, sent ${bytes(m.txBytes)}.`;
+          `${m.oomKills ?? 0} OOM kills, disk limit ${m.diskLimitMb ?? "?"} MiB, received ${bytes(m.rxBytes)}, sent ${bytes(m.txBytes)}` +
+          (m.lastActivityAt ? `, idle for ${age(m.lastActivityAt)}.` : ".");
     } catch (err) {
       if (!stopped) clear(problem, errorBox(err));
     }

@@ -3,6 +3,8 @@ cookie on plain HTTP (the browser tier, tests/browser, drives the same through t
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -33,6 +35,11 @@ def test_metrics_and_events_of_a_sandbox(server: ServerProcess) -> None:
         assert sample["memoryBytes"] > 0 and sample["pids"] >= 1
         assert sample["cpuUsageNs"] > 0 and sample["memoryLimitBytes"] >= 1024 * 1024 * 1024
         assert sample["oomKills"] == 0 and sample["diskLimitMb"] == 256
+        created = client.get(f"/sandboxes/{box}").json()["data"]["createdAt"]
+        assert datetime.fromisoformat(sample["lastActivityAt"]) >= datetime.fromisoformat(created)
+        assert client.post(f"/sandboxes/{box}/exec", json={"command": "true"}).status_code == 200
+        after = client.get(f"/sandboxes/{box}/metrics").json()["data"]["lastActivityAt"]
+        assert datetime.fromisoformat(after) > datetime.fromisoformat(sample["lastActivityAt"])
 
         assert client.post(f"/sandboxes/{box}/pause").status_code == 200
         # a data-plane call wakes it: the history tells that apart from an explicit resume

@@ -21,6 +21,9 @@ class SandboxMetrics(WireModel):
     rx_bytes: int | None = Field(None, description="Bytes received over the sandbox network.")
     tx_bytes: int | None = None
     disk_limit_mb: int | None = None
+    last_activity_at: datetime | None = Field(
+        None, description="The last data-plane call (exec, files, terminals…): idle since then."
+    )
 
 
 class SandboxEvent(WireModel):

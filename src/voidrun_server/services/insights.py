@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..drivers.base import DriverError
 from ..store.repos import sandboxes as repo
@@ -28,13 +29,15 @@ class Usage:
     tx_bytes: int | None = None
     disk_limit_mb: int | None = None
     sampled_at: str = ""
+    last_activity_at: datetime | None = None
 
 
 async def usage(service: SandboxService, caller: Principal, sandbox_id: str) -> Usage:
     """The kernel's accounting for a running (or paused) sandbox of the caller's org."""
     row = await service.get(caller, sandbox_id)
     now = utcnow().isoformat()
-    base = Usage(status=row.status, disk_limit_mb=row.disk_mb, sampled_at=now)
+    last = service.activity.pending(row.id) or row.last_activity_at
+    base = Usage(row.status, disk_limit_mb=row.disk_mb, sampled_at=now, last_activity_at=last)
     if row.status not in (Status.RUNNING, Status.PAUSED):
         return base
     try:
@@ -53,6 +56,7 @@ async def usage(service: SandboxService, caller: Principal, sandbox_id: str) -> 
         tx_bytes=network.tx_bytes if network else None,
         disk_limit_mb=row.disk_mb,
         sampled_at=now,
+        last_activity_at=last,
     )
 
 
