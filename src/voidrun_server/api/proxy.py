@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 from ..errors import RequestTimeoutError
 from ..services.accounts import Principal
 from ..services.proxy import ProxyService, Target
-from .deps import QUERY_KEY, AppContext, principal
+from .deps import CSRF_HEADER, QUERY_KEY, SESSION_COOKIE, AppContext, principal
 from .proxy_ws import relay_websocket
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,14 @@ HOP_BY_HOP = frozenset(
     }
 )
 NOT_FORWARDED = frozenset(
-    {b"host", b"x-api-key", TOKEN_HEADER.encode(), b"cookie", b"content-length"}
+    {
+        b"host",
+        b"x-api-key",
+        TOKEN_HEADER.encode(),
+        CSRF_HEADER.encode(),
+        b"cookie",
+        b"content-length",
+    }
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
     | {b"x-access-token", b"e2b-traffic-access-token"}  # the E2B gateway's (api/e2b)
 )
@@ -237,12 +244,17 @@ def _forwarded_for(chain: bytes, client: bytes) -> bytes:
     return chain + b", " + client
 
 
+# The traffic token and the dashboard's session (a top-level visit of a path-form preview
+# carries the API origin's cookies): neither may reach code in the sandbox.
+PRIVATE_COOKIES = frozenset({TOKEN_COOKIE, SESSION_COOKIE})
+
+
 def _without_token_cookie(cookie_headers: list[str]) -> str:
     kept = []
     for header in cookie_headers:
         for part in header.split(";"):
             name = part.split("=", 1)[0].strip()
-            if name and name != TOKEN_COOKIE:
+            if name and name not in PRIVATE_COOKIES:
                 kept.append(part.strip())
     return "; ".join(kept)
 
