@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CHECKED := src tests bench
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-fast test-heavy lint typecheck pytest fuzz openapi manifests install install-test clean
+.PHONY: help serve test test-fast test-heavy lint typecheck pytest fuzz openapi manifests install install-test clean dashboard screenshots
 
 help: ## Show the available targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,7 +19,10 @@ test: install-test ## Install test deps (pip + apt), then lint, type-check and r
 	@$(MAKE) --no-print-directory lint typecheck pytest
 
 test-fast: install-test ## Only the tiers that need no root, image or PostgreSQL: unit, inprocess
-	$(BIN)/pytest -m "not (postgres or root or sandbox or slow)" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not (postgres or root or sandbox or slow or browser)" $(PYTEST_ARGS)
+
+screenshots: install-test ## Refresh docs/img/dashboard-*.png (the browser tests take them)
+	VOIDRUN_SCREENSHOTS=1 $(MAKE) --no-print-directory pytest PYTEST_ARGS="tests/browser $(PYTEST_ARGS)"
 
 test-heavy: install-test ## The heavy tier: whole suites again through other paths (e.g. previews via the agent)
 	VOIDRUN_TEST_HEAVY=1 $(MAKE) --no-print-directory pytest PYTEST_ARGS="-m heavy $(PYTEST_ARGS)"
@@ -74,9 +77,16 @@ manifests: install-test ## Render deploy/kubernetes/voidrun.yaml from the Helm c
 	$(BIN)/python -m tests.support.helmlite deploy/helm/voidrun deploy/helm/plain-values.yaml \
 		> deploy/kubernetes/voidrun.yaml
 
-install: $(VENV)/.installed ## Create .venv and install the server
+install: $(VENV)/.installed dashboard ## Create .venv and install the server and the dashboard's assets
 
-install-test: $(VENV)/.installed-test ## Create .venv and install the server with test tools
+install-test: $(VENV)/.installed-test dashboard ## Create .venv and install the server with test tools
+
+# The dashboard's third-party assets (xterm.js, uPlot) from the npm registry the host's npm
+# config names, exactly as package-lock.json pins them; served from dashboard/node_modules.
+dashboard: dashboard/node_modules/.package-lock.json
+
+dashboard/node_modules/.package-lock.json: dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --ignore-scripts
 
 $(VENV)/.installed: pyproject.toml scripts/install-system-deps.sh
 	PYTHON=$(PYTHON) scripts/install-system-deps.sh runtime

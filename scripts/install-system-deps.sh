@@ -22,10 +22,12 @@ need skopeo command -v skopeo          # registry pulls (docs/images.md, Registr
 need runsc command -v runsc            # the gvisor driver (docs/isolation.md)
 need qemu-system-x86 command -v qemu-system-x86_64   # the microvm driver (docs/microvm.md)
 need busybox-static dpkg -s busybox-static           # its guest initramfs (static /bin/busybox)
+need npm command -v npm                # the dashboard's third-party assets (dashboard/package.json)
 if [ "$tier" = test ]; then
   need postgresql bash -c 'ls -d /usr/lib/postgresql/*/bin/initdb'
   need docker-registry command -v docker-registry   # the loopback registry tests pull from
   need apache2-utils command -v htpasswd            # its users
+  need chromium command -v chromium                 # the browser tier (tests/browser)
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

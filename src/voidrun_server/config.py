@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         ),
     )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    e2b_enabled: bool = Field(
+        True,
+        description=(
+            "Serve the E2B API at /e2b (control plane and in-sandbox envd), for the E2B SDKs "
+            "unchanged (docs/e2b.md)."
+        ),
+    )
     cors_origins: list[str] = Field(
         ["*"], description="Origins allowed by CORS (the reference server allows all)."
     )
@@ -156,6 +163,23 @@ class Settings(BaseSettings):
         ),
     )
 
+    dashboard_enabled: bool = Field(
+        True, description="Serve the web dashboard (docs/dashboard.md) at / and /ui/."
+    )
+    dashboard_dir: Path | None = Field(
+        None,
+        description=(
+            "Where the dashboard's files are: its pages (ui/) and node_modules/ with the "
+            "third-party assets `npm ci` installs there. Empty: the checkout's dashboard/ dir."
+        ),
+    )
+    session_ttl_seconds: Annotated[float, Field(gt=0)] = Field(
+        12 * 3600.0,
+        description=(
+            "How long a dashboard session (POST /api/auth/session) lasts after sign-in; "
+            "revoking its API key ends it at once."
+        ),
+    )
     images_dir: Path | None = Field(
         None,
         description="Where built images live (default <data_dir>/images); data dirs may share one.",
@@ -626,6 +650,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'voidrun.db'}"
+
+    @property
+    def dashboard_root(self) -> Path:
+        """``dashboard_dir``, or ``dashboard/`` of the checkout this package runs from."""
+        if self.dashboard_dir is not None:
+            return self.dashboard_dir
+        return Path(__file__).resolve().parents[2] / "dashboard"
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -244,19 +244,38 @@ async def test_background_command_and_processes(server: ServerProcess, sandbox: 
 
 
 async def test_run_code(server: ServerProcess, sandbox: str) -> None:
+    """The sandbox's stateful interpreter (services/interpreter.py): state persists."""
     async with mcp(server) as client:
         program = "import sys\nx = 41\n\nprint(x + 1)\nprint('it''s', file=sys.stderr)\n"
         ran = json.loads(await call(client, "run_code", sandbox_id=sandbox, code=program))
-        assert ran == {"exitCode": 0, "stdout": "42\n", "stderr": "its\n"}
+        assert ran == {"stdout": "42\n", "stderr": "its\n"}
+        value = json.loads(await call(client, "run_code", sandbox_id=sandbox, code="x + 1"))
+        assert value["results"] == [{"text": "42", "isMainResult": True}]
+        plot = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"
+        shown = json.loads(await call(client, "run_code", sandbox_id=sandbox, code=plot))
+        assert "png" in shown["results"][0]["formats"]
         failed = json.loads(
             await call(client, "run_code", sandbox_id=sandbox, code="raise ValueError('no')")
         )
-        assert failed["exitCode"] == 1 and "ValueError: no" in failed["stderr"]
-        quoted = 'echo "it\'s $((6 * 7))"'
+        assert (failed["error"]["name"], failed["error"]["value"]) == ("ValueError", "no")
+        assert "\x1b[" not in failed["error"]["traceback"]
+        quoted = 'N=6; echo "it\'s $((N * 7))"'
         shell = json.loads(
             await call(client, "run_code", sandbox_id=sandbox, code=quoted, language="bash")
         )
         assert shell["stdout"] == "it's 42\n"
+        again = json.loads(
+            await call(client, "run_code", sandbox_id=sandbox, code="echo $N", language="sh")
+        )
+        assert again["stdout"] == "6\n"
+        js = json.loads(
+            await call(client, "run_code", sandbox_id=sandbox, code="6 * 7", language="node")
+        )
+        assert js["results"][0]["text"] == "42"
+        slow = await refused(
+            client, "run_code", sandbox_id=sandbox, code="import time; time.sleep(60)", timeout=1
+        )
+        assert slow.startswith("Execution timed out")
 
 
 def test_preview_url_reaches_a_server_in_the_sandbox(server: ServerProcess, sandbox: str) -> None:

@@ -188,7 +188,8 @@ def test_headers_upstream(server: ServerProcess, box: str, client: httpx.Client)
     response = client.get(
         f"/sandboxes/{box}/ports/8001/headers",
         headers={
-            "Cookie": "app=1; voidrun_token=x",
+            "Cookie": "app=1; voidrun_token=x; voidrun_session=dashboard-session",
+            "X-CSRF-Token": "dashboard-csrf",
             "Connection": "keep-alive, X-Hop",
             "X-Hop": "hop",
             "X-Forwarded-For": "198.51.100.7",
@@ -199,7 +200,8 @@ def test_headers_upstream(server: ServerProcess, box: str, client: httpx.Client)
     headers = dict(response.json()["headers"])
     assert headers["host"] == "localhost:8001"
     assert "x-api-key" not in headers and "x-hop" not in headers
-    assert headers["cookie"] == "app=1"
+    assert headers["cookie"] == "app=1"  # neither the traffic token nor the dashboard session
+    assert "x-csrf-token" not in headers
     assert headers["x-kept"] == "kept"
     # uvicorn trusts the loopback peer's X-Forwarded-For: the client is 198.51.100.7 already
     assert headers["x-forwarded-for"] in ("198.51.100.7", "198.51.100.7, 127.0.0.1")

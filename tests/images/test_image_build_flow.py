@@ -101,6 +101,21 @@ def test_force_rebuilds_and_replaces(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "code").iterdir()) == [".v1.lock", "v1"]
 
 
+def test_a_build_with_other_packages_is_not_a_cache_hit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that changes the package list rebuilds the same tag once, then caches it."""
+    first = build_code_image(tmp_path, tag="v1", uid_base=BASE)
+    (first.rootfs / "marker").write_text("old")
+    monkeypatch.setattr(build, "_CACHE_KEY", {**build._CACHE_KEY, "packages": ["changed"]})
+    second = build_code_image(tmp_path, tag="v1", uid_base=BASE)
+    assert not (second.rootfs / "marker").exists()
+    manifest = json.loads((tmp_path / "code" / "v1" / "manifest.json").read_text())
+    assert manifest["packages"] == ["changed"]
+    monkeypatch.setattr(build, "_build_tree", _failing_tree(AssertionError("rebuilt")))
+    assert build_code_image(tmp_path, tag="v1", uid_base=BASE) == second
+
+
 def test_another_uid_base_is_not_a_cache_hit(tmp_path: Path) -> None:
     build_code_image(tmp_path, tag="v1", uid_base=BASE)
     other = build_code_image(tmp_path, tag="v1", uid_base=200000)

@@ -131,6 +131,10 @@ def test_interpreters_and_tools_run(
         ("tar", "--version"),
         ("gzip", "--version"),
         ("less", "--version"),
+        # the code interpreter's kernels and what its users import first
+        ("python3", "-c", "import ipykernel, jupyter_client, matplotlib, numpy, pandas"),
+        # fonttools' "scipy | munkres" took the small one (scipy brings a C toolchain)
+        ("python3", "-c", "import munkres, importlib.util as u; assert not u.find_spec('scipy')"),
     ],
 )
 def test_packages_present(scratch_root: Path, argv: tuple[str, ...]) -> None:

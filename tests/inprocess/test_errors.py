@@ -12,7 +12,8 @@ from tests.support.http import assert_error
 from tests.support.inprocess import InProcessServer
 from tests.support.routes import http_routes
 
-PUBLIC = {"/api/version", "/api/health", "/api/openapi.json", "/api/docs"}
+# /api/auth/session: the dashboard's sign-in, the key in its body (tests/api/test_insights.py)
+PUBLIC = {"/api/version", "/api/health", "/api/openapi.json", "/api/docs", "/api/auth/session"}
 
 
 def api_routes(server: InProcessServer) -> list[tuple[str, str]]:

@@ -39,6 +39,11 @@ TIERS: dict[str, tuple[str, str]] = {
         "run as root on a host the namespace driver supports (the skip reason names what "
         "check_host() found missing); `make test` builds the image first",
     ),
+    "browser": (
+        "root, the sandbox tier's needs, Debian's `chromium`, Playwright for Python and the "
+        "dashboard's npm assets (dashboard/node_modules)",
+        "run `make install-test` (installs chromium and runs `npm ci` in dashboard/) as root",
+    ),
     "slow": (
         "root, debootstrap and network access to the Debian mirror and npm (the real image build)",
         "run as root with `apt-get install debootstrap` and network access",

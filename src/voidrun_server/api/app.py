@@ -29,16 +29,18 @@ from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
 from ..store import db
-from . import errors, runtimes
+from . import dashboard, docs_ui, e2b, errors, interpreter, runtimes
 from .deps import AppContext
 from .mcp_server import McpEndpoint
 from .mcp_server import routes as mcp_routes
 from .middleware import EdgeMiddleware, HttpMetrics
 from .preview_hosts import PreviewHostMiddleware, PreviewPathMiddleware
 from .routes import (
+    auth,
     commands,
     exec,
     files,
+    insights,
     orgs,
     pty,
     sandboxes,
@@ -148,7 +150,7 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         version=__version__,
         description="Self-hostable sandbox server speaking the VoidRun API.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served from package data by docs_ui (FastAPI's loads a CDN)
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -167,10 +169,17 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
         files.router,
         image_routes.router,
         proxy_routes.router,
+        auth.router,
+        insights.router,
     ):
         app.include_router(router)
+    if settings.dashboard_enabled:
+        app.include_router(dashboard.router(settings))
     if settings.metrics_enabled:
         app.include_router(system.metrics_router)
+    app.router.routes.extend(docs_ui.routes(app.title, str(app.openapi_url)))
+    if settings.e2b_enabled:
+        e2b.mount(app, ctx).interpreter_hook = interpreter.e2b_hook(app)
     if mcp is not None:
         app.router.routes.extend(mcp_routes(mcp))
     app.edge = {
@@ -289,6 +298,12 @@ async def _default_rootfs(ctx: AppContext) -> Path | None:
     return Path(image.rootfs)
 
 
+def dashboard_line(settings: Settings) -> str:
+    if not settings.dashboard_enabled:
+        return ""
+    return f"  Dashboard: {settings.external_base_url}/ (sign in with this key)\n"
+
+
 async def _bootstrap(ctx: AppContext) -> None:
     configured = ctx.settings.bootstrap_api_key
     async with db.transaction(ctx.sessions) as session:
@@ -301,6 +316,7 @@ async def _bootstrap(ctx: AppContext) -> None:
         print(
             "\n  First start: created org 'default', user 'admin' and this API key "
             f"(shown once):\n\n    {plain}\n\n"
-            f"  It is also saved in {ctx.settings.bootstrap_key_file} (mode 0600).\n",
+            f"  It is also saved in {ctx.settings.bootstrap_key_file} (mode 0600).\n"
+            + dashboard_line(ctx.settings),
             flush=True,
         )

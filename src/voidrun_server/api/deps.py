@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 from .. import ids
 from ..config import Settings
 from ..errors import AuthenticationError, InvalidInputError, ServiceUnavailableError
-from ..services import accounts
+from ..services import accounts, ui_sessions
 from ..services.accounts import Principal
 from ..services.image_builds import ImageBuilds
 from ..services.keycache import Entry, KeyCache
@@ -73,6 +73,9 @@ async def db(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 QUERY_KEY = "apiKey"
 NO_KEY = "authentication required (X-API-Key or Bearer token)"
+SESSION_COOKIE = "voidrun_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 QUERY_KEY_ON_HTTP = (
     "?apiKey= is accepted only on WebSocket routes; send the key in the X-API-Key header"
 )
@@ -87,10 +90,27 @@ async def principal(
         plain = connection.query_params.get(QUERY_KEY)
     if plain and connection.headers.get("authorization", "").lower().startswith("bearer "):
         raise InvalidInputError("provide either X-API-Key or Bearer token, not both")
+    if not plain and SESSION_COOKIE in connection.cookies:
+        return await session_principal(connection)
     if not plain:
         query_only = QUERY_KEY in connection.query_params
         raise AuthenticationError(NO_KEY, QUERY_KEY_ON_HTTP if query_only else None)
     return await authenticate(app_context(connection), plain)
+
+
+async def session_principal(connection: HTTPConnection) -> Principal:
+    """The caller of a dashboard session cookie (``services/ui_sessions.py``). Not declared in
+    the OpenAPI document: it is the dashboard's way in, the API's is the key. Requests that
+    change state must echo the session's CSRF token; a WebSocket must come from this origin."""
+    ctx = app_context(connection)
+    entry = await ui_sessions.resolve(ctx.sessions, ctx.keys, connection.cookies[SESSION_COOKIE])
+    if connection.scope["type"] == "websocket":
+        origin = connection.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != connection.headers.get("host"):
+            raise AuthenticationError("the session cookie is accepted only from this origin")
+    elif connection.scope["method"] not in SAFE_METHODS:
+        ui_sessions.check_csrf(entry, connection.headers.get(CSRF_HEADER))
+    return entry.principal
 
 
 async def authenticate(ctx: AppContext, plain: str) -> Principal:

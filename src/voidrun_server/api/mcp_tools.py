@@ -10,8 +10,8 @@ A ``VoidRunError`` becomes a tool error (``isError``) carrying the API's message
 from __future__ import annotations
 
 import json
+import re
 import secrets
-import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -22,7 +22,7 @@ from pydantic import Field
 from starlette.requests import Request
 
 from ..agentclient import ExecResult
-from ..errors import VoidRunError
+from ..errors import InvalidInputError, VoidRunError
 from ..schemas.exec import ExecRequest
 from ..schemas.processes import CommandRunRequest
 from ..schemas.sandboxes import SandboxCreate
@@ -30,8 +30,10 @@ from ..services import exec as exec_service
 from ..services.accounts import Principal
 from ..services.commands import CommandService
 from ..services.exec import ExecService
+from ..services.interpreter import Execution
 from ..services.sandboxes import SandboxService
 from .deps import AppContext, app_context
+from .interpreter import interpreter_of
 from .routes.sandboxes import public
 
 PRINCIPAL_KEY = "voidrun.mcp.principal"
@@ -188,30 +190,60 @@ async def run_code(
         int | None, Field(description="Seconds, 1..300; default 60.")
     ] = None,
 ) -> str:
-    """Run a piece of code in the sandbox: its output, and its exit code."""
+    """Run code in the sandbox's stateful interpreter (one per language: variables, imports
+    and functions persist between calls, as in a notebook): its stdout, stderr, results (the
+    value of the last expression, displays, plots) and error (name, value, traceback)."""
     caller = Caller(ctx)
+    seconds = timeout or 60
     async with tool_errors():
-        result = await _run_code(caller, sandbox_id, code, language, timeout or 60)
-    return _exec_text(result, timeout or 60)
+        if not 1 <= seconds <= exec_service.MAX_TIMEOUT:
+            raise InvalidInputError(
+                "Invalid timeout", f"must be between 1 and {exec_service.MAX_TIMEOUT} seconds"
+            )
+        service = await interpreter_of(caller.request.app)
+        execution = await service.execute(
+            caller.principal, sandbox_id, code, language=LANGUAGES[language], timeout=seconds
+        )
+    return as_json(_execution(execution))
 
 
-RUNNERS = {
-    "python": "python3 -c {}",
-    "javascript": "node -e {}",
-    "node": "node -e {}",
-    "bash": "bash -c {}",
-    "sh": "sh -c {}",
+LANGUAGES = {
+    "python": "python",
+    "javascript": "javascript",
+    "node": "javascript",
+    "bash": "bash",
+    "sh": "bash",
 }
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-async def _run_code(
-    caller: Caller, sandbox_id: str, code: str, language: str, seconds: int
-) -> ExecResult:
-    """One run of ``code``, as the VoidRun SDK's ``run_code`` does it: a fresh interpreter
-    per call through the exec path (nothing persists between calls). The stateful
-    interpreter service replaces this at merge."""
-    command = RUNNERS[language].format(shlex.quote(code))
-    return await _exec(caller, sandbox_id, ExecRequest(command=command, timeout=seconds))
+def _execution(execution: Execution) -> dict[str, Any]:
+    """What a model reads: text, with images and other binary formats named, not inlined."""
+    out: dict[str, Any] = {
+        "stdout": "".join(execution.stdout),
+        "stderr": "".join(execution.stderr),
+    }
+    results = []
+    for result in execution.results:
+        shown: dict[str, Any] = {
+            k: result[k] for k in ("text", "html", "markdown", "json") if k in result
+        }
+        others = sorted(k for k in result if k not in shown and k != "is_main_result")
+        if others:
+            shown["formats"] = others
+        if result.get("is_main_result"):
+            shown["isMainResult"] = True
+        results.append(shown)
+    if results:
+        out["results"] = results
+    if execution.error is not None:
+        error = execution.error
+        out["error"] = {
+            "name": error.name,
+            "value": error.value,
+            "traceback": ANSI.sub("", error.traceback),
+        }
+    return out
 
 
 async def _exec(caller: Caller, sandbox_id: str, request: ExecRequest) -> ExecResult:

@@ -47,6 +47,10 @@ _VARY_ORIGIN = (_VARY, b"Origin")
 # and so are exempt from the JSON body limit.
 STREAMED_BODY_SUFFIXES = ("/files/upload",)
 STREAMED_BODY_PATHS = re.compile(r"/api/sandboxes/[^/]+/ports/")
+# In-sandbox calls of the E2B gateway (api/e2b) stream uploads, RPC streams and proxied ports;
+# the gateway bounds its RPC messages itself.
+E2B_PREFIX = "/e2b/"
+E2B_SANDBOX_HEADER = b"e2b-sandbox-id"
 
 
 class HttpMetrics:
@@ -142,11 +146,14 @@ class EdgeMiddleware:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = b""
         origin: bytes | None = None
+        in_sandbox = False
         for name, value in headers:
             if name == REQUEST_ID_HEADER and not request_id and _SAFE_REQUEST_ID.match(value):
                 request_id = bytes(value)
             elif name == b"origin" and origin is None:
                 origin = value
+            elif name == E2B_SANDBOX_HEADER:
+                in_sandbox = True
         if not request_id:
             request_id = new_request_id()
         if len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) > self.max_url:
@@ -171,7 +178,11 @@ class EdgeMiddleware:
 
         out: Send = send_with_id
         path = scope["path"]
-        streamed = path.endswith(STREAMED_BODY_SUFFIXES) or STREAMED_BODY_PATHS.match(path)
+        streamed = (
+            path.endswith(STREAMED_BODY_SUFFIXES)
+            or STREAMED_BODY_PATHS.match(path)
+            or (in_sandbox and path.startswith(E2B_PREFIX))
+        )
         if kind == "http" and not streamed:
             replay = await self._read_limited_body(scope, receive, send, request_id)
             if replay is None:

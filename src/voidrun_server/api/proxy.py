@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 from ..errors import RequestTimeoutError
 from ..services.accounts import Principal
 from ..services.proxy import ProxyService, Target
-from .deps import QUERY_KEY, app_context, principal
+from .deps import CSRF_HEADER, QUERY_KEY, SESSION_COOKIE, AppContext, principal
 from .proxy_ws import relay_websocket
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,16 @@ HOP_BY_HOP = frozenset(
     }
 )
 NOT_FORWARDED = frozenset(
-    {b"host", b"x-api-key", TOKEN_HEADER.encode(), b"cookie", b"content-length"}
+    {
+        b"host",
+        b"x-api-key",
+        TOKEN_HEADER.encode(),
+        CSRF_HEADER.encode(),
+        b"cookie",
+        b"content-length",
+    }
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
+    | {b"x-access-token", b"e2b-traffic-access-token"}  # the E2B gateway's (api/e2b)
 )
 DROPPED = HOP_BY_HOP | NOT_FORWARDED
 
@@ -107,6 +115,21 @@ async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) ->
     token, token_in_query = _token(connection)
     caller = await _caller(connection)
     target = await proxy.authorize(preview.sandbox_id, preview.port, caller, token)
+    cookie = _token_cookie(scope, preview, token) if token_in_query else None
+    await serve_target(scope, receive, send, proxy, target, preview, cookie)
+
+
+async def serve_target(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    proxy: ProxyService,
+    target: Target,
+    preview: Preview,
+    cookie: bytes | None = None,
+) -> None:
+    """Relay to a target the caller may reach (authorized by the preview routes, or by the E2B
+    gateway's access token); ``cookie``: the traffic-token cookie to set on the answer."""
     with proxy.limits.hold(target):
         await proxy.wake(target)
         if scope["type"] == "websocket":
@@ -114,15 +137,19 @@ async def serve(scope: Scope, receive: Receive, send: Send, preview: Preview) ->
             headers = forwarded_headers(scope, preview)
             await relay_websocket(WebSocket(scope, receive, send), proxy, target, upstream, headers)
         else:
-            cookie = _token_cookie(scope, preview, token) if token_in_query else None
             await _relay_http(scope, receive, send, proxy, target, preview, cookie)
 
 
 async def proxy_service(connection: HTTPConnection) -> ProxyService:
     """The app's proxy service, made on first use (and again after a lifespan restart)."""
-    ctx = app_context(connection)
+    return await proxy_of(connection.app)
+
+
+async def proxy_of(app: Any) -> ProxyService:
+    """``proxy_service`` of an app (the E2B gateway calls it with the main app)."""
+    ctx: AppContext = app.state.ctx
     sandboxes = ctx.sandbox_service()
-    state = connection.app.state
+    state = app.state
     current: ProxyService | None = getattr(state, "preview_proxy", None)
     if current is None or current.sandboxes is not sandboxes:
         made = await ProxyService.create(ctx.settings, sandboxes)
@@ -217,12 +244,17 @@ def _forwarded_for(chain: bytes, client: bytes) -> bytes:
     return chain + b", " + client
 
 
+# The traffic token and the dashboard's session (a top-level visit of a path-form preview
+# carries the API origin's cookies): neither may reach code in the sandbox.
+PRIVATE_COOKIES = frozenset({TOKEN_COOKIE, SESSION_COOKIE})
+
+
 def _without_token_cookie(cookie_headers: list[str]) -> str:
     kept = []
     for header in cookie_headers:
         for part in header.split(";"):
             name = part.split("=", 1)[0].strip()
-            if name and name != TOKEN_COOKIE:
+            if name and name not in PRIVATE_COOKIES:
                 kept.append(part.strip())
     return "; ".join(kept)
 

@@ -1,7 +1,7 @@
 """``voidrun-server``: run the server and administer orgs, users and keys.
 
 Account commands open the database directly (same data dir), so they work whether or not a server
-is running.
+is running. The ``sandboxes`` commands (``cli/sandboxes.py``) are an API client of a running one.
 """
 
 from __future__ import annotations
@@ -72,6 +72,17 @@ def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         raise typer.Exit(1) from exc
 
 
+def _print_dashboard(settings: Settings) -> None:
+    from ..api.dashboard import missing_assets
+
+    console.print(f"Dashboard: {settings.external_base_url}/ (sign in with an API key)")
+    if missing_assets(settings.dashboard_root):
+        err.print(
+            "[yellow]The dashboard's assets are missing:[/yellow] run `make install` "
+            "(npm ci in dashboard/) or set VOIDRUN_DASHBOARD_DIR"
+        )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (VOIDRUN_HOST).")] = None,
@@ -103,6 +114,8 @@ def serve(
     )
     if settings.bootstrap_key_file.exists() and not settings.bootstrap_api_key:
         console.print(f"API key of user 'admin': {settings.bootstrap_key_file}")
+    if settings.dashboard_enabled:
+        _print_dashboard(settings)
     files_before, files = http_server.raise_open_file_limit()
     limits = http_server.HttpLimits(
         max_head_bytes=settings.max_request_head_bytes,
@@ -285,3 +298,4 @@ def images_build(
 from . import images as _images  # noqa: E402,F401  registers `images import`
 from . import purge as _purge  # noqa: E402,F401  registers `purge`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`
+from . import sandboxes as _sandboxes  # noqa: E402,F401  registers `sandboxes …`

@@ -64,6 +64,17 @@ CODE_IMAGE_NAME = "code"
 SUITE = "bookworm"
 ID_COUNT = 65536
 
+# Real Jupyter kernels for the stateful code interpreter (E2B's port 49999), and what its users'
+# code imports first. matplotlib's fonttools wants "python3-scipy | python3-munkres": naming the
+# small one keeps scipy, pythran and a C toolchain's headers (~300 MB) out of the image.
+INTERPRETER_PACKAGES: tuple[str, ...] = (
+    "python3-ipykernel",
+    "python3-jupyter-client",
+    "python3-matplotlib",
+    "python3-numpy",
+    "python3-pandas",
+    "python3-munkres",
+)
 # Everything the SDK's code interpreter and a typical agent session expect to find.
 CODE_PACKAGES: tuple[str, ...] = (
     "python3",
@@ -83,11 +94,12 @@ CODE_PACKAGES: tuple[str, ...] = (
     "unzip",
     "procps",
     "less",
+    *INTERPRETER_PACKAGES,
 )
 # debootstrap's own dependency resolver cannot handle virtual packages, which npm's ~300 node-*
 # dependencies use; these are left to apt inside the chroot. Everything else comes in the one
 # debootstrap run.
-_APT_AFTER_DEBOOTSTRAP: tuple[str, ...] = ("npm",)
+_APT_AFTER_DEBOOTSTRAP: tuple[str, ...] = ("npm", *INTERPRETER_PACKAGES)
 NPM_GLOBAL_PACKAGES: tuple[str, ...] = ("tsx",)
 
 # Mount points the sandbox driver binds its agent and runtime state onto.
@@ -98,6 +110,13 @@ ROOT_PROMPT = r"\u@\h:\w\$ "  # "\$" is "#" for uid 0, which is what root sees i
 DEBOOTSTRAP_TIMEOUT = 30 * 60
 APT_TIMEOUT = 30 * 60
 NPM_TIMEOUT = 15 * 60
+
+# A complete build whose manifest lists other packages (an older release of this list) is not a
+# cache hit: the tree is rebuilt under the same tag.
+_CACHE_KEY: dict[str, object] = {
+    "packages": list(CODE_PACKAGES),
+    "npm_global_packages": list(NPM_GLOBAL_PACKAGES),
+}
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -124,7 +143,7 @@ def build_code_image(
         raise ImageBuildError(f"uid_base must be positive, got {uid_base}")
     report = _Reporter(progress)
     report.step("prepare")
-    cached = None if force else _cached(images_root, target, uid_base)
+    cached = None if force else _cached(images_root, target, uid_base, _CACHE_KEY)
     if cached is not None:
         report.done(f"using cached image {name}:{tag}")
         return cached
@@ -139,7 +158,7 @@ def build_code_image(
     # Sandboxes' unprivileged helpers must reach rootfs/ even if our umask is strict.
     os.chmod(target.parent, 0o755)
     with _build_lock(target):
-        cached = None if force else _cached(images_root, target, uid_base)
+        cached = None if force else _cached(images_root, target, uid_base, _CACHE_KEY)
         if cached is not None:  # someone else built it while we waited for the lock
             report.done(f"using cached image {name}:{tag}")
             return cached
@@ -168,8 +187,7 @@ def build_code_image(
             "tag": tag,
             "size_bytes": size,
             "built_at": datetime.now(UTC).isoformat(),
-            "packages": list(CODE_PACKAGES),
-            "npm_global_packages": list(NPM_GLOBAL_PACKAGES),
+            **_CACHE_KEY,
             "suite": SUITE,
             "mirror": mirror,
             "uid_base": uid_base,
@@ -297,6 +315,14 @@ def _verify(rootfs: Path) -> None:
         (["node", "-e", "console.log(1+1)"], "2"),
         (["tsx", "-e", "console.log(1+1)"], "2"),
         (["bash", "-c", "echo $((1+1))"], "2"),
+        (
+            [
+                "python3",
+                "-c",
+                "import ipykernel, jupyter_client, matplotlib, numpy, pandas; print(2)",
+            ],
+            "2",
+        ),
     ]
     for argv, expected in checks:
         out = _chroot_output(rootfs, argv)

@@ -57,9 +57,15 @@ def find_built_image(images_root: Path, name: str, tag: str) -> BuiltImage | Non
     return _built_image(images_root, manifest)
 
 
-def _cached(images_root: Path, target: Path, uid_base: int) -> BuiltImage | None:
+def _cached(
+    images_root: Path, target: Path, uid_base: int, key: dict[str, object] | None = None
+) -> BuiltImage | None:
+    """The complete image at ``target`` if it was built for ``uid_base`` and its manifest
+    holds every item of ``key`` (what the build put in it), else None."""
     manifest = _read_manifest(target)
     if manifest is None or manifest.get("uid_base") != uid_base:
+        return None
+    if any(manifest.get(k) != v for k, v in (key or {}).items()):
         return None
     return _built_image(images_root, manifest)
 

@@ -35,6 +35,10 @@ class ActivityLog:
     def record(self, sandbox_id: str) -> None:
         self._pending[sandbox_id] = utcnow()
 
+    def pending(self, sandbox_id: str) -> datetime | None:
+        """The last use recorded but not written yet (the row's value is older then)."""
+        return self._pending.get(sandbox_id)
+
     def forget(self, sandbox_id: str) -> None:
         """The sandbox stopped running: a late write must not make it look used."""
         self._pending.pop(sandbox_id, None)

@@ -39,6 +39,10 @@ How the epoch is read, per dialect (the whole point is that this is much cheaper
 ``lastUsedAt`` stays refreshed at most every ``key_touch_interval_seconds``: an entry whose
 refresh is due is treated as a miss, so one request per key and interval takes the database path
 and writes it (the first use of a key always does, so a key shows as used at once).
+
+Dashboard sessions (``services/ui_sessions.py``) are cached here too, under the same epoch: a
+session whose key is revoked or deactivated, or which is signed out (that bumps the epoch as
+well), is looked up in the database again by the next request and refused there.
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ class Entry:
     last_used_at: datetime | None
 
 
+@dataclass(frozen=True)
+class SessionEntry:
+    """A live dashboard session: who it acts as, its CSRF token, when it ends."""
+
+    principal: Principal
+    csrf_token: str
+    expires_at: datetime
+
+
 class KeyCache:
     """Digest → Principal, least recently used first out; see the module doc."""
 
@@ -84,6 +97,7 @@ class KeyCache:
         self.source = source
         self.size = size
         self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._sessions: OrderedDict[str, SessionEntry] = OrderedDict()
         self._epoch: int | None = None
         self.hits = self.misses = self.flushes = 0
 
@@ -96,6 +110,7 @@ class KeyCache:
             if self._entries:
                 self.flushes += 1
             self._entries.clear()
+            self._sessions.clear()
             self._epoch = epoch
         return epoch
 
@@ -122,6 +137,22 @@ class KeyCache:
         self._entries.move_to_end(digest)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def session(self, digest: str) -> SessionEntry | None:
+        """A cached dashboard session, unless expired (then the database path refuses it)."""
+        entry = self._sessions.get(digest)
+        if entry is None or entry.expires_at <= utcnow():
+            return None
+        self._sessions.move_to_end(digest)
+        return entry
+
+    def add_session(self, digest: str, entry: SessionEntry, epoch: int | None) -> None:
+        """As :meth:`add`, for a session found live in a lookup that started at ``epoch``."""
+        if epoch is None or epoch != self._epoch:
+            return
+        self._sessions[digest] = entry
+        while len(self._sessions) > self.size:
+            self._sessions.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -17,6 +17,7 @@ from ..drivers.base import DriverError, SandboxNotFoundError, SandboxState
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.types import utcnow
+from .e2b import expire_due
 from .lifecycle import Status, Verb
 from .sandboxes import SandboxService
 
@@ -125,6 +126,7 @@ async def auto_sleep(service: SandboxService) -> None:
     delete_before = now - timedelta(seconds=settings.delete_after_stopped_seconds)
     async with service.sessions() as session:
         rows = await repo.with_status(session, list(LIVE))
+    await expire_due(service, rows, now)  # the E2B API's timeouts (services/e2b.py)
     for row in rows:
         if not service.driver.loaded(row.isolation):
             continue

@@ -61,6 +61,9 @@ from .storage import DiskFloor
 from .validation import validate_ports
 
 log = logging.getLogger(__name__)
+# Verbs the server applies on its own: auto-sleep's ladder, and a data-plane call waking a
+# sandbox (recorded as sandbox.auto_pause, sandbox.auto_resume, ...).
+AUTOMATIC = frozenset({Verb.IDLE_PAUSE, Verb.IDLE_STOP, Verb.IDLE_DELETE, Verb.USE})
 # What routes read of a sandbox (its stored row, never written outside this layer); routes
 # import this name, never ``store.tables``.
 SandboxRow = Sandbox
@@ -321,6 +324,8 @@ class SandboxService:
         sandbox_id = row.id
         self._not_live(sandbox_id)  # until set_status records the outcome
         status, event = RESULT[action], f"sandbox.{action.value}"
+        if verb in AUTOMATIC:  # the event history says what nobody asked for explicitly
+            event = f"sandbox.auto_{action.value}"
         try:
             if action is Action.PAUSE:
                 self.agents.freeze(sandbox_id, True)

@@ -18,11 +18,16 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["TOKEN_PREFIX", "TrafficTokens"]
+__all__ = ["ENVD_PURPOSE", "PREVIEW_PURPOSE", "TOKEN_PREFIX", "TrafficTokens"]
 
 TOKEN_PREFIX = "vrt_"
 SECRET_BYTES = 32
-_PURPOSE = b"voidrun preview traffic token\0"
+# What a token opens; one secret, one HMAC per purpose, so a token of one purpose never
+# passes for another. The preview purpose's bytes are those of the first release: its tokens
+# stay valid.
+PREVIEW_PURPOSE = b"voidrun preview traffic token\0"
+ENVD_PURPOSE = b"voidrun e2b envd access token\0"  # the E2B API's envdAccessToken
+_PREFIXES = {PREVIEW_PURPOSE: TOKEN_PREFIX, ENVD_PURPOSE: "vre_"}
 
 
 class TrafficTokens:
@@ -47,10 +52,10 @@ class TrafficTokens:
             raise ValueError(f"{path} holds {len(secret)} bytes; delete it to make a new secret")
         return cls(secret)
 
-    def token_for(self, sandbox_id: str) -> str:
-        digest = hmac.new(self._secret, _PURPOSE + sandbox_id.encode(), hashlib.sha256).digest()
-        return TOKEN_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    def token_for(self, sandbox_id: str, purpose: bytes = PREVIEW_PURPOSE) -> str:
+        digest = hmac.new(self._secret, purpose + sandbox_id.encode(), hashlib.sha256).digest()
+        return _PREFIXES[purpose] + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def check(self, sandbox_id: str, token: str) -> bool:
-        expected = self.token_for(sandbox_id).encode()
+    def check(self, sandbox_id: str, token: str, purpose: bytes = PREVIEW_PURPOSE) -> bool:
+        expected = self.token_for(sandbox_id, purpose).encode()
         return hmac.compare_digest(expected, token.encode("utf-8", "replace"))

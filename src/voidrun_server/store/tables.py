@@ -106,6 +106,21 @@ class KeyEpoch(Base):
     epoch: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class UiSession(Base):
+    """A dashboard sign-in (``POST /api/auth/session``): the cookie holds the plain id, this
+    row its SHA-256 digest, the API key it was made with, its CSRF token and its expiry."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(
+        String(24), ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
 class Image(Base):
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("org_id", "name", "tag", name="uq_images_org_name_tag"),)
@@ -164,6 +179,9 @@ class Sandbox(Base):
     paused_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # the E2B API's timeout (api/e2b): killed, or paused when on_timeout is "pause", at end_at
+    end_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    on_timeout: Mapped[str] = mapped_column(String(8), default="kill")
 
 
 class Event(Base):

@@ -70,3 +70,26 @@ def record(
     session: AsyncSession, kind: str, org_id: str | None, sandbox_id: str | None, **data: object
 ) -> None:
     session.add(Event(kind=kind, org_id=org_id, sandbox_id=sandbox_id, data=data))
+
+
+async def events_of(
+    session: AsyncSession, org_id: str, sandbox_id: str, limit: int
+) -> Sequence[Event]:
+    """The newest ``limit`` events of one sandbox of the org, newest first."""
+    query = (
+        select(Event)
+        .where(Event.org_id == org_id, Event.sandbox_id == sandbox_id)
+        .order_by(Event.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def set_end(
+    session: AsyncSession, sandbox_id: str, end_at: datetime | None, on_timeout: str | None = None
+) -> None:
+    """The E2B API's end time (and, when given, what happens then: ``kill`` or ``pause``)."""
+    values: dict[str, object] = {"end_at": end_at}
+    if on_timeout is not None:
+        values["on_timeout"] = on_timeout
+    await session.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(**values))
