@@ -39,6 +39,11 @@ TIERS: dict[str, tuple[str, str]] = {
         "run as root on a host the namespace driver supports (the skip reason names what "
         "check_host() found missing); `make test` builds the image first",
     ),
+    "fleet": (
+        "root, the built `code` image and PostgreSQL in VOIDRUN_TEST_POSTGRES_URL (two API "
+        "replicas and three node daemons on this machine)",
+        "run `make test` as root (it starts PostgreSQL and builds the image)",
+    ),
     "slow": (
         "root, debootstrap and network access to the Debian mirror and npm (the real image build)",
         "run as root with `apt-get install debootstrap` and network access",

@@ -278,5 +278,6 @@ def images_build(
 
 
 from . import images as _images  # noqa: E402,F401  registers `images import`
+from . import nodes as _nodes  # noqa: E402,F401  registers `node`, `nodes list|drain`
 from . import purge as _purge  # noqa: E402,F401  registers `purge`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`

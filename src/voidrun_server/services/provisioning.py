@@ -28,6 +28,7 @@ from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.tables import Image, Sandbox
+from . import fleet as placement
 from . import images, networking, validation
 from .accounts import Principal
 from .agents import AgentSocket
@@ -116,7 +117,9 @@ class Provisioner:
             try:
                 # Boot what the image name meant last time while the transaction checks it
                 # (services/speculation.py): the transaction's ~8 ms leave the critical path.
-                guess = self.guesses.image(org, reference)
+                fleet = self.service.fleet
+                # on a fleet the node is chosen in the transaction, so nothing boots before it
+                guess = None if fleet is not None else self.guesses.image(org, reference)
                 if guess is not None and self._boots_now(ask, guess):
                     plan = await self._plan(boots, ask, guess)
                 # one transaction: image, quota (org row locked first) and the new row
@@ -131,9 +134,19 @@ class Provisioner:
                     if plan is not None and plan.image.id != image.id:  # the guess was wrong
                         await self._undo(plan, ask)
                         plan = None
+                    node = None
+                    if fleet is not None:  # the node's row stays locked until the commit
+                        node = await placement.place(
+                            session,
+                            self.service.settings,
+                            cpu=ask.request.cpu,
+                            mem_mb=ask.request.mem,
+                            region=ask.request.region,
+                        )
                     if plan is None:  # the quota allows it: boot (or hand out) while recording
-                        plan = await self._plan(boots, ask, image)
+                        plan = await self._plan(boots, ask, image, node)
                     row = self._row(caller, ask, image, plan.spec)
+                    row.node_id = node
                     start_cmd = images.start_command(image) if body_start_cmd else None
                     session.add(row)
                     repo.record(session, "sandbox.create", org, row.id, image=row.image)
@@ -165,7 +178,9 @@ class Provisioner:
         ready = pool is not None and pool.has(Path(image.rootfs), ask.disk_mb)
         return ask.request.sync or ready
 
-    async def _plan(self, boots: anyio.abc.TaskGroup, ask: _Ask, image: Image) -> _Plan:
+    async def _plan(
+        self, boots: anyio.abc.TaskGroup, ask: _Ask, image: Image, node: str | None = None
+    ) -> _Plan:
         """Take a warm sandbox (or reserve room for a new disk) and start the boot or the
         hand-out in ``boots`` when this create boots now."""
         pool = self.service.pools.get(ask.isolation)
@@ -173,6 +188,8 @@ class Provisioner:
         if warm is None:  # a warm sandbox's disk exists: only a new one needs room
             await self.service.disk_floor.reserve_for_create(ask.disk_mb)
         sandbox_id = warm.sandbox_id if warm is not None else ids.new_id()
+        if node is not None and self.service.fleet is not None:
+            self.service.fleet.place(sandbox_id, node)
         plan = _Plan(image, self._spec(sandbox_id, ask, image), warm)
         if warm is not None or ask.request.sync:
             job = (

@@ -13,7 +13,12 @@ from datetime import timedelta
 
 import anyio
 
-from ..drivers.base import DriverError, SandboxNotFoundError, SandboxState
+from ..drivers.base import (
+    DriverError,
+    DriverUnavailableError,
+    SandboxNotFoundError,
+    SandboxState,
+)
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.types import utcnow
@@ -103,7 +108,10 @@ async def check_health(service: SandboxService) -> None:
         if not service.driver.loaded(row.isolation):
             continue  # its isolation is still starting (or gone): nothing to ask
         async with service.lock(row.id):
-            info = await service.driver.inspect(row.id)
+            try:
+                info = await service.driver.inspect(row.id)
+            except DriverUnavailableError:
+                continue  # its node is suspect or unreachable (services/fleet.py)
             if info.state is EXPECTED[Status(row.status)]:
                 continue
             async with transaction(service.sessions) as session:
