@@ -6,7 +6,6 @@ node table's CLI. Failure handling (kill -9) is in ``test_failures.py``.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import httpx
