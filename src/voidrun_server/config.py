@@ -570,10 +570,18 @@ class Settings(BaseSettings):
         1000, description="Most sandboxes the API replicas place on this node."
     )
     node_cpu: Annotated[int, Field(ge=0)] = Field(
-        0, description="CPU cores placements may commit on this node; 0: the host's count x 4."
+        0,
+        description=(
+            "CPU cores placements may commit on this node (a sandbox's cpu is a quota, idle "
+            "ones use none); 0: the host's count x 32."
+        ),
     )
     node_mem_mb: Annotated[int, Field(ge=0)] = Field(
-        0, description="Memory (MiB) placements may commit on this node; 0: the host's x 4."
+        0,
+        description=(
+            "Memory (MiB) placements may commit on this node (a limit, not a reservation); "
+            "0: the host's memory x 8."
+        ),
     )
     node_heartbeat_seconds: Annotated[float, Field(gt=0)] = Field(
         5.0, description="How often a node writes its heartbeat."

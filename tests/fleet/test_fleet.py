@@ -6,12 +6,20 @@ node table's CLI. Failure handling (kill -9) is in ``test_failures.py``.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
-from tests.support.fleet import Fleet
+from tests.support.fleet import Fleet, NodeProcess
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.fleet
 
@@ -32,3 +40,116 @@ def test_create_exec_delete_through_either_replica(fleet: Fleet) -> None:
         assert b.delete(f"/sandboxes/{box['id']}").status_code == 200
         assert data(a.get(f"/sandboxes/{box['id']}"))["status"] == "deleted"
         assert not (holder.state_dir / box["id"]).exists()  # destroyed on its node
+
+
+def _holder(fleet: Fleet, sandbox_id: str) -> NodeProcess:
+    return next(n for n in fleet.nodes if (n.state_dir / sandbox_id).exists())
+
+
+def _create_many(fleet: Fleet, count: int, prefix: str) -> list[str]:
+    """``count`` creates, alternating replicas, four at a time."""
+
+    def one(i: int) -> str:
+        replica = fleet.replicas[i % 2]
+        with replica.client() as client:
+            return str(data(client.post("/sandboxes", json={"name": f"{prefix}-{i}"}))["id"])
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_thirty_sandboxes_spread_over_three_nodes(fleet: Fleet) -> None:
+    boxes = _create_many(fleet, 30, "spread")
+    holders = {box: _holder(fleet, box) for box in boxes}
+    per_node = Counter(node.node_id for node in holders.values())
+    assert set(per_node) == {"n1", "n2", "n3"}
+    assert min(per_node.values()) >= 5, per_node  # least loaded of the sampled nodes first
+    rows = {str(r["id"]): r for r in fleet.node_rows()}
+    assert {k: rows[k]["sandboxes"] for k in per_node} == dict(per_node)
+    # each sandbox answers through the other replica from its own node's subnet
+    for i, box in enumerate(boxes[:6]):
+        with fleet.replicas[(i + 1) % 2].client() as client:
+            out = data(client.post(f"/sandboxes/{box}/exec", json={"command": "hostname -I"}))
+        subnet = ipaddress.ip_network(holders[box].sandbox_subnet)
+        assert ipaddress.ip_address(out["stdout"].split()[0]) in subnet, out
+    with fleet.replicas[0].client() as client:
+        for box in boxes:
+            assert client.delete(f"/sandboxes/{box}").status_code == 200
+    assert all(not (holders[box].state_dir / box).exists() for box in boxes)
+
+
+def ws_url(replica: ServerProcess, path: str) -> str:
+    return f"ws://127.0.0.1:{replica.port}/api{path}?apiKey={replica.api_key}"
+
+
+def read_until(ws: ClientConnection, pattern: str, seen: list[str]) -> str:
+    for _ in range(2000):
+        text = "".join(seen)
+        if re.search(pattern, text):
+            return text
+        frame = ws.recv(timeout=30)
+        seen.append(frame if isinstance(frame, str) else frame.decode())
+    raise AssertionError(f"never saw {pattern!r} in {''.join(seen)!r}")
+
+
+@pytest.mark.parametrize("via", [0, 1], ids=["replica-a", "replica-b"])
+def test_streams_reach_the_node_through_either_replica(fleet: Fleet, via: int) -> None:
+    replica, other = fleet.replicas[via], fleet.replicas[1 - via]
+    with other.client() as client:
+        box = str(data(client.post("/sandboxes", json={"name": f"streams-{via}"}))["id"])
+    with replica.client() as client:
+        # exec-stream (SSE): lines as produced, then the exit event
+        with client.stream(
+            "POST",
+            f"/sandboxes/{box}/exec-stream",
+            json={"command": "for i in 1 2 3; do echo l$i; done"},
+        ) as events:
+            body = "".join(events.iter_text())
+        assert all(f"l{i}" in body for i in (1, 2, 3)) and "exit" in body, body
+        # PTY (WebSocket)
+        seen: list[str] = []
+        with connect(ws_url(replica, f"/sandboxes/{box}/pty")) as ws:
+            ws.send("echo pty-$((6 * 7))\n")
+            read_until(ws, r"pty-42", seen)
+        # watch: started and streamed on this replica, the change made through the other
+        session = data(client.post(f"/sandboxes/{box}/files/watch", json={"path": "/root"}))
+        url = ws_url(replica, f"/sandboxes/{box}/files/watch/{session['sessionId']}/stream")
+        with connect(url) as ws, other.client() as writer:
+            data(writer.post(f"/sandboxes/{box}/exec", json={"command": "touch /root/seen-me"}))
+            seen = []
+            read_until(ws, "seen-me", seen)
+        assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def test_100mb_upload_and_download_through_different_replicas(fleet: Fleet) -> None:
+    size, chunk = 100 * 2**20, 2**20
+    sent = hashlib.sha256()
+
+    def body() -> Iterator[bytes]:
+        block = hashlib.sha256(b"fleet").digest() * (chunk // 32)
+        for i in range(size // chunk):
+            piece = i.to_bytes(4, "big") + block[4:]
+            sent.update(piece)
+            yield piece
+
+    a, b = fleet.replicas
+    with a.client() as up, b.client() as down:
+        box = str(data(up.post("/sandboxes", json={"name": "big"}))["id"])
+        uploaded = up.post(
+            f"/sandboxes/{box}/files/upload",
+            params={"path": "/root/big.bin"},
+            content=body(),
+            timeout=300,
+        )
+        assert uploaded.status_code in (200, 201), uploaded.text
+        got = hashlib.sha256()
+        length = 0
+        with down.stream(
+            "GET", f"/sandboxes/{box}/files/download", params={"path": "/root/big.bin"}, timeout=300
+        ) as response:
+            assert response.status_code == 200
+            for piece in response.iter_bytes():
+                got.update(piece)
+                length += len(piece)
+        assert (length, got.hexdigest()) == (size, sent.hexdigest())
+        up.delete(f"/sandboxes/{box}")

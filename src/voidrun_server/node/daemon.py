@@ -45,11 +45,11 @@ def node_id_of(settings: Settings) -> str:
 
 def capacity(settings: Settings) -> tuple[int, int, int]:
     """(cpu, mem MiB, disk MiB) placements may commit here."""
-    cpu = settings.node_cpu or (os.cpu_count() or 1) * 4
+    cpu = settings.node_cpu or (os.cpu_count() or 1) * 32
     mem = settings.node_mem_mb
     if not mem:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        mem = pages * size // 2**20 * 4
+        mem = pages * size // 2**20 * 8
     disk = shutil.disk_usage(settings.data_dir).total // 2**20
     return cpu, mem, disk
 
