@@ -17,7 +17,10 @@ pytestmark = pytest.mark.fleet
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """A module's ``NODE_ENV`` (node id -> extra settings) configures its nodes."""
     skip_if_opted_out("fleet")
     if os.geteuid() != 0:
         skip_tier("fleet", "node daemons run real sandboxes: root")
@@ -28,7 +31,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         fleet.add_replica()  # first alone: it bootstraps the org and key
         for name in ("n1", "n2", "n3"):
-            fleet.add_node(name)
+            fleet.add_node(name, **getattr(request.module, "NODE_ENV", {}).get(name, {}))
         fleet.add_replica()
         yield fleet
     finally:

@@ -111,3 +111,15 @@ def nodes_drain(node_id: str) -> None:
 
     _with_session(work)
     console.print(f"Node {node_id} is draining: no new sandboxes are placed there.")
+
+
+@nodes_app.command("ready")
+def nodes_ready(node_id: str) -> None:
+    """End a drain: NODE_ID takes new sandboxes again (a silent node still turns suspect)."""
+
+    async def work(session: AsyncSession) -> None:
+        if not await repo.set_state(session, node_id, repo.READY):
+            raise NotFoundError("No such node", node_id)
+
+    _with_session(work)
+    console.print(f"Node {node_id} takes new sandboxes again.")
