@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -153,3 +154,60 @@ def test_100mb_upload_and_download_through_different_replicas(fleet: Fleet) -> N
                 length += len(piece)
         assert (length, got.hexdigest()) == (size, sent.hexdigest())
         up.delete(f"/sandboxes/{box}")
+
+
+def test_official_sdk_flow_through_a_replica(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voidrun import VoidRun
+
+    replica = fleet.replicas[1]
+    monkeypatch.setenv("VR_API_URL", replica.api)
+    monkeypatch.setenv("VR_API_KEY", replica.api_key)
+    vr = VoidRun()
+    box = vr.create_sandbox(name="sdk-fleet", env_vars={"GREETING": "hi"})
+    try:
+        assert box.node_id is None  # never emitted by default: the SDK would re-route
+        assert box.exec("echo $GREETING").data.stdout == "hi\n"
+        box.fs.upload_file("/root/a.txt", "fleet\n")
+        assert box.fs.download_file("/root/a.txt") == b"fleet\n"
+        assert "a.txt" in {f.name for f in box.fs.list_files("/root").data}
+        assert vr.get_sandbox(box.id).status == "running"
+        assert box.id in {s.id for s in vr.list_sandboxes().sandboxes}
+    finally:
+        vr.remove_sandbox(box.id)
+    assert vr.get_sandbox(box.id).status == "deleted"
+
+
+def test_internal_api_and_tunnel_refuse_strangers(fleet: Fleet) -> None:
+    node = fleet.nodes[0]
+    replica = fleet.replicas[0]
+    internal = f"{node.url}/internal/v1/sandboxes/{'0' * 24}"
+    assert httpx.get(internal).status_code == 401
+    assert httpx.get(internal, headers={"X-API-Key": replica.api_key}).status_code == 401
+    wrong = {"X-VoidRun-Node-Token": "x" + fleet.token}
+    assert httpx.get(internal, headers=wrong).status_code == 401
+    assert httpx.get(f"{node.url}/api/sandboxes").status_code == 404  # no public API on a node
+    right = {"X-VoidRun-Node-Token": fleet.token}
+    assert httpx.get(internal, headers=right).json()["state"] == "gone"
+
+    def hello(payload: bytes, *, close: bool = False) -> bytes:
+        with socket.create_connection(("127.0.0.1", node.tunnel_port), timeout=30) as sock:
+            sock.sendall(payload)
+            if close:
+                sock.shutdown(socket.SHUT_WR)
+            return sock.recv(4096)
+
+    box = "0" * 24
+    assert hello(f"VRTUNNEL 1 nope {box} agent\n".encode()).startswith(b"ERR auth")
+    assert hello(f"VRTUNNEL 1 {fleet.token} {box} agent\n".encode()).startswith(b"ERR notfound")
+    assert hello(b"GET / HTTP/1.1\r\n\r\n").startswith(b"ERR bad")
+    assert hello(b"x" * 100_000).startswith(b"ERR bad")  # too long: refused, not buffered
+    assert hello(b"VRTUNNEL 1", close=True) == b""  # half a hello, then EOF: just closed
+    # a silent client is cut off by the hello deadline (recv returns once the node closes)
+    with socket.create_connection(("127.0.0.1", node.tunnel_port), timeout=60) as sock:
+        assert sock.recv(4096).startswith(b"ERR bad")
+    # and the node still serves its sandboxes afterwards
+    with replica.client() as client:
+        made = data(client.post("/sandboxes", json={"name": "after-strangers"}))
+        out = data(client.post(f"/sandboxes/{made['id']}/exec", json={"command": "echo ok"}))
+        assert out["stdout"] == "ok\n"
+        assert client.delete(f"/sandboxes/{made['id']}").status_code == 200
