@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import shutil
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -211,3 +212,24 @@ def test_internal_api_and_tunnel_refuse_strangers(fleet: Fleet) -> None:
         out = data(client.post(f"/sandboxes/{made['id']}/exec", json={"command": "echo ok"}))
         assert out["stdout"] == "ok\n"
         assert client.delete(f"/sandboxes/{made['id']}").status_code == 200
+
+
+def test_emit_node_id_and_host_prefix_routing(fleet: Fleet) -> None:
+    replica = fleet.add_replica(VOIDRUN_EMIT_NODE_ID="true")
+    try:
+        with replica.client() as client:
+            box = data(client.post("/sandboxes", json={"name": "emitted"}))
+            assert box["nodeId"] == _holder(fleet, box["id"]).node_id
+            # what the SDK then calls: <nodeId>-<host>, served by any replica
+            host = {"Host": f"{box['nodeId']}-localhost:{replica.port}"}
+            got = data(client.get(f"/sandboxes/{box['id']}", headers=host))
+            assert got["nodeId"] == box["nodeId"]
+            ran = client.post(
+                f"/sandboxes/{box['id']}/exec", json={"command": "echo routed"}, headers=host
+            )
+            assert data(ran)["stdout"] == "routed\n"
+            assert client.delete(f"/sandboxes/{box['id']}", headers=host).status_code == 200
+    finally:
+        replica.stop()
+        fleet.replicas.remove(replica)
+        shutil.rmtree(replica.data_dir, ignore_errors=True)

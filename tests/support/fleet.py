@@ -131,8 +131,8 @@ class Fleet:
         self.nodes.append(node)
         return node.start()
 
-    def add_replica(self) -> ServerProcess:
-        env = {**fleet_env(self.database_url, self.token), "VOIDRUN_ROLE": "api"}
+    def add_replica(self, **extra_env: str) -> ServerProcess:
+        env = {**fleet_env(self.database_url, self.token), "VOIDRUN_ROLE": "api", **extra_env}
         replica = ServerProcess(
             data_dir=hostleaks.new_state_dir("voidrun-replica-"),
             database_url=self.database_url,

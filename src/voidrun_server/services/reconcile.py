@@ -104,9 +104,14 @@ async def check_health(service: SandboxService) -> None:
     """Mark running/paused sandboxes whose processes are gone as ``killed``."""
     async with service.sessions() as session:
         rows = await repo.with_status(session, [Status.RUNNING, Status.PAUSED])
+    # On a fleet another replica may be booting a sandbox whose row it already committed (the
+    # boot runs beside the create transaction, under that replica's lock, not ours).
+    booting = utcnow() - timedelta(seconds=service.settings.sandbox_ready_timeout_seconds + 10)
     for row in rows:
         if not service.driver.loaded(row.isolation):
             continue  # its isolation is still starting (or gone): nothing to ask
+        if service.fleet is not None and row.created_at > booting:
+            continue
         async with service.lock(row.id):
             try:
                 info = await service.driver.inspect(row.id)
