@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fleet import HEARTBEAT, Fleet, NodeProcess
+from tests.support.fleet import HEARTBEAT, Fleet, NodeProcess, sql
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.fleet
 NODE_ENV = {"n3": {"VOIDRUN_NODE_MAX_SANDBOXES": "4"}}
@@ -145,4 +147,39 @@ def test_killed_replica_leaves_the_other_serving_every_row(fleet: Fleet) -> None
             assert "ok" in out["stdout"]
         new = data(client.post("/sandboxes", json={"name": "after-replica"}))["id"]
         for box in [*boxes, new]:
+            assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def test_a_node_that_cannot_be_reached_is_skipped(fleet: Fleet) -> None:
+    """A registered, heartbeating node whose URL answers nothing: creates placed there are
+    retried on the next node and succeed; nothing stays placed on it."""
+    dead = free_port()
+    sql(
+        fleet.database_url,
+        "INSERT INTO nodes (id, url, tunnel, cpu, mem_mb, disk_mb, max_sandboxes, committed_cpu,"
+        " committed_mem_mb, sandbox_count, labels, state, last_heartbeat, epoch, started_at)"
+        " VALUES ('ghost', $1, $2, 100000, 100000000, 1000000, 100000, 0, 0, 0, '{}', 'ready',"
+        " now(), 1, now())",
+        f"http://127.0.0.1:{dead}",
+        f"127.0.0.1:{dead}",
+    )
+    stop = threading.Event()
+
+    def beat() -> None:  # a heartbeat the failure detector sees: it stays ready
+        while not stop.wait(HEARTBEAT / 2):
+            sql(fleet.database_url, "UPDATE nodes SET last_heartbeat = now() WHERE id = 'ghost'")
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        boxes = [data(create(fleet.replicas[i % 2], f"ghost-{i}"))["id"] for i in range(6)]
+    finally:
+        stop.set()
+        beating.join()
+        sql(fleet.database_url, "DELETE FROM nodes WHERE id = 'ghost'")
+    tried = sql(fleet.database_url, "SELECT status FROM sandboxes WHERE node_id = 'ghost'")
+    assert tried and {row["status"] for row in tried} == {"deleted"}  # it was picked, then skipped
+    assert all(holder(fleet, box) is not None for box in boxes)
+    with fleet.replicas[0].client() as client:
+        for box in boxes:
             assert client.delete(f"/sandboxes/{box}").status_code == 200

@@ -4,6 +4,7 @@ own data dir, ports and sandbox subnet."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -156,3 +158,17 @@ class Fleet:
             node.stop_and_purge()
         for path in [r.data_dir for r in self.replicas] + [n.data_dir for n in self.nodes]:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def sql(database_url: str, query: str, *args: object) -> list[Any]:
+    """Run one statement on the fleet's database (asyncpg), return its rows."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -12,6 +12,7 @@ answer 503); after ``lost_after_seconds`` it is ``lost`` and its live sandboxes 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import anyio
 from sqlalchemy import text, update
@@ -58,11 +59,23 @@ def build_fleet(settings: Settings, sessions: async_sessionmaker[AsyncSession]) 
 
 
 async def place(
-    session: AsyncSession, settings: Settings, *, cpu: int, mem_mb: int, region: str
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    cpu: int,
+    mem_mb: int,
+    region: str,
+    skip: Sequence[str] = (),
 ) -> str:
-    """The node a new sandbox goes to, reserved in ``session``'s transaction."""
+    """The node a new sandbox goes to, reserved in ``session``'s transaction; ``skip``: nodes
+    that just refused this create."""
     node = await repo.place(
-        session, cpu=cpu, mem_mb=mem_mb, fresh_within=suspect_after(settings), region=region
+        session,
+        cpu=cpu,
+        mem_mb=mem_mb,
+        fresh_within=suspect_after(settings),
+        region=region,
+        skip=skip,
     )
     if node is None:
         where = f" in region {region!r}" if region else ""

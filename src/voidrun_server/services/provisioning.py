@@ -11,7 +11,7 @@ and the row ends ``deleted`` (or ``error`` for a background boot) with the reaso
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +23,7 @@ import anyio.abc
 
 from .. import ids
 from ..drivers.base import DriverError, NetworkPolicy, SandboxSpec
+from ..drivers.remote.driver import NodeUnreachableError
 from ..errors import DeadlineExceededError, QuotaExceededError, VoidRunError
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
@@ -60,6 +61,16 @@ class _Ask:
     isolation: str
     disk_mb: int
     policy: NetworkPolicy | None
+
+
+MAX_NODE_TRIES = 3
+
+
+class _NodeRefused(Exception):
+    """A fleet create whose node could not be reached (nothing was made there)."""
+
+    def __init__(self, node: str, error: VoidRunError) -> None:
+        self.node, self.error = node, error
 
 
 class _Boot:
@@ -101,14 +112,25 @@ class Provisioner:
         disk_mb = self.service.settings.sandbox_disk_mb
         wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
         pool = self.service.pools.get(isolation)
-        with pool.serving() if pool is not None else nullcontext():
-            row = await self._create(
-                caller, _Ask(request, isolation, disk_mb, policy), wanted, bool(body.start_cmd)
-            )
-        return row
+        ask = _Ask(request, isolation, disk_mb, policy)
+        skip: list[str] = []
+        while True:
+            try:
+                with pool.serving() if pool is not None else nullcontext():
+                    return await self._create(caller, ask, wanted, bool(body.start_cmd), skip)
+            except _NodeRefused as refused:  # a fleet node unreachable: the next one
+                log.warning("node %s refused a create: %s", refused.node, refused.error)
+                skip.append(refused.node)
+                if len(skip) >= MAX_NODE_TRIES:
+                    raise refused.error from None
 
     async def _create(
-        self, caller: Principal, ask: _Ask, wanted: Usage, body_start_cmd: bool = False
+        self,
+        caller: Principal,
+        ask: _Ask,
+        wanted: Usage,
+        body_start_cmd: bool = False,
+        skip: Sequence[str] = (),
     ) -> Sandbox:
         org, reference = caller.org_id, ask.request.image
         plan: _Plan | None = None
@@ -142,6 +164,7 @@ class Provisioner:
                             cpu=ask.request.cpu,
                             mem_mb=ask.request.mem,
                             region=ask.request.region,
+                            skip=skip,
                         )
                     if plan is None:  # the quota allows it: boot (or hand out) while recording
                         plan = await self._plan(boots, ask, image, node)
@@ -164,6 +187,8 @@ class Provisioner:
             return row
         if booting.failure is not None:
             await self._discard_failed_create(row.id, booting.failure)
+            if row.node_id is not None and isinstance(booting.failure, NodeUnreachableError):
+                raise _NodeRefused(row.node_id, booting.failure)
             raise VoidRunError(
                 "Failed to create sandbox", describe(booting.failure)
             ) from booting.failure
