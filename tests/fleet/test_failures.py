@@ -132,24 +132,6 @@ def test_killed_node_turns_suspect_then_lost_and_restarts_clean(fleet: Fleet) ->
             assert client.delete(f"/sandboxes/{box}").status_code == 200
 
 
-def test_killed_replica_leaves_the_other_serving_every_row(fleet: Fleet) -> None:
-    survivor, victim = fleet.replicas
-    boxes = [data(create(victim, f"r-{i}"))["id"] for i in range(4)]
-    assert victim.process is not None
-    victim.process.send_signal(signal.SIGKILL)
-    victim.process.wait()
-    victim.process = None
-    with survivor.client() as client:
-        listed = {box["id"] for box in data(client.get("/sandboxes", params={"limit": 100}))}
-        assert set(boxes) <= listed
-        for box in boxes:
-            out = data(client.post(f"/sandboxes/{box}/exec", json={"command": "echo ok"}))
-            assert "ok" in out["stdout"]
-        new = data(client.post("/sandboxes", json={"name": "after-replica"}))["id"]
-        for box in [*boxes, new]:
-            assert client.delete(f"/sandboxes/{box}").status_code == 200
-
-
 def test_a_node_that_cannot_be_reached_is_skipped(fleet: Fleet) -> None:
     """A registered, heartbeating node whose URL answers nothing: creates placed there are
     retried on the next node and succeed; nothing stays placed on it."""
@@ -182,4 +164,22 @@ def test_a_node_that_cannot_be_reached_is_skipped(fleet: Fleet) -> None:
     assert all(holder(fleet, box) is not None for box in boxes)
     with fleet.replicas[0].client() as client:
         for box in boxes:
+            assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def test_killed_replica_leaves_the_other_serving_every_row(fleet: Fleet) -> None:
+    survivor, victim = fleet.replicas
+    boxes = [data(create(victim, f"r-{i}"))["id"] for i in range(4)]
+    assert victim.process is not None
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait()
+    victim.process = None
+    with survivor.client() as client:
+        listed = {box["id"] for box in data(client.get("/sandboxes", params={"limit": 100}))}
+        assert set(boxes) <= listed
+        for box in boxes:
+            out = data(client.post(f"/sandboxes/{box}/exec", json={"command": "echo ok"}))
+            assert "ok" in out["stdout"]
+        new = data(client.post("/sandboxes", json={"name": "after-replica"}))["id"]
+        for box in [*boxes, new]:
             assert client.delete(f"/sandboxes/{box}").status_code == 200
