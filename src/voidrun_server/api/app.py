@@ -295,7 +295,7 @@ async def _start_fleet(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> Agen
         fleet=fleet,
     )
     agents.on_violation = service.agent_violated
-    task_group.start_soon(guarded, "reconcile", reconcile.watch_forever, service)
+    task_group.start_soon(guarded, "reconcile", placement.maintain_forever, service)
     task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
     task_group.start_soon(
         guarded, "node failures", placement.detect_forever, settings, ctx.sessions, fleet

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy import text, update
@@ -27,9 +28,14 @@ from ..store.repos import nodes as repo
 from ..store.tables import Sandbox
 from .lifecycle import Status
 
+if TYPE_CHECKING:
+    from .sandboxes import SandboxService
+
 log = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key of the failure detector (sha256("voidrun node failures")[:8])
 DETECTOR_LOCK = int.from_bytes(bytes.fromhex("5c1e0f3a9b7d2c41"), "big", signed=True)
+# pg_try_advisory_lock key of the health check / auto-sleep pass
+MAINTENANCE_LOCK = int.from_bytes(bytes.fromhex("2b8e61d04a7c9f13"), "big", signed=True)
 
 
 def suspect_after(settings: Settings) -> float:
@@ -111,6 +117,36 @@ async def detect_once(settings: Settings, sessions: async_sessionmaker[AsyncSess
                 .values(status=Status.ERROR, error=f"its node {node_id} was lost")
             )
     return True
+
+
+async def maintain_forever(service: SandboxService) -> None:
+    """The health check and auto-sleep ladder (``reconcile``), one replica at a time: each
+    pass holds a session-level advisory lock; a replica that does not get it skips the pass
+    (every replica would otherwise inspect every sandbox and race on the same steps)."""
+    from . import reconcile  # it imports the sandbox service, which imports this module
+
+    interval = service.settings.auto_sleep_check_interval_seconds
+    while True:
+        await anyio.sleep(interval)
+        try:
+            async with service.sessions() as session:
+                postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+                if postgres:
+                    got = await session.execute(
+                        text("SELECT pg_try_advisory_lock(:key)"), {"key": MAINTENANCE_LOCK}
+                    )
+                    if not got.scalar_one():
+                        continue
+                try:
+                    await reconcile.check_health(service)
+                    await reconcile.auto_sleep(service)
+                finally:
+                    if postgres:
+                        await session.execute(
+                            text("SELECT pg_advisory_unlock(:key)"), {"key": MAINTENANCE_LOCK}
+                        )
+        except Exception:  # a failed pass must not end the loop; the next one retries
+            log.exception("fleet maintenance pass failed")
 
 
 async def detect_forever(

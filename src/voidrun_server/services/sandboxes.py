@@ -284,6 +284,8 @@ class SandboxService:
                 return Running(row=live, agent_socket=socket)
         changes = self._changes
         row = await self.get(caller, sandbox_id)
+        if self.fleet is not None and row.status != Status.DELETED:
+            await self.fleet.of(sandbox_id)  # 503 while its node is suspect or lost
         if row.status != Status.RUNNING:
             async with self.lock(sandbox_id):
                 row = await self.get(caller, sandbox_id)

@@ -55,6 +55,7 @@ async def heartbeat(session: AsyncSession, node_id: str, epoch: int) -> bool:
     if row is None or row.epoch != epoch:
         return False
     row.last_heartbeat = now
+    row.sandbox_count, row.committed_cpu, row.committed_mem_mb = await committed(session, node_id)
     if row.state in (SUSPECT, LOST):
         row.state = READY
     return True
