@@ -11,6 +11,7 @@ import ipaddress
 import re
 import shutil
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -233,3 +234,49 @@ def test_emit_node_id_and_host_prefix_routing(fleet: Fleet) -> None:
         replica.stop()
         fleet.replicas.remove(replica)
         shutil.rmtree(replica.data_dir, ignore_errors=True)
+
+
+def test_port_preview_through_the_tunnel_and_snapshots_refused(fleet: Fleet) -> None:
+    a, b = fleet.replicas
+    with a.client() as client:
+        box = data(
+            client.post(
+                "/sandboxes",
+                json={
+                    "name": "preview",
+                    "ports": [{"protocol": "http", "port": p} for p in (8000, 8001)],
+                },
+            )
+        )["id"]
+        data(client.post(f"/sandboxes/{box}/exec", json={"command": "echo page > /root/p.txt"}))
+        command = "cd /root && exec python3 -m http.server 8000 --bind 127.0.0.1"
+        assert client.post(f"/sandboxes/{box}/commands/run", json={"command": command}).is_success
+    with b.client() as client:
+        for _ in range(300):  # until the server in the sandbox listens (502 before)
+            page = client.get(f"/sandboxes/{box}/ports/8000/p.txt")
+            if page.status_code != 502:
+                break
+            time.sleep(0.05)
+        assert (page.status_code, page.text) == (200, "page\n")
+        assert client.get(f"/sandboxes/{box}/ports/8001/").status_code == 502  # nothing there
+        refused = client.post(f"/sandboxes/{box}/snapshot", json={"name": "snap"})
+        assert refused.status_code == 400 and "node" in refused.text, refused.text
+        assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def test_lifecycle_verbs_through_different_replicas(fleet: Fleet) -> None:
+    a, b = fleet.replicas
+    with a.client() as ca, b.client() as cb:
+        box = data(ca.post("/sandboxes", json={"name": "verbs"}))["id"]
+        data(ca.post(f"/sandboxes/{box}/exec", json={"command": "echo kept > /root/k"}))
+        assert ca.post(f"/sandboxes/{box}/pause").status_code == 200
+        assert data(cb.get(f"/sandboxes/{box}"))["status"] == "paused"
+        # a data-plane call through the other replica wakes it on its node
+        out = data(cb.post(f"/sandboxes/{box}/exec", json={"command": "cat /root/k"}))
+        assert out["stdout"] == "kept\n"
+        assert cb.post(f"/sandboxes/{box}/stop").status_code == 200
+        assert data(ca.get(f"/sandboxes/{box}"))["status"] == "stopped"
+        assert ca.post(f"/sandboxes/{box}/start").status_code == 200
+        out = data(cb.post(f"/sandboxes/{box}/exec", json={"command": "cat /root/k"}))
+        assert out["stdout"] == "kept\n"  # its disk stayed on its node
+        assert cb.delete(f"/sandboxes/{box}").status_code == 200

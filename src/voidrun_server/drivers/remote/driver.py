@@ -4,7 +4,7 @@ Control calls (create, stop, pause, ...) are HTTP requests to ``/internal/v1`` w
 token; the data plane goes through the node's tunnel (``SandboxInfo.tunnel``: the agent
 connection; :meth:`open_port`: a port inside the sandbox). A node that cannot be reached is a
 :class:`NodeUnreachableError` (503); the error a node's driver raised comes back as the same
-class. What a node cannot do from afar yet (snapshots, export) is a clear 400.
+class. Snapshots (layer export) are not offered: the snapshot service answers a clear 400.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ..base import (
     AgentTunnel,
     DriverTimeoutError,
     DriverUnavailableError,
-    LayerExport,
     NetworkPolicy,
     NetworkUsage,
     PortClosedError,
@@ -179,12 +178,6 @@ class RemoteDriver:
 
     async def serve_network(self) -> None:
         return None
-
-    async def export_layer(self, sandbox_id: str, dest: Path, *, uid_base: int) -> LayerExport:
-        raise UnsupportedByDriverError(
-            "snapshots are not supported yet for sandboxes on a node (VOIDRUN_ROLE=api)",
-            sandbox_id,
-        )
 
     async def open_port(self, sandbox_id: str, port: int, *, within: float) -> socket.socket:
         address = self.address

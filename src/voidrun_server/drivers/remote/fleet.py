@@ -20,7 +20,6 @@ import httpx
 
 from ..base import (
     DriverUnavailableError,
-    LayerExport,
     NetworkPolicy,
     NetworkUsage,
     SandboxInfo,
@@ -153,11 +152,6 @@ class Fleet:
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         return await self._guard(sandbox_id, lambda d: d.stats(sandbox_id))
-
-    async def export_layer(self, sandbox_id: str, dest: Path, *, uid_base: int) -> LayerExport:
-        return await self._guard(
-            sandbox_id, lambda d: d.export_layer(sandbox_id, dest, uid_base=uid_base)
-        )
 
     async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         await self._guard(sandbox_id, lambda d: d.set_network_policy(sandbox_id, policy))
