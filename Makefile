@@ -19,7 +19,7 @@ test: install-test ## Install test deps (pip + apt), then lint, type-check and r
 	@$(MAKE) --no-print-directory lint typecheck pytest
 
 test-fast: install-test ## Only the tiers that need no root, image or PostgreSQL: unit, inprocess
-	$(BIN)/pytest -m "not (postgres or root or sandbox or slow)" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not (postgres or root or sandbox or slow or fleet)" $(PYTEST_ARGS)
 
 test-heavy: install-test ## The heavy tier: whole suites again through other paths (e.g. previews via the agent)
 	VOIDRUN_TEST_HEAVY=1 $(MAKE) --no-print-directory pytest PYTEST_ARGS="-m heavy $(PYTEST_ARGS)"

@@ -22,6 +22,8 @@ def fleet(
 ) -> Iterator[Fleet]:
     """A module's ``NODE_ENV`` (node id -> extra settings) configures its nodes."""
     skip_if_opted_out("fleet")
+    for needed in ("postgres", "sandbox"):  # opting out of what it needs opts out of it too
+        skip_if_opted_out(needed)
     if os.geteuid() != 0:
         skip_tier("fleet", "node daemons run real sandboxes: root")
     if not POSTGRES_URL:
