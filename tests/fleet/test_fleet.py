@@ -69,6 +69,11 @@ def test_thirty_sandboxes_spread_over_three_nodes(fleet: Fleet) -> None:
     assert min(per_node.values()) >= 5, per_node  # least loaded of the sampled nodes first
     rows = {str(r["id"]): r for r in fleet.node_rows()}
     assert {k: rows[k]["sandboxes"] for k in per_node} == dict(per_node)
+    table = fleet.replicas[1].cli("nodes", "list")
+    assert table.returncode == 0
+    for node_id, count in per_node.items():
+        line = next(x for x in table.stdout.splitlines() if f" {node_id} " in x)
+        assert "ready" in line and f"{count}/" in line, table.stdout
     # each sandbox answers through the other replica from its own node's subnet
     for i, box in enumerate(boxes[:6]):
         with fleet.replicas[(i + 1) % 2].client() as client:

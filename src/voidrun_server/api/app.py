@@ -136,6 +136,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                     if ctx.sandboxes is not None:
                         for pool in ctx.sandboxes.pools.values():
                             await pool.drain()
+                        if ctx.sandboxes.fleet is not None:
+                            await ctx.sandboxes.fleet.aclose()
                     ctx.sandboxes = None
                     if agents is not None:
                         agents.close_all()
