@@ -19,7 +19,7 @@ test: install-test ## Install test deps (pip + apt), then lint, type-check and r
 	@$(MAKE) --no-print-directory lint typecheck pytest
 
 test-fast: install-test ## Only the tiers that need no root, image or PostgreSQL: unit, inprocess
-	$(BIN)/pytest -m "not (postgres or root or sandbox or slow or browser)" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not (postgres or root or sandbox or slow or browser or fleet)" $(PYTEST_ARGS)
 
 screenshots: install-test ## Refresh docs/img/dashboard-*.png (the browser tests take them)
 	VOIDRUN_SCREENSHOTS=1 $(MAKE) --no-print-directory pytest PYTEST_ARGS="tests/browser $(PYTEST_ARGS)"

@@ -568,6 +568,86 @@ class Settings(BaseSettings):
         ),
     )
 
+    # -- fleet (docs/scale-out.md) --
+    role: Literal["all", "api"] = Field(
+        "all",
+        description=(
+            "`serve` as today (all: API and sandboxes in one process) or as an API replica "
+            "(api: no drivers; sandboxes are placed on node daemons registered in the shared "
+            "PostgreSQL database and reached through their internal API)."
+        ),
+    )
+    node_id: str = Field(
+        "",
+        description=(
+            "`voidrun-server node`: this node's id in the nodes table (lowercase letters, "
+            "digits and dashes, at most 40); empty: the host name."
+        ),
+    )
+    node_url: str = Field(
+        "",
+        description=(
+            "`voidrun-server node`: its internal URL as API replicas should call it; empty: "
+            "http://VOIDRUN_HOST:VOIDRUN_PORT."
+        ),
+    )
+    node_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Shared secret between API replicas and node daemons (internal API header and "
+            "tunnel hello). Required for `node` and for `serve` with VOIDRUN_ROLE=api."
+        ),
+    )
+    node_tunnel_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0,
+        description=(
+            "TCP port of the node's tunnel listener (agent connections and port previews of "
+            "its sandboxes); 0: VOIDRUN_PORT + 1."
+        ),
+    )
+    node_tunnel_host: str = Field(
+        "",
+        description="Address API replicas reach the tunnel at; empty: the host of the node URL.",
+    )
+    node_labels: dict[str, str] = Field(
+        {},
+        description='Labels of this node, JSON (e.g. {"region": "eu"}); `region` is matched.',
+    )
+    node_max_sandboxes: Annotated[int, Field(ge=1)] = Field(
+        1000, description="Most sandboxes the API replicas place on this node."
+    )
+    node_cpu: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description=(
+            "CPU cores placements may commit on this node (a sandbox's cpu is a quota, idle "
+            "ones use none); 0: the host's count x 32."
+        ),
+    )
+    node_mem_mb: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description=(
+            "Memory (MiB) placements may commit on this node (a limit, not a reservation); "
+            "0: the host's memory x 8."
+        ),
+    )
+    node_heartbeat_seconds: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="How often a node writes its heartbeat."
+    )
+    node_suspect_after_misses: Annotated[int, Field(ge=1)] = Field(
+        3, description="Missed heartbeats after which a node is suspect (no placements, 503s)."
+    )
+    node_lost_after_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0,
+        description="Seconds without a heartbeat after which a node is lost (sandboxes error).",
+    )
+    emit_node_id: bool = Field(
+        False,
+        description=(
+            "Emit `nodeId` in Sandbox JSON and route requests whose Host starts with "
+            "`<nodeId>-` (needs wildcard DNS; the official SDK then calls that host)."
+        ),
+    )
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -657,6 +737,21 @@ class Settings(BaseSettings):
         if self.dashboard_dir is not None:
             return self.dashboard_dir
         return Path(__file__).resolve().parents[2] / "dashboard"
+
+    @property
+    def node_token_value(self) -> str:
+        return self.node_token.get_secret_value() if self.node_token else ""
+
+    @property
+    def resolved_node_url(self) -> str:
+        if self.node_url:
+            return self.node_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def resolved_tunnel_port(self) -> int:
+        return self.node_tunnel_port or self.port + 1
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -44,6 +44,11 @@ TIERS: dict[str, tuple[str, str]] = {
         "dashboard's npm assets (dashboard/node_modules)",
         "run `make install-test` (installs chromium and runs `npm ci` in dashboard/) as root",
     ),
+    "fleet": (
+        "root, the built `code` image and PostgreSQL in VOIDRUN_TEST_POSTGRES_URL (two API "
+        "replicas and three node daemons on this machine)",
+        "run `make test` as root (it starts PostgreSQL and builds the image)",
+    ),
     "slow": (
         "root, debootstrap and network access to the Debian mirror and npm (the real image build)",
         "run as root with `apt-get install debootstrap` and network access",

@@ -8,6 +8,7 @@ from voidrun_server import errors
 from voidrun_server.api.errors import STATUS_BY_ERROR, status_for
 from voidrun_server.drivers import base as _driver_errors  # noqa: F401 - their classes count too
 from voidrun_server.drivers.microvm import qmp as _qmp_errors  # noqa: F401 - and this one
+from voidrun_server.drivers.remote import driver as _remote_errors  # noqa: F401 - and the fleet's
 
 
 def all_error_classes() -> list[type[errors.VoidRunError]]:
@@ -44,6 +45,7 @@ EXPECTED_STATUS = {
     "SandboxNotFoundError": 500,
     "SandboxStateError": 500,
     "DriverUnavailableError": 503,
+    "NodeUnreachableError": 503,
     "DriverTimeoutError": 504,
     "PortClosedError": 502,
     "UnsupportedByDriverError": 400,

@@ -24,6 +24,12 @@ RULES = [
     ("voidrun_server.services", ("voidrun_server.api", "voidrun_server.agent."), set()),
     ("voidrun_server.store", ("voidrun_server.api", "voidrun_server.services"), set()),
     ("voidrun_server.drivers", ("voidrun_server.api", "voidrun_server.services"), set()),
+    # the node daemon: like the app, only its wiring (daemon.py) opens the database
+    (
+        "voidrun_server.node",
+        ("voidrun_server.store", "sqlalchemy", "voidrun_server.agent."),
+        {"voidrun_server.node.daemon"},
+    ),
 ]
 
 

@@ -40,10 +40,13 @@ from ._errors import (
 from ._ports import PortStream
 from ._procs import OpStream, Output, ProcessInfo, ProcessOps, ShellResult, TerminalInfo
 from ._streams import ExecExit, ExecOutput, ExecResult, ExecStream, FileDownload
+from ._tunnel import TunnelRefusedError, open_tunnel
 
 # The refusal codes of ``AgentOperationError.code``, and the largest chunk one frame carries:
 # the server uses these through the client, never the agent's protocol module.
 __all__ = [
+    "TunnelRefusedError",
+    "open_tunnel",
     "BAD_REQUEST",
     "IO_ERROR",
     "IS_A_DIRECTORY",

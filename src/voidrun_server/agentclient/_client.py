@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
@@ -33,6 +33,7 @@ from ._socket import connect_unix
 from ._streams import ExecResult, ExecStream, FileDownload, _int
 from ._wire import Connection
 
+Opener = Callable[[float], Awaitable[socket.socket]]
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # the agent's own default for exec's maxOutput
 MAX_ITEMS = 100_000  # listing entries per fs op (the agent refuses to list more than 50,000)
 MAX_EVENT_SIZE = 64 * 1024  # one file event (a path is at most 4 KiB)
@@ -72,8 +73,12 @@ class AgentClient:
         *,
         connect_timeout: float = 10.0,
         owner_uid: int | None = None,
+        opener: Opener | None = None,
     ):
-        """``owner_uid``: refuse a socket file not owned by this uid (the sandbox's root)."""
+        """``owner_uid``: refuse a socket file not owned by this uid (the sandbox's root).
+        ``opener``: connect some other way (a node's tunnel) instead of the Unix path, which
+        then only names the connection in messages."""
+        self.opener = opener
         self.socket_path = os.fspath(socket_path)
         self.connect_timeout = connect_timeout
         self.owner_uid = owner_uid
@@ -116,7 +121,10 @@ class AgentClient:
 
     async def __aenter__(self) -> Self:
         deadline = anyio.current_time() + self.connect_timeout
-        sock = await connect_unix(self.socket_path, self.connect_timeout, self.owner_uid)
+        if self.opener is not None:
+            sock = await self.opener(self.connect_timeout)
+        else:
+            sock = await connect_unix(self.socket_path, self.connect_timeout, self.owner_uid)
         attached: Connection | None = None
         conn: Connection | None = None
         try:

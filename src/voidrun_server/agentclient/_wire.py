@@ -175,7 +175,10 @@ class Connection:
         """Wrap a connected Unix socket (the connection takes it over)."""
         loop = asyncio.get_running_loop()
         inbound = _Inbound()
-        transport, _ = await loop.create_unix_connection(lambda: inbound, sock=sock)
+        if sock.family == socket.AF_UNIX:
+            transport, _ = await loop.create_unix_connection(lambda: inbound, sock=sock)
+        else:  # a node's tunnel (``_tunnel.py``)
+            transport, _ = await loop.create_connection(lambda: inbound, sock=sock)
         return cls(transport, inbound, path)
 
     # -- lifecycle -----------------------------------------------------------------------------

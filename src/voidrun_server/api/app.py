@@ -21,6 +21,7 @@ from ..config import Settings
 from ..drivers.driverset import DriverSet
 from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, networking, reconcile, streams
+from ..services import fleet as placement
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
 from ..services.image_builds import ImageBuilds
@@ -137,6 +138,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                     if ctx.sandboxes is not None:
                         for pool in ctx.sandboxes.pools.values():
                             await pool.drain()
+                        if ctx.sandboxes.fleet is not None:
+                            await ctx.sandboxes.fleet.aclose()
                     ctx.sandboxes = None
                     if agents is not None:
                         agents.close_all()
@@ -220,6 +223,8 @@ async def _start_sandboxes(
     """
     settings = ctx.settings
     assets = None
+    if settings.role == "api" and driver is None:
+        return await _start_fleet(ctx, task_group)
     if driver is not None:
         drivers: DriverSet | None = runtimes.single(driver)
     else:
@@ -273,6 +278,39 @@ async def _start_sandboxes(
         task_group.start_soon(
             guarded, "isolations", runtimes.start_others, settings, drivers, assets, adopt
         )
+    ctx.sandboxes = service
+    return agents
+
+
+async def _start_fleet(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
+    """``VOIDRUN_ROLE=api``: no drivers here; every sandbox lives on a node daemon
+    (``services/fleet.py``, ``drivers/remote``). Nodes re-adopt their own sandboxes, so no
+    reconcile on start and no warm pool; the health check and auto-sleep still run."""
+    settings = ctx.settings
+    if not settings.node_token_value:
+        ctx.sandboxes_unavailable = "VOIDRUN_ROLE=api needs VOIDRUN_NODE_TOKEN"
+        return None
+    fleet = placement.build_fleet(settings, ctx.sessions)
+    drivers = DriverSet(dict.fromkeys(settings.isolations, fleet), default=settings.driver)
+    async with db.transaction(ctx.sessions) as session:
+        await images.sync_system_images(session, settings.images_root)
+    agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
+    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, lambda: 0)
+    service = SandboxService(
+        settings,
+        ctx.sessions,
+        drivers,
+        agents,
+        spawn=spawner(task_group),
+        disk_floor=disk_floor,
+        fleet=fleet,
+    )
+    agents.on_violation = service.agent_violated
+    task_group.start_soon(guarded, "reconcile", placement.maintain_forever, service)
+    task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
+    task_group.start_soon(
+        guarded, "node failures", placement.detect_forever, settings, ctx.sessions, fleet
+    )
     ctx.sandboxes = service
     return agents
 

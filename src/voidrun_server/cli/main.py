@@ -103,7 +103,7 @@ def serve(
         serverlock.hold(settings.data_dir, "voidrun-server serve")
         # its uid area, subnet and cgroup names: no other live server on this host has them
         # (an API replica, VOIDRUN_ROLE=api, runs no sandboxes and claims nothing)
-        if getattr(settings, "role", "all") != "api":
+        if settings.role != "api":
             hostclaims.claim(settings, "voidrun-server serve")
     except VoidRunError as exc:
         err.print(f"[red]Cannot start:[/red] {escape(str(exc))}", soft_wrap=True)
@@ -296,6 +296,7 @@ def images_build(
 
 
 from . import images as _images  # noqa: E402,F401  registers `images import`
+from . import nodes as _nodes  # noqa: E402,F401  registers `node`, `nodes list|drain`
 from . import purge as _purge  # noqa: E402,F401  registers `purge`
 from . import quota as _quota  # noqa: E402,F401  registers `orgs quota`
 from . import sandboxes as _sandboxes  # noqa: E402,F401  registers `sandboxes …`

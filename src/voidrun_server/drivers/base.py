@@ -40,6 +40,7 @@ from voidrun_server.errors import (
 )
 
 __all__ = [
+    "AgentTunnel",
     "Driver",
     "NetworkPolicy",
     "NetworkUsage",
@@ -145,6 +146,17 @@ class SandboxState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class AgentTunnel:
+    """How an API replica reaches the agent of a sandbox on a node (``drivers/remote``): a TCP
+    connection to the node's tunnel listener, a hello line, then the agent's byte stream."""
+
+    host: str
+    port: int
+    token: str = field(repr=False)
+    sandbox_id: str
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     state: SandboxState
     agent_socket: Path
@@ -155,6 +167,9 @@ class SandboxInfo:
     agent_socket_owner: int | None = None
     """Host uid that must own ``agent_socket`` (the sandbox's root, which differs per sandbox);
     callers refuse a socket owned by anyone else. None: unknown (nothing on disk)."""
+    tunnel: AgentTunnel | None = None
+    """Set by the remote driver: the agent is reached through its node's tunnel instead of
+    ``agent_socket`` (which then names nothing on this host)."""
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,13 @@ class SandboxPublic(WireModel):
     isolation: str = Field(
         "namespace", description="Extension: the driver that runs it (docs/isolation.md)."
     )
+    node_id: str | None = Field(
+        None,
+        description=(
+            "The node holding it, only with VOIDRUN_EMIT_NODE_ID (CONTRACT C.11: the official "
+            "SDK then calls `<nodeId>-<host>` for this sandbox; docs/scale-out.md)."
+        ),
+    )
 
 
 class ListMeta(BaseModel):

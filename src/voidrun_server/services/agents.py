@@ -18,6 +18,7 @@ carries the path together with that uid, so a socket swapped for another one is 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ from ..agentclient import (
     AgentProtocolError,
     AgentRequestTooLargeError,
     AgentResponseTooLargeError,
+    open_tunnel,
 )
-from ..drivers.base import SandboxInfo
+from ..agentclient._client import Opener
+from ..drivers.base import AgentTunnel, SandboxInfo
 from ..errors import (
     DeadlineExceededError,
     InsufficientStorageError,
@@ -73,10 +76,24 @@ class AgentSocket:
 
     path: Path
     owner_uid: int | None
+    tunnel: AgentTunnel | None = None
+    """A sandbox on another node: connect through that node's tunnel instead."""
 
     @classmethod
     def of(cls, info: SandboxInfo) -> AgentSocket:
-        return cls(info.agent_socket, info.agent_socket_owner)
+        return cls(info.agent_socket, info.agent_socket_owner, info.tunnel)
+
+    def opener(self) -> Opener | None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return None
+
+        async def open_(patience: float) -> socket.socket:
+            return await open_tunnel(
+                tunnel.host, tunnel.port, tunnel.token, tunnel.sandbox_id, "agent", patience
+            )
+
+        return open_
 
 
 # Agent refusals that mean "the request asked for something that cannot be": 400.
@@ -308,7 +325,10 @@ class AgentPool:
         held: _Held | None = None
         try:
             client_cm = AgentClient(
-                socket.path, connect_timeout=self._connect_timeout, owner_uid=socket.owner_uid
+                socket.path,
+                connect_timeout=self._connect_timeout,
+                owner_uid=socket.owner_uid,
+                opener=socket.opener(),
             )
             async with client_cm as client:
                 client.freeze(sandbox_id in self._frozen)

@@ -11,7 +11,7 @@ and the row ends ``deleted`` (or ``error`` for a background boot) with the reaso
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -23,11 +23,13 @@ import anyio.abc
 
 from .. import ids
 from ..drivers.base import DriverError, NetworkPolicy, SandboxSpec
+from ..drivers.remote.driver import NodeUnreachableError
 from ..errors import DeadlineExceededError, QuotaExceededError, VoidRunError
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.tables import Image, Sandbox
+from . import fleet as placement
 from . import images, networking, validation
 from .accounts import Principal
 from .agents import AgentSocket
@@ -59,6 +61,16 @@ class _Ask:
     isolation: str
     disk_mb: int
     policy: NetworkPolicy | None
+
+
+MAX_NODE_TRIES = 3
+
+
+class _NodeRefused(Exception):
+    """A fleet create whose node could not be reached (nothing was made there)."""
+
+    def __init__(self, node: str, error: VoidRunError) -> None:
+        self.node, self.error = node, error
 
 
 class _Boot:
@@ -100,14 +112,25 @@ class Provisioner:
         disk_mb = self.service.settings.sandbox_disk_mb
         wanted = Usage(sandboxes=1, cpu=request.cpu, mem_mb=request.mem, disk_mb=disk_mb)
         pool = self.service.pools.get(isolation)
-        with pool.serving() if pool is not None else nullcontext():
-            row = await self._create(
-                caller, _Ask(request, isolation, disk_mb, policy), wanted, bool(body.start_cmd)
-            )
-        return row
+        ask = _Ask(request, isolation, disk_mb, policy)
+        skip: list[str] = []
+        while True:
+            try:
+                with pool.serving() if pool is not None else nullcontext():
+                    return await self._create(caller, ask, wanted, bool(body.start_cmd), skip)
+            except _NodeRefused as refused:  # a fleet node unreachable: the next one
+                log.warning("node %s refused a create: %s", refused.node, refused.error)
+                skip.append(refused.node)
+                if len(skip) >= MAX_NODE_TRIES:
+                    raise refused.error from None
 
     async def _create(
-        self, caller: Principal, ask: _Ask, wanted: Usage, body_start_cmd: bool = False
+        self,
+        caller: Principal,
+        ask: _Ask,
+        wanted: Usage,
+        body_start_cmd: bool = False,
+        skip: Sequence[str] = (),
     ) -> Sandbox:
         org, reference = caller.org_id, ask.request.image
         plan: _Plan | None = None
@@ -116,7 +139,9 @@ class Provisioner:
             try:
                 # Boot what the image name meant last time while the transaction checks it
                 # (services/speculation.py): the transaction's ~8 ms leave the critical path.
-                guess = self.guesses.image(org, reference)
+                fleet = self.service.fleet
+                # on a fleet the node is chosen in the transaction, so nothing boots before it
+                guess = None if fleet is not None else self.guesses.image(org, reference)
                 if guess is not None and self._boots_now(ask, guess):
                     plan = await self._plan(boots, ask, guess)
                 # one transaction: image, quota (org row locked first) and the new row
@@ -131,9 +156,20 @@ class Provisioner:
                     if plan is not None and plan.image.id != image.id:  # the guess was wrong
                         await self._undo(plan, ask)
                         plan = None
+                    node = None
+                    if fleet is not None:  # the node's row stays locked until the commit
+                        node = await placement.place(
+                            session,
+                            self.service.settings,
+                            cpu=ask.request.cpu,
+                            mem_mb=ask.request.mem,
+                            region=ask.request.region,
+                            skip=skip,
+                        )
                     if plan is None:  # the quota allows it: boot (or hand out) while recording
-                        plan = await self._plan(boots, ask, image)
+                        plan = await self._plan(boots, ask, image, node)
                     row = self._row(caller, ask, image, plan.spec)
+                    row.node_id = node
                     start_cmd = images.start_command(image) if body_start_cmd else None
                     session.add(row)
                     repo.record(session, "sandbox.create", org, row.id, image=row.image)
@@ -151,6 +187,8 @@ class Provisioner:
             return row
         if booting.failure is not None:
             await self._discard_failed_create(row.id, booting.failure)
+            if row.node_id is not None and isinstance(booting.failure, NodeUnreachableError):
+                raise _NodeRefused(row.node_id, booting.failure)
             raise VoidRunError(
                 "Failed to create sandbox", describe(booting.failure)
             ) from booting.failure
@@ -165,7 +203,9 @@ class Provisioner:
         ready = pool is not None and pool.has(Path(image.rootfs), ask.disk_mb)
         return ask.request.sync or ready
 
-    async def _plan(self, boots: anyio.abc.TaskGroup, ask: _Ask, image: Image) -> _Plan:
+    async def _plan(
+        self, boots: anyio.abc.TaskGroup, ask: _Ask, image: Image, node: str | None = None
+    ) -> _Plan:
         """Take a warm sandbox (or reserve room for a new disk) and start the boot or the
         hand-out in ``boots`` when this create boots now."""
         pool = self.service.pools.get(ask.isolation)
@@ -173,6 +213,8 @@ class Provisioner:
         if warm is None:  # a warm sandbox's disk exists: only a new one needs room
             await self.service.disk_floor.reserve_for_create(ask.disk_mb)
         sandbox_id = warm.sandbox_id if warm is not None else ids.new_id()
+        if node is not None and self.service.fleet is not None:
+            self.service.fleet.place(sandbox_id, node)
         plan = _Plan(image, self._spec(sandbox_id, ask, image), warm)
         if warm is not None or ask.request.sync:
             job = (

@@ -13,7 +13,12 @@ from datetime import timedelta
 
 import anyio
 
-from ..drivers.base import DriverError, SandboxNotFoundError, SandboxState
+from ..drivers.base import (
+    DriverError,
+    DriverUnavailableError,
+    SandboxNotFoundError,
+    SandboxState,
+)
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
 from ..store.types import utcnow
@@ -100,11 +105,19 @@ async def check_health(service: SandboxService) -> None:
     """Mark running/paused sandboxes whose processes are gone as ``killed``."""
     async with service.sessions() as session:
         rows = await repo.with_status(session, [Status.RUNNING, Status.PAUSED])
+    # On a fleet another replica may be booting a sandbox whose row it already committed (the
+    # boot runs beside the create transaction, under that replica's lock, not ours).
+    booting = utcnow() - timedelta(seconds=service.settings.sandbox_ready_timeout_seconds + 10)
     for row in rows:
         if not service.driver.loaded(row.isolation):
             continue  # its isolation is still starting (or gone): nothing to ask
+        if service.fleet is not None and row.created_at > booting:
+            continue
         async with service.lock(row.id):
-            info = await service.driver.inspect(row.id)
+            try:
+                info = await service.driver.inspect(row.id)
+            except DriverUnavailableError:
+                continue  # its node is suspect or unreachable (services/fleet.py)
             if info.state is EXPECTED[Status(row.status)]:
                 continue
             async with transaction(service.sessions) as session:

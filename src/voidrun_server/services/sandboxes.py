@@ -37,6 +37,7 @@ from ..drivers.base import (
     UnsupportedByDriverError,
 )
 from ..drivers.driverset import DriverSet
+from ..drivers.remote.fleet import Fleet
 from ..errors import (
     InvalidStateError,
     NotFoundError,
@@ -89,6 +90,7 @@ class SandboxService:
         spawn: Spawn,
         disk_floor: DiskFloor,
         pools: Mapping[str, WarmPool] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -112,6 +114,9 @@ class SandboxService:
         self.provisioner = Provisioner(self)
         self.starting = quotas.Reservations()
         self.disk_floor = disk_floor
+        # VOIDRUN_ROLE=api: the driver places sandboxes on nodes (services/fleet.py); other
+        # replicas change rows too, so the data plane reads the row on every call
+        self.fleet = fleet
 
     def agent_violated(self, sandbox_id: str, reason: str) -> None:
         """The sandbox's agent broke the protocol (``AgentPool.on_violation``): stop the
@@ -223,7 +228,7 @@ class SandboxService:
     def live_row(self, sandbox_id: str) -> Sandbox | None:
         """The row of a sandbox known to be running here, without a query (see module doc);
         None: read the database."""
-        return self._live.get(sandbox_id)
+        return self._live.get(sandbox_id) if self.fleet is None else None
 
     async def _set_network(self, row: Sandbox, spec: NetworkSpec) -> None:
         """Check, apply (live: the driver's rules change under open connections), record."""
@@ -274,7 +279,7 @@ class SandboxService:
 
     async def ensure_running(self, caller: Principal, sandbox_id: str) -> Running:
         """For data-plane calls: wake a paused/stopped sandbox, refresh its activity time."""
-        live = self._live.get(sandbox_id)
+        live = self._live.get(sandbox_id) if self.fleet is None else None
         if live is not None and live.org_id == caller.org_id:
             socket = self._sockets.get(sandbox_id)
             if socket is not None:
@@ -282,6 +287,8 @@ class SandboxService:
                 return Running(row=live, agent_socket=socket)
         changes = self._changes
         row = await self.get(caller, sandbox_id)
+        if self.fleet is not None and row.status != Status.DELETED:
+            await self.fleet.of(sandbox_id)  # 503 while its node is suspect or lost
         if row.status != Status.RUNNING:
             async with self.lock(sandbox_id):
                 row = await self.get(caller, sandbox_id)

@@ -129,6 +129,11 @@ class Snapshots:
     async def _snapshot(self, caller: Principal, sandbox_id: str, name: str, tag: str) -> Image:
         driver = self.service.driver
         await self.service.get(caller, sandbox_id)  # unknown ids: 404 before waiting
+        if self.service.fleet is not None:
+            raise InvalidInputError(
+                "snapshots are not supported yet for sandboxes on a node",
+                "this server runs with VOIDRUN_ROLE=api (docs/scale-out.md)",
+            )
         if not driver.supports(sandbox_id, Exportable):
             raise InvalidInputError(
                 "snapshots are not supported by this sandbox's isolation",

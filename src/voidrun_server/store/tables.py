@@ -150,7 +150,10 @@ class Image(Base):
 
 class Sandbox(Base):
     __tablename__ = "sandboxes"
-    __table_args__ = (Index("ix_sandboxes_org_status", "org_id", "status"),)
+    __table_args__ = (
+        Index("ix_sandboxes_org_status", "org_id", "status"),
+        Index("ix_sandboxes_node_id", "node_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(24), primary_key=True)
     org_id: Mapped[str] = mapped_column(String(24), ForeignKey("orgs.id"))
@@ -182,6 +185,28 @@ class Sandbox(Base):
     # the E2B API's timeout (api/e2b): killed, or paused when on_timeout is "pause", at end_at
     end_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     on_timeout: Mapped[str] = mapped_column(String(8), default="kill")
+
+
+class Node(Base):
+    """A node daemon (``voidrun-server node``): where API replicas place sandboxes."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(512))  # internal API, as replicas call it
+    tunnel: Mapped[str] = mapped_column(String(300))  # host:port of its tunnel listener
+    cpu: Mapped[int] = mapped_column(Integer)
+    mem_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int] = mapped_column(BigInteger)
+    max_sandboxes: Mapped[int] = mapped_column(Integer)
+    committed_cpu: Mapped[int] = mapped_column(Integer, default=0)
+    committed_mem_mb: Mapped[int] = mapped_column(Integer, default=0)
+    sandbox_count: Mapped[int] = mapped_column(Integer, default=0)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    last_heartbeat: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Event(Base):

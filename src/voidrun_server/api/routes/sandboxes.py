@@ -44,7 +44,10 @@ Sdk = Annotated[bool, Depends(sdk_dialect)]
 Service = Annotated[SandboxService, Depends(service)]
 
 
-def public(row: SandboxRow, sdk: bool, usage: NetworkUsage | None = None) -> SandboxPublic:
+def public(
+    row: SandboxRow, sdk: bool, usage: NetworkUsage | None = None, *, node: bool = False
+) -> SandboxPublic:
+    """``node``: emit ``nodeId`` (VOIDRUN_EMIT_NODE_ID; never by default, see CONTRACT C.11)."""
     ports = [PortSpec.model_validate(p) for p in row.ports]
     return SandboxPublic(
         id=row.id,
@@ -71,6 +74,7 @@ def public(row: SandboxRow, sdk: bool, usage: NetworkUsage | None = None) -> San
         if usage
         else None,
         isolation=row.isolation,
+        node_id=(row.node_id or None) if node else None,
     )
 
 
@@ -89,7 +93,7 @@ async def list_sandboxes(
     )
     return SandboxList(
         message="Sandboxes fetched",
-        data=[public(row, sdk) for row in rows],
+        data=[public(row, sdk, node=sandboxes.settings.emit_node_id) for row in rows],
         meta={"page": page_number, "limit": size, "total": total, "totalPages": -(-total // size)},
     )
 
@@ -99,7 +103,8 @@ async def create_sandbox(
     body: SandboxCreate, caller: Caller, sandboxes: Service, sdk: Sdk
 ) -> dict[str, Any]:
     row = await sandboxes.create(caller, body)
-    data = public(row, sdk).model_dump(mode="json", by_alias=True, exclude_none=True)
+    node = sandboxes.settings.emit_node_id
+    data = public(row, sdk, node=node).model_dump(mode="json", by_alias=True, exclude_none=True)
     return envelope("Sandbox created", data)
 
 
@@ -109,7 +114,10 @@ async def get_sandbox(
 ) -> SandboxSingle:
     row = await sandboxes.get(caller, sandbox_id)
     usage = await sandboxes.network_usage(row)
-    return SandboxSingle(message="Sandbox details fetched", data=public(row, sdk, usage))
+    return SandboxSingle(
+        message="Sandbox details fetched",
+        data=public(row, sdk, usage, node=sandboxes.settings.emit_node_id),
+    )
 
 
 @router.patch("/{sandbox_id}", response_model=SandboxSingle, response_model_exclude_none=True)
@@ -117,7 +125,8 @@ async def update_sandbox(
     sandbox_id: str, body: SandboxUpdate, caller: Caller, sandboxes: Service, sdk: Sdk
 ) -> SandboxSingle:
     row = await sandboxes.update(caller, sandbox_id, body.auto_sleep, body.network, body.ports)
-    return SandboxSingle(message="Sandbox updated", data=public(row, sdk))
+    node = sandboxes.settings.emit_node_id
+    return SandboxSingle(message="Sandbox updated", data=public(row, sdk, node=node))
 
 
 @router.delete("/{sandbox_id}", response_model=MessageEnvelope)
