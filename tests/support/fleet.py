@@ -27,6 +27,7 @@ from tests.support.server import (
     free_uid_base,
     host_slot_env,
     new_cgroup_parent,
+    stop_process,
 )
 
 HEARTBEAT = 0.5
@@ -109,15 +110,7 @@ class NodeProcess:
         return (self.data_dir / "node.log").read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
         self.process = None
 
     def stop_and_purge(self) -> None:

@@ -101,6 +101,18 @@ def host_slot_env(uid_base: int, cgroup_parent: str) -> dict[str, str]:
     }
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` and wait up to 20 s, then kill; a finished (or absent) process is left."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -198,15 +210,7 @@ class ServerProcess:
         raise RuntimeError(f"server did not become healthy:\n{self.log_path.read_text()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
         self.process = None
 
     def stop_and_purge(self, sig: int = signal.SIGTERM) -> None:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__, datadir
 from ..config import Settings
 from ..drivers.driverset import DriverSet
+from ..drivers.remote.fleet import Fleet
 from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, networking, reconcile, streams
 from ..services import fleet as placement
@@ -233,20 +234,10 @@ async def _start_sandboxes(
             ctx.sandboxes_unavailable = why
     if drivers is None:
         return None
-    async with db.transaction(ctx.sessions) as session:
-        await images.sync_system_images(session, settings.images_root)
-    agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
-    unwritten = drivers.unwritten_disk_bytes
-    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, unwritten)
-    service = SandboxService(
-        settings,
-        ctx.sessions,
-        drivers,
-        agents,
-        spawn=spawner(task_group),
-        disk_floor=disk_floor,
+    disk_floor = DiskFloor(
+        settings.data_dir, settings.min_free_disk_mb, drivers.unwritten_disk_bytes
     )
-    agents.on_violation = service.agent_violated
+    service, agents = await _sandbox_service(ctx, task_group, drivers, disk_floor)
     drivers.relay_ports(AgentPorts(service, task_group), always=settings.proxy_through_agent)
 
     def run_pool(name: str) -> None:
@@ -282,20 +273,19 @@ async def _start_sandboxes(
     return agents
 
 
-async def _start_fleet(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
-    """``VOIDRUN_ROLE=api``: no drivers here; every sandbox lives on a node daemon
-    (``services/fleet.py``, ``drivers/remote``). Nodes re-adopt their own sandboxes, so no
-    reconcile on start and no warm pool; the health check and auto-sleep still run."""
+async def _sandbox_service(
+    ctx: AppContext,
+    task_group: anyio.abc.TaskGroup,
+    drivers: DriverSet,
+    disk_floor: DiskFloor,
+    fleet: Fleet | None = None,
+) -> tuple[SandboxService, AgentPool]:
+    """The built images registered, the agents' connection pool and the sandbox service over
+    ``drivers`` (this host's, or the fleet's nodes)."""
     settings = ctx.settings
-    if not settings.node_token_value:
-        ctx.sandboxes_unavailable = "VOIDRUN_ROLE=api needs VOIDRUN_NODE_TOKEN"
-        return None
-    fleet = placement.build_fleet(settings, ctx.sessions)
-    drivers = DriverSet(dict.fromkeys(settings.isolations, fleet), default=settings.driver)
     async with db.transaction(ctx.sessions) as session:
         await images.sync_system_images(session, settings.images_root)
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
-    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, lambda: 0)
     service = SandboxService(
         settings,
         ctx.sessions,
@@ -306,6 +296,21 @@ async def _start_fleet(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> Agen
         fleet=fleet,
     )
     agents.on_violation = service.agent_violated
+    return service, agents
+
+
+async def _start_fleet(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> AgentPool | None:
+    """``VOIDRUN_ROLE=api``: no drivers here; every sandbox lives on a node daemon
+    (``services/fleet.py``, ``drivers/remote``). Nodes re-adopt their own sandboxes, so no
+    reconcile on start and no warm pool; the health check and auto-sleep still run."""
+    settings = ctx.settings
+    if not settings.node_token_value:
+        ctx.sandboxes_unavailable = "VOIDRUN_ROLE=api needs VOIDRUN_NODE_TOKEN"
+        return None
+    fleet = placement.build_fleet(settings, ctx.sessions)
+    drivers = DriverSet(dict.fromkeys(settings.isolations, fleet), default=settings.driver)
+    disk_floor = DiskFloor(settings.data_dir, settings.min_free_disk_mb, lambda: 0)
+    service, agents = await _sandbox_service(ctx, task_group, drivers, disk_floor, fleet)
     task_group.start_soon(guarded, "reconcile", placement.maintain_forever, service)
     task_group.start_soon(guarded, "sandbox activity", service.activity.flush_forever)
     task_group.start_soon(
