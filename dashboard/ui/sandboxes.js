@@ -4,7 +4,7 @@ import { get, post } from "./api.js";
 import { age, clear, errorBox, h, toast } from "./dom.js";
 
 const REFRESH_MS = 3000;
-const STATUSES = ["", "running", "paused", "stopped", "starting", "error", "killed"];
+const STATUSES = ["", "running", "paused", "stopped", "error", "killed"];
 
 export function statusBadge(status) {
   return h("span", { class: `status s-${status}`, "data-status": status }, status);
@@ -26,7 +26,7 @@ export function sandboxesPage(main) {
 
   async function load() {
     try {
-      const res = await get("/sandboxes", { page: state.page, limit: state.limit, labels: state.labels });
+      const res = await get("/sandboxes", { page: state.page, limit: state.limit, labels: state.labels, status: state.status });
       if (stopped) return;
       render(res.data || [], res.meta || {});
     } catch (err) {
@@ -36,16 +36,15 @@ export function sandboxesPage(main) {
   }
 
   function render(rows, meta) {
-    const shown = state.status ? rows.filter((r) => r.status === state.status) : rows;
     if (!meta.total) {
       clear(body, h("div", { class: "empty" },
-        h("p", {}, state.labels ? "No sandbox has these labels." : "No sandboxes yet."),
+        h("p", {}, state.labels || state.status ? "No sandbox matches these filters." : "No sandboxes yet."),
         h("p", {}, "Create one with the form below, or from code: ", h("code", {}, "Sandbox.create(name=\"dev\")"), ".")));
     } else {
       clear(body, h("div", { class: "scroll" }, h("table", { class: "sandboxes" },
-        h("caption", { class: "muted" }, `${meta.total} sandboxes, page ${meta.page} of ${meta.totalPages}` + (state.status ? ` (showing ${state.status} on this page)` : "")),
+        h("caption", { class: "muted" }, `${meta.total} sandboxes, page ${meta.page} of ${meta.totalPages}` + (state.status ? ` (${state.status})` : "")),
         h("thead", {}, h("tr", {}, ["Name", "Status", "Image", "CPU", "Memory", "Disk", "Labels", "Age", "Updated"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, shown.map((s) => h("tr", { "data-id": s.id },
+        h("tbody", {}, rows.map((s) => h("tr", { "data-id": s.id },
           h("td", {}, h("a", { href: `#/sandboxes/${s.id}` }, s.name)),
           h("td", {}, statusBadge(s.status)),
           h("td", {}, s.image),

@@ -146,6 +146,27 @@ def test_list_paging_and_labels(client: httpx.Client) -> None:
         client.delete(f"/sandboxes/{sid}")
 
 
+def test_list_filters_by_status_on_the_server(client: httpx.Client) -> None:
+    ids = [create(client, name=f"state-{i}", labels={"batch": "s"})["id"] for i in range(3)]
+    assert client.post(f"/sandboxes/{ids[0]}/pause").status_code == 200
+    paused = client.get("/sandboxes", params={"status": "paused", "labels": "batch=s"}).json()
+    assert [b["id"] for b in paused["data"]] == [ids[0]] and paused["meta"]["total"] == 1
+    running = client.get("/sandboxes", params={"status": " running ", "limit": 100}).json()
+    assert {b["status"] for b in running["data"]} == {"running"}
+    assert {ids[1], ids[2]} <= {b["id"] for b in running["data"]} and ids[0] not in {
+        b["id"] for b in running["data"]
+    }
+    both = client.get("/sandboxes", params={"status": "paused,running", "labels": "batch=s"})
+    assert both.json()["meta"]["total"] == 3
+    for bad in ("deleted", "asleep", "running,nope"):
+        assert (
+            "status filter"
+            in assert_error(client.get("/sandboxes", params={"status": bad}), 400)["error"]
+        )
+    for sid in ids:
+        client.delete(f"/sandboxes/{sid}")
+
+
 def test_patch_is_strict(client: httpx.Client) -> None:
     sid = create(client, name="patchy")["id"]
     updated = client.patch(f"/sandboxes/{sid}", json={"autoSleep": False}).json()

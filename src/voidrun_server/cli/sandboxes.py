@@ -94,9 +94,7 @@ def list_sandboxes(
             err.print(f"[red]--label {pair!r} is not k=v.[/red]")
             raise typer.Exit(2)
     where = target(url, api_key)
-    rows = guarded(1, lambda: list(_all(where, ",".join(label or []))))
-    if status is not None:
-        rows = [r for r in rows if r.get("status") == status]
+    rows = guarded(1, lambda: list(_all(where, ",".join(label or []), status or "")))
     if as_json:
         for row in rows:
             print(json.dumps(row, separators=(",", ":")))
@@ -120,14 +118,16 @@ def list_sandboxes(
     console.print(table)
 
 
-def _all(where: Target, labels: str) -> Iterator[dict[str, Any]]:
-    """Every page of ``GET /sandboxes`` (the API pages by at most 100)."""
+def _all(where: Target, labels: str, status: str = "") -> Iterator[dict[str, Any]]:
+    """Every page of ``GET /sandboxes`` (the API pages by at most 100, and filters)."""
     with session(where) as client:
         page, pages = 1, 1
         while page <= pages:
             params: dict[str, str | int] = {"page": page, "limit": PAGE}
             if labels:
                 params["labels"] = labels
+            if status:
+                params["status"] = status
             body = checked(where, client.get("/sandboxes", params=params))
             yield from body.get("data") or []
             pages = int((body.get("meta") or {}).get("totalPages") or 0)

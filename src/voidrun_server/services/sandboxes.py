@@ -173,10 +173,16 @@ class SandboxService:
         return row
 
     async def list(
-        self, caller: Principal, page: int, limit: int, labels: dict[str, str]
+        self,
+        caller: Principal,
+        page: int,
+        limit: int,
+        labels: dict[str, str],
+        statuses: Sequence[str] = (),
     ) -> tuple[Sequence[Sandbox], int]:
+        offset = (page - 1) * limit
         async with self.sessions() as session:
-            return await repo.page_in_org(session, caller.org_id, (page - 1) * limit, limit, labels)
+            return await repo.page_in_org(session, caller.org_id, offset, limit, labels, statuses)
 
     # -- create (services/provisioning.py) ----------------------------------------------------
 

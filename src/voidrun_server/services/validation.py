@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidInputError, PermissionDeniedError
 from ..schemas.sandboxes import PortSpec, SandboxCreate
+from .lifecycle import Status
 
 DNS_1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -150,6 +151,22 @@ def parse_label_filter(raw: str | None) -> dict[str, str]:
             raise invalid(f'invalid labels filter segment "{segment[:40]}": expected key=value')
         labels[key.strip()] = value.strip()
     return validate_labels(labels)
+
+
+LISTED_STATUSES = tuple(status.value for status in Status if status is not Status.DELETED)
+
+
+def parse_status_filter(raw: str | None) -> tuple[str, ...]:
+    """``running,paused`` → the statuses a listed sandbox may have (any may match); empty:
+    no filter. Deleted sandboxes are never listed."""
+    wanted = tuple(dict.fromkeys(part.strip() for part in (raw or "").split(",") if part.strip()))
+    unknown = [status for status in wanted if status not in LISTED_STATUSES]
+    if unknown:
+        raise invalid(
+            f'invalid status filter "{unknown[0][:40]}"',
+            f"one or more of {', '.join(LISTED_STATUSES)}, comma-separated",
+        )
+    return wanted
 
 
 def page_and_limit(page: str | None, limit: str | None) -> tuple[int, int]:

@@ -86,10 +86,18 @@ async def list_sandboxes(
     page: Annotated[str | None, Query(description="Page number, from 1.")] = None,
     limit: Annotated[str | None, Query(description="Page size 1..100, default 20.")] = None,
     labels: Annotated[str | None, Query(description="k=v[,k=v…], all must match.")] = None,
+    status: Annotated[
+        str | None,
+        Query(description="status[,status…] (running, paused, stopped, error, killed): any."),
+    ] = None,
 ) -> SandboxList:
     page_number, size = validation.page_and_limit(page, limit)
     rows, total = await sandboxes.list(
-        caller, page_number, size, validation.parse_label_filter(labels)
+        caller,
+        page_number,
+        size,
+        validation.parse_label_filter(labels),
+        validation.parse_status_filter(status),
     )
     return SandboxList(
         message="Sandboxes fetched",

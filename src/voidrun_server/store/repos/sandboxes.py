@@ -23,23 +23,24 @@ async def get(session: AsyncSession, sandbox_id: str) -> Sandbox | None:
 
 
 async def page_in_org(
-    session: AsyncSession, org_id: str, offset: int, limit: int, labels: dict[str, str]
+    session: AsyncSession,
+    org_id: str,
+    offset: int,
+    limit: int,
+    labels: dict[str, str],
+    statuses: Sequence[str] = (),
 ) -> tuple[Sequence[Sandbox], int]:
     """Newest first (by creation of the row: a warm-pool sandbox's id is older than its row),
-    ``deleted`` rows excluded. Label filtering happens here in Python because
-    JSON containment differs between SQLite and PostgreSQL; orgs hold few enough live rows."""
-    query = (
-        select(Sandbox)
-        .where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
-        .order_by(Sandbox.created_at.desc(), Sandbox.id.desc())
-    )
+    ``deleted`` rows excluded, only ``statuses`` if given. Label filtering happens here in
+    Python because JSON containment differs between SQLite and PostgreSQL; orgs hold few
+    enough live rows."""
+    where = [Sandbox.org_id == org_id, Sandbox.status != DELETED]
+    if statuses:
+        where.append(Sandbox.status.in_(statuses))
+    query = select(Sandbox).where(*where).order_by(Sandbox.created_at.desc(), Sandbox.id.desc())
     if not labels:
-        total = await session.scalar(
-            select(func.count())
-            .select_from(Sandbox)
-            .where(Sandbox.org_id == org_id, Sandbox.status != DELETED)
-        )
-        total = int(total or 0)
+        counted = select(func.count()).select_from(Sandbox).where(*where)
+        total = int(await session.scalar(counted) or 0)
         if offset >= total:  # past the end; a huge page number would overflow the database
             return [], total
         rows = (await session.execute(query.offset(offset).limit(limit))).scalars().all()
