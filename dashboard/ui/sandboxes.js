@@ -43,7 +43,7 @@ export function sandboxesPage(main) {
     } else {
       clear(body, h("div", { class: "scroll" }, h("table", { class: "sandboxes" },
         h("caption", { class: "muted" }, `${meta.total} sandboxes, page ${meta.page} of ${meta.totalPages}` + (state.status ? ` (${state.status})` : "")),
-        h("thead", {}, h("tr", {}, ["Name", "Status", "Image", "CPU", "Memory", "Disk", "Labels", "Age", "Updated"].map((c) => h("th", { scope: "col" }, c)))),
+        h("thead", {}, h("tr", {}, ["Name", "Status", "Image", "CPU", "Memory", "Disk", "Labels", "Age", "Idle"].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, rows.map((s) => h("tr", { "data-id": s.id },
           h("td", {}, h("a", { href: `#/sandboxes/${s.id}` }, s.name)),
           h("td", {}, statusBadge(s.status)),
@@ -53,7 +53,7 @@ export function sandboxesPage(main) {
           h("td", {}, s.diskMB ? `${s.diskMB} MiB` : ""),
           h("td", {}, labelText(s.labels)),
           h("td", {}, age(s.createdAt)),
-          h("td", {}, s.updatedAt ? `${age(s.updatedAt)} ago` : "")))))));
+          h("td", {}, s.lastActivityAt ? age(s.lastActivityAt) : "")))))));
     }
     clear(pager,
       h("button", { class: "secondary", disabled: state.page <= 1, onclick: () => go(state.page - 1) }, "Previous"),

@@ -126,6 +126,13 @@ class SandboxPublic(WireModel):
     isolation: str = Field(
         "namespace", description="Extension: the driver that runs it (docs/isolation.md)."
     )
+    last_activity_at: datetime | None = Field(
+        None,
+        description=(
+            "Extension: the last data-plane call (exec, files, commands, PTY…); auto-sleep "
+            "counts idleness from it. Recorded in batches: up to a few seconds behind."
+        ),
+    )
     node_id: str | None = Field(
         None,
         description=(

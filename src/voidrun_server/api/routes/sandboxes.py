@@ -74,6 +74,7 @@ def public(
         if usage
         else None,
         isolation=row.isolation,
+        last_activity_at=row.last_activity_at,
         node_id=(row.node_id or None) if node else None,
     )
 
