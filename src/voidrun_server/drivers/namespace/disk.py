@@ -292,13 +292,13 @@ def detach_loop_devices(image: Path, deadline: float) -> None:
     autoclear, so asking again is harmless. A device bound after a crash between attach and
     mount (never mounted) is detached here directly. A device still bound after a moment is
     usually held by a copy of the mount in another process's mount namespace: those copies are
-    detached (``mountleaks.py``), once.
+    detached (``mountleaks.py``), and again every two seconds while the device stays bound
+    (another process may have copied the mount meanwhile: a server starting beside us).
     """
-    released = False
-    started = time.monotonic()
+    release_at = time.monotonic() + RELEASE_AFTER_SECONDS
     while devices := loop_devices_for(image):
-        if not released and time.monotonic() - started > RELEASE_AFTER_SECONDS:
-            released = True
+        if time.monotonic() > release_at:  # and again later: a new copy may have been made
+            release_at = time.monotonic() + RELEASE_AFTER_SECONDS * 10
             release_copies(devices)
         for dev_path in devices:
             try:
