@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.fleet import Fleet, NodeProcess
@@ -127,6 +128,37 @@ def test_streams_reach_the_node_through_either_replica(fleet: Fleet, via: int) -
             seen = []
             read_until(ws, "seen-me", seen)
         assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def ws_refused(url: str) -> int:
+    """The HTTP status that refused a WebSocket before the upgrade."""
+    try:
+        with connect(url, open_timeout=10, close_timeout=2):
+            pass
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    raise AssertionError(f"{url} opened")
+
+
+def test_watch_ticket_from_one_replica_is_taken_on_the_other_once(fleet: Fleet) -> None:
+    """No sticky sessions: the ticket lives in the database; single-use across replicas;
+    another org's caller gets 404 and does not use the ticket up."""
+    first, second = fleet.replicas
+    intruder_key = first.new_tenant("watch-intruders")
+    with first.client() as a:
+        box = str(data(a.post("/sandboxes", json={"name": "watch-shared"}))["id"])
+        ticket = data(a.post(f"/sandboxes/{box}/files/watch", json={"path": "/root"}))
+    path = f"/sandboxes/{box}/files/watch/{ticket['sessionId']}/stream"
+    intruder = f"ws://127.0.0.1:{second.port}/api{path}?apiKey={intruder_key}"
+    assert ws_refused(intruder) == 404
+    with connect(ws_url(second, path)) as ws, first.client() as writer:
+        data(writer.post(f"/sandboxes/{box}/exec", json={"command": "touch /root/across"}))
+        read_until(ws, "across", [])
+        # taken: neither replica hands it out again, even while the first stream is open
+        assert ws_refused(ws_url(first, path)) == 404
+        assert ws_refused(ws_url(second, path)) == 404
+    with first.client() as a:
+        assert a.delete(f"/sandboxes/{box}").status_code == 200
 
 
 def test_100mb_upload_and_download_through_different_replicas(fleet: Fleet) -> None:
