@@ -1,0 +1,65 @@
+"""What a node does beyond running sandboxes: a warm pool served through a replica, and the
+images it holds deciding placement (n3 is started with an empty images dir)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fleet import Fleet, NodeProcess
+
+pytestmark = pytest.mark.fleet
+EMPTY_IMAGES = Path("/var/tmp/voidrun-test-empty-images")
+NODE_ENV = {
+    "n1": {"VOIDRUN_WARM_POOL_SIZE": "1", "VOIDRUN_NODE_LABELS": '{"region": "warm"}'},
+    "n3": {"VOIDRUN_IMAGES_DIR": str(EMPTY_IMAGES), "VOIDRUN_NODE_LABELS": '{"region": "bare"}'},
+}
+EMPTY_IMAGES.mkdir(exist_ok=True)
+
+
+def data(response: httpx.Response) -> Any:
+    assert response.status_code in (200, 201), response.text
+    return response.json()["data"]
+
+
+def node(fleet: Fleet, node_id: str) -> NodeProcess:
+    return next(n for n in fleet.nodes if n.node_id == node_id)
+
+
+def sandbox_dirs(node: NodeProcess) -> set[str]:
+    return {p.name for p in node.state_dir.iterdir() if len(p.name) == 24}
+
+
+def wait_for_pool(node: NodeProcess, ready: int) -> dict[str, Any]:
+    for _ in range(1200):  # bounded by count, not by a time limit
+        pool: dict[str, Any] = node.health()["pool"]
+        if pool["ready"].get("namespace") == ready:
+            return pool
+        time.sleep(0.1)
+    raise AssertionError(f"the pool of {node.node_id} never had {ready} ready: {pool}")
+
+
+def test_a_create_through_a_replica_is_served_from_the_nodes_pool(fleet: Fleet) -> None:
+    warm_node = node(fleet, "n1")
+    assert wait_for_pool(warm_node, 1)["handedOut"] == 0
+    assert node(fleet, "n2").health()["pool"]["ready"] == {}  # pool size 0: none
+    pooled = sandbox_dirs(warm_node)
+    assert len(pooled) == 1
+    with fleet.replicas[1].client() as client:
+        box = data(client.post("/sandboxes", json={"name": "from-pool", "region": "warm"}))
+        assert box["id"] in pooled  # the warm sandbox, not a new one
+        out = data(client.post(f"/sandboxes/{box['id']}/exec", json={"command": "hostname"}))
+        assert out["stdout"].strip() == "from-pool"  # handed out: the caller's hostname
+    assert wait_for_pool(warm_node, 1)["handedOut"] == 1  # and the pool refilled
+    refill = sandbox_dirs(warm_node) - {box["id"]}
+    assert len(refill) == 1 and refill != pooled
+    with fleet.replicas[0].client() as client:
+        assert client.delete(f"/sandboxes/{box['id']}").status_code == 200
+    assert sandbox_dirs(warm_node) == refill
+    # a clean stop destroys what waits in the pool (last in this module: n1 stays down)
+    warm_node.stop()
+    assert sandbox_dirs(warm_node) == set()
