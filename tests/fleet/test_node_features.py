@@ -43,9 +43,32 @@ def wait_for_pool(node: NodeProcess, ready: int) -> dict[str, Any]:
     raise AssertionError(f"the pool of {node.node_id} never had {ready} ready: {pool}")
 
 
+def holder(fleet: Fleet, sandbox_id: str) -> str:
+    return next(n.node_id for n in fleet.nodes if (n.state_dir / sandbox_id).exists())
+
+
+def test_placement_skips_a_node_without_the_image(fleet: Fleet) -> None:
+    rows = {str(r["id"]): r for r in fleet.node_rows()}
+    assert rows["n3"]["images"] == [] and rows["n1"]["images"] and rows["n2"]["images"]
+    with fleet.replicas[0].client() as client:
+        image = client.get("/images/name/code").json()
+        assert image["id"] in rows["n2"]["images"]
+        boxes = [
+            str(data(client.post("/sandboxes", json={"name": f"img-{i}"}))["id"]) for i in range(6)
+        ]
+        assert "n3" not in {holder(fleet, box) for box in boxes}
+        # the only node of region "bare" lacks it: a clear 503 naming the image and the node
+        refused = client.post("/sandboxes", json={"name": "bare", "region": "bare"})
+        assert refused.status_code == 503, refused.text
+        body = refused.json()
+        assert "code:" in body["error"] and "n3" in body["details"], body
+        for box in boxes:
+            assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
 def test_a_create_through_a_replica_is_served_from_the_nodes_pool(fleet: Fleet) -> None:
     warm_node = node(fleet, "n1")
-    assert wait_for_pool(warm_node, 1)["handedOut"] == 0
+    handed_out = wait_for_pool(warm_node, 1)["handedOut"]
     assert node(fleet, "n2").health()["pool"]["ready"] == {}  # pool size 0: none
     pooled = sandbox_dirs(warm_node)
     assert len(pooled) == 1
@@ -54,7 +77,7 @@ def test_a_create_through_a_replica_is_served_from_the_nodes_pool(fleet: Fleet) 
         assert box["id"] in pooled  # the warm sandbox, not a new one
         out = data(client.post(f"/sandboxes/{box['id']}/exec", json={"command": "hostname"}))
         assert out["stdout"].strip() == "from-pool"  # handed out: the caller's hostname
-    assert wait_for_pool(warm_node, 1)["handedOut"] == 1  # and the pool refilled
+    assert wait_for_pool(warm_node, 1)["handedOut"] == handed_out + 1  # and the pool refilled
     refill = sandbox_dirs(warm_node) - {box["id"]}
     assert len(refill) == 1 and refill != pooled
     with fleet.replicas[0].client() as client:

@@ -37,6 +37,7 @@ from ..services.background import guarded
 from ..store import db
 from ..store.repos import nodes as repo
 from ..store.tables import Node
+from .holdings import held_images
 from .internal import NodeApi
 from .pools import NodePools
 from .tunnel import TunnelServer
@@ -109,7 +110,9 @@ def create_node_app(settings: Settings) -> Starlette:
                 if drivers is not None:
                     api.drivers = drivers
                     async with db.transaction(sessions) as session:
-                        await images.sync_system_images(session, settings.images_root)
+                        await images.sync_system_images(
+                            session, settings.images_root, deactivate=False
+                        )
                     group.start_soon(guarded, "sandbox network", drivers.serve_network)
                     await destroy_orphans(sessions, drivers, node_id)
                     # after the orphan sweep: pooled sandboxes have no row and look like orphans
@@ -175,6 +178,7 @@ async def register(
         labels=dict(settings.node_labels),
     )
     async with db.transaction(sessions) as session:
+        row.images = await held_images(session, settings.images_root)
         return await repo.register(session, row)
 
 
@@ -188,7 +192,8 @@ async def heartbeat_forever(
         await anyio.sleep(settings.node_heartbeat_seconds)
         try:
             async with db.transaction(sessions) as session:
-                mine = await repo.heartbeat(session, node_id, epoch)
+                held = await held_images(session, settings.images_root)
+                mine = await repo.heartbeat(session, node_id, epoch, held)
             if not mine:
                 log.error("node %s: the nodes row belongs to another process now", node_id)
         except Exception as exc:  # the database away for a moment: the next beat retries

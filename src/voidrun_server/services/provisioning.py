@@ -165,6 +165,7 @@ class Provisioner:
                             cpu=ask.request.cpu,
                             mem_mb=ask.request.mem,
                             region=ask.request.region,
+                            image=image,
                             skip=skip,
                         )
                     if plan is None:  # the quota allows it: boot (or hand out) while recording
