@@ -88,7 +88,7 @@ async def place(
     where = f" in region {region!r}" if region else ""
     if node is None and image is not None:
         ready = await repo.ready_in(session, suspect_after(settings), region)
-        lacking = [row.id for row in ready if image.id not in (row.images or ())]
+        lacking = [row.id for row in ready if row.images is not None and image.id not in row.images]
         if ready and len(lacking) == len(ready):
             raise ServiceUnavailableError(
                 f"No ready node{where} holds the image {image.name}:{image.tag}",

@@ -207,8 +207,9 @@ class Node(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     epoch: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
-    # the images this node holds ("name:tag"), refreshed at each heartbeat (placement)
-    images: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # ids of the images this node holds, refreshed at each heartbeat (placement); NULL: not
+    # reported (a node of an older version, during a rolling upgrade): assumed to hold all
+    images: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class WatchTicketRow(Base):

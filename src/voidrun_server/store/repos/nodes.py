@@ -147,7 +147,7 @@ async def place(
         ).scalars()
         if row.id not in skip
         and (not region or row.labels.get("region") == region)
-        and (image_id is None or image_id in (row.images or ()))
+        and (image_id is None or row.images is None or image_id in row.images)
     ]
     random.shuffle(rows)
     picked = sorted(rows[:sample], key=_load) + sorted(rows[sample:], key=_load)

@@ -36,7 +36,8 @@ def upgrade() -> None:
             batch_op.f("ix_watch_tickets_expires_at"), ["expires_at"], unique=False
         )
     with op.batch_alter_table("nodes", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("images", sa.JSON(), nullable=False, server_default="[]"))
+        # NULL: not reported yet (a node of an older version): placement assumes it holds all
+        batch_op.add_column(sa.Column("images", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
