@@ -3,6 +3,9 @@ images it holds deciding placement (n3 is started with an empty images dir)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +16,12 @@ import pytest
 from tests.support.fleet import Fleet, NodeProcess
 
 pytestmark = pytest.mark.fleet
-EMPTY_IMAGES = Path("/var/tmp/voidrun-test-empty-images")
+EMPTY_IMAGES = Path(tempfile.mkdtemp(prefix="voidrun-empty-images-"))
+atexit.register(shutil.rmtree, EMPTY_IMAGES, True)
 NODE_ENV = {
     "n1": {"VOIDRUN_WARM_POOL_SIZE": "1", "VOIDRUN_NODE_LABELS": '{"region": "warm"}'},
     "n3": {"VOIDRUN_IMAGES_DIR": str(EMPTY_IMAGES), "VOIDRUN_NODE_LABELS": '{"region": "bare"}'},
 }
-EMPTY_IMAGES.mkdir(exist_ok=True)
 
 
 def data(response: httpx.Response) -> Any:
