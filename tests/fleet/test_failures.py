@@ -142,9 +142,10 @@ def test_a_node_that_cannot_be_reached_is_skipped(fleet: Fleet) -> None:
     sql(
         fleet.database_url,
         "INSERT INTO nodes (id, url, tunnel, cpu, mem_mb, disk_mb, max_sandboxes, committed_cpu,"
-        " committed_mem_mb, sandbox_count, labels, state, last_heartbeat, epoch, started_at)"
+        " committed_mem_mb, sandbox_count, labels, state, last_heartbeat, epoch, started_at,"
+        " images)"  # it claims the images n1 holds (placement only picks holders)
         " VALUES ('ghost', $1, $2, 100000, 100000000, 1000000, 100000, 0, 0, 0, '{}', 'ready',"
-        " now(), 1, now())",
+        " now(), 1, now(), (SELECT images FROM nodes WHERE id = 'n1'))",
         f"http://127.0.0.1:{dead}",
         f"127.0.0.1:{dead}",
     )

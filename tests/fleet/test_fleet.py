@@ -6,11 +6,13 @@ node table's CLI. Failure handling (kill -9) is in ``test_failures.py``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import re
 import shutil
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,10 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.fleet import Fleet, NodeProcess
+from tests.support.fleet import Fleet, NodeProcess, sql
 from tests.support.server import ServerProcess
+from voidrun_server.services.locks import advisory_key
 
 pytestmark = pytest.mark.fleet
 
@@ -127,6 +131,37 @@ def test_streams_reach_the_node_through_either_replica(fleet: Fleet, via: int) -
             seen = []
             read_until(ws, "seen-me", seen)
         assert client.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def ws_refused(url: str) -> int:
+    """The HTTP status that refused a WebSocket before the upgrade."""
+    try:
+        with connect(url, open_timeout=10, close_timeout=2):
+            pass
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    raise AssertionError(f"{url} opened")
+
+
+def test_watch_ticket_from_one_replica_is_taken_on_the_other_once(fleet: Fleet) -> None:
+    """No sticky sessions: the ticket lives in the database; single-use across replicas;
+    another org's caller gets 404 and does not use the ticket up."""
+    first, second = fleet.replicas
+    intruder_key = first.new_tenant("watch-intruders")
+    with first.client() as a:
+        box = str(data(a.post("/sandboxes", json={"name": "watch-shared"}))["id"])
+        ticket = data(a.post(f"/sandboxes/{box}/files/watch", json={"path": "/root"}))
+    path = f"/sandboxes/{box}/files/watch/{ticket['sessionId']}/stream"
+    intruder = f"ws://127.0.0.1:{second.port}/api{path}?apiKey={intruder_key}"
+    assert ws_refused(intruder) == 404
+    with connect(ws_url(second, path)) as ws, first.client() as writer:
+        data(writer.post(f"/sandboxes/{box}/exec", json={"command": "touch /root/across"}))
+        read_until(ws, "across", [])
+        # taken: neither replica hands it out again, even while the first stream is open
+        assert ws_refused(ws_url(first, path)) == 404
+        assert ws_refused(ws_url(second, path)) == 404
+    with first.client() as a:
+        assert a.delete(f"/sandboxes/{box}").status_code == 200
 
 
 def test_100mb_upload_and_download_through_different_replicas(fleet: Fleet) -> None:
@@ -285,3 +320,78 @@ def test_lifecycle_verbs_through_different_replicas(fleet: Fleet) -> None:
         out = data(cb.post(f"/sandboxes/{box}/exec", json={"command": "cat /root/k"}))
         assert out["stdout"] == "kept\n"  # its disk stayed on its node
         assert cb.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def hold_advisory_lock(
+    database_url: str, key: int, taken: threading.Event, release: threading.Event
+) -> None:
+    """Take a session-level advisory lock on its own connection until ``release`` is set."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            taken.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait)
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def test_a_verb_waits_for_the_sandboxs_lock_held_elsewhere(fleet: Fleet) -> None:
+    """A pause through a replica waits while the sandbox's advisory lock is held by another
+    connection (as another replica's verb holds it); the data plane does not wait."""
+    first, second = fleet.replicas
+    with first.client() as a, second.client() as b:
+        box = str(data(a.post("/sandboxes", json={"name": "locked-verbs"}))["id"])
+        taken, release = threading.Event(), threading.Event()
+        holder = threading.Thread(
+            target=hold_advisory_lock,
+            args=(fleet.database_url, advisory_key(box), taken, release),
+        )
+        holder.start()
+        try:
+            assert taken.wait(30)
+            with ThreadPoolExecutor(1) as pool:
+                paused = pool.submit(a.post, f"/sandboxes/{box}/pause")
+                waiting = (
+                    "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                for _ in range(600):  # bounded by count: the replica's wait shows in pg_locks
+                    if sql(fleet.database_url, waiting)[0]["n"] > 0:
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise AssertionError("the pause never waited for the sandbox's lock")
+                assert not paused.done()
+                out = data(b.post(f"/sandboxes/{box}/exec", json={"command": "echo free"}))
+                assert out["stdout"] == "free\n"  # the data plane takes no lifecycle lock
+                release.set()
+                assert paused.result().status_code == 200
+        finally:
+            release.set()
+            holder.join()
+        assert data(b.get(f"/sandboxes/{box}"))["status"] == "paused"
+        assert b.delete(f"/sandboxes/{box}").status_code == 200
+
+
+def test_pause_and_delete_racing_through_two_replicas_are_serialised(fleet: Fleet) -> None:
+    """The sandbox's advisory lock (PostgreSQL) orders verbs of two replicas: whichever runs
+    second sees the first's outcome, so the delete always wins in the end, the pause never
+    fails on a sandbox destroyed under it, and nothing stays on the node."""
+    first, second = fleet.replicas
+    with first.client() as a, second.client() as b:
+        for round_ in range(6):
+            box = str(data(a.post("/sandboxes", json={"name": f"race-{round_}"}))["id"])
+            holder = _holder(fleet, box)
+            with ThreadPoolExecutor(2) as pool:
+                paused = pool.submit(a.post, f"/sandboxes/{box}/pause")
+                deleted = pool.submit(b.delete, f"/sandboxes/{box}")
+                pause, delete = paused.result(), deleted.result()
+            assert delete.status_code == 200, delete.text
+            assert pause.status_code < 500, pause.text
+            assert data(a.get(f"/sandboxes/{box}"))["status"] == "deleted"
+            assert not (holder.state_dir / box).exists()

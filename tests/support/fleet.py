@@ -45,6 +45,7 @@ def fleet_env(database_url: str, token: str) -> dict[str, str]:
         "VOIDRUN_NODE_SUSPECT_AFTER_MISSES": str(MISSES),
         "VOIDRUN_NODE_LOST_AFTER_SECONDS": str(LOST_AFTER),
         "VOIDRUN_AUTO_SLEEP_CHECK_INTERVAL_SECONDS": "1",
+        "VOIDRUN_WARM_POOL_SIZE": "0",  # a module's NODE_ENV turns a node's pool on
     }
 
 
@@ -105,6 +106,10 @@ class NodeProcess:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"node did not become healthy:\n{self.log()}")
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.url}/internal/v1/health", timeout=5).json()
+        return body
 
     def log(self) -> str:
         return (self.data_dir / "node.log").read_text(errors="replace")

@@ -81,7 +81,7 @@ class FakeServices:
     def download(self, *args: object) -> AbstractAsyncContextManager[Any]:
         return self._hold(Download("/root/f", 10, Quiet()))
 
-    def claim_watch(self, session_id: str, caller: Principal, sandbox_id: str) -> WatchTicket:
+    async def claim_watch(self, session_id: str, caller: Principal, sandbox_id: str) -> WatchTicket:
         return WatchTicket(caller.org_id, sandbox_id, "/root", False, True)
 
     def watch(self, *args: object) -> AbstractAsyncContextManager[Any]:

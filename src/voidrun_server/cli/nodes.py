@@ -77,6 +77,7 @@ def nodes_list(
                 "committedMemMb": row.committed_mem_mb,
                 "diskMb": row.disk_mb,
                 "labels": row.labels,
+                "images": row.images,
                 "epoch": row.epoch,
                 "lastHeartbeat": row.last_heartbeat.isoformat(),
                 "startedAt": row.started_at.isoformat(),

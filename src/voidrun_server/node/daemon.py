@@ -16,6 +16,8 @@ import shutil
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
@@ -28,12 +30,16 @@ from ..api import runtimes
 from ..config import Settings
 from ..drivers.base import DriverError
 from ..drivers.driverset import DriverSet
+from ..errors import InvalidInputError
 from ..services import images
+from ..services.agents import AgentPool
 from ..services.background import guarded
 from ..store import db
 from ..store.repos import nodes as repo
 from ..store.tables import Node
+from .holdings import held_images
 from .internal import NodeApi
+from .pools import NodePools
 from .tunnel import TunnelServer
 
 log = logging.getLogger(__name__)
@@ -104,9 +110,15 @@ def create_node_app(settings: Settings) -> Starlette:
                 if drivers is not None:
                     api.drivers = drivers
                     async with db.transaction(sessions) as session:
-                        await images.sync_system_images(session, settings.images_root)
+                        await images.sync_system_images(
+                            session, settings.images_root, deactivate=False
+                        )
                     group.start_soon(guarded, "sandbox network", drivers.serve_network)
                     await destroy_orphans(sessions, drivers, node_id)
+                    # after the orphan sweep: pooled sandboxes have no row and look like orphans
+                    agents = AgentPool(group, settings.sandbox_ready_timeout_seconds)
+                    api.pools = NodePools(settings, drivers, agents)
+                    api.pools.start(group, partial(default_rootfs, settings, sessions))
                     tunnel = TunnelServer(drivers, token)
                     started = anyio.Event()
                     group.start_soon(
@@ -126,11 +138,26 @@ def create_node_app(settings: Settings) -> Starlette:
                 try:
                     yield
                 finally:
+                    if api.pools is not None:
+                        await api.pools.drain()
+                        api.pools.agents.close_all()
                     group.cancel_scope.cancel()
         finally:
             await engine.dispose()
 
     return Starlette(routes=api.routes(), lifespan=lifespan)
+
+
+async def default_rootfs(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Path | None:
+    """The default image's root filesystem (what the warm pool starts), if it exists."""
+    async with sessions() as session:
+        try:
+            image = await images.resolve(session, "", settings.default_image)
+        except InvalidInputError:
+            return None
+    return Path(image.rootfs)
 
 
 async def register(
@@ -151,6 +178,7 @@ async def register(
         labels=dict(settings.node_labels),
     )
     async with db.transaction(sessions) as session:
+        row.images = await held_images(session, settings.images_root)
         return await repo.register(session, row)
 
 
@@ -164,7 +192,8 @@ async def heartbeat_forever(
         await anyio.sleep(settings.node_heartbeat_seconds)
         try:
             async with db.transaction(sessions) as session:
-                mine = await repo.heartbeat(session, node_id, epoch)
+                held = await held_images(session, settings.images_root)
+                mine = await repo.heartbeat(session, node_id, epoch, held)
             if not mine:
                 log.error("node %s: the nodes row belongs to another process now", node_id)
         except Exception as exc:  # the database away for a moment: the next beat retries

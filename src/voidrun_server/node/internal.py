@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -30,6 +31,7 @@ from ..drivers.base import (
 from ..drivers.driverset import DriverSet
 from ..drivers.remote import wire
 from ..errors import VoidRunError
+from .pools import NodePools
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -48,6 +50,7 @@ class NodeApi:
         self.drivers = drivers
         self.token = token
         self.unavailable = ""
+        self.pools: NodePools | None = None
 
     def routes(self) -> list[Route]:
         p = wire.PREFIX
@@ -55,6 +58,8 @@ class NodeApi:
         return [
             Route(f"{p}/health", self.health, methods=["GET"]),
             Route(f"{p}/sandboxes", guard(self.create), methods=["POST"]),
+            Route(f"{p}/pool/take", guard(self.take_warm), methods=["POST"]),
+            Route(f"{p}/sandboxes/{{id}}/handout", guard(self.hand_out), methods=["POST"]),
             Route(f"{p}/sandboxes/{{id}}", guard(self.inspect), methods=["GET"]),
             Route(f"{p}/sandboxes/{{id}}", guard(self.destroy), methods=["DELETE"]),
             Route(f"{p}/sandboxes/{{id}}/stats", guard(self.stats), methods=["GET"]),
@@ -65,9 +70,11 @@ class NodeApi:
 
     async def health(self, request: Request) -> Response:
         ok = self.drivers is not None
-        body = {"status": "ok" if ok else "unavailable", "node": self.node_id}
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "node": self.node_id}
         if not ok:
             body["reason"] = self.unavailable
+        if self.pools is not None:
+            body["pool"] = self.pools.status()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     def _guard(self, handler: Handler) -> Handler:
@@ -110,14 +117,38 @@ class NodeApi:
         spec = wire.spec_from_wire(await self._body(request))
         if not ids.is_id(spec.sandbox_id):
             raise ValueError("sandbox id")
-        info = await self._drivers.create(spec)
+        if self.pools is None:
+            info = await self._drivers.create(spec)
+        else:
+            with self.pools.serving(spec.isolation):  # the pool's refill waits for it
+                info = await self._drivers.create(spec)
         return JSONResponse(wire.info_to_wire(info), 201)
+
+    async def take_warm(self, request: Request) -> Response:
+        """The id of a warm sandbox of that image and disk size, taken for the caller (or
+        null); ``…/handout`` then makes it the caller's (``node/pools.py``)."""
+        body = await self._body(request)
+        taken = None
+        if self.pools is not None:
+            rootfs, disk_mb = Path(str(body["rootfs"])), int(body["diskMb"])
+            taken = self.pools.take(str(body.get("isolation") or ""), rootfs, disk_mb)
+        return JSONResponse({"sandboxId": taken})
+
+    async def hand_out(self, request: Request) -> Response:
+        spec = wire.spec_from_wire(await self._body(request))
+        if spec.sandbox_id != request.path_params["id"] or self.pools is None:
+            raise ValueError("sandbox id")
+        await self.pools.hand_out(spec)
+        info = await self._drivers.inspect(spec.sandbox_id)
+        return JSONResponse(wire.info_to_wire(info))
 
     async def inspect(self, request: Request) -> Response:
         info = await self._drivers.inspect(request.path_params["id"])
         return JSONResponse(wire.info_to_wire(info))
 
     async def destroy(self, request: Request) -> Response:
+        if self.pools is not None:
+            self.pools.forget(request.path_params["id"])
         await self._drivers.destroy(request.path_params["id"])
         return JSONResponse({})
 

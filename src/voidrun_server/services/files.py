@@ -31,7 +31,7 @@ from . import file_results as results
 from .accounts import Principal
 from .agents import Refusal, agent_text, outdated_agent
 from .file_results import ExecOutcome, Render
-from .file_watches import WatchRegistry, WatchTicket
+from .file_watches import WatchTicket, WatchTickets
 from .sandboxes import Running, SandboxService
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ async def _at_most(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[byt
 
 
 class FileService:
-    def __init__(self, sandboxes: SandboxService, watches: WatchRegistry) -> None:
+    def __init__(self, sandboxes: SandboxService, watches: WatchTickets) -> None:
         self.sandboxes = sandboxes
         self.watches = watches
 
@@ -236,10 +236,10 @@ class FileService:
             recursive=body.recursive is True,
             ignore_hidden=body.ignore_hidden is not False,
         )
-        return self.watches.add(ticket)
+        return await self.watches.add(ticket)
 
-    def claim_watch(self, session_id: str, caller: Principal, sandbox_id: str) -> WatchTicket:
-        return self.watches.claim(session_id, caller, sandbox_id)
+    async def claim_watch(self, session_id: str, caller: Principal, sandbox_id: str) -> WatchTicket:
+        return await self.watches.claim(session_id, caller, sandbox_id)
 
     @asynccontextmanager
     async def watch(

@@ -25,7 +25,7 @@ from ..drivers.remote.fleet import Fleet
 from ..errors import ServiceUnavailableError
 from ..store.db import transaction
 from ..store.repos import nodes as repo
-from ..store.tables import Sandbox
+from ..store.tables import Image, Sandbox
 from .lifecycle import Status
 
 if TYPE_CHECKING:
@@ -71,20 +71,31 @@ async def place(
     cpu: int,
     mem_mb: int,
     region: str,
+    image: Image | None = None,
     skip: Sequence[str] = (),
 ) -> str:
     """The node a new sandbox goes to, reserved in ``session``'s transaction; ``skip``: nodes
-    that just refused this create."""
+    that just refused this create; ``image``: only nodes that hold it."""
     node = await repo.place(
         session,
         cpu=cpu,
         mem_mb=mem_mb,
         fresh_within=suspect_after(settings),
         region=region,
+        image_id=image.id if image is not None else None,
         skip=skip,
     )
+    where = f" in region {region!r}" if region else ""
+    if node is None and image is not None:
+        ready = await repo.ready_in(session, suspect_after(settings), region)
+        lacking = [row.id for row in ready if row.images is not None and image.id not in row.images]
+        if ready and len(lacking) == len(ready):
+            raise ServiceUnavailableError(
+                f"No ready node{where} holds the image {image.name}:{image.tag}",
+                f"nodes without it: {', '.join(lacking)}; build or copy it into their "
+                "VOIDRUN_IMAGES_DIR (nodes report their images at each heartbeat)",
+            )
     if node is None:
-        where = f" in region {region!r}" if region else ""
         raise ServiceUnavailableError(
             "No node has room for this sandbox",
             f"every ready node{where} is full or silent; add a node or free some room",

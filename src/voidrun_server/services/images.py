@@ -23,8 +23,11 @@ SYSTEM_IMAGES: dict[str, str] = {"code": "1.0.0"}
 GIB = 1024**3
 
 
-async def sync_system_images(session: AsyncSession, root: Path) -> list[Image]:
-    """Upsert a row per built system image; deactivate rows whose files are gone."""
+async def sync_system_images(
+    session: AsyncSession, root: Path, *, deactivate: bool = True
+) -> list[Image]:
+    """Upsert a row per built system image; deactivate rows whose files are gone (not on a
+    node daemon: one node lacking an image does not take it from the others)."""
     existing = {(row.name, row.tag): row for row in await repo.system_images(session)}
     present: list[Image] = []
     for name, tag in SYSTEM_IMAGES.items():
@@ -48,7 +51,7 @@ async def sync_system_images(session: AsyncSession, root: Path) -> list[Image]:
         row.rootfs = str(built.rootfs)
         present.append(row)
     for (name, tag), row in existing.items():
-        if find_built_image(root, name, tag) is None and row.active:
+        if deactivate and find_built_image(root, name, tag) is None and row.active:
             log.warning("system image %s:%s has no files any more; deactivating it", name, tag)
             row.active = False
     await session.flush()

@@ -8,11 +8,14 @@ cancelled) removes it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 @dataclass
@@ -44,3 +47,24 @@ class KeyedLocks:
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
+
+
+def advisory_key(sandbox_id: str) -> int:
+    """The PostgreSQL advisory lock key (signed 64-bit) of one sandbox."""
+    digest = hashlib.sha256(b"voidrun sandbox " + sandbox_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@asynccontextmanager
+async def across_replicas(
+    sessions: async_sessionmaker[AsyncSession], sandbox_id: str
+) -> AsyncIterator[None]:
+    """Hold the sandbox's transaction-level advisory lock (PostgreSQL) while the body runs:
+    API replicas serialise one sandbox's lifecycle verbs as one process does with
+    :class:`KeyedLocks`. The lock's transaction holds one pooled connection meanwhile and
+    ends (releasing it) however the body ends."""
+    async with sessions() as session, session.begin():
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(sandbox_id)}
+        )
+        yield

@@ -112,6 +112,10 @@ class WarmPool:
         """A taken sandbox that was not handed out after all (the create's insert failed)."""
         self._ready.insert(0, warm)
 
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
     def has(self, rootfs: Path, disk_mb: int) -> bool:
         """Whether :meth:`take` would find one now."""
         return disk_mb == self.disk_mb and any(w.rootfs == rootfs for w in self._ready)

@@ -94,6 +94,7 @@ class _Plan:
     spec: SandboxSpec
     warm: Warm | None
     boot: _Boot | None = None
+    node_warm: bool = False  # a warm sandbox taken from its node's pool (fleet)
 
 
 class Provisioner:
@@ -164,6 +165,7 @@ class Provisioner:
                             cpu=ask.request.cpu,
                             mem_mb=ask.request.mem,
                             region=ask.request.region,
+                            image=image,
                             skip=skip,
                         )
                     if plan is None:  # the quota allows it: boot (or hand out) while recording
@@ -210,16 +212,19 @@ class Provisioner:
         hand-out in ``boots`` when this create boots now."""
         pool = self.service.pools.get(ask.isolation)
         warm = pool.take(Path(image.rootfs), ask.disk_mb) if pool is not None else None
-        if warm is None:  # a warm sandbox's disk exists: only a new one needs room
+        node_warm = await self._take_node_warm(node, ask, image)
+        if warm is None and node_warm is None:  # a warm sandbox's disk exists already
             await self.service.disk_floor.reserve_for_create(ask.disk_mb)
-        sandbox_id = warm.sandbox_id if warm is not None else ids.new_id()
+        sandbox_id = warm.sandbox_id if warm is not None else node_warm or ids.new_id()
         if node is not None and self.service.fleet is not None:
             self.service.fleet.place(sandbox_id, node)
-        plan = _Plan(image, self._spec(sandbox_id, ask, image), warm)
-        if warm is not None or ask.request.sync:
+        plan = _Plan(image, self._spec(sandbox_id, ask, image), warm, node_warm=bool(node_warm))
+        if warm is not None or plan.node_warm or ask.request.sync:
             job = (
                 partial(self._hand_out, pool, warm, plan.spec)
                 if pool is not None and warm is not None
+                else partial(self._node_hand_out, plan.spec)
+                if plan.node_warm
                 else partial(self._boot, plan.spec)
             )
             plan.boot = _Boot(sandbox_id, job)
@@ -235,10 +240,12 @@ class Provisioner:
             if boot is None:
                 if plan.warm is not None and pool is not None:
                     pool.give_back(plan.warm)  # untouched: another create may have it
+                if plan.node_warm:  # taken on its node: the node's pool refills
+                    await self._destroy_quietly(plan.spec.sandbox_id)
                 return
             boot.scope.cancel()
             await boot.done.wait()
-            if boot.finished or plan.warm is not None:  # it exists: undo it
+            if boot.finished or plan.warm is not None or plan.node_warm:  # it exists: undo it
                 await self._destroy_quietly(boot.sandbox_id)
 
     async def _hand_out(self, pool: WarmPool, warm: Warm, spec: SandboxSpec) -> None:
@@ -255,6 +262,22 @@ class Provisioner:
             network=spec.network if spec.network != default else None,
         )
         self.service._sockets[spec.sandbox_id] = warm.agent_socket
+
+    async def _take_node_warm(self, node: str | None, ask: _Ask, image: Image) -> str | None:
+        """On a fleet: a warm sandbox of the placed node's pool (``node/pools.py``), if any."""
+        fleet = self.service.fleet
+        if node is None or fleet is None or image.layers:
+            return None
+        try:
+            return await fleet.take_warm(node, ask.isolation, Path(image.rootfs), ask.disk_mb)
+        except DriverError as exc:  # a cold create follows (and meets the same node's answer)
+            log.warning("node %s: no warm sandbox taken: %s", node, exc)
+            return None
+
+    async def _node_hand_out(self, spec: SandboxSpec) -> None:
+        assert self.service.fleet is not None
+        info = await self.service.fleet.hand_out(spec)
+        self.service._sockets[spec.sandbox_id] = AgentSocket.of(info)
 
     def _spec(self, sandbox_id: str, ask: _Ask, image: Image) -> SandboxSpec:
         request = ask.request

@@ -17,8 +17,8 @@ recorded in memory and written in batches (``services/activity.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ from ..store.repos import sandboxes as repo
 from ..store.repos.quotas import Usage
 from ..store.tables import Sandbox
 from ..store.types import utcnow
-from . import networking, quotas
+from . import locks, networking, quotas
 from .accounts import Principal
 from .activity import ActivityLog
 from .agents import AgentPool, AgentSocket
@@ -117,6 +117,7 @@ class SandboxService:
         # VOIDRUN_ROLE=api: the driver places sandboxes on nodes (services/fleet.py); other
         # replicas change rows too, so the data plane reads the row on every call
         self.fleet = fleet
+        self.shared_database = settings.resolved_database_url.startswith("postgresql")
 
     def agent_violated(self, sandbox_id: str, reason: str) -> None:
         """The sandbox's agent broke the protocol (``AgentPool.on_violation``): stop the
@@ -160,6 +161,17 @@ class SandboxService:
     def lock(self, sandbox_id: str) -> AbstractAsyncContextManager[None]:
         """Serialises status changes of one sandbox (``services/locks.py``)."""
         return self.locks.hold(sandbox_id)
+
+    @asynccontextmanager
+    async def verb_lock(self, sandbox_id: str) -> AsyncIterator[None]:
+        """:meth:`lock`, and on an API replica on PostgreSQL the sandbox's advisory lock
+        too, so a verb through one replica and a verb through another wait for each other."""
+        async with self.lock(sandbox_id):
+            if self.fleet is None or not self.shared_database:
+                yield
+                return
+            async with locks.across_replicas(self.sessions, sandbox_id):
+                yield
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -276,7 +288,7 @@ class SandboxService:
     ) -> str:
         """Run an API verb (``lifecycle.TRANSITIONS``); returns the envelope's message."""
         await self.get(caller, sandbox_id)  # unknown ids: 404 before waiting for the lock
-        async with self.lock(sandbox_id):
+        async with self.verb_lock(sandbox_id):
             row = await self.get(caller, sandbox_id)
             action = step(verb, Status(row.status), sdk)
             if action is not None:
@@ -296,7 +308,7 @@ class SandboxService:
         if self.fleet is not None and row.status != Status.DELETED:
             await self.fleet.of(sandbox_id)  # 503 while its node is suspect or lost
         if row.status != Status.RUNNING:
-            async with self.lock(sandbox_id):
+            async with self.verb_lock(sandbox_id):
                 row = await self.get(caller, sandbox_id)
                 action = step(Verb.USE, Status(row.status))
                 if action is not None:
@@ -322,7 +334,7 @@ class SandboxService:
     async def idle_step(self, sandbox_id: str, verb: Verb) -> None:
         """An auto-sleep step (``Verb.IDLE_*``): applies only if the sandbox is still in a
         status the table allows it from (it may have changed since the scan)."""
-        async with self.lock(sandbox_id):
+        async with self.verb_lock(sandbox_id):
             async with self.sessions() as session:
                 row = await repo.get(session, sandbox_id)
             if row is None or not allows(verb, Status(row.status)):

@@ -207,6 +207,24 @@ class Node(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     epoch: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # ids of the images this node holds, refreshed at each heartbeat (placement); NULL: not
+    # reported (a node of an older version, during a rolling upgrade): assumed to hold all
+    images: Mapped[list[str] | None] = mapped_column(JSON)
+
+
+class WatchTicketRow(Base):
+    """A file-watch ticket (``POST …/files/watch``) waiting for its WebSocket, shared by API
+    replicas: any replica takes it (once) with ``DELETE … RETURNING``."""
+
+    __tablename__ = "watch_tickets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the UUID4 handed out
+    org_id: Mapped[str] = mapped_column(String(24), index=True)
+    sandbox_id: Mapped[str] = mapped_column(String(24))
+    path: Mapped[str] = mapped_column(Text)
+    recursive: Mapped[bool] = mapped_column(Boolean)
+    ignore_hidden: Mapped[bool] = mapped_column(Boolean)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 class Event(Base):

@@ -19,7 +19,7 @@ from ...schemas.files import (
     WatchRequest,
     WatchStarted,
 )
-from ...services.file_watches import WatchRegistry
+from ...services.file_watches import WatchTickets, tickets_for
 from ...services.files import FileService
 from .. import file_transfer as transfer
 from ..deps import Caller, Ctx
@@ -28,15 +28,16 @@ from ..streams import Owner
 router = APIRouter()
 
 
-async def watch_registry(connection: HTTPConnection) -> WatchRegistry:
+async def watch_registry(connection: HTTPConnection) -> WatchTickets:
     state = connection.app.state
-    registry: WatchRegistry | None = getattr(state, "file_watches", None)
+    registry: WatchTickets | None = getattr(state, "file_watches", None)
     if registry is None:
-        registry = state.file_watches = WatchRegistry()
+        ctx = state.ctx
+        registry = state.file_watches = tickets_for(ctx.settings, ctx.sessions)
     return registry
 
 
-Watches = Annotated[WatchRegistry, Depends(watch_registry)]
+Watches = Annotated[WatchTickets, Depends(watch_registry)]
 
 
 async def file_service(ctx: Ctx, watches: Watches) -> FileService:
@@ -92,7 +93,7 @@ async def watch_stream(
     owner: Owner,
 ) -> None:
     """One JSON FileEvent per text frame; client frames are read and discarded."""
-    ticket = files.claim_watch(session_id, caller, sandbox_id)
+    ticket = await files.claim_watch(session_id, caller, sandbox_id)
     async with owner.revocable(websocket, caller):
         events = await owner.enter(files.watch(caller, ticket))
         await transfer.forward_watch(websocket, events)

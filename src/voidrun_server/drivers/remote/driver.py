@@ -146,6 +146,17 @@ class RemoteDriver:
     async def recover(self) -> dict[str, SandboxInfo]:
         return {}  # a node re-adopts its own sandboxes; the replica holds none
 
+    # -- the node's warm pool (node/pools.py) ---------------------------------------------------
+
+    async def take_warm(self, isolation: str, rootfs: Path, disk_mb: int) -> str | None:
+        body = {"isolation": isolation, "rootfs": str(rootfs), "diskMb": disk_mb}
+        taken = (await self._call("POST", "/pool/take", body)).get("sandboxId")
+        return str(taken) if taken else None
+
+    async def hand_out(self, spec: SandboxSpec) -> SandboxInfo:
+        path = f"/sandboxes/{spec.sandbox_id}/handout"
+        return self._info(spec.sandbox_id, await self._call("POST", path, wire.spec_to_wire(spec)))
+
     # -- capabilities --------------------------------------------------------------------------
 
     async def pause(self, sandbox_id: str) -> None:

@@ -136,6 +136,20 @@ class Fleet:
     async def recover(self) -> dict[str, SandboxInfo]:
         return {}
 
+    async def take_warm(
+        self, node_id: str, isolation: str, rootfs: Path, disk_mb: int
+    ) -> str | None:
+        """A warm sandbox taken from ``node_id``'s pool (its id), or None."""
+        driver = await self.node(node_id)
+        try:
+            return await driver.take_warm(isolation, rootfs, disk_mb)
+        except NodeUnreachableError:
+            self.forget_node(node_id)
+            raise
+
+    async def hand_out(self, spec: SandboxSpec) -> SandboxInfo:
+        return await self._guard(spec.sandbox_id, lambda d: d.hand_out(spec))
+
     async def pause(self, sandbox_id: str) -> None:
         await self._guard(sandbox_id, lambda d: d.pause(sandbox_id))
 

@@ -40,7 +40,8 @@ async def register(session: AsyncSession, node: Node) -> int:
         node.state, node.last_heartbeat, node.started_at = READY, now, now
         session.add(node)
         return 1
-    for column in ("url", "tunnel", "cpu", "mem_mb", "disk_mb", "max_sandboxes", "labels"):
+    columns = ("url", "tunnel", "cpu", "mem_mb", "disk_mb", "max_sandboxes", "labels", "images")
+    for column in columns:
         setattr(row, column, getattr(node, column))
     row.epoch += 1
     row.state = DRAINING if row.state == DRAINING else READY
@@ -48,13 +49,18 @@ async def register(session: AsyncSession, node: Node) -> int:
     return row.epoch
 
 
-async def heartbeat(session: AsyncSession, node_id: str, epoch: int) -> bool:
-    """False when the row is another epoch's now (another process took the id over)."""
+async def heartbeat(
+    session: AsyncSession, node_id: str, epoch: int, images: list[str] | None = None
+) -> bool:
+    """False when the row is another epoch's now (another process took the id over);
+    ``images``: the ids of the images it holds now."""
     now = await db_now(session)
     row = await session.get(Node, node_id, with_for_update=True)
     if row is None or row.epoch != epoch:
         return False
     row.last_heartbeat = now
+    if images is not None and images != row.images:
+        row.images = images
     row.sandbox_count, row.committed_cpu, row.committed_mem_mb = await committed(session, node_id)
     if row.state in (SUSPECT, LOST):
         row.state = READY
@@ -122,13 +128,14 @@ async def place(
     mem_mb: int,
     fresh_within: float,
     region: str = "",
+    image_id: str | None = None,
     sample: int = 3,
     skip: Sequence[str] = (),
 ) -> Node | None:
     """Reserve room on a node for one sandbox, in the caller's transaction (which must insert
     the sandbox row with ``node_id`` before it commits): ready nodes with a fresh heartbeat
-    (and the region label, if asked), the least loaded of ``sample`` sampled first, each
-    checked again under its row lock. None: no node has room."""
+    (and the region label, if asked; holding ``image_id``, if given), the least loaded of
+    ``sample`` sampled first, each checked again under its row lock. None: no node has room."""
     now = await db_now(session)
     since = now - timedelta(seconds=fresh_within)
     rows = [
@@ -138,7 +145,9 @@ async def place(
                 select(Node).where(Node.state == READY, Node.last_heartbeat >= since)
             )
         ).scalars()
-        if row.id not in skip and (not region or row.labels.get("region") == region)
+        if row.id not in skip
+        and (not region or row.labels.get("region") == region)
+        and (image_id is None or row.images is None or image_id in row.images)
     ]
     random.shuffle(rows)
     picked = sorted(rows[:sample], key=_load) + sorted(rows[sample:], key=_load)
@@ -158,6 +167,14 @@ async def place(
         locked.committed_mem_mb = used_mem + mem_mb
         return locked
     return None
+
+
+async def ready_in(session: AsyncSession, fresh_within: float, region: str) -> list[Node]:
+    """Ready nodes with a fresh heartbeat (in ``region``, if given): for error messages."""
+    since = await db_now(session) - timedelta(seconds=fresh_within)
+    query = select(Node).where(Node.state == READY, Node.last_heartbeat >= since)
+    rows = (await session.execute(query.order_by(Node.id))).scalars()
+    return [row for row in rows if not region or row.labels.get("region") == region]
 
 
 async def node_of(session: AsyncSession, sandbox_id: str) -> str | None:
