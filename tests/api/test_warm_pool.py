@@ -57,7 +57,7 @@ def test_pooled_sandbox_gets_the_callers_identity(server: ServerProcess) -> None
         wait_for_pool(server, client, 2)
         pooled = pooled_dirs(server, client)
         for sid in pooled:  # the pool's own limits differ from what the caller asks for
-            before = read_limits(sandbox_cgroups(sid))
+            before = read_limits(sandbox_cgroups(sid, server.cgroup_parent))
             assert (before.cpu_quota_us, before.mem_bytes) != (2 * 100_000, 2048 << 20)
         box = create_sandbox(
             client, name="from-pool", cpu=2, mem=2048, envVars={"POOL_VAR": "mine"}
@@ -67,14 +67,14 @@ def test_pooled_sandbox_gets_the_callers_identity(server: ServerProcess) -> None
         assert "from-pool" in run(client, box["id"], "cat /etc/hosts")
         assert run(client, box["id"], "echo $POOL_VAR") == "mine\n"
         # the kernel enforces the caller's limits (the sandbox has no /sys: check from the host)
-        limits = read_limits(sandbox_cgroups(str(box["id"])))
+        limits = read_limits(sandbox_cgroups(str(box["id"]), server.cgroup_parent))
         assert (limits.cpu_quota_us, limits.cpu_period_us) == (2 * 100_000, 100_000)
         assert limits.mem_bytes == 2048 << 20 and limits.no_swap
         # identity and environment survive a stop/start (they were written to the record)
         client.post(f"/sandboxes/{box['id']}/stop")
         client.post(f"/sandboxes/{box['id']}/start")
         assert run(client, box["id"], "hostname; echo $POOL_VAR") == "from-pool\nmine\n"
-        restarted = read_limits(sandbox_cgroups(str(box["id"])))
+        restarted = read_limits(sandbox_cgroups(str(box["id"]), server.cgroup_parent))
         assert (restarted.cpu_quota_us, restarted.mem_bytes) == (2 * 100_000, 2048 << 20)
         wait_for_pool(server, client, 2)  # refilled
         listed = client.get("/sandboxes").json()["data"]
