@@ -142,6 +142,7 @@ class WarmPool:
 
     async def _refill_forever(self, default_rootfs: Callable[[], Awaitable[Path | None]]) -> None:
         while True:
+            await self._quiet.wait()  # not even its image lookup beside a caller's create
             rootfs = await default_rootfs()
             if rootfs is None:  # no image built yet: look again later
                 await anyio.sleep(RETRY_DELAY)
