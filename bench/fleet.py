@@ -2,8 +2,8 @@
 replica to a node daemon (control RPC + agent tunnel) against ``serve`` alone, and create
 throughput with 1, 2 and 3 nodes.
 
-Usage: .venv/bin/python bench/fleet.py [-n 40] [--execs 300] [--burst 24]   (root; PostgreSQL
-from VOIDRUN_TEST_POSTGRES_URL, else scripts/pg-test.sh starts one; builds the code image if
+Usage: .venv/bin/python bench/fleet.py [-n 40] [--execs 300] [--burst 24] [--pool 0]
+(root; PostgreSQL from VOIDRUN_TEST_POSTGRES_URL, else scripts/pg-test.sh starts one; builds the code image if
 missing). Both sides use their own fresh PostgreSQL database. Throughput: ``--burst``
 creates, 6 at a time, through one replica with only k nodes taking placements (the others
 drained), sandboxes per second; each burst is deleted before the next.
@@ -99,10 +99,13 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=40)
     parser.add_argument("--execs", type=int, default=300)
     parser.add_argument("--burst", type=int, default=24)
+    parser.add_argument("--pool", type=int, default=0, help="warm pool per server and node")
     args = parser.parse_args()
+    pool = str(args.pool)  # the same on both sides: cold creates compare with cold ones
     admin = postgres_url()
     results: dict[str, list[float]] = {}
-    with server(VOIDRUN_DATABASE_URL=new_database(admin)) as single, single.client() as client:
+    single_server = server(VOIDRUN_DATABASE_URL=new_database(admin), VOIDRUN_WARM_POOL_SIZE=pool)
+    with single_server as single, single.client() as client:
         results["create, all-in-one serve"] = creates(client, args.n)
         results["exec `true`, all-in-one serve"] = execs(client, args.execs)
     fleet = Fleet(new_database(admin), Path(tempfile.mkdtemp(prefix="voidrun-bench-fleet-")))
@@ -110,7 +113,7 @@ def main() -> None:
     try:
         replica = fleet.add_replica(VOIDRUN_LOG_LEVEL="warning", **QUOTAS)
         for name in ("n1", "n2", "n3"):
-            fleet.add_node(name, VOIDRUN_LOG_LEVEL="warning")
+            fleet.add_node(name, VOIDRUN_LOG_LEVEL="warning", VOIDRUN_WARM_POOL_SIZE=pool)
         with replica.client() as client:
             client.timeout = httpx.Timeout(120)
             results["create, replica -> node"] = creates(client, args.n)
