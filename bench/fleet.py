@@ -3,10 +3,11 @@ replica to a node daemon (control RPC + agent tunnel) against ``serve`` alone, a
 throughput with 1, 2 and 3 nodes.
 
 Usage: .venv/bin/python bench/fleet.py [-n 40] [--execs 300] [--burst 24] [--pool 0]
-(root; PostgreSQL from VOIDRUN_TEST_POSTGRES_URL, else scripts/pg-test.sh starts one; builds the code image if
-missing). Both sides use their own fresh PostgreSQL database. Throughput: ``--burst``
-creates, 6 at a time, through one replica with only k nodes taking placements (the others
-drained), sandboxes per second; each burst is deleted before the next.
+(root; PostgreSQL from VOIDRUN_TEST_POSTGRES_URL, else scripts/pg-test.sh starts one; builds
+the code image if missing). Both sides use their own fresh PostgreSQL database and the same
+warm pool size (default 0: cold creates on both). Throughput: ``--burst`` creates, 6 at a
+time, through one replica with only k nodes taking placements (the others drained), sandboxes
+per second; each burst is deleted before the next.
 """
 
 from __future__ import annotations
