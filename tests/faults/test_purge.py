@@ -21,7 +21,7 @@ def host_state(proc: ServerProcess, ids: list[str]) -> list[Leftover]:
     """Everything of this server on the host: below its data dir, its table and bridge, links
     routed into its subnet and its sandboxes' links and cgroups."""
     subnet = ipaddress.IPv4Network(proc.sandbox_subnet)
-    view = HostView.read()
+    view = HostView.read((proc.cgroup_parent,))
     return find(view, [proc.data_dir], [proc.state_dir.resolve()], [subnet], sandbox_ids=ids)
 
 

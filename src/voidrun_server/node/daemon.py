@@ -35,6 +35,7 @@ from ..services import images
 from ..services.agents import AgentPool
 from ..services.background import guarded
 from ..store import db
+from ..store.repos import images as images_repo
 from ..store.repos import nodes as repo
 from ..store.tables import Node
 from .holdings import held_images
@@ -178,7 +179,7 @@ async def register(
         labels=dict(settings.node_labels),
     )
     async with db.transaction(sessions) as session:
-        row.images = await held_images(session, settings.images_root)
+        row.images = await held_images(await images_repo.bootable(session), settings.images_root)
         return await repo.register(session, row)
 
 
@@ -192,7 +193,7 @@ async def heartbeat_forever(
         await anyio.sleep(settings.node_heartbeat_seconds)
         try:
             async with db.transaction(sessions) as session:
-                held = await held_images(session, settings.images_root)
+                held = await held_images(await images_repo.bootable(session), settings.images_root)
                 mine = await repo.heartbeat(session, node_id, epoch, held)
             if not mine:
                 log.error("node %s: the nodes row belongs to another process now", node_id)

@@ -13,16 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..images.manifest import find_built_image
-from ..store.tables import Image
+
+Row = tuple[str, str, str, bool, str, list[str]]  # id, name, tag, system, rootfs, layers
 
 
-def _held(
-    images_root: Path, rows: Sequence[tuple[str, str, str, bool, str, list[str]]]
-) -> list[str]:
+def _held(images_root: Path, rows: Sequence[Row]) -> list[str]:
     out: list[str] = []
     for image_id, name, tag, system, rootfs, layers in rows:
         if system:
@@ -33,13 +30,7 @@ def _held(
     return sorted(out)
 
 
-async def held_images(session: AsyncSession, images_root: Path) -> list[str]:
-    """Ids of the active, ready images this node can boot."""
-    query = select(Image.id, Image.name, Image.tag, Image.system, Image.rootfs, Image.layers).where(
-        Image.active.is_(True), Image.status == "ready"
-    )
-    rows = [
-        (str(i), str(n), str(t), bool(s), str(r or ""), list(layers or []))
-        for i, n, t, s, r, layers in (await session.execute(query)).all()
-    ]
+async def held_images(rows: Sequence[Row], images_root: Path) -> list[str]:
+    """Ids of the images of ``rows`` (the active, ready ones: ``repos.images.bootable``) this
+    node can boot."""
     return await anyio.to_thread.run_sync(_held, images_root, rows)

@@ -89,3 +89,15 @@ async def snapshots_over(session: AsyncSession, image_id: str) -> int:
     """Snapshot images whose layer lies directly over this image (they need its files)."""
     query = select(func.count()).select_from(Image).where(Image.parent_id == image_id)
     return int((await session.execute(query)).scalar_one())
+
+
+async def bootable(session: AsyncSession) -> list[tuple[str, str, str, bool, str, list[str]]]:
+    """(id, name, tag, system, rootfs, layers) of every active, ready image: what a node checks
+    it holds (``node/holdings.py``)."""
+    query = select(Image.id, Image.name, Image.tag, Image.system, Image.rootfs, Image.layers).where(
+        Image.active.is_(True), Image.status == "ready"
+    )
+    return [
+        (str(i), str(n), str(t), bool(s), str(r or ""), list(layers or []))
+        for i, n, t, s, r, layers in (await session.execute(query)).all()
+    ]
