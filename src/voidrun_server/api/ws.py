@@ -45,13 +45,16 @@ CLOSE_LIMIT = 5.0
 Typist = Callable[[str], Awaitable[None]]
 
 
+INPUT_FAILURE_GRACE = 2.0
+
+
 class _Outcome:
-    code = NORMAL
-    reason = "terminal closed"
+    def __init__(self) -> None:
+        self.code, self.reason, self.decided = NORMAL, "terminal closed", False
 
     def set(self, code: int, reason: str) -> None:
-        if self.code == NORMAL:  # the first cause wins
-            self.code, self.reason = code, reason[:120]
+        if not self.decided:  # the first cause wins
+            self.code, self.reason, self.decided = code, reason[:120], True
 
 
 async def bridge(websocket: WebSocket, output: LiveStream, type_in: Typist) -> None:
@@ -59,13 +62,21 @@ async def bridge(websocket: WebSocket, output: LiveStream, type_in: Typist) -> N
     await websocket.accept()
     outcome = _Outcome()
     async with anyio.create_task_group() as tasks:
+        output_done = anyio.Event()
 
         async def pump_output() -> None:
             await _send_output(websocket, output, outcome)
+            output_done.set()
             tasks.cancel_scope.cancel()
 
         async def pump_input() -> None:
-            await _receive_input(websocket, type_in, outcome)
+            failure = await _receive_input(websocket, type_in)
+            if failure is not None:
+                # Typing into a shell that has just exited fails: the output side, about to
+                # end with the exit code, says what happened; otherwise the failure does.
+                with anyio.move_on_after(INPUT_FAILURE_GRACE):
+                    await output_done.wait()
+                outcome.set(FAILED, failure)
             tasks.cancel_scope.cancel()
 
         tasks.start_soon(pump_output)
@@ -106,12 +117,13 @@ async def _send_output(websocket: WebSocket, output: LiveStream, outcome: _Outco
         pass  # the client went away mid-send
 
 
-async def _receive_input(websocket: WebSocket, type_in: Typist, outcome: _Outcome) -> None:
+async def _receive_input(websocket: WebSocket, type_in: Typist) -> str | None:
+    """Type what the client sends until it leaves (None) or typing fails (why)."""
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return
+                return None
             text = message.get("text")
             if text is None:
                 raw = message.get("bytes") or b""
@@ -119,6 +131,6 @@ async def _receive_input(websocket: WebSocket, type_in: Typist, outcome: _Outcom
             if text:
                 await type_in(text)
     except (VoidRunError, AgentError) as exc:
-        outcome.set(FAILED, str(exc))
+        return str(exc)
     except (WebSocketDisconnect, RuntimeError):
-        pass
+        return None
