@@ -74,16 +74,7 @@ class NodePools:
         if found is None:
             raise SandboxStateError("no warm sandbox of that id was taken", spec.sandbox_id)
         pool, warm = found
-        default = networking.default_policy(self.settings)
-        await pool.hand_out(
-            warm,
-            spec.sandbox_id,
-            hostname=spec.hostname,
-            cpu=spec.cpu,
-            mem_mb=spec.mem_mb,
-            env=dict(spec.env),
-            network=spec.network if spec.network != default else None,
-        )
+        await pool.hand_out_for(warm, spec, networking.default_policy(self.settings))
         self.handed_out += 1
 
     def forget(self, sandbox_id: str) -> None:

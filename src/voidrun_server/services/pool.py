@@ -204,6 +204,21 @@ class WarmPool:
                 ops.start_soon(partial(agent.write_file, durable=False), path, text.encode())
         await agent.exec("true", timeout=10)
 
+    async def hand_out_for(
+        self, warm: Warm, spec: SandboxSpec, default: NetworkPolicy | None
+    ) -> None:
+        """:meth:`hand_out` for a create's ``spec``. The warm sandbox was started under the
+        server's ``default`` egress policy: only another one is applied."""
+        await self.hand_out(
+            warm,
+            spec.sandbox_id,
+            hostname=spec.hostname,
+            cpu=spec.cpu,
+            mem_mb=spec.mem_mb,
+            env=dict(spec.env),
+            network=spec.network if spec.network != default else None,
+        )
+
     async def hand_out(
         self,
         warm: Warm,

@@ -251,16 +251,7 @@ class Provisioner:
     async def _hand_out(self, pool: WarmPool, warm: Warm, spec: SandboxSpec) -> None:
         """Make a warm-pool sandbox the caller's (``pool.hand_out``). It was started under
         the server's default egress policy: only another one is applied."""
-        default = networking.default_policy(self.service.settings)
-        await pool.hand_out(
-            warm,
-            spec.sandbox_id,
-            hostname=spec.hostname,
-            cpu=spec.cpu,
-            mem_mb=spec.mem_mb,
-            env=dict(spec.env),
-            network=spec.network if spec.network != default else None,
-        )
+        await pool.hand_out_for(warm, spec, networking.default_policy(self.service.settings))
         self.service._sockets[spec.sandbox_id] = warm.agent_socket
 
     async def _take_node_warm(self, node: str | None, ask: _Ask, image: Image) -> str | None:
