@@ -151,6 +151,10 @@ def test_below_the_floor_creates_and_uploads_are_507() -> None:
         with server.client() as client:
             body = assert_error(client.post("/sandboxes", json={"name": "more"}), 507)
             assert body["error"] == "Insufficient storage on the server"
+            # the refused create's transaction rolled back: the next create must not trip on
+            # what it had loaded (it was once remembered for guessing, and expired: a 500)
+            again = assert_error(client.post("/sandboxes", json={"name": "more"}), 507)
+            assert again["error"] == "Insufficient storage on the server"
             upload = client.post(
                 f"/sandboxes/{box}/files/upload", params={"path": "/root/f"}, content=b"x" * 1000
             )
