@@ -94,7 +94,7 @@ def create_node_app(settings: Settings) -> Starlette:
     if not token:
         raise ValueError("VOIDRUN_NODE_TOKEN is required for `voidrun-server node`")
     node_id = node_id_of(settings)
-    api = NodeApi(node_id, None, token)
+    api = NodeApi(node_id, None, token, settings.sandbox_ready_timeout_seconds)
     engine = db.create_engine(settings.resolved_database_url)
     sessions = db.session_factory(engine)
 

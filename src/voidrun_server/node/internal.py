@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import ids
+from ..agentclient import AgentError
 from ..drivers.base import (
     DriverError,
     DriverTimeoutError,
@@ -31,6 +32,7 @@ from ..drivers.base import (
 from ..drivers.driverset import DriverSet
 from ..drivers.remote import wire
 from ..errors import VoidRunError
+from ..services.agents import AgentSocket, handshake
 from .pools import NodePools
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,11 @@ STATUS: list[tuple[type[DriverError], int]] = [
 
 
 class NodeApi:
-    def __init__(self, node_id: str, drivers: DriverSet | None, token: str) -> None:
+    def __init__(
+        self, node_id: str, drivers: DriverSet | None, token: str, ready_timeout: float = 30.0
+    ) -> None:
         self.node_id = node_id
+        self.ready_timeout = ready_timeout
         self.drivers = drivers
         self.token = token
         self.unavailable = ""
@@ -122,6 +127,10 @@ class NodeApi:
         else:
             with self.pools.serving(spec.isolation):  # the pool's refill waits for it
                 info = await self._drivers.create(spec)
+        try:  # as the all-in-one server does before a create returns: the agent answers
+            await handshake(AgentSocket.of(info), self.ready_timeout)
+        except (AgentError, OSError) as exc:
+            raise DriverError("the new sandbox's agent did not answer", str(exc)) from exc
         return JSONResponse(wire.info_to_wire(info), 201)
 
     async def take_warm(self, request: Request) -> Response:

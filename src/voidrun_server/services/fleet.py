@@ -25,7 +25,7 @@ from ..drivers.remote.fleet import Fleet
 from ..errors import ServiceUnavailableError
 from ..store.db import transaction
 from ..store.repos import nodes as repo
-from ..store.tables import Image, Sandbox
+from ..store.tables import Image, Node, Sandbox
 from .lifecycle import Status
 
 if TYPE_CHECKING:
@@ -64,6 +64,47 @@ def build_fleet(settings: Settings, sessions: async_sessionmaker[AsyncSession]) 
     )
 
 
+GUESS_VIEW_SECONDS = 1.0
+
+
+class NodeGuesser:
+    """The node a create will most likely be placed on, from a view of the nodes table at most
+    :data:`GUESS_VIEW_SECONDS` old (one query a second, outside any create's transaction):
+    best of a few sampled by committed/total, counting this replica's own guesses since the
+    view was read. A create boots there while its transaction places it, and
+    ``repos.nodes.place`` tries that node first under its row lock, so a guess only decides
+    where to look first: capacity is still checked in the transaction."""
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._rows: list[Node] = []
+        self._read_at = -GUESS_VIEW_SECONDS
+        self._reading = anyio.Lock()
+
+    async def guess(
+        self, *, cpu: int, mem_mb: int, region: str, image: Image, skip: Sequence[str] = ()
+    ) -> str | None:
+        async with self._reading:
+            if anyio.current_time() - self._read_at >= GUESS_VIEW_SECONDS:
+                async with self._sessions() as session:
+                    self._rows = await repo.fresh(session, suspect_after(self._settings))
+                self._read_at = anyio.current_time()
+        rows = repo.candidates(self._rows, region=region, image_id=image.id, skip=skip)
+        for row in repo.least_loaded(rows):
+            if (
+                row.sandbox_count + 1 <= row.max_sandboxes
+                and row.committed_cpu + cpu <= row.cpu
+                and row.committed_mem_mb + mem_mb <= row.mem_mb
+            ):
+                # the view's copy only (detached from any session): later guesses see it
+                row.sandbox_count += 1
+                row.committed_cpu += cpu
+                row.committed_mem_mb += mem_mb
+                return row.id
+        return None
+
+
 async def place(
     session: AsyncSession,
     settings: Settings,
@@ -73,9 +114,11 @@ async def place(
     region: str,
     image: Image | None = None,
     skip: Sequence[str] = (),
+    prefer: str | None = None,
 ) -> str:
     """The node a new sandbox goes to, reserved in ``session``'s transaction; ``skip``: nodes
-    that just refused this create; ``image``: only nodes that hold it."""
+    that just refused this create; ``image``: only nodes that hold it; ``prefer``: the node
+    tried first (where the create already boots)."""
     node = await repo.place(
         session,
         cpu=cpu,
@@ -84,6 +127,7 @@ async def place(
         region=region,
         image_id=image.id if image is not None else None,
         skip=skip,
+        prefer=prefer,
     )
     where = f" in region {region!r}" if region else ""
     if node is None and image is not None:

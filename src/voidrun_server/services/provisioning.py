@@ -94,6 +94,7 @@ class _Plan:
     spec: SandboxSpec
     warm: Warm | None
     boot: _Boot | None = None
+    node: str | None = None  # the node it boots on (fleet)
     node_warm: bool = False  # a warm sandbox taken from its node's pool (fleet)
 
 
@@ -101,6 +102,8 @@ class Provisioner:
     def __init__(self, service: SandboxService) -> None:
         self.service = service
         self.guesses = Guesses()
+        fleet = service.fleet is not None
+        self.nodes = placement.NodeGuesser(service.settings, service.sessions) if fleet else None
 
     async def create(self, caller: Principal, body: SandboxCreate) -> Sandbox:
         request = validation.validate_create(
@@ -140,15 +143,14 @@ class Provisioner:
             try:
                 # Boot what the image name meant last time while the transaction checks it
                 # (services/speculation.py): the transaction's ~8 ms leave the critical path.
+                # On a fleet it boots on the node the placement will most likely pick.
                 fleet = self.service.fleet
-                # on a fleet the node is chosen in the transaction, so nothing boots before it
-                guess = None if fleet is not None else self.guesses.image(org, reference)
+                guess = self.guesses.image(org, reference)
                 if guess is not None and self._boots_now(ask, guess):
-                    plan = await self._plan(boots, ask, guess)
+                    plan = await self._speculate(boots, ask, guess, skip)
                 # one transaction: image, quota (org row locked first) and the new row
                 async with transaction(self.service.sessions) as session:
                     image = await images.resolve(session, org, reference)
-                    self.guesses.resolved(org, reference, image)
                     try:
                         await self.service.check_quota(session, org, wanted)
                     except QuotaExceededError:
@@ -167,7 +169,11 @@ class Provisioner:
                             region=ask.request.region,
                             image=image,
                             skip=skip,
+                            prefer=plan.node if plan is not None else None,
                         )
+                        if plan is not None and plan.node != node:  # its node is full now
+                            await self._undo(plan, ask)
+                            plan = None
                     if plan is None:  # the quota allows it: boot (or hand out) while recording
                         plan = await self._plan(boots, ask, image, node)
                     row = self._row(caller, ask, image, plan.spec)
@@ -182,6 +188,8 @@ class Provisioner:
         if failure is not None:
             raise failure
         assert plan is not None
+        # remembered once committed: a rolled-back transaction expires the rows it loaded
+        self.guesses.resolved(org, reference, plan.image)
         booting = plan.boot
         if booting is None:
             spec = plan.spec
@@ -205,6 +213,19 @@ class Provisioner:
         ready = pool is not None and pool.has(Path(image.rootfs), ask.disk_mb)
         return ask.request.sync or ready
 
+    async def _speculate(
+        self, boots: anyio.abc.TaskGroup, ask: _Ask, image: Image, skip: Sequence[str]
+    ) -> _Plan | None:
+        """The plan of a create that boots before its transaction answers (None: none does;
+        on a fleet, when no node looks like it has room)."""
+        if self.nodes is None:
+            return await self._plan(boots, ask, image)
+        request = ask.request
+        node = await self.nodes.guess(
+            cpu=request.cpu, mem_mb=request.mem, region=request.region, image=image, skip=skip
+        )
+        return await self._plan(boots, ask, image, node) if node is not None else None
+
     async def _plan(
         self, boots: anyio.abc.TaskGroup, ask: _Ask, image: Image, node: str | None = None
     ) -> _Plan:
@@ -218,7 +239,8 @@ class Provisioner:
         sandbox_id = warm.sandbox_id if warm is not None else node_warm or ids.new_id()
         if node is not None and self.service.fleet is not None:
             self.service.fleet.place(sandbox_id, node)
-        plan = _Plan(image, self._spec(sandbox_id, ask, image), warm, node_warm=bool(node_warm))
+        spec = self._spec(sandbox_id, ask, image)
+        plan = _Plan(image, spec, warm, node=node, node_warm=bool(node_warm))
         if warm is not None or plan.node_warm or ask.request.sync:
             job = (
                 partial(self._hand_out, pool, warm, plan.spec)
@@ -234,7 +256,8 @@ class Provisioner:
     async def _undo(self, plan: _Plan, ask: _Ask) -> None:
         """Throw a plan away: a warm sandbox not yet touched goes back to its pool; a boot or
         hand-out under way is cancelled (the driver undoes a create it was cancelled in) and
-        whatever it made is destroyed."""
+        whatever it made is destroyed. A node's create is not cancelled (the node would go on
+        with it): it is waited for, then destroyed."""
         with anyio.CancelScope(shield=True):
             boot, pool = plan.boot, self.service.pools.get(ask.isolation)
             if boot is None:
@@ -243,9 +266,11 @@ class Provisioner:
                 if plan.node_warm:  # taken on its node: the node's pool refills
                     await self._destroy_quietly(plan.spec.sandbox_id)
                 return
-            boot.scope.cancel()
+            if plan.node is None:
+                boot.scope.cancel()
             await boot.done.wait()
-            if boot.finished or plan.warm is not None or plan.node_warm:  # it exists: undo it
+            made = boot.finished or plan.warm is not None or plan.node is not None
+            if made or plan.node_warm:  # it exists (or may, on its node): undo it
                 await self._destroy_quietly(boot.sandbox_id)
 
     async def _hand_out(self, pool: WarmPool, warm: Warm, spec: SandboxSpec) -> None:
@@ -342,10 +367,22 @@ class Provisioner:
         try:
             with anyio.fail_after(seconds):
                 info = await self.service.driver.create(spec)
-                await self.service.agents.ping(spec.sandbox_id, AgentSocket.of(info))
+                socket = AgentSocket.of(info)
+                if info.tunnel is None:
+                    await self.service.agents.connect(spec.sandbox_id, socket)
         except TimeoutError:
             raise DeadlineExceededError("Sandbox did not start in time", f"{seconds:g}s") from None
-        self.service._sockets[spec.sandbox_id] = AgentSocket.of(info)
+        self.service._sockets[spec.sandbox_id] = socket
+        if info.tunnel is not None:  # its node saw the agent answer; the tunnel opens meanwhile
+            self.service.spawn(partial(self._open_tunnel, spec.sandbox_id, socket))
+
+    async def _open_tunnel(self, sandbox_id: str, socket: AgentSocket) -> None:
+        """The replica's connection to a new sandbox's agent, through its node's tunnel, made
+        after the create answered: the first exec finds it open (or opens it itself)."""
+        try:
+            await self.service.agents.connect(sandbox_id, socket)
+        except VoidRunError as exc:
+            log.info("sandbox %s: tunnel not opened after its create: %s", sandbox_id, exc)
 
     async def _boot_in_background(self, spec: SandboxSpec) -> None:
         async with self.service.lock(spec.sandbox_id):

@@ -111,13 +111,13 @@ class SandboxService:
         self.activity = ActivityLog(sessions, settings.pause_after_idle_seconds)
         self.image_users = ImageUsers(sessions)  # the image's User, per image id
         self.pools = dict(pools or {})  # warm pool per isolation
-        self.provisioner = Provisioner(self)
         self.starting = quotas.Reservations()
         self.disk_floor = disk_floor
         # VOIDRUN_ROLE=api: the driver places sandboxes on nodes (services/fleet.py); other
         # replicas change rows too, so the data plane reads the row on every call
         self.fleet = fleet
         self.shared_database = settings.resolved_database_url.startswith("postgresql")
+        self.provisioner = Provisioner(self)
 
     def agent_violated(self, sandbox_id: str, reason: str) -> None:
         """The sandbox's agent broke the protocol (``AgentPool.on_violation``): stop the
@@ -377,7 +377,7 @@ class SandboxService:
                     async with transaction(self.sessions) as session:
                         await self.check_quota(session, row.org_id, wanted, besides=sandbox_id)
                     info = await self._start(sandbox_id)
-                    await self.agents.ping(sandbox_id, AgentSocket.of(info))
+                    await self.agents.connect(sandbox_id, AgentSocket.of(info))
                     self._sockets[sandbox_id] = AgentSocket.of(info)
         except (UnsupportedByDriverError, DriverUnavailableError):
             raise  # the caller's mistake (400) or not now (503): nothing happened

@@ -34,6 +34,8 @@ __all__ = ["ADDRESS_TTL", "Fleet"]
 T = TypeVar("T")
 
 ADDRESS_TTL = 2.0
+# a node that had no warm sandbox for an image and size is not asked again for that long
+WARM_MISS_SECONDS = 1.0
 SERVING = ("ready", "draining")
 LocateSandbox = Callable[[str], Awaitable[str | None]]
 LocateNode = Callable[[str], Awaitable[NodeAddress | None]]
@@ -61,6 +63,7 @@ class Fleet:
         )
         self._node_of: dict[str, str] = {}
         self._nodes: dict[str, tuple[float, RemoteDriver]] = {}
+        self._warm_missed: dict[tuple[str, str, Path, int], float] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -139,13 +142,26 @@ class Fleet:
     async def take_warm(
         self, node_id: str, isolation: str, rootfs: Path, disk_mb: int
     ) -> str | None:
-        """A warm sandbox taken from ``node_id``'s pool (its id), or None."""
+        """A warm sandbox taken from ``node_id``'s pool (its id), or None. A node that had
+        none for that image and size is not asked again for :data:`WARM_MISS_SECONDS` (a
+        round trip a cold create would otherwise pay each time)."""
+        key = (node_id, isolation, rootfs, disk_mb)
+        missed = self._warm_missed.get(key)
+        if missed is not None and time.monotonic() - missed < WARM_MISS_SECONDS:
+            return None
         driver = await self.node(node_id)
         try:
-            return await driver.take_warm(isolation, rootfs, disk_mb)
+            taken = await driver.take_warm(isolation, rootfs, disk_mb)
         except NodeUnreachableError:
             self.forget_node(node_id)
             raise
+        if taken is None:
+            if len(self._warm_missed) > 4096:  # bounded: old entries go
+                self._warm_missed.clear()
+            self._warm_missed[key] = time.monotonic()
+        else:
+            self._warm_missed.pop(key, None)
+        return taken
 
     async def hand_out(self, spec: SandboxSpec) -> SandboxInfo:
         return await self._guard(spec.sandbox_id, lambda d: d.hand_out(spec))

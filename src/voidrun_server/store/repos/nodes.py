@@ -113,7 +113,7 @@ async def committed(session: AsyncSession, node_id: str) -> tuple[int, int, int]
     return int(count), int(cpu), int(mem)
 
 
-def _load(row: Node) -> float:
+def load(row: Node) -> float:
     return max(
         row.committed_cpu / max(row.cpu, 1),
         row.committed_mem_mb / max(row.mem_mb, 1),
@@ -131,26 +131,18 @@ async def place(
     image_id: str | None = None,
     sample: int = 3,
     skip: Sequence[str] = (),
+    prefer: str | None = None,
 ) -> Node | None:
     """Reserve room on a node for one sandbox, in the caller's transaction (which must insert
     the sandbox row with ``node_id`` before it commits): ready nodes with a fresh heartbeat
-    (and the region label, if asked; holding ``image_id``, if given), the least loaded of
-    ``sample`` sampled first, each checked again under its row lock. None: no node has room."""
-    now = await db_now(session)
-    since = now - timedelta(seconds=fresh_within)
-    rows = [
-        row
-        for row in (
-            await session.execute(
-                select(Node).where(Node.state == READY, Node.last_heartbeat >= since)
-            )
-        ).scalars()
-        if row.id not in skip
-        and (not region or row.labels.get("region") == region)
-        and (image_id is None or row.images is None or image_id in row.images)
-    ]
-    random.shuffle(rows)
-    picked = sorted(rows[:sample], key=_load) + sorted(rows[sample:], key=_load)
+    (and the region label, if asked; holding ``image_id``, if given), ``prefer`` first (the
+    node a create already started booting on), then the least loaded of ``sample`` sampled,
+    each checked again under its row lock. None: no node has room."""
+    rows = candidates(
+        await fresh(session, fresh_within), region=region, image_id=image_id, skip=skip
+    )
+    picked = least_loaded(rows, sample)
+    picked.sort(key=lambda row: row.id != prefer)  # stable: the rest keep their order
     for candidate in picked:
         locked = await session.get(Node, candidate.id, with_for_update=True, populate_existing=True)
         if locked is None or locked.state != READY:
@@ -169,11 +161,36 @@ async def place(
     return None
 
 
-async def ready_in(session: AsyncSession, fresh_within: float, region: str) -> list[Node]:
-    """Ready nodes with a fresh heartbeat (in ``region``, if given): for error messages."""
+def candidates(
+    rows: Sequence[Node], *, region: str, image_id: str | None, skip: Sequence[str] = ()
+) -> list[Node]:
+    """The nodes of ``rows`` a sandbox could go to (region label, image held, not skipped)."""
+    return [
+        row
+        for row in rows
+        if row.id not in skip
+        and (not region or row.labels.get("region") == region)
+        and (image_id is None or row.images is None or image_id in row.images)
+    ]
+
+
+def least_loaded(rows: Sequence[Node], sample: int = 3) -> list[Node]:
+    """Best of ``sample`` sampled by committed/total first, then the others by load."""
+    shuffled = list(rows)
+    random.shuffle(shuffled)
+    return sorted(shuffled[:sample], key=load) + sorted(shuffled[sample:], key=load)
+
+
+async def fresh(session: AsyncSession, fresh_within: float) -> list[Node]:
+    """Ready nodes that heartbeat within the last ``fresh_within`` seconds, by id."""
     since = await db_now(session) - timedelta(seconds=fresh_within)
     query = select(Node).where(Node.state == READY, Node.last_heartbeat >= since)
-    rows = (await session.execute(query.order_by(Node.id))).scalars()
+    return list((await session.execute(query.order_by(Node.id))).scalars())
+
+
+async def ready_in(session: AsyncSession, fresh_within: float, region: str) -> list[Node]:
+    """Ready nodes with a fresh heartbeat (in ``region``, if given): for error messages."""
+    rows = await fresh(session, fresh_within)
     return [row for row in rows if not region or row.labels.get("region") == region]
 
 
