@@ -322,6 +322,26 @@ def test_lifecycle_verbs_through_different_replicas(fleet: Fleet) -> None:
         assert cb.delete(f"/sandboxes/{box}").status_code == 200
 
 
+def test_a_replicas_cached_row_follows_changes_made_through_the_other(fleet: Fleet) -> None:
+    """A replica serves execs from the row it read last while the database still holds it
+    (services/row_versions.py): a pause, a delete through the other replica is seen at once."""
+    a, b = fleet.replicas
+    with a.client() as ca, b.client() as cb:
+        box = data(ca.post("/sandboxes", json={"name": "cached"}))["id"]
+        for _ in range(3):  # b reads the row, then serves it from memory
+            assert (
+                data(cb.post(f"/sandboxes/{box}/exec", json={"command": "true"}))["exitCode"] == 0
+            )
+        assert ca.post(f"/sandboxes/{box}/pause").status_code == 200
+        woke = data(cb.post(f"/sandboxes/{box}/exec", json={"command": "echo up"}))
+        assert woke["stdout"] == "up\n"  # b saw the pause and resumed it on its node
+        assert data(ca.get(f"/sandboxes/{box}"))["status"] == "running"
+        assert data(cb.post(f"/sandboxes/{box}/exec", json={"command": "true"}))["exitCode"] == 0
+        assert ca.delete(f"/sandboxes/{box}").status_code == 200
+        gone = cb.post(f"/sandboxes/{box}/exec", json={"command": "true"})
+        assert gone.status_code in (404, 409), gone.text
+
+
 def hold_advisory_lock(
     database_url: str, key: int, taken: threading.Event, release: threading.Event
 ) -> None:

@@ -141,6 +141,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                             await pool.drain()
                         if ctx.sandboxes.fleet is not None:
                             await ctx.sandboxes.fleet.aclose()
+                        if ctx.sandboxes.row_versions is not None:
+                            await ctx.sandboxes.row_versions.close()
                     ctx.sandboxes = None
                     if agents is not None:
                         agents.close_all()

@@ -54,10 +54,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.engine import make_url
 
+from ..store.direct import DirectPostgres, postgres_dsn
 from ..store.types import utcnow
 from .accounts import Principal
 
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 EPOCH_QUERY = "SELECT epoch FROM key_epoch WHERE id = 1"
 DEFAULT_SIZE = 10_000
-RECONNECT_AFTER = 1.0
+RECONNECT_AFTER = 1.0  # the SQLite reader's; store/direct.py has PostgreSQL's
 
 
 class EpochSource(Protocol):
@@ -217,17 +218,15 @@ class SqliteEpoch:
 
 
 class PostgresEpoch:
-    """The epoch from an asyncpg connection of its own, reads shared (see module doc)."""
+    """The epoch from an asyncpg connection of its own (``store/direct.py``), reads shared
+    (see module doc)."""
 
     def __init__(self, dsn: str, connect_timeout: float = 5.0) -> None:
-        self.dsn = dsn
-        self.connect_timeout = connect_timeout
-        self._conn: Any = None
+        self._direct = DirectPostgres(dsn, "key epoch", connect_timeout)
         self._lock = asyncio.Lock()
         self._started = 0  # reads started so far
         self._finished = 0  # number of the newest read that finished
         self._value: int | None = None
-        self._failed_at = 0.0
 
     async def read(self) -> int | None:
         arrived = self._started
@@ -236,33 +235,13 @@ class PostgresEpoch:
                 return self._value  # a read that started after we arrived just finished
             self._started += 1
             number = self._started
-            self._value = await self._query()
+            row = await self._direct.fetchrow(EPOCH_QUERY)
+            self._value = None if row is None or row[0] is None else int(row[0])
             self._finished = number
             return self._value
 
-    async def _query(self) -> int | None:
-        import asyncpg  # type: ignore[import-untyped]  # only with PostgreSQL
-
-        try:
-            if self._conn is None or self._conn.is_closed():
-                if time.monotonic() - self._failed_at < RECONNECT_AFTER:
-                    return None
-                self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-            value = await self._conn.fetchval(EPOCH_QUERY, timeout=self.connect_timeout)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("key epoch: %s (authenticating through the database)", exc)
-            self._failed_at = time.monotonic()
-            await self.close()
-            return None
-        return None if value is None else int(value)
-
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close(timeout=1)
-            except Exception:  # already broken
-                conn.terminate()
+        await self._direct.close()
 
 
 def source_for(url: str) -> EpochSource | None:
@@ -273,7 +252,5 @@ def source_for(url: str) -> EpochSource | None:
         if not database or database == ":memory:":
             return None
         return SqliteEpoch(database)
-    if parsed.get_backend_name() == "postgresql":
-        dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-        return PostgresEpoch(dsn)
-    return None
+    dsn = postgres_dsn(url)
+    return PostgresEpoch(dsn) if dsn is not None else None

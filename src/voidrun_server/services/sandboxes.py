@@ -58,6 +58,7 @@ from .lifecycle import MESSAGES, RESULT, Action, Status, Verb, allows, step
 from .locks import KeyedLocks
 from .pool import WarmPool
 from .provisioning import Provisioner, describe
+from .row_versions import row_versions_for
 from .storage import DiskFloor
 from .validation import validate_ports
 
@@ -117,6 +118,9 @@ class SandboxService:
         # replicas change rows too, so the data plane reads the row on every call
         self.fleet = fleet
         self.shared_database = settings.resolved_database_url.startswith("postgresql")
+        # ... but its cached rows can be checked in one cheap read (services/row_versions.py)
+        url = settings.resolved_database_url
+        self.row_versions = row_versions_for(url) if fleet is not None else None
         self.provisioner = Provisioner(self)
 
     def agent_violated(self, sandbox_id: str, reason: str) -> None:
@@ -297,10 +301,10 @@ class SandboxService:
 
     async def ensure_running(self, caller: Principal, sandbox_id: str) -> Running:
         """For data-plane calls: wake a paused/stopped sandbox, refresh its activity time."""
-        live = self._live.get(sandbox_id) if self.fleet is None else None
+        live = self._live.get(sandbox_id)
         if live is not None and live.org_id == caller.org_id:
             socket = self._sockets.get(sandbox_id)
-            if socket is not None:
+            if socket is not None and await self._still_live(live):
                 self.activity.record(sandbox_id)
                 return Running(row=live, agent_socket=socket)
         changes = self._changes
@@ -321,6 +325,17 @@ class SandboxService:
         if changes == self._changes and row.status == Status.RUNNING:
             self._live[sandbox_id] = row
         return Running(row=row, agent_socket=socket)
+
+    async def _still_live(self, row: Sandbox) -> bool:
+        """A cached running row may serve this call: always here alone; on a fleet when the
+        database still holds it (another replica may have changed it) and its node serves."""
+        if self.fleet is None:
+            return True
+        if self.row_versions is None or not await self.row_versions.still_running(row):
+            self._live.pop(row.id, None)  # changed (or unknown): read again, cached again
+            return False
+        await self.fleet.of(row.id)  # 503 while its node is suspect or lost
+        return True
 
     async def agent_socket(self, sandbox_id: str) -> AgentSocket:
         """The agent socket of a sandbox the caller already made sure is running (cached as
