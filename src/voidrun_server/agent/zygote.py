@@ -8,21 +8,24 @@ op family are already loaded (shared copy-on-write with this process, so an idle
 memory is what it wrote since the fork).
 
 The child is born in the sandbox's PID namespace (the zygote points its children's PID
-namespace there with ``setns`` before forking), then, before running a single line of agent
-code, it moves itself into the sandbox's cgroups, joins the network, UTS, IPC, cgroup, mount and
-user namespaces (in that order: the network namespace belongs to the host's user namespace),
-becomes the namespace's root, keeps only the capability set bwrap gives the sandbox (bounding,
-permitted, effective; nothing inheritable or ambient), sets no_new_privs, loads the sandbox's
-seccomp filter (last: it denies ``setns``), starts a new session and closes every descriptor but
-its log and the sandbox's life line. A failure at any step ends the child before it could run
-agent code, with the reason in the sandbox's log.
+namespace there with ``setns`` before forking; the driver asks as soon as bwrap has made that
+namespace, while bwrap still builds the sandbox's mounts), then, before running a single line
+of agent code, it moves itself into the sandbox's cgroups, waits for the holder's echo (bwrap
+has finished the mounts and exec'd the sandbox's PID 1), joins the network, UTS, IPC, cgroup,
+mount and user namespaces (in that order: the network namespace belongs to the host's user
+namespace), becomes the namespace's root, keeps only the capability set bwrap gives the
+sandbox (bounding, permitted, effective; nothing inheritable or ambient), sets no_new_privs,
+loads the sandbox's seccomp filter (last: it denies ``setns``), starts a new session and closes
+every descriptor but its log and the sandbox's life line. A failure at any step ends the child
+before it could run agent code, with the reason in the sandbox's log.
 
 The life line: bwrap's PID 1 is ``cat`` reading a pipe whose only writer is the agent. When the
 agent dies, ``cat`` reads EOF and exits, and the kernel ends every process of the PID namespace:
 the sandbox lives exactly as long as its agent, as it did when the agent was PID 1.
 
-Protocol (a SOCK_SEQPACKET pair with the driver): each request is one JSON object with two
-descriptors attached (the life line's write end, the log file); the answer is one JSON object,
+Protocol (a SOCK_SEQPACKET pair with the driver): each request is one JSON object with three
+descriptors attached (the life line's write end, the log file, the read end of the holder's
+echo); the answer is one JSON object,
 ``{"pid": N}`` (the child's host pid) or ``{"error": "..."}``. Requests are served one at a
 time; a fork costs about a millisecond.
 
@@ -119,12 +122,15 @@ class _Native:
         )
 
 
-def _enter(native: _Native, request: Dict[str, Any], life: int) -> None:
+def _enter(native: _Native, request: Dict[str, Any], life: int, ready: int) -> None:
     """In the forked child: become the sandbox's root inside all its namespaces."""
     os.setgroups([])
     for path in request["cgroups"]:  # "0": the writer moves itself (v1 `tasks`, v2 procs)
         with open(path, "w") as fh:
             fh.write("0")
+    if not os.read(ready, 1):  # blocks until the holder runs: the namespaces are complete
+        raise SetupError("bubblewrap exited before starting the sandbox")
+    os.close(ready)
     pid = int(request["init"])
     fds = [(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag, name)
            for name, flag in _NAMESPACES]  # fmt: skip
@@ -151,7 +157,7 @@ def _start_time(pid: int) -> int:
 
 def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
     """Never returns: runs the agent, or exits 111 after printing why it could not."""
-    life, log = fds
+    life, log, ready = fds
     code = 111
     try:
         os.dup2(log, 1)
@@ -161,7 +167,7 @@ def _child(request: Dict[str, Any], fds: List[int], native: _Native) -> None:
         os.close(null)
         os.close(log)
         native.libc.prctl(_PR_SET_NAME, b"voidrun-agent", 0, 0, 0)
-        _enter(native, request, life)
+        _enter(native, request, life, ready)
         _relocate(request["paths"])
         os.environ.clear()
         os.environ.update(request["environ"])
@@ -296,8 +302,8 @@ def serve(sock_fd: int, seccomp_path: str, keep: int) -> int:
         if not msg:
             return 0
         try:
-            if len(fds) != 2:
-                raise SetupError(f"expected 2 descriptors, got {len(fds)}")
+            if len(fds) != 3:
+                raise SetupError(f"expected 3 descriptors, got {len(fds)}")
             request = json.loads(msg)
             pidns = os.open(f"/proc/{int(request['init'])}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:

@@ -307,10 +307,10 @@ class SandboxHost:
                 "paths": list(zygote.config.sys_path),
             }
 
-            def join(init: ProcessRef, life: int, log: int, deadline: float) -> int:
+            def join(init: ProcessRef, life: int, log: int, ready: int, deadline: float) -> int:
                 assert zygote is not None
                 ask = {**request, "init": init.pid, "init_start": init.start_time}
-                return zygote.fork_agent(ask, (life, log), deadline)
+                return zygote.fork_agent(ask, (life, log, ready), deadline)
 
         def build(fds: BwrapFds) -> list[str]:
             return bwrap_argv(

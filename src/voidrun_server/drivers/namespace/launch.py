@@ -105,9 +105,12 @@ def disable_core_dumps() -> None:
 
 class AgentJoin(Protocol):
     """Forks the agent into the namespaces of the sandbox whose PID 1 is ``init`` (the
-    zygote, ``zygote.py``); ``life`` and ``log`` are handed to the agent."""
+    zygote, ``zygote.py``); ``life`` and ``log`` are handed to the agent, and ``ready``, which
+    the child reads one byte from before it joins the namespaces (the holder's echo)."""
 
-    def __call__(self, init: ProcessRef, life: int, log: int, deadline: float) -> int: ...
+    def __call__(
+        self, init: ProcessRef, life: int, log: int, ready: int, deadline: float
+    ) -> int: ...
 
 
 def launch(
@@ -127,9 +130,11 @@ def launch(
     """Start bwrap, place the sandbox, release it. Blocking: call from a worker thread.
 
     With ``join``, bwrap's payload is the life-line holder (``cat`` on a pipe): it echoes one
-    byte once it runs, which means bwrap has finished the sandbox's mounts, and then ``join``
-    puts the agent in. On failure every process started here is killed and reaped before the
-    error propagates.
+    byte once it runs, which means bwrap has finished the sandbox's mounts. ``join`` forks the
+    agent as soon as the sandbox's PID namespace exists, i.e. while bwrap still builds the
+    mounts: the child moves into the cgroups meanwhile and reads the echo itself before it
+    joins the other namespaces (fork and cgroup moves leave the critical path). On failure
+    every process started here is killed and reaped before the error propagates.
     """
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
@@ -186,8 +191,7 @@ def launch(
             raise DriverError("bubblewrap died during setup")
         os.write(block_w, b"1")
         if join is not None and life is not None and echo is not None:
-            _read_exactly_one(echo[0], deadline)
-            join(child, life[1], log_fd, deadline)
+            join(child, life[1], log_fd, echo[0], deadline)
         return Launched(monitor=monitor, init=child)
     except BaseException:
         if child is not None:
@@ -201,17 +205,3 @@ def launch(
     finally:
         for fd in ours:
             os.close(fd)
-
-
-def _read_exactly_one(fd: int, deadline: float) -> None:
-    """The holder's echo: bwrap exec'd it, so the sandbox's mounts are complete."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DriverTimeoutError("the sandbox did not start in time")
-        if poller.poll(remaining * 1000):
-            if not os.read(fd, 1):
-                raise DriverError("bubblewrap exited before starting the sandbox")
-            return

@@ -97,9 +97,12 @@ class Zygote:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
 
-    def fork_agent(self, request: dict[str, Any], fds: tuple[int, int], deadline: float) -> int:
-        """The new agent's host pid. ``fds``: the life line's write end and the log file
-        (the child keeps them; the caller still closes its own copies). Blocking."""
+    def fork_agent(
+        self, request: dict[str, Any], fds: tuple[int, int, int], deadline: float
+    ) -> int:
+        """The new agent's host pid. ``fds``: the life line's write end, the log file and
+        the holder's echo (the child keeps them; the caller still closes its own copies).
+        Blocking."""
         payload = json.dumps(request).encode()
         with self._lock:
             sock = self._ensure()
