@@ -74,7 +74,9 @@ def test_two_replicas_racing_never_overcommit_a_node(fleet: Fleet) -> None:
         made = [r.json()["data"]["id"] for r in answers if r.status_code == 201]
         refused = [r for r in answers if r.status_code != 201]
         assert len(made) == 4, [r.text for r in refused]  # n3 holds 4
-        assert all(r.status_code == 503 for r in refused), [(r.status_code, r.text) for r in refused]
+        assert all(r.status_code == 503 for r in refused), [
+            (r.status_code, r.text) for r in refused
+        ]
         assert all(holder(fleet, box) is fleet.nodes[2] for box in made)
         assert node_row(fleet, "n3")["sandboxes"] == 4
     finally:
