@@ -80,6 +80,9 @@ class AgentsThatAnswer(AgentPool):
     async def ping(self, sandbox_id: str, socket: AgentSocket) -> None:
         pass
 
+    async def connect(self, sandbox_id: str, socket: AgentSocket) -> None:
+        pass
+
 
 Database = tuple[async_sessionmaker[AsyncSession], Principal]
 
