@@ -35,6 +35,8 @@ class LeakGuard:
             self.failed = hostleaks.clean_up()
             if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if not self.failed:
+            hostleaks.remove_cgroup_parents()
         if hostleaks.run_state_parent.cache_info().currsize and not self.failed:
             shutil.rmtree(hostleaks.run_state_parent(), ignore_errors=True)
 
