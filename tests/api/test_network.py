@@ -9,9 +9,11 @@ Refused connections are rejected at once, so the probes' short timeouts only bou
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import secrets
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,6 +317,86 @@ def test_delete_leaves_no_link_rule_or_set(server: ServerProcess, client: httpx.
     assert sid not in listing and link not in listing
     assert before_sets.count("set d_") == listing.count("set d_") + 1
     assert not (server.data_dir / "sandboxes" / sid).exists()
+
+
+SPOOF = """
+import socket, sys
+source, target = sys.argv[1], sys.argv[2]
+try:
+    s = socket.socket(); s.settimeout(2); s.bind((source, 0)); s.connect((target, 80))
+    print(source, "open")
+except OSError as exc:
+    print(source, "dropped", type(exc).__name__)
+"""
+
+
+def from_netns(server: ServerProcess, sid: str, source: str, target: str) -> str:
+    """Connect to ``target``:80 from inside the sandbox's network namespace as the host's
+    root, bound to ``source``: what a sandbox could send if it could forge its address
+    (it cannot: no CAP_NET_ADMIN or CAP_NET_RAW over a namespace the host owns)."""
+    netns = server.data_dir / "sandboxes" / sid / "netns"
+    out = subprocess.run(
+        ["nsenter", f"--net={netns}", sys.executable, "-c", SPOOF, source, target],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    words = out.stdout.split()
+    return words[1] if len(words) > 1 else out.stderr
+
+
+@pytest.mark.parametrize("network", [None, {"denyOut": ["192.0.2.0/24"]}], ids=["plain", "own"])
+def test_a_forged_source_address_is_dropped(
+    server: ServerProcess, client: httpx.Client, fake: FakeInternet, network: Any
+) -> None:
+    """Anti-spoofing, in the shared chain of the plain policy and in a chain of its own."""
+    body: dict[str, Any] = {"name": "net-spoof", **({"network": network} if network else {})}
+    box = create_sandbox(client, **body)
+    sid = str(box["id"])
+    ask = f"import socket; s = socket.socket(2, 2); s.connect(('{fake.web}', 80)); "
+    code, out = sh(client, sid, f'python3 -c "{ask}print(s.getsockname()[0])"')
+    assert code == 0, out
+    real = out.split()[0]
+    forged = str(ipaddress.IPv4Address(real) + 100)
+    netns = server.data_dir / "sandboxes" / sid / "netns"
+    subprocess.run(
+        ["nsenter", f"--net={netns}", "ip", "addr", "add", f"{forged}/32", "dev", "eth0"],
+        check=True,
+    )
+    # replies to the forged address find their way back: only the rule can stop it
+    route = ["ip", "route", "add", f"{forged}/32", "dev", f"vr{sid[-12:]}"]
+    subprocess.run(route, check=True)
+    try:
+        assert from_netns(server, sid, real, fake.web) == "open"  # the control
+        assert from_netns(server, sid, forged, fake.web) == "dropped"
+    finally:
+        subprocess.run(["ip", "route", "del", *route[3:]], check=False)
+    assert client.delete(f"/sandboxes/{sid}").status_code == 200
+
+
+def test_the_plain_policy_shares_one_chain_and_changes_leave_nothing(
+    server: ServerProcess, client: httpx.Client, fake: FakeInternet
+) -> None:
+    """Sandboxes with the plain policy go through ``sb_default`` (no chain each: adding a
+    jump element makes the kernel validate the whole table); a policy of their own moves
+    them to a chain of their own and back, and a delete leaves neither."""
+    box = create_sandbox(client, name="net-plain")
+    sid = str(box["id"])
+    link, table = f"vr{sid[-12:]}", table_of(server)
+    listing = nft("list", "table", "inet", table)
+    assert f"sb_{sid}" not in listing and link in listing and "sb_default" in listing
+    own = {"network": {"allowOut": [f"{fake.web}/32"]}}
+    assert client.patch(f"/sandboxes/{sid}", json=own).status_code == 200
+    listing = nft("list", "table", "inet", table)
+    assert f"sb_{sid}" in listing
+    assert f'"{link}"' not in nft("list", "set", "inet", table, "default_links")
+    assert curl(client, sid, f"http://{fake.web}/") == "web"
+    assert curl(client, sid, f"http://{fake.other}/").startswith("failed")
+    plain = {"network": {"allowInternetAccess": True, "allowOut": [], "denyOut": []}}
+    assert client.patch(f"/sandboxes/{sid}", json=plain).status_code == 200
+    listing = nft("list", "table", "inet", table)
+    assert f"sb_{sid}" not in listing and link in listing
+    assert curl(client, sid, f"http://{fake.other}/") == "other"
+    assert client.delete(f"/sandboxes/{sid}").status_code == 200
+    assert link not in nft("list", "table", "inet", table)
 
 
 def test_restart_keeps_networking_and_policies(

@@ -166,6 +166,7 @@ async def test_a_wiring_failure_is_a_driver_error_and_leaves_nothing(
         )
         assert wired(namespace_harness.run_dir(spec.sandbox_id).netns, link) == (False, False)
         assert f"sb_{spec.sandbox_id}" not in nft_tables_of(host.table)
+        assert link not in nft_tables_of(host.table)  # nor in sb_default's sets
         assert namespace_harness.leftovers(spec.sandbox_id) == []
     finally:
         await anyio.to_thread.run_sync(ip_route, "del", address, host.dummy)

@@ -262,7 +262,7 @@ class GvisorHost:
         deadline = time.monotonic() + CLEANUP_TIMEOUT
         self._kill(record, deadline)
         if self.network is not None and record.net_address:
-            self.network.detach(run, record.sandbox_id)
+            self.network.detach(run, record.sandbox_id, record)
         shutil.rmtree(run.runsc_root, ignore_errors=True)
         unmount_all(run, deadline)
         record.monitor = record.init = None
@@ -276,7 +276,7 @@ class GvisorHost:
             self._kill(record, deadline)
         self._kill_group(self.cgroups.paths_for(run.sandbox_id), deadline)
         if self.network is not None and run.root.exists():
-            self.network.detach(run, run.sandbox_id)
+            self.network.detach(run, run.sandbox_id, record)
             self.network.release(record.net_address if record else None)
         if not run.root.exists():
             return

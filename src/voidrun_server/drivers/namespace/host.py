@@ -106,7 +106,7 @@ def teardown(
     if not run.root.exists():
         return
     if network is not None:
-        network.detach(run, run.sandbox_id)
+        network.detach(run, run.sandbox_id, record)
         network.release(record.net_address if record else None)
     lowers = run.lower_mounts()
     for lower in lowers:
@@ -434,7 +434,7 @@ class SandboxHost:
         deadline = time.monotonic() + CLEANUP_TIMEOUT
         self._kill(record, deadline)
         if self.network is not None and record.net_address:
-            self.network.detach(run, record.sandbox_id)
+            self.network.detach(run, record.sandbox_id, record)
         for lower in run.lower_mounts():
             idmount.unmount_detach(lower)
         disk.unmount(run.disk_mount, deadline)

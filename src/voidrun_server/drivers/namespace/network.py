@@ -218,13 +218,13 @@ class HostNetwork:
         assert record.net_address is not None
         namespace: Future[None] = Future()
         future = self._wiring.submit(self._attach, run, record, namespace)
-        return Attaching(self, run, record.sandbox_id, namespace, future)
+        return Attaching(self, run, record, namespace, future)
 
     def _attach(self, run: RunDir, record: SandboxRecord, namespace: Future[None]) -> None:
         try:
             link = netns.host_link_name(record.sandbox_id)
             if os.path.ismount(run.netns) or os.path.exists(f"/sys/class/net/{link}"):
-                self.detach(run, record.sandbox_id)  # leftovers of a sandbox that died
+                self.detach(run, record.sandbox_id, record)  # leftovers of one that died
             try:
                 inside = netns.create(run.netns)
             except OSError as exc:
@@ -268,10 +268,15 @@ class HostNetwork:
             nftables.sandbox_rules(self.table, record.sandbox_id, link, address, policy, new=new)
         )
 
-    def detach(self, run: RunDir, sandbox_id: str) -> None:
-        """Rules, link and namespace of one sandbox (each only if present)."""
+    def detach(self, run: RunDir, sandbox_id: str, record: SandboxRecord | None = None) -> None:
+        """Rules, link and namespace of one sandbox (each only if present); its ``record``,
+        when known, says which rules it has (nftables.remove_sandbox)."""
         link = netns.host_link_name(sandbox_id)
-        self.nft.run_tolerant(nftables.remove_sandbox(self.table, sandbox_id, link))
+        address = policy = None
+        if record is not None and record.net_address is not None:
+            address, policy = ipaddress.IPv4Address(record.net_address), self.policy_of(record)
+        script = nftables.remove_sandbox(self.table, sandbox_id, link, address, policy)
+        self.nft.run_tolerant(script)
         with rtnl.Rtnl() as host:
             netns.unwire(host, link)
         netns.remove(run.netns)
@@ -290,11 +295,11 @@ class Attaching:
         self,
         host: HostNetwork,
         run: RunDir,
-        sandbox_id: str,
+        record: SandboxRecord,
         namespace: Future[None],
         future: Future[None],
     ) -> None:
-        self._host, self._run, self._sandbox_id = host, run, sandbox_id
+        self._host, self._run, self._record = host, run, record
         self._namespace, self._future = namespace, future
         self._undone = False
 
@@ -319,4 +324,4 @@ class Attaching:
         futures.wait([self._future])
         if not self._undone:
             self._undone = True
-            self._host.detach(self._run, self._sandbox_id)
+            self._host.detach(self._run, self._record.sandbox_id, self._record)
