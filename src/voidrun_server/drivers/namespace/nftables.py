@@ -19,13 +19,13 @@ start and changed per sandbox afterwards, each change one transaction::
     sb_default               the same for every sandbox whose policy is the plain one
                              (internet on, no allowOut, no denyOut), anti-spoofing by the
                              @bound set of (veth, address) pairs
+    d_<hash>                 addresses the resolvers returned for one domain (all sandboxes);
+                             each expires unless resolved or used again (DOMAIN_TIMEOUT)
 
 Why the plain policy has no chain per sandbox: a ``jump`` element added to the verdict map
 makes the kernel validate the whole table at commit, so each create and delete cost grew with
 the sandbox count (0.52 ms per add beside no sandbox, 3.27 ms beside 1,000). Adding plain set
 elements validates nothing: only sandboxes with a policy of their own pay it.
-    d_<hash>                 addresses the resolvers returned for one domain (all sandboxes);
-                             each expires unless resolved or used again (DOMAIN_TIMEOUT)
 
 The rules run in the host's network namespace, which no sandbox can enter. Commands go to
 libnftables in-process (no ``nft`` spawn: ~0.5 ms instead of ~5 ms per change).
