@@ -117,7 +117,9 @@ def test_both_isolations_wired_each_under_its_own_policy(
     assert got["networkUsage"]["rxBytes"] > 0 and got["networkUsage"]["txBytes"] > 0
     table = nft("list", "table", "inet", table_of(mixed))
     for box in (plain, strong):
-        assert f"sb_{box['id']}" in table and f"vr{str(box['id'])[-12:]}" in table
+        assert f"vr{str(box['id'])[-12:]}" in table
+    assert f"sb_{plain['id']}" in table  # a policy of its own: a chain of its own
+    assert f"sb_{strong['id']}" not in table  # the plain policy: the shared sb_default
     # the other way round: gvisor off (lookups included), namespace on
     off = gvisor(client, "gv-off", network={"allowInternetAccess": False})
     on = create_sandbox(client, name="ns-on")
