@@ -92,11 +92,8 @@ class NodeGuesser:
                 self._read_at = anyio.current_time()
         rows = repo.candidates(self._rows, region=region, image_id=image.id, skip=skip)
         for row in repo.least_loaded(rows):
-            if (
-                row.sandbox_count + 1 <= row.max_sandboxes
-                and row.committed_cpu + cpu <= row.cpu
-                and row.committed_mem_mb + mem_mb <= row.mem_mb
-            ):
+            used = (row.sandbox_count, row.committed_cpu, row.committed_mem_mb)
+            if repo.has_room(row, used, cpu, mem_mb):
                 # the view's copy only (detached from any session): later guesses see it
                 row.sandbox_count += 1
                 row.committed_cpu += cpu

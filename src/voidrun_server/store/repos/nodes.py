@@ -113,6 +113,16 @@ async def committed(session: AsyncSession, node_id: str) -> tuple[int, int, int]
     return int(count), int(cpu), int(mem)
 
 
+def has_room(row: Node, used: tuple[int, int, int], cpu: int, mem_mb: int) -> bool:
+    """Whether ``row``, holding ``used`` (sandboxes, cpu, mem MiB), fits one more sandbox."""
+    count, used_cpu, used_mem = used
+    return (
+        count + 1 <= row.max_sandboxes
+        and used_cpu + cpu <= row.cpu
+        and used_mem + mem_mb <= row.mem_mb
+    )
+
+
 def load(row: Node) -> float:
     return max(
         row.committed_cpu / max(row.cpu, 1),
@@ -148,11 +158,7 @@ async def place(
         if locked is None or locked.state != READY:
             continue
         count, used_cpu, used_mem = await committed(session, locked.id)
-        if (
-            count + 1 > locked.max_sandboxes
-            or used_cpu + cpu > locked.cpu
-            or used_mem + mem_mb > locked.mem_mb
-        ):
+        if not has_room(locked, (count, used_cpu, used_mem), cpu, mem_mb):
             continue
         locked.sandbox_count = count + 1
         locked.committed_cpu = used_cpu + cpu
