@@ -640,6 +640,13 @@ class Settings(BaseSettings):
         300.0,
         description="Seconds without a heartbeat after which a node is lost (sandboxes error).",
     )
+    node_image_copy_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        1800.0,
+        description=(
+            "How long a create may wait while its image is copied to the node it is placed on "
+            "from a node that holds it (the image's first sandbox on that node)."
+        ),
+    )
     emit_node_id: bool = Field(
         False,
         description=(

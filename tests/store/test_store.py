@@ -83,3 +83,35 @@ async def test_org_and_user_rules(db_url: str) -> None:
                 await accounts.create_org(session, "acme")
     finally:
         await engine.dispose()
+
+
+async def test_image_rows_of_older_servers_get_relative_paths(db_url: str, tmp_path: Path) -> None:
+    """Rows written with absolute paths under this server's images directory are rewritten
+    relative at start (``images/locations.py``); others are left as they are."""
+    from voidrun_server.services import images
+    from voidrun_server.store.tables import Image
+
+    root = tmp_path / "images"
+    engine = db.create_engine(db_url)
+    sessions = db.session_factory(engine)
+    try:
+        await db.migrate(engine)
+        async with db.transaction(sessions) as session:
+            for image_id, rootfs, layers in (
+                ("a" * 24, f"{root}/orgs/o/a/1/rootfs", None),
+                ("b" * 24, f"{root}/orgs/o/b/1/rootfs", [f"{root}/orgs/o/a/1/rootfs"]),
+                ("c" * 24, "/elsewhere/rootfs", None),
+            ):
+                session.add(
+                    Image(id=image_id, name=image_id[:1], tag="1", rootfs=rootfs, layers=layers)
+                )
+        async with db.transaction(sessions) as session:
+            await images.sync_system_images(session, root)
+        async with sessions() as session:
+            rows = {i: await session.get(Image, i * 24) for i in "abc"}
+        assert rows["a"] is not None and rows["a"].rootfs == "orgs/o/a/1/rootfs"
+        assert rows["b"] is not None and rows["b"].layers == ["orgs/o/a/1/rootfs"]
+        assert rows["b"].rootfs == "orgs/o/b/1/rootfs"
+        assert rows["c"] is not None and rows["c"].rootfs == "/elsewhere/rootfs"
+    finally:
+        await engine.dispose()

@@ -20,13 +20,13 @@ from .. import __version__, datadir
 from ..config import Settings
 from ..drivers.driverset import DriverSet
 from ..drivers.remote.fleet import Fleet
-from ..errors import InvalidInputError
 from ..services import accounts, images, keycache, networking, reconcile, streams
 from ..services import fleet as placement
 from ..services.agents import AgentPool
 from ..services.background import guarded, spawner
 from ..services.image_builds import ImageBuilds
 from ..services.keycache import KeyCache
+from ..services.placed_builds import PlacedBuilds
 from ..services.port_relay import AgentPorts
 from ..services.sandboxes import SandboxService
 from ..services.storage import DiskFloor
@@ -127,8 +127,8 @@ def create_app(settings: Settings, *, driver: Driver | None = None) -> FastAPI:
                 )
                 if mcp is not None:  # before the first request: the SDK refuses until it runs
                     await task_group.start(mcp.run)
-                await _start_image_builds(ctx, task_group)
                 agents = await _start_sandboxes(ctx, task_group, driver)
+                await _start_image_builds(ctx, task_group)
                 try:
                     yield
                 finally:
@@ -249,7 +249,7 @@ async def _start_sandboxes(
             task_group.start_soon(guarded, f"{name} warm pool", pool.run_forever, default_rootfs)
 
     async def default_rootfs() -> Path | None:
-        return await _default_rootfs(ctx)
+        return await images.default_rootfs(ctx.settings, ctx.sessions)
 
     async def adopt(name: str) -> None:
         """A driver that started late: its network side, its sandboxes, its pool."""
@@ -282,11 +282,12 @@ async def _sandbox_service(
     disk_floor: DiskFloor,
     fleet: Fleet | None = None,
 ) -> tuple[SandboxService, AgentPool]:
-    """The built images registered, the agents' connection pool and the sandbox service over
-    ``drivers`` (this host's, or the fleet's nodes)."""
+    """The images built here registered, the agents' connection pool and the sandbox service
+    over ``drivers`` (this host's, or the fleet's nodes)."""
     settings = ctx.settings
-    async with db.transaction(ctx.sessions) as session:
-        await images.sync_system_images(session, settings.images_root)
+    if fleet is None:  # on a fleet the nodes hold the images (and register them)
+        async with db.transaction(ctx.sessions) as session:
+            await images.sync_system_images(session, settings.images_root)
     agents = AgentPool(task_group, connect_timeout=settings.sandbox_ready_timeout_seconds)
     service = SandboxService(
         settings,
@@ -324,7 +325,9 @@ async def _start_fleet(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> Agen
 
 async def _start_image_builds(ctx: AppContext, task_group: anyio.abc.TaskGroup) -> None:
     """Image imports: what a previous run left building ends ``error`` before any new one."""
-    builds = ImageBuilds(ctx.settings, ctx.sessions, spawner(task_group))
+    fleet = ctx.sandboxes.fleet if ctx.sandboxes is not None else None
+    placed = PlacedBuilds(ctx.settings, ctx.sessions, fleet) if fleet is not None else None
+    builds = ImageBuilds(ctx.settings, ctx.sessions, spawner(task_group), placed=placed)
     await builds.recover()
     default_imports = ctx.settings.data_dir / "imports"
     if ctx.settings.image_import_dirs == [default_imports]:
@@ -332,15 +335,6 @@ async def _start_image_builds(ctx: AppContext, task_group: anyio.abc.TaskGroup) 
             functools.partial(default_imports.mkdir, mode=0o700, exist_ok=True)
         )
     ctx.images = builds
-
-
-async def _default_rootfs(ctx: AppContext) -> Path | None:
-    async with ctx.sessions() as session:
-        try:
-            image = await images.resolve(session, "", ctx.settings.default_image)
-        except InvalidInputError:
-            return None
-    return Path(image.rootfs)
 
 
 def dashboard_line(settings: Settings) -> str:

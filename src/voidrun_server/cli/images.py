@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import ids
 from ..errors import ConflictError
+from ..images import locations
 from ..images.importer import import_image
 from ..images.progress import ImageBuildError
 from ..images.sources import split_tag
@@ -85,7 +86,7 @@ def images_import(
             progress=100,
             source=source[:1024],
             description=f"imported from {source}"[:500],
-            rootfs=str(imported.built.rootfs),
+            rootfs=locations.stored(settings.images_root, imported.built.rootfs),
             size_gb=max(1, math.ceil(imported.built.size_bytes / GIB)),
             config=imported.config.to_wire(),
         )

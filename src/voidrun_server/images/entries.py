@@ -13,7 +13,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import Literal, Protocol
 
 from .progress import ImageBuildError
 
@@ -45,6 +45,8 @@ class Entry:
     """Symlink target, or the path a hard link points at."""
     read: Callable[[int], bytes] | None = None
     """File data, for ``kind == "file"``: ``read(n)`` like a file object."""
+    size: int = 0
+    """File size in bytes, for ``kind == "file"``."""
 
 
 def _kind_of_member(member: tarfile.TarInfo) -> Kind:
@@ -63,10 +65,14 @@ def _kind_of_member(member: tarfile.TarInfo) -> Kind:
     return "other"
 
 
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class LimitedReader:
     """Decompressed tar bytes with a ceiling: the image's byte budget, and no giant header."""
 
-    def __init__(self, raw: IO[bytes], budget: int) -> None:
+    def __init__(self, raw: Readable, budget: int) -> None:
         self._raw = raw
         self._left = budget
 
@@ -85,7 +91,7 @@ class LimitedReader:
         return data
 
 
-def tar_entries(stream: IO[bytes], budget: int) -> Iterator[Entry]:
+def tar_entries(stream: Readable, budget: int) -> Iterator[Entry]:
     """Entries of an uncompressed tar stream, read once, front to back, at most ``budget``
     bytes. Members are forgotten as soon as they are consumed (a stream of millions of tiny
     members must not grow the process)."""
@@ -108,7 +114,7 @@ def tar_entries(stream: IO[bytes], budget: int) -> Iterator[Entry]:
             if kind == "file":
                 data = archive.extractfile(member)
                 assert data is not None
-                reader = data.read
+                reader = _checked_read(data.read)
             yield Entry(
                 name=member.name,
                 kind=kind,
@@ -118,7 +124,20 @@ def tar_entries(stream: IO[bytes], budget: int) -> Iterator[Entry]:
                 mtime=member.mtime,
                 linkname=member.linkname,
                 read=reader,
+                size=member.size if kind == "file" else 0,
             )
+
+
+def _checked_read(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """A member's ``read`` whose tar errors (the archive ends inside it) are the build's."""
+
+    def checked(n: int) -> bytes:
+        try:
+            return read(n)
+        except tarfile.TarError as exc:
+            raise UnpackError("corrupt tar archive", str(exc)) from None
+
+    return checked
 
 
 def dir_entries(root: str) -> Iterator[Entry]:
@@ -183,4 +202,5 @@ def _of(
     read: Callable[[int], bytes] | None = None,
 ) -> Entry:
     mode = stat.S_IMODE(st.st_mode)
-    return Entry(path, kind, mode, st.st_uid, st.st_gid, st.st_mtime, linkname, read)
+    size = st.st_size if kind == "file" else 0
+    return Entry(path, kind, mode, st.st_uid, st.st_gid, st.st_mtime, linkname, read, size)

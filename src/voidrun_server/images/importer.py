@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .cas import ContentStore
 from .chroot import _remove_tree
-from .entries import UnpackError
+from .entries import Readable, UnpackError, tar_entries
 from .manifest import (
     MANIFEST,
     BuiltImage,
@@ -85,13 +85,54 @@ def import_image(
         if progress is not None:
             progress(BuildProgress(step, done, total, detail))
 
-    target = target_dir(req)
     report("prepare", 0, 3, str(req.path))
+    return _into_place(req, report, lambda partial: _build(req, partial, report, cancelled))
+
+
+def receive_image(
+    req: ImportRequest,
+    stream: Readable,
+    config: ImageConfig,
+    *,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Imported:
+    """Write the image of a tar stream (``transfer.export_tar`` on the node that holds it)
+    into place like an import: same limits, same checks, files shared through the store."""
+
+    def receive(partial: Path) -> Imported:
+        rootfs = partial / "rootfs"
+        rootfs.mkdir()
+        writer = _writer(req, rootfs, cancelled)
+        try:
+            writer.apply(tar_entries(stream, req.limits.max_bytes))
+        finally:
+            writer.close()
+        built = BuiltImage(req.name, req.tag, rootfs, 0, datetime.now(UTC))
+        return Imported(built, "copy", config, writer.stats)
+
+    return _into_place(req, lambda *_: None, receive)
+
+
+def _writer(req: ImportRequest, rootfs: Path, cancelled: Callable[[], bool]) -> RootfsWriter:
+    store = ContentStore(req.images_root) if req.dedupe else None
+    return RootfsWriter(
+        rootfs, limits=req.limits, uid_base=req.uid_base, store=store, cancelled=cancelled
+    )
+
+
+def _into_place(
+    req: ImportRequest,
+    report: Callable[[str, int, int, str], None],
+    build: Callable[[Path], Imported],
+) -> Imported:
+    """Build into a partial directory beside the target, then move it into place and write
+    its manifest (the image exists only once that is there)."""
+    target = target_dir(req)
     for directory in (target.parent.parent, target.parent):
         directory.mkdir(mode=0o755, exist_ok=True, parents=True)
         os.chmod(directory, 0o755)  # sandboxes' helpers traverse to rootfs/
     try:
-        return _import_locked(req, target, report, cancelled)
+        return _import_locked(req, target, report, build)
     except BaseException:
         _remove_empty(target)
         raise
@@ -101,13 +142,13 @@ def _import_locked(
     req: ImportRequest,
     target: Path,
     report: Callable[[str, int, int, str], None],
-    cancelled: Callable[[], bool],
+    build: Callable[[Path], Imported],
 ) -> Imported:
     with _build_lock(target):
         _remove_stale(target)
         partial = Path(tempfile.mkdtemp(prefix=f".{req.tag}.partial-", dir=target.parent))
         try:
-            imported = _build(req, partial, report, cancelled)
+            imported = build(partial)
             size = _disk_usage(partial / "rootfs")
             report("finalize", imported.stats.entries, imported.stats.entries, "syncing")
             os.sync()  # the manifest must never describe data still only in the page cache
@@ -151,10 +192,7 @@ def _build(
         )
     rootfs = partial / "rootfs"
     rootfs.mkdir()
-    store = ContentStore(req.images_root) if req.dedupe else None
-    writer = RootfsWriter(
-        rootfs, limits=req.limits, uid_base=req.uid_base, store=store, cancelled=cancelled
-    )
+    writer = _writer(req, rootfs, cancelled)
     try:
         total = max(1, len(source.layers))
         if source.rootfs is not None:

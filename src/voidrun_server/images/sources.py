@@ -45,6 +45,19 @@ class ImageConfig:
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ImageConfig:
+        def strings(key: str) -> list[str]:
+            return [str(item) for item in data.get(key) or []]
+
+        return cls(
+            env=strings("env"),
+            working_dir=str(data.get("workingDir") or ""),
+            user=str(data.get("user") or ""),
+            entrypoint=strings("entrypoint"),
+            cmd=strings("cmd"),
+        )
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "env": self.env,

@@ -17,7 +17,6 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
@@ -30,15 +29,17 @@ from ..api import runtimes
 from ..config import Settings
 from ..drivers.base import DriverError
 from ..drivers.driverset import DriverSet
-from ..errors import InvalidInputError
+from ..images.holdings import held_images
 from ..services import images
 from ..services.agents import AgentPool
-from ..services.background import guarded
+from ..services.background import guarded, spawner
+from ..services.image_builds import ImageBuilds
+from ..services.node_images import NodeImages
 from ..store import db
 from ..store.repos import images as images_repo
 from ..store.repos import nodes as repo
 from ..store.tables import Node
-from .holdings import held_images
+from .images import NodeImageRoutes
 from .internal import NodeApi
 from .pools import NodePools
 from .tunnel import TunnelServer
@@ -94,9 +95,13 @@ def create_node_app(settings: Settings) -> Starlette:
     if not token:
         raise ValueError("VOIDRUN_NODE_TOKEN is required for `voidrun-server node`")
     node_id = node_id_of(settings)
-    api = NodeApi(node_id, None, token, settings.sandbox_ready_timeout_seconds)
+    api = NodeApi(
+        node_id, None, token, settings.images_root, settings.sandbox_ready_timeout_seconds
+    )
     engine = db.create_engine(settings.resolved_database_url)
     sessions = db.session_factory(engine)
+    node_images = NodeImages(settings, sessions, node_id)
+    api.images = image_routes = NodeImageRoutes(node_images)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -108,6 +113,9 @@ def create_node_app(settings: Settings) -> Starlette:
             log.error("node %s cannot run sandboxes: %s", node_id, why)
         try:
             async with anyio.create_task_group() as group:
+                builds = ImageBuilds(settings, sessions, spawner(group), node_id=node_id)
+                await builds.recover()
+                image_routes.builds = builds
                 if drivers is not None:
                     api.drivers = drivers
                     async with db.transaction(sessions) as session:
@@ -119,7 +127,7 @@ def create_node_app(settings: Settings) -> Starlette:
                     # after the orphan sweep: pooled sandboxes have no row and look like orphans
                     agents = AgentPool(group, settings.sandbox_ready_timeout_seconds)
                     api.pools = NodePools(settings, drivers, agents)
-                    api.pools.start(group, partial(default_rootfs, settings, sessions))
+                    api.pools.start(group, partial(images.default_rootfs, settings, sessions))
                     tunnel = TunnelServer(drivers, token)
                     started = anyio.Event()
                     group.start_soon(
@@ -139,6 +147,8 @@ def create_node_app(settings: Settings) -> Starlette:
                 try:
                     yield
                 finally:
+                    node_images.stop.set()
+                    builds.shutdown()
                     if api.pools is not None:
                         await api.pools.drain()
                         api.pools.agents.close_all()
@@ -147,18 +157,6 @@ def create_node_app(settings: Settings) -> Starlette:
             await engine.dispose()
 
     return Starlette(routes=api.routes(), lifespan=lifespan)
-
-
-async def default_rootfs(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession]
-) -> Path | None:
-    """The default image's root filesystem (what the warm pool starts), if it exists."""
-    async with sessions() as session:
-        try:
-            image = await images.resolve(session, "", settings.default_image)
-        except InvalidInputError:
-            return None
-    return Path(image.rootfs)
 
 
 async def register(

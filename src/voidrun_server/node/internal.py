@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,16 @@ from ..drivers.base import (
     DriverUnavailableError,
     NetworkPolicy,
     SandboxNotFoundError,
+    SandboxSpec,
     SandboxStateError,
     UnsupportedByDriverError,
 )
 from ..drivers.driverset import DriverSet
 from ..drivers.remote import wire
 from ..errors import VoidRunError
+from ..images.locations import located
 from ..services.agents import AgentSocket, handshake
+from .images import NodeImageRoutes
 from .pools import NodePools
 
 log = logging.getLogger(__name__)
@@ -48,14 +52,21 @@ STATUS: list[tuple[type[DriverError], int]] = [
 
 class NodeApi:
     def __init__(
-        self, node_id: str, drivers: DriverSet | None, token: str, ready_timeout: float = 30.0
+        self,
+        node_id: str,
+        drivers: DriverSet | None,
+        token: str,
+        images_root: Path,
+        ready_timeout: float = 30.0,
     ) -> None:
         self.node_id = node_id
+        self.images_root = images_root
         self.ready_timeout = ready_timeout
         self.drivers = drivers
         self.token = token
         self.unavailable = ""
         self.pools: NodePools | None = None
+        self.images: NodeImageRoutes | None = None
 
     def routes(self) -> list[Route]:
         p = wire.PREFIX
@@ -71,6 +82,7 @@ class NodeApi:
             Route(f"{p}/sandboxes/{{id}}/network", guard(self.usage), methods=["GET"]),
             Route(f"{p}/sandboxes/{{id}}/network", guard(self.policy), methods=["PUT"]),
             Route(f"{p}/sandboxes/{{id}}/{{verb}}", guard(self.verb), methods=["POST"]),
+            *(self.images.routes(guard) if self.images is not None else ()),
         ]
 
     async def health(self, request: Request) -> Response:
@@ -118,8 +130,18 @@ class NodeApi:
             raise ValueError("body must be an object")
         return data
 
+    def _spec(self, body: dict[str, Any]) -> SandboxSpec:
+        """A replica's spec, its image paths (as the image rows hold them) found here."""
+        spec = wire.spec_from_wire(body)
+        root = self.images_root
+        return replace(
+            spec,
+            rootfs=located(root, str(spec.rootfs)),
+            layers=tuple(located(root, str(layer)) for layer in spec.layers),
+        )
+
     async def create(self, request: Request) -> Response:
-        spec = wire.spec_from_wire(await self._body(request))
+        spec = self._spec(await self._body(request))
         if not ids.is_id(spec.sandbox_id):
             raise ValueError("sandbox id")
         if self.pools is None:
@@ -139,12 +161,12 @@ class NodeApi:
         body = await self._body(request)
         taken = None
         if self.pools is not None:
-            rootfs, disk_mb = Path(str(body["rootfs"])), int(body["diskMb"])
+            rootfs, disk_mb = located(self.images_root, str(body["rootfs"])), int(body["diskMb"])
             taken = self.pools.take(str(body.get("isolation") or ""), rootfs, disk_mb)
         return JSONResponse({"sandboxId": taken})
 
     async def hand_out(self, request: Request) -> Response:
-        spec = wire.spec_from_wire(await self._body(request))
+        spec = self._spec(await self._body(request))
         if spec.sandbox_id != request.path_params["id"] or self.pools is None:
             raise ValueError("sandbox id")
         await self.pools.hand_out(spec)

@@ -92,8 +92,7 @@ class NodeGuesser:
                 self._read_at = anyio.current_time()
         rows = repo.candidates(self._rows, region=region, image_id=image.id, skip=skip)
         for row in repo.least_loaded(rows):
-            used = (row.sandbox_count, row.committed_cpu, row.committed_mem_mb)
-            if repo.has_room(row, used, cpu, mem_mb):
+            if repo.fits(row, cpu, mem_mb):
                 # the view's copy only (detached from any session): later guesses see it
                 row.sandbox_count += 1
                 row.committed_cpu += cpu
@@ -128,20 +127,51 @@ async def place(
     )
     where = f" in region {region!r}" if region else ""
     if node is None and image is not None:
-        ready = await repo.ready_in(session, suspect_after(settings), region)
-        lacking = [row.id for row in ready if row.images is not None and image.id not in row.images]
-        if ready and len(lacking) == len(ready):
-            raise ServiceUnavailableError(
-                f"No ready node{where} holds the image {image.name}:{image.tag}",
-                f"nodes without it: {', '.join(lacking)}; build or copy it into their "
-                "VOIDRUN_IMAGES_DIR (nodes report their images at each heartbeat)",
-            )
+        await _copy_or_refuse(session, settings, image, cpu, mem_mb, region, skip)
     if node is None:
         raise ServiceUnavailableError(
             "No node has room for this sandbox",
             f"every ready node{where} is full or silent; add a node or free some room",
         )
     return node.id
+
+
+class ImageElsewhere(Exception):  # noqa: N818 - not an error: the create copies, then retries
+    """No node with room holds the image, but ``node`` has room and ``source`` holds it:
+    the create copies it there (``Fleet.copy_image``) and is placed again."""
+
+    def __init__(self, image_id: str, node: str, source: str) -> None:
+        super().__init__(f"image {image_id}: copy from {source} to {node}")
+        self.image_id, self.node, self.source = image_id, node, source
+
+
+async def _copy_or_refuse(
+    session: AsyncSession,
+    settings: Settings,
+    image: Image,
+    cpu: int,
+    mem_mb: int,
+    region: str,
+    skip: Sequence[str],
+) -> None:
+    """When no node that holds ``image`` had room: raise :class:`ImageElsewhere` if a node
+    with room lacks it and a ready node anywhere holds it; a clear 503 if none holds it."""
+    fresh = await repo.fresh(session, suspect_after(settings))
+    ready = [row for row in fresh if not region or row.labels.get("region") == region]
+    lacking = [row for row in ready if row.images is not None and image.id not in row.images]
+    roomy = [row for row in lacking if row.id not in skip and repo.fits(row, cpu, mem_mb)]
+    holders = [row for row in fresh if row.images is not None and image.id in row.images]
+    if roomy and holders and not image.layers:
+        target, source = repo.least_loaded(roomy)[0], repo.least_loaded(holders)[0]
+        raise ImageElsewhere(image.id, target.id, source.id)
+    if lacking and len(lacking) == len(ready) and not holders:
+        where = f" in region {region!r}" if region else ""
+        raise ServiceUnavailableError(
+            f"No ready node holds the image {image.name}:{image.tag}",
+            f"nodes{where} without it: {', '.join(row.id for row in lacking)}; build or import "
+            "it on one of them (nodes copy images from each other, and report theirs at each "
+            "heartbeat)",
+        )
 
 
 async def detect_once(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> bool:
@@ -167,6 +197,11 @@ async def detect_once(settings: Settings, sessions: async_sessionmaker[AsyncSess
                     Sandbox.status.in_((Status.RUNNING, Status.PAUSED, Status.STOPPED)),
                 )
                 .values(status=Status.ERROR, error=f"its node {node_id} was lost")
+            )
+            await session.execute(
+                update(Image)
+                .where(Image.node_id == node_id, Image.status == "building")
+                .values(status="error", active=False, error=f"its node {node_id} was lost")
             )
     return True
 

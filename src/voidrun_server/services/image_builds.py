@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
@@ -36,7 +36,7 @@ from ..errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from ..images import registry
+from ..images import locations, registry
 from ..images.importer import ImportRequest, import_image, remove_image, remove_partials
 from ..images.progress import BuildProgress, ImageBuildError
 from ..images.reference import InvalidReferenceError, parse_reference
@@ -45,9 +45,13 @@ from ..images.unpack import Limits
 from ..schemas.images import ImageCreate
 from ..store.db import transaction
 from ..store.repos import images as repo
+from ..store.repos import nodes as nodes_repo
 from ..store.tables import Image
 from .accounts import Principal
 from .images import GIB, SYSTEM_IMAGES
+
+if TYPE_CHECKING:
+    from .placed_builds import PlacedBuilds
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,49}$")
 LOG_LINES = 1000
 IMAGE_UID_BASE = 100000  # what images are shifted to (images/build.py's default)
 RESTARTED = "the server restarted during the build"
+PROGRESS_SECONDS = 1.0  # how often a node writes a build's progress into its row
 
 
 @dataclass
@@ -112,16 +117,29 @@ class BuildLog:
         self.changed = anyio.Event()
 
 
+Pull = Callable[[Path, Callable[[str], None]], Path]
+Job = tuple[Path, str] | Pull  # a checked host path and its tag, or a registry pull
+
+
 class ImageBuilds:
+    """Imports on this server; with ``fleet`` (an API replica) each goes to a node instead
+    (``placed_builds.py``), and with ``node_id`` (a node daemon) this runs the ones placed
+    here."""
+
     def __init__(
         self,
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         spawn: Callable[[Callable[[], Awaitable[Any]]], None],
+        *,
+        node_id: str | None = None,
+        placed: PlacedBuilds | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.spawn = spawn
+        self.node_id = node_id
+        self.placed = placed
         self.logs: dict[str, BuildLog] = {}
         self._stop = threading.Event()
         self._limiter = anyio.CapacityLimiter(settings.image_build_concurrency)
@@ -134,29 +152,67 @@ class ImageBuilds:
             raise ConflictError("image name reserved", f"{name} is a system image")
         if (body.path is None) == (body.source is None):
             raise InvalidInputError("give exactly one of path and source")
-        if body.source is not None:
-            source, job = body.source, self._registry_job(body)
+        source = body.source or body.path or ""
+        job: Job | None = None
+        node: str | None = None
+        if self.placed is not None:  # a replica: checked and run on a node
+            if body.source is not None:
+                self._registry_job(body)  # a malformed reference is a 400 here already
+            node = await self.placed.pick_node()
         else:
-            assert body.path is not None
-            path, source_tag = self._allowed_path(body.path)
-            source = body.path
-            job = None
+            job = self._job(body)
         try:
-            row, created = await self._record(caller, name, tag, source)
+            row, created = await self._record(caller, name, tag, source, node)
         except IntegrityError:  # the same org, name and tag, inserted a moment ago
             return await self._concurrent(caller.org_id, name, tag)
         if not created:
             return row  # the same build, asked for twice
-        self.logs[row.id] = BuildLog()
         if job is None:
-            req = self._request(caller.org_id, name, tag, path, source_tag)
-            self.spawn(functools.partial(self._run, row.id, req))
+            await self.placed_or_fail().start(row, body, self._forget)
         else:
-            self.spawn(functools.partial(self._run_registry, row.id, caller.org_id, name, tag, job))
+            self._begin(row.id, caller.org_id, name, tag, job)
         return row
 
+    def placed_or_fail(self) -> PlacedBuilds:
+        assert self.placed is not None
+        return self.placed
+
+    async def start_placed(self, image_id: str, data: dict[str, Any]) -> None:
+        """On a node: run the import a replica recorded for this node (its checks here: the
+        path is one of this node's import directories)."""
+        async with self.sessions() as session:
+            row = await session.get(Image, image_id) if ids.is_id(image_id) else None
+        if row is None or row.org_id is None:
+            raise NotFoundError("Image not found", image_id)
+        if row.status != "building" or row.node_id != self.node_id:
+            raise ConflictError("image is not an import placed on this node", image_id)
+        body = ImageCreate.model_validate({**data, "name": row.name, "version": row.tag})
+        if image_id not in self.logs:
+            self._begin(row.id, row.org_id, row.name, row.tag, self._job(body))
+
+    def _job(self, body: ImageCreate) -> Job:
+        if body.source is not None:
+            return self._registry_job(body)
+        assert body.path is not None
+        return self._allowed_path(body.path)
+
+    def _begin(self, image_id: str, org_id: str, name: str, tag: str, job: Job) -> None:
+        self.logs[image_id] = BuildLog()
+        if isinstance(job, tuple):
+            req = self._request(org_id, name, tag, *job)
+            self.spawn(functools.partial(self._run, image_id, req))
+        else:
+            self.spawn(functools.partial(self._run_registry, image_id, org_id, name, tag, job))
+
+    async def _forget(self, image_id: str) -> None:
+        with anyio.CancelScope(shield=True):
+            async with transaction(self.sessions) as session:
+                row = await session.get(Image, image_id)
+                if row is not None:
+                    await session.delete(row)
+
     async def _record(
-        self, caller: Principal, name: str, tag: str, source: str
+        self, caller: Principal, name: str, tag: str, source: str, node: str | None
     ) -> tuple[Image, bool]:
         async with transaction(self.sessions) as session:
             existing = await repo.own(session, caller.org_id, name, tag)
@@ -179,6 +235,7 @@ class ImageBuilds:
                 progress=0,
                 source=source[:1024],
                 description=f"imported from {source}"[:500],
+                node_id=node,
             )
             session.add(row)
         return row, True
@@ -212,7 +269,7 @@ class ImageBuilds:
 
     # --- registry: the one place that depends on images/registry.py --------------------------
 
-    def _registry_job(self, body: ImageCreate) -> Callable[[Path, Callable[[str], None]], Path]:
+    def _registry_job(self, body: ImageCreate) -> Pull:
         """A function that pulls ``body.source`` into an OCI layout under a directory and
         returns the layout (``images/registry.py``); a malformed reference is a 400 now."""
         try:
@@ -247,7 +304,7 @@ class ImageBuilds:
         org_id: str,
         name: str,
         tag: str,
-        pull: Callable[[Path, Callable[[str], None]], Path],
+        pull: Pull,
     ) -> None:
         build = self.logs[image_id]
         pulls = self.settings.images_root / "orgs" / org_id / ".pulls"
@@ -282,9 +339,13 @@ class ImageBuilds:
 
         work = functools.partial(import_image, req, progress=progress, cancelled=self._stop.is_set)
         try:
-            imported = await anyio.to_thread.run_sync(
-                work, limiter=self._limiter, abandon_on_cancel=True
-            )
+            async with anyio.create_task_group() as group:
+                if self.node_id is not None:  # replicas read the progress from the row
+                    group.start_soon(self._keep_progress, image_id, build)
+                imported = await anyio.to_thread.run_sync(
+                    work, limiter=self._limiter, abandon_on_cancel=True
+                )
+                group.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._finish(image_id, None, error="the server shut down during the build")
@@ -305,15 +366,46 @@ class ImageBuilds:
         )
         await self._finish(image_id, imported, error=None)
 
+    async def _keep_progress(self, image_id: str, build: BuildLog) -> None:
+        written = -1
+        while True:
+            await anyio.sleep(PROGRESS_SECONDS)
+            if build.progress != written:
+                written = build.progress
+                async with transaction(self.sessions) as session:
+                    await repo.set_progress(session, image_id, written)
+
+    async def log_since(
+        self, image_id: str, position: int, wait: float
+    ) -> tuple[list[str], int, str, str | None]:
+        """On a node: the build's lines after ``position``, waiting up to ``wait`` s for one
+        while it builds, with its status and error (for the replica that streams the log)."""
+        build = self.logs.get(image_id)
+        if build is None:
+            async with self.sessions() as session:
+                row = await session.get(Image, image_id) if ids.is_id(image_id) else None
+            if row is None:
+                raise NotFoundError("Image not found", image_id)
+            if row.status == "building":
+                return [], position, "error", "the build's log is not on this node"
+            return [], position, row.status, row.error
+        if position >= build.total and build.status == "building" and wait > 0:
+            with anyio.move_on_after(wait):
+                await build.changed.wait()
+        lines, position = build.since(position)
+        return lines, position, build.status, build.error
+
     async def _finish(self, image_id: str, imported: Any, *, error: str | None) -> None:
         build = self.logs.get(image_id)
         async with transaction(self.sessions) as session:
             row = await session.get(Image, image_id)
             if row is not None and imported is not None:
                 row.status, row.active, row.progress, row.error = "ready", True, 100, None
-                row.rootfs = str(imported.built.rootfs)
+                row.rootfs = locations.stored(self.settings.images_root, imported.built.rootfs)
                 row.size_gb = max(1, -(-imported.built.size_bytes // GIB))
                 row.config = imported.config.to_wire()
+                if self.node_id is not None:  # placed on this node: held here from now on
+                    await nodes_repo.hold_image(session, self.node_id, image_id)
             elif row is not None:
                 row.status, row.active, row.error = "error", False, (error or "")[:2000]
         if build is not None:
@@ -326,8 +418,10 @@ class ImageBuilds:
 
     async def recover(self) -> None:
         """Builds this server did not finish: ``error``, and their partial files removed."""
+        if self.placed is not None:
+            return  # a replica runs no builds: each node fails its own when it restarts
         async with transaction(self.sessions) as session:
-            rows = list(await repo.building(session))
+            rows = [row for row in await repo.building(session) if row.node_id == self.node_id]
             for row in rows:
                 row.status, row.active, row.error = "error", False, RESTARTED
         for row in rows:
@@ -364,10 +458,14 @@ class ImageBuilds:
                     "image in use", f"{layered} snapshot(s) are layered on it; delete them first"
                 )
             rootfs = row.rootfs
+            holders = await self.placed.holders(session, row) if self.placed is not None else []
             await session.delete(row)
         self.logs.pop(image_id, None)
-        if rootfs:
-            await anyio.to_thread.run_sync(remove_image, self.settings.images_root, Path(rootfs))
+        if rootfs and self.placed is not None:
+            await self.placed.remove(rootfs, holders)
+        elif rootfs:
+            root = self.settings.images_root
+            await anyio.to_thread.run_sync(remove_image, root, locations.located(root, rootfs))
 
 
 def _check_name(name: str) -> str:

@@ -7,10 +7,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import ids
+from ..config import Settings
 from ..errors import InvalidInputError, NotFoundError
+from ..images import locations
 from ..images.build import find_built_image
 from ..store.repos import images as repo
 from ..store.tables import Image
@@ -27,7 +29,13 @@ async def sync_system_images(
     session: AsyncSession, root: Path, *, deactivate: bool = True
 ) -> list[Image]:
     """Upsert a row per built system image; deactivate rows whose files are gone (not on a
-    node daemon: one node lacking an image does not take it from the others)."""
+    node daemon: one node lacking an image does not take it from the others). Rows of older
+    servers that hold absolute paths under ``root`` get relative ones
+    (``images/locations.py``)."""
+    for older in await repo.with_absolute_paths(session):
+        older.rootfs = locations.stored(root, older.rootfs) if older.rootfs else older.rootfs
+        if older.layers:
+            older.layers = [locations.stored(root, layer) for layer in older.layers]
     existing = {(row.name, row.tag): row for row in await repo.system_images(session)}
     present: list[Image] = []
     for name, tag in SYSTEM_IMAGES.items():
@@ -48,7 +56,7 @@ async def sync_system_images(
             session.add(row)
         row.active = True
         row.size_gb = size_gb
-        row.rootfs = str(built.rootfs)
+        row.rootfs = locations.stored(root, built.rootfs)
         present.append(row)
     for (name, tag), row in existing.items():
         if deactivate and find_built_image(root, name, tag) is None and row.active:
@@ -100,6 +108,18 @@ async def by_name(session: AsyncSession, org_id: str, name: str) -> Image:
     if image is None:
         raise NotFoundError("Image not found")
     return image
+
+
+async def default_rootfs(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Path | None:
+    """The default image's root filesystem here (what a warm pool starts), if it is built."""
+    async with sessions() as session:
+        try:
+            image = await resolve(session, "", settings.default_image)
+        except InvalidInputError:
+            return None
+    return locations.located(settings.images_root, image.rootfs)
 
 
 def image_env(image: Image) -> dict[str, str]:

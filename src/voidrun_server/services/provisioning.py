@@ -24,7 +24,13 @@ import anyio.abc
 from .. import ids
 from ..drivers.base import DriverError, NetworkPolicy, SandboxSpec
 from ..drivers.remote.driver import NodeUnreachableError
-from ..errors import DeadlineExceededError, QuotaExceededError, VoidRunError
+from ..errors import (
+    DeadlineExceededError,
+    QuotaExceededError,
+    ServiceUnavailableError,
+    VoidRunError,
+)
+from ..images import locations
 from ..schemas.sandboxes import SandboxCreate
 from ..store.db import transaction
 from ..store.repos import sandboxes as repo
@@ -118,6 +124,7 @@ class Provisioner:
         pool = self.service.pools.get(isolation)
         ask = _Ask(request, isolation, disk_mb, policy)
         skip: list[str] = []
+        copies = 0
         while True:
             try:
                 with pool.serving() if pool is not None else nullcontext():
@@ -127,6 +134,26 @@ class Provisioner:
                 skip.append(refused.node)
                 if len(skip) >= MAX_NODE_TRIES:
                     raise refused.error from None
+            except placement.ImageElsewhere as elsewhere:  # copied to a node with room first
+                copies += 1
+                await self._copy_image(elsewhere, last=copies >= MAX_NODE_TRIES)
+
+    async def _copy_image(self, elsewhere: placement.ImageElsewhere, *, last: bool) -> None:
+        """Copy the image a create needs to the node placement found room on; a failed copy
+        ends the create (503) when it was the last try, else the next try places again."""
+        fleet = self.service.fleet
+        assert fleet is not None
+        within = self.service.settings.node_image_copy_timeout_seconds
+        log.info("copying image %s to node %s from %s for a create", elsewhere.image_id,
+                 elsewhere.node, elsewhere.source)  # fmt: skip
+        try:
+            await fleet.copy_image(elsewhere.node, elsewhere.image_id, elsewhere.source, within)
+        except VoidRunError as exc:
+            log.warning("image copy %s failed: %s", elsewhere, exc)
+            if last:
+                raise ServiceUnavailableError(
+                    f"Could not copy the image to node {elsewhere.node}", describe(exc)
+                ) from exc
 
     async def _create(
         self,
@@ -210,7 +237,7 @@ class Provisioner:
         """Whether a create of ``image`` starts its sandbox before it is recorded: a
         synchronous one, or one a warm sandbox is ready for."""
         pool = self.service.pools.get(ask.isolation)
-        ready = pool is not None and pool.has(Path(image.rootfs), ask.disk_mb)
+        ready = pool is not None and pool.has(self._files(image)[0], ask.disk_mb)
         return ask.request.sync or ready
 
     async def _speculate(
@@ -232,7 +259,7 @@ class Provisioner:
         """Take a warm sandbox (or reserve room for a new disk) and start the boot or the
         hand-out in ``boots`` when this create boots now."""
         pool = self.service.pools.get(ask.isolation)
-        warm = pool.take(Path(image.rootfs), ask.disk_mb) if pool is not None else None
+        warm = pool.take(self._files(image)[0], ask.disk_mb) if pool is not None else None
         node_warm = await self._take_node_warm(node, ask, image)
         if warm is None and node_warm is None:  # a warm sandbox's disk exists already
             await self.service.disk_floor.reserve_for_create(ask.disk_mb)
@@ -285,7 +312,8 @@ class Provisioner:
         if node is None or fleet is None or image.layers:
             return None
         try:
-            return await fleet.take_warm(node, ask.isolation, Path(image.rootfs), ask.disk_mb)
+            rootfs = self._files(image)[0]
+            return await fleet.take_warm(node, ask.isolation, rootfs, ask.disk_mb)
         except DriverError as exc:  # a cold create follows (and meets the same node's answer)
             log.warning("node %s: no warm sandbox taken: %s", node, exc)
             return None
@@ -295,13 +323,23 @@ class Provisioner:
         info = await self.service.fleet.hand_out(spec)
         self.service._sockets[spec.sandbox_id] = AgentSocket.of(info)
 
+    def _files(self, image: Image) -> tuple[Path, tuple[Path, ...]]:
+        """The image's root filesystem and layers as the driver that boots it finds them:
+        under this server's images directory, or on a fleet as the row says (each node finds
+        them under its own, ``node/internal.py``)."""
+        if self.service.fleet is not None:
+            return Path(image.rootfs), tuple(Path(layer) for layer in image.layers or ())
+        root = self.service.settings.images_root
+        return locations.located(root, image.rootfs), locations.located_all(root, image.layers)
+
     def _spec(self, sandbox_id: str, ask: _Ask, image: Image) -> SandboxSpec:
         request = ask.request
+        rootfs, layers = self._files(image)
         return SandboxSpec(
             sandbox_id=sandbox_id,
             hostname=hostname_of(request.name),
-            rootfs=Path(image.rootfs),
-            layers=tuple(Path(layer) for layer in image.layers or ()),
+            rootfs=rootfs,
+            layers=layers,
             cpu=request.cpu,
             mem_mb=request.mem,
             disk_mb=ask.disk_mb,

@@ -33,6 +33,7 @@ from ..errors import (
     InvalidStateError,
     VoidRunError,
 )
+from ..images import locations
 from ..images import snapshot as layout
 from ..images.importer import remove_image
 from ..schemas.sandboxes import NetworkSpec, PortSpec, SandboxCreate
@@ -183,7 +184,7 @@ class Snapshots:
                 stored = await session.get(Image, image.id)
                 assert stored is not None
                 stored.status, stored.active, stored.progress = "ready", True, 100
-                stored.rootfs = str(built.rootfs)
+                stored.rootfs = locations.stored(self.settings.images_root, built.rootfs)
                 stored.size_gb = max(1, -(-built.size_bytes // GIB))
                 sandbox_repo.record(
                     session, "image.snapshot", caller.org_id, row.id, image=image.id,
@@ -263,7 +264,8 @@ class Snapshots:
                 return
             rootfs = stored.rootfs
             await session.delete(stored)
-        await anyio.to_thread.run_sync(remove_image, self.settings.images_root, Path(rootfs))
+        root = self.settings.images_root
+        await anyio.to_thread.run_sync(remove_image, root, locations.located(root, rootfs))
 
 
 def _fork_body(source: Sandbox, image: Image, number: int) -> SandboxCreate:

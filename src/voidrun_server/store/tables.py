@@ -146,6 +146,8 @@ class Image(Base):
     # first; NULL for other images
     parent_id: Mapped[str | None] = mapped_column(String(24), index=True)
     layers: Mapped[list[str] | None] = mapped_column(JSON)
+    # on a fleet: the node the import runs on (services/image_builds.py); NULL elsewhere
+    node_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class Sandbox(Base):

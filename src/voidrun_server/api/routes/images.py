@@ -86,14 +86,34 @@ async def image_logs(
     build ends, then one ``status`` event ``{"status", "error"}``."""
     row = await images.by_id(session, caller.org_id, image_id)
     build = ctx.images.logs.get(row.id) if ctx.images is not None else None
+    placed = ctx.images.placed if ctx.images is not None else None
     status, error = row.status, row.error
+    events = (
+        _node_log_events(placed.follow(row))
+        if build is None and placed is not None and row.node_id and status == "building"
+        else _log_events(build, status, error)
+    )
     return owner.respond(
-        _log_events(build, status, error),
+        events,
         caller,
         final=json_event("status", {"status": "error", "error": REVOKED_REASON}),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
+
+
+async def _node_log_events(
+    batches: AsyncIterator[tuple[list[str], str, str | None]],
+) -> AsyncIterator[bytes]:
+    """The same events for a build on a node (``services/placed_builds.py``)."""
+    async for lines, status, error in batches:
+        for line in lines:
+            yield event("log", line)
+        if status != "building":
+            yield json_event("status", {"status": status, "error": error})
+            return
+        if not lines:
+            yield b": keep-alive\n\n"
 
 
 async def _log_events(

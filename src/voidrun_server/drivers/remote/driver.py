@@ -80,7 +80,12 @@ class RemoteDriver:
     # -- transport -----------------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        within: float | None = None,
     ) -> dict[str, Any]:
         url = f"{self.address.url}{wire.PREFIX}{path}"
         try:
@@ -89,7 +94,7 @@ class RemoteDriver:
                 url,
                 json=body,
                 headers={wire.TOKEN_HEADER: self._token},
-                timeout=self._timeout,
+                timeout=within or self._timeout,
             )
         except httpx.TimeoutException as exc:
             raise DriverTimeoutError(
@@ -105,12 +110,15 @@ class RemoteDriver:
         except ValueError:
             data = {}
         if response.status_code >= 400:
-            if response.status_code in (401, 403):
+            data = data if isinstance(data, dict) else {}
+            if response.status_code == 401:
                 raise DriverUnavailableError(
                     f"node {self.address.id} refused this replica's token",
                     "VOIDRUN_NODE_TOKEN must be the same on API replicas and nodes",
                 )
-            raise wire.error_from_wire(data if isinstance(data, dict) else {}, self.address.id)
+            if "error" in data:  # a user's error (node/images.py): the same class here
+                raise wire.user_error_from_wire(response.status_code, data)
+            raise wire.error_from_wire(data, self.address.id)
         return data if isinstance(data, dict) else {}
 
     def _info(self, sandbox_id: str, data: dict[str, Any]) -> SandboxInfo:
@@ -145,6 +153,25 @@ class RemoteDriver:
 
     async def recover(self) -> dict[str, SandboxInfo]:
         return {}  # a node re-adopts its own sandboxes; the replica holds none
+
+    # -- the node's images (node/images.py) -----------------------------------------------------
+
+    async def copy_image(self, image_id: str, source: str, *, within: float) -> bool:
+        """Have the node copy ``image_id`` from node ``source``; False: it held it already."""
+        body = {"from": source}
+        done = await self._call("POST", f"/images/{image_id}/copy", body, within=within)
+        return bool(done.get("copied"))
+
+    async def build_image(self, image_id: str, body: Mapping[str, Any]) -> None:
+        """Start the import of a recorded ``building`` row on the node."""
+        await self._call("POST", f"/images/{image_id}/build", body)
+
+    async def image_log(self, image_id: str, position: int, wait: float) -> dict[str, Any]:
+        path = f"/images/{image_id}/log?position={position}&wait={wait}"
+        return await self._call("GET", path, within=wait + self._timeout)
+
+    async def remove_image(self, rootfs: str) -> None:
+        await self._call("POST", "/images/remove", {"rootfs": rootfs})
 
     # -- the node's warm pool (node/pools.py) ---------------------------------------------------
 

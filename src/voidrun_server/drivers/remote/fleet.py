@@ -13,11 +13,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
 import httpx
 
+from ...errors import VoidRunError
 from ..base import (
     DriverUnavailableError,
     NetworkPolicy,
@@ -39,6 +42,14 @@ WARM_MISS_SECONDS = 1.0
 SERVING = ("ready", "draining")
 LocateSandbox = Callable[[str], Awaitable[str | None]]
 LocateNode = Callable[[str], Awaitable[NodeAddress | None]]
+
+
+@dataclass
+class _Copy:
+    """An image copy to a node under way, for the creates that wait for it."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    failure: VoidRunError | None = None
 
 
 class Fleet:
@@ -64,6 +75,7 @@ class Fleet:
         self._node_of: dict[str, str] = {}
         self._nodes: dict[str, tuple[float, RemoteDriver]] = {}
         self._warm_missed: dict[tuple[str, str, Path, int], float] = {}
+        self._copies: dict[tuple[str, str], _Copy] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -162,6 +174,28 @@ class Fleet:
         else:
             self._warm_missed.pop(key, None)
         return taken
+
+    async def copy_image(self, node_id: str, image_id: str, source: str, within: float) -> None:
+        """Copy an image to ``node_id`` from node ``source`` (``node/images.py``). Creates
+        that wait for the same copy share it."""
+        key = (node_id, image_id)
+        running = self._copies.get(key)
+        if running is None:
+            running = self._copies[key] = _Copy()
+            try:
+                driver = await self.node(node_id)
+                await driver.copy_image(image_id, source, within=within)
+            except VoidRunError as exc:
+                running.failure = exc
+                if isinstance(exc, NodeUnreachableError):
+                    self.forget_node(node_id)
+            finally:
+                del self._copies[key]
+                running.done.set()
+        else:
+            await running.done.wait()
+        if running.failure is not None:
+            raise running.failure
 
     async def hand_out(self, spec: SandboxSpec) -> SandboxInfo:
         return await self._guard(spec.sandbox_id, lambda d: d.hand_out(spec))

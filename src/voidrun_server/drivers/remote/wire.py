@@ -7,6 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    SandboxUnavailableError,
+    ServiceUnavailableError,
+    VoidRunError,
+)
 from ..base import (
     DriverError,
     DriverTimeoutError,
@@ -118,6 +127,23 @@ def error_to_wire(exc: DriverError) -> dict[str, Any]:
         "details": exc.details,
         "hint": getattr(exc, "hint", None),
     }
+
+
+USER_ERRORS: dict[int, type[VoidRunError]] = {
+    400: InvalidInputError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    502: SandboxUnavailableError,
+}
+
+
+def user_error_from_wire(status: int, data: dict[str, Any]) -> VoidRunError:
+    """A node's ``{"error", "details"}`` answer (``node/images.py``) as the class of the one
+    table (``api/errors.py``) its status stands for (503 for any other)."""
+    cls = USER_ERRORS.get(status, ServiceUnavailableError)
+    details = data.get("details")
+    return cls(str(data.get("error") or cls.message), str(details) if details else None)
 
 
 def error_from_wire(data: dict[str, Any], node_id: str) -> DriverError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..tables import Image, Sandbox
@@ -56,6 +56,26 @@ async def system_images(session: AsyncSession) -> Sequence[Image]:
 async def own(session: AsyncSession, org_id: str, name: str, tag: str) -> Image | None:
     """The org's own image ``name:tag`` (never a system image), whatever its status."""
     query = select(Image).where(Image.org_id == org_id, Image.name == name, Image.tag == tag)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def with_absolute_paths(session: AsyncSession) -> Sequence[Image]:
+    """Rows written before image paths were relative (and every snapshot: its layers)."""
+    query = select(Image).where(or_(Image.rootfs.like("/%"), Image.parent_id.is_not(None)))
+    return (await session.execute(query)).scalars().all()
+
+
+async def set_progress(session: AsyncSession, image_id: str, percent: int) -> None:
+    query = (
+        update(Image)
+        .where(Image.id == image_id, Image.status == "building")
+        .values(progress=percent)
+    )
+    await session.execute(query)
+
+
+async def by_rootfs(session: AsyncSession, rootfs: str) -> Image | None:
+    query = select(Image).where(Image.rootfs == rootfs).limit(1)
     return (await session.execute(query)).scalar_one_or_none()
 
 

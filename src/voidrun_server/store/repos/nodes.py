@@ -67,6 +67,14 @@ async def heartbeat(
     return True
 
 
+async def hold_image(session: AsyncSession, node_id: str, image_id: str) -> None:
+    """Note at once that ``node_id`` holds ``image_id`` now (copied there), before the next
+    heartbeat would."""
+    row = await session.get(Node, node_id, with_for_update=True)
+    if row is not None and row.images is not None and image_id not in row.images:
+        row.images = sorted([*row.images, image_id])
+
+
 async def all_nodes(session: AsyncSession) -> Sequence[Node]:
     return (await session.execute(select(Node).order_by(Node.id))).scalars().all()
 
@@ -121,6 +129,13 @@ def has_room(row: Node, used: tuple[int, int, int], cpu: int, mem_mb: int) -> bo
         and used_cpu + cpu <= row.cpu
         and used_mem + mem_mb <= row.mem_mb
     )
+
+
+def fits(row: Node, cpu: int, mem_mb: int) -> bool:
+    """Whether one more sandbox fits ``row`` by the counts it was read with (a view: the
+    placement checks again under the row lock)."""
+    used = (row.sandbox_count, row.committed_cpu, row.committed_mem_mb)
+    return has_room(row, used, cpu, mem_mb)
 
 
 def load(row: Node) -> float:

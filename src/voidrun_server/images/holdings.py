@@ -14,7 +14,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from ..images.manifest import find_built_image
+from .locations import located
+from .manifest import find_built_image
 
 Row = tuple[str, str, str, bool, str, list[str]]  # id, name, tag, system, rootfs, layers
 
@@ -25,7 +26,7 @@ def _held(images_root: Path, rows: Sequence[Row]) -> list[str]:
         if system:
             if find_built_image(images_root, name, tag) is not None:
                 out.append(image_id)
-        elif rootfs and all(os.path.isdir(p) for p in (rootfs, *layers)):
+        elif rootfs and all(os.path.isdir(located(images_root, p)) for p in (rootfs, *layers)):
             out.append(image_id)
     return sorted(out)
 
