@@ -122,9 +122,8 @@ Job = tuple[Path, str] | Pull  # a checked host path and its tag, or a registry 
 
 
 class ImageBuilds:
-    """Imports on this server; with ``fleet`` (an API replica) each goes to a node instead
-    (``placed_builds.py``), and with ``node_id`` (a node daemon) this runs the ones placed
-    here."""
+    """Imports on this server; with ``placed`` (an API replica) each runs on a node instead
+    (``placed_builds.py``), and with ``node_id`` (a node daemon) this runs those placed here."""
 
     def __init__(
         self,
@@ -167,15 +166,12 @@ class ImageBuilds:
             return await self._concurrent(caller.org_id, name, tag)
         if not created:
             return row  # the same build, asked for twice
-        if job is None:
-            await self.placed_or_fail().start(row, body, self._forget)
+        if self.placed is not None:
+            await self.placed.start(row, body, self._forget)
         else:
+            assert job is not None
             self._begin(row.id, caller.org_id, name, tag, job)
         return row
-
-    def placed_or_fail(self) -> PlacedBuilds:
-        assert self.placed is not None
-        return self.placed
 
     async def start_placed(self, image_id: str, data: dict[str, Any]) -> None:
         """On a node: run the import a replica recorded for this node (its checks here: the

@@ -136,11 +136,12 @@ class Provisioner:
                     raise refused.error from None
             except placement.ImageElsewhere as elsewhere:  # copied to a node with room first
                 copies += 1
-                await self._copy_image(elsewhere, last=copies >= MAX_NODE_TRIES)
+                if not await self._copy_image(elsewhere, last=copies >= MAX_NODE_TRIES):
+                    skip.append(elsewhere.node)
 
-    async def _copy_image(self, elsewhere: placement.ImageElsewhere, *, last: bool) -> None:
+    async def _copy_image(self, elsewhere: placement.ImageElsewhere, *, last: bool) -> bool:
         """Copy the image a create needs to the node placement found room on; a failed copy
-        ends the create (503) when it was the last try, else the next try places again."""
+        ends the create (503) when it was the last try, else the next try places elsewhere."""
         fleet = self.service.fleet
         assert fleet is not None
         within = self.service.settings.node_image_copy_timeout_seconds
@@ -154,6 +155,8 @@ class Provisioner:
                 raise ServiceUnavailableError(
                     f"Could not copy the image to node {elsewhere.node}", describe(exc)
                 ) from exc
+            return False
+        return True
 
     async def _create(
         self,
