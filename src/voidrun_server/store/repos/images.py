@@ -113,7 +113,7 @@ async def snapshots_over(session: AsyncSession, image_id: str) -> int:
 
 async def bootable(session: AsyncSession) -> list[tuple[str, str, str, bool, str, list[str]]]:
     """(id, name, tag, system, rootfs, layers) of every active, ready image: what a node checks
-    it holds (``node/holdings.py``)."""
+    it holds (``images/holdings.py``)."""
     query = select(Image.id, Image.name, Image.tag, Image.system, Image.rootfs, Image.layers).where(
         Image.active.is_(True), Image.status == "ready"
     )
