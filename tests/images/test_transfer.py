@@ -14,7 +14,6 @@ from tests.support.oci_images import busybox_rootfs
 
 from voidrun_server.images.entries import UnpackError
 from voidrun_server.images.importer import ImportRequest, import_image, receive_image, target_dir
-from voidrun_server.images.locations import located, stored
 from voidrun_server.images.sources import ImageConfig
 from voidrun_server.images.transfer import ChunkReader, export_tar
 from voidrun_server.images.unpack import Limits
@@ -124,13 +123,3 @@ def test_a_tree_not_owned_by_its_range_is_not_sent(tmp_path: Path) -> None:
     (rootfs / "f").write_text("x")  # owned by root, not by BASE + n
     with pytest.raises(UnpackError, match="uid range"):
         b"".join(export_tar(rootfs, BASE))
-
-
-def test_rows_hold_paths_relative_to_the_images_directory(tmp_path: Path) -> None:
-    root = tmp_path / "images"
-    assert stored(root, root / "orgs/o/n/t/rootfs") == "orgs/o/n/t/rootfs"
-    assert located(root, "orgs/o/n/t/rootfs") == root / "orgs/o/n/t/rootfs"
-    assert stored(root, "/elsewhere/rootfs") == "/elsewhere/rootfs"  # older rows: as they are
-    assert located(root, "/elsewhere/rootfs") == Path("/elsewhere/rootfs")
-    with pytest.raises(ValueError, match="may not leave"):
-        located(root, "orgs/../../etc")

@@ -22,7 +22,7 @@ from ..images.importer import import_image
 from ..images.progress import ImageBuildError
 from ..images.sources import split_tag
 from ..services import accounts
-from ..services.image_builds import _check_name, _check_tag, import_request
+from ..services.image_requests import check_name, check_tag, import_request
 from ..services.images import GIB, SYSTEM_IMAGES
 from ..store.repos import images as repo
 from ..store.tables import Image
@@ -46,7 +46,7 @@ def images_import(
 
     settings = _settings()
     try:
-        name, version = _check_name(name), _check_tag(version)
+        name, version = check_name(name), check_tag(version)
     except Exception as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

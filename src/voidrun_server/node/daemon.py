@@ -115,6 +115,7 @@ def create_node_app(settings: Settings) -> Starlette:
             async with anyio.create_task_group() as group:
                 builds = ImageBuilds(settings, sessions, spawner(group), node_id=node_id)
                 await builds.recover()
+                await node_images.sweep()
                 image_routes.builds = builds
                 if drivers is not None:
                     api.drivers = drivers

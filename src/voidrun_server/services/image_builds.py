@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import re
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,18 +32,24 @@ from ..errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from ..images import locations, registry
+from ..images import locations
 from ..images.importer import ImportRequest, import_image, remove_image, remove_partials
 from ..images.progress import BuildProgress, ImageBuildError
-from ..images.reference import InvalidReferenceError, parse_reference
-from ..images.sources import split_tag
-from ..images.unpack import Limits
 from ..schemas.images import ImageCreate
 from ..store.db import transaction
 from ..store.repos import images as repo
 from ..store.repos import nodes as nodes_repo
 from ..store.tables import Image
 from .accounts import Principal
+from .build_log import BuildLog
+from .image_requests import (
+    Pull,
+    allowed_path,
+    check_name,
+    check_tag,
+    import_request,
+    registry_job,
+)
 from .images import GIB, SYSTEM_IMAGES
 
 if TYPE_CHECKING:
@@ -56,68 +58,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def import_request(
-    settings: Settings, org_id: str | None, name: str, tag: str, path: Path, source_tag: str
-) -> ImportRequest:
-    """What the importer needs for one image, with this server's limits (API and CLI)."""
-    return ImportRequest(
-        images_root=settings.images_root,
-        org_id=org_id,
-        name=name,
-        tag=tag,
-        path=path,
-        source_tag=source_tag,
-        limits=Limits(settings.image_max_bytes, settings.image_max_layers, settings.image_setuid),
-        uid_base=IMAGE_UID_BASE,
-    )
-
-
-PULL_TIMEOUT_SECONDS = 3600.0  # a registry pull that takes longer fails the build
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,49}$")
-LOG_LINES = 1000
-IMAGE_UID_BASE = 100000  # what images are shifted to (images/build.py's default)
 RESTARTED = "the server restarted during the build"
 PROGRESS_SECONDS = 1.0  # how often a node writes a build's progress into its row
 
 
-@dataclass
-class BuildLog:
-    """One build's progress and log lines, for readers that poll or follow."""
-
-    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
-    total: int = 0  # lines ever added (readers keep their position in this count)
-    progress: int = 0
-    status: str = "building"
-    error: str | None = None
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        self.total += 1
-        self._wake()
-
-    def report(self, update: BuildProgress) -> None:
-        self.progress = min(99, int(100 * update.done / max(1, update.total)))
-        self.add(f"[{update.step}] {update.detail}".rstrip())
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.status, self.error = status, error
-        self.progress = 100 if status == "ready" else self.progress
-        self._wake()
-
-    def since(self, position: int) -> tuple[list[str], int]:
-        """Lines after ``position`` (those still kept) and the new position."""
-        missed = self.total - position
-        kept = list(self.lines)[-missed:] if 0 < missed else []
-        return kept, self.total
-
-    def _wake(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
-
-Pull = Callable[[Path, Callable[[str], None]], Path]
 Job = tuple[Path, str] | Pull  # a checked host path and its tag, or a registry pull
 
 
@@ -146,7 +90,7 @@ class ImageBuilds:
     # --- start ------------------------------------------------------------------------------
 
     async def start(self, caller: Principal, body: ImageCreate) -> Image:
-        name, tag = _check_name(body.name), _check_tag(body.version or "latest")
+        name, tag = check_name(body.name), check_tag(body.version or "latest")
         if name in SYSTEM_IMAGES:
             raise ConflictError("image name reserved", f"{name} is a system image")
         if (body.path is None) == (body.source is None):
@@ -156,7 +100,7 @@ class ImageBuilds:
         node: str | None = None
         if self.placed is not None:  # a replica: checked and run on a node
             if body.source is not None:
-                self._registry_job(body)  # a malformed reference is a 400 here already
+                registry_job(self.settings, body)  # a malformed reference is a 400 here already
             node = await self.placed.pick_node()
         else:
             job = self._job(body)
@@ -188,9 +132,9 @@ class ImageBuilds:
 
     def _job(self, body: ImageCreate) -> Job:
         if body.source is not None:
-            return self._registry_job(body)
+            return registry_job(self.settings, body)
         assert body.path is not None
-        return self._allowed_path(body.path)
+        return allowed_path(self.settings, body.path)
 
     def _begin(self, image_id: str, org_id: str, name: str, tag: str, job: Job) -> None:
         self.logs[image_id] = BuildLog()
@@ -243,56 +187,12 @@ class ImageBuilds:
             raise ConflictError("image already exists", f"{name}:{tag}")
         return row
 
-    def _allowed_path(self, raw: str) -> tuple[Path, str]:
-        if not raw or len(raw) > 4096 or "\x00" in raw or not raw.startswith("/"):
-            raise InvalidInputError("invalid path", "an absolute host path")
-        path, source_tag = split_tag(raw)
-        resolved = Path(os.path.realpath(path))
-        roots = [Path(os.path.realpath(d)) for d in self.settings.image_import_dirs]
-        if not any(resolved.is_relative_to(root) and resolved != root for root in roots):
-            raise PermissionDeniedError(
-                "path not allowed",
-                "imports are read only from the directories in VOIDRUN_IMAGE_IMPORT_DIRS",
-            )
-        if not resolved.exists():
-            raise InvalidInputError("import path not found", raw)
-        return resolved, source_tag
-
     def _request(
         self, org_id: str, name: str, tag: str, path: Path, source_tag: str
     ) -> ImportRequest:
         return import_request(self.settings, org_id, name, tag, path, source_tag)
 
     # --- registry: the one place that depends on images/registry.py --------------------------
-
-    def _registry_job(self, body: ImageCreate) -> Pull:
-        """A function that pulls ``body.source`` into an OCI layout under a directory and
-        returns the layout (``images/registry.py``); a malformed reference is a 400 now."""
-        try:
-            parse_reference(body.source or "")
-        except InvalidReferenceError as exc:
-            raise InvalidInputError("invalid image reference", str(exc)) from None
-        creds = None
-        if body.credentials is not None:  # used for this pull only; never stored
-            creds = (body.credentials.username, body.credentials.password.get_secret_value())
-        reference, insecure = body.source or "", body.insecure
-        allowed = list(self.settings.image_insecure_registries)
-        max_bytes = self.settings.image_max_bytes
-
-        def pull(dest: Path, progress: Callable[[str], None]) -> Path:
-            result: Path = registry.pull_to_layout(
-                reference,
-                dest,
-                credentials=creds,
-                insecure=insecure,
-                allowed_insecure=allowed,
-                progress=lambda _fraction, line: progress(line),
-                timeout=PULL_TIMEOUT_SECONDS,
-                max_bytes=max_bytes,
-            )
-            return result
-
-        return pull
 
     async def _run_registry(
         self,
@@ -462,21 +362,6 @@ class ImageBuilds:
         elif rootfs:
             root = self.settings.images_root
             await anyio.to_thread.run_sync(remove_image, root, locations.located(root, rootfs))
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise InvalidInputError(
-            "invalid image name",
-            "1-100 of a-z, 0-9, '.', '_', '-'; starting with a letter or digit",
-        )
-    return name
-
-
-def _check_tag(tag: str) -> str:
-    if not _TAG.match(tag):
-        raise InvalidInputError("invalid version", "1-50 of A-Z, a-z, 0-9, '.', '_', '-'")
-    return tag
 
 
 def _remove_quietly(path: Path) -> None:

@@ -27,7 +27,7 @@ from ..config import Settings
 from ..drivers.remote import wire
 from ..errors import ConflictError, InvalidInputError, NotFoundError, SandboxUnavailableError
 from ..images.entries import CHUNK
-from ..images.holdings import held_images
+from ..images.holdings import held_images, unlisted
 from ..images.importer import receive_image, remove_image, target_dir
 from ..images.locations import located
 from ..images.manifest import MANIFEST
@@ -38,11 +38,12 @@ from ..store.db import transaction
 from ..store.repos import images as images_repo
 from ..store.repos import nodes as nodes_repo
 from ..store.tables import Image
-from .image_builds import IMAGE_UID_BASE, import_request
+from .image_requests import IMAGE_UID_BASE, import_request
 from .locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 READ_TIMEOUT = 60.0  # a holder silent that long mid-copy has failed
+SWEEP_AFTER = 600.0  # an image dir younger than this may be an import whose row is coming
 
 
 class NodeImages:
@@ -125,6 +126,18 @@ class NodeImages:
         log.info("node %s: copied image %s:%s (%s) from %s, %d bytes", self.node_id, row.name,
                  row.tag, image_id, source, received)  # fmt: skip
         return received
+
+    async def sweep(self) -> list[Path]:
+        """At the node's start: remove the files of images no row names any more (deleted
+        while this node could not be reached), once they are :data:`SWEEP_AFTER` s old."""
+        async with self.sessions() as session:
+            listed = await images_repo.stored_paths(session)
+        root = self.settings.images_root
+        found = await anyio.to_thread.run_sync(unlisted, root, listed, SWEEP_AFTER)
+        for rootfs in found:
+            log.warning("node %s: removing %s (no image row names it)", self.node_id, rootfs)
+            await anyio.to_thread.run_sync(remove_image, root, rootfs)
+        return found
 
     async def remove(self, rootfs: str) -> None:
         """The files of an image whose row is gone (deleted through a replica)."""

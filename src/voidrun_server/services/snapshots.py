@@ -42,9 +42,7 @@ from ..store.repos import images as image_repo
 from ..store.repos import sandboxes as sandbox_repo
 from ..store.tables import Image, Sandbox
 from .accounts import Principal
-from .image_builds import IMAGE_UID_BASE
-from .image_builds import _check_name as check_name
-from .image_builds import _check_tag as check_tag
+from .image_requests import IMAGE_UID_BASE, check_name, check_tag
 from .images import GIB, SYSTEM_IMAGES
 from .lifecycle import Status
 from .provisioning import describe

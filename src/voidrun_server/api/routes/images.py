@@ -14,7 +14,8 @@ from ...schemas.common import envelope
 from ...schemas.images import ImageCreate
 from ...schemas.sandboxes import ImagePublic
 from ...services import images
-from ...services.image_builds import BuildLog, ImageBuilds
+from ...services.build_log import BuildLog
+from ...services.image_builds import ImageBuilds
 from ...services.images import ImageRow
 from ..deps import Caller, Ctx, Db
 from ..sse import SSE_HEADERS, event, json_event

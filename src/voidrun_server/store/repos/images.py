@@ -74,6 +74,12 @@ async def set_progress(session: AsyncSession, image_id: str, percent: int) -> No
     await session.execute(query)
 
 
+async def stored_paths(session: AsyncSession) -> set[str]:
+    """Every root filesystem and layer path the image rows name (as stored)."""
+    rows = (await session.execute(select(Image.rootfs, Image.layers))).all()
+    return {path for rootfs, layers in rows for path in (rootfs, *(layers or [])) if path}
+
+
 async def by_rootfs(session: AsyncSession, rootfs: str) -> Image | None:
     query = select(Image).where(Image.rootfs == rootfs).limit(1)
     return (await session.execute(query)).scalar_one_or_none()
