@@ -29,6 +29,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.http import assert_error
+from tests.support.images import IMAGES_DIR
 from tests.support.oci_layouts import (
     OLD_PYTHON_VERSION,
     D,
@@ -216,6 +217,8 @@ def test_wrong_password_fails_with_the_registry_message_and_hides_it(
     with client.stream("GET", f"/images/{image['id']}/logs") as response:
         logs = "".join(response.iter_text())
     assert auth_registry.password not in shown + logs
+    # nothing of either pull is left beside the org's images (no layout, no empty .pulls)
+    assert not (IMAGES_DIR / "orgs" / str(image["orgId"]) / ".pulls").exists()
 
 
 # --- the feature matrix ------------------------------------------------------------------------

@@ -11,8 +11,10 @@ next start (:meth:`ImageBuilds.recover`), which also removes its partial files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -365,6 +367,10 @@ class ImageBuilds:
 
 
 def _remove_quietly(path: Path) -> None:
-    import shutil
-
+    """``path`` (a pull's layout, or all of an org's ``.pulls``), then ``.pulls`` and the
+    org's directory if that left them empty."""
     shutil.rmtree(path, ignore_errors=True)
+    pulls = path if path.name == ".pulls" else path.parent
+    for empty in (pulls, pulls.parent):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
