@@ -236,14 +236,12 @@ class ImageBuilds:
             anyio.from_thread.run_sync(build.report, update)
 
         work = functools.partial(import_image, req, progress=progress, cancelled=self._stop.is_set)
+        if self.node_id is not None:  # replicas read the progress from the row
+            self.spawn(functools.partial(self._keep_progress, image_id, build))
         try:
-            async with anyio.create_task_group() as group:
-                if self.node_id is not None:  # replicas read the progress from the row
-                    group.start_soon(self._keep_progress, image_id, build)
-                imported = await anyio.to_thread.run_sync(
-                    work, limiter=self._limiter, abandon_on_cancel=True
-                )
-                group.cancel_scope.cancel()
+            imported = await anyio.to_thread.run_sync(
+                work, limiter=self._limiter, abandon_on_cancel=True
+            )
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._finish(image_id, None, error="the server shut down during the build")
@@ -265,10 +263,11 @@ class ImageBuilds:
         await self._finish(image_id, imported, error=None)
 
     async def _keep_progress(self, image_id: str, build: BuildLog) -> None:
+        """Write the build's progress into its row while it builds (until ``_finish``)."""
         written = -1
-        while True:
+        while build.status == "building":
             await anyio.sleep(PROGRESS_SECONDS)
-            if build.progress != written:
+            if build.status == "building" and build.progress != written:
                 written = build.progress
                 async with transaction(self.sessions) as session:
                     await repo.set_progress(session, image_id, written)
