@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -46,14 +47,15 @@ def unowned_dirs(server: ServerProcess, rows: set[str]) -> dict[str, str]:
 
 
 def crash_and_restart(server: ServerProcess) -> None:
-    """SIGKILL and start again; the warm pool's sandboxes of before must not survive (they
-    have no row: the start-up reconcile destroys them like any orphan)."""
-    with server.client() as client:
-        rows = {r["id"] for r in client.get("/sandboxes", params={"limit": 100}).json()["data"]}
-    old_pool = set(unowned_dirs(server, rows))
+    """SIGKILL at once and start again; the warm pool's sandboxes of before must not survive
+    (they have no row: the start-up reconcile destroys them like any orphan). The rows are
+    read from the dead server's database, so nothing runs between the caller and the kill."""
+    assert not server.database_url, "these tests read the SQLite database of a killed server"
     server.stop(signal.SIGKILL)
+    with sqlite3.connect(server.data_dir / "voidrun.db") as db:
+        rows = {r[0] for r in db.execute("SELECT id FROM sandboxes WHERE status != 'deleted'")}
+    server.old_pool = set(unowned_dirs(server, rows))  # type: ignore[attr-defined]
     server.start()
-    server.old_pool = old_pool  # type: ignore[attr-defined]
 
 
 def mounts_under(path: Path) -> list[str]:
