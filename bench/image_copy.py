@@ -34,10 +34,15 @@ def pipe_chunks(rootfs: Path, uid_base: int) -> Iterator[bytes]:
     """The sender in a thread writing into a pipe; the chunks as the receiver reads them."""
     read_fd, write_fd = os.pipe()
 
+    failed: list[BaseException] = []
+
     def send() -> None:
         with os.fdopen(write_fd, "wb") as out:
-            for chunk in export_tar(rootfs, uid_base):
-                out.write(chunk)
+            try:
+                for chunk in export_tar(rootfs, uid_base):
+                    out.write(chunk)
+            except BaseException as exc:  # the receiver sees the stream end early; say why
+                failed.append(exc)
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
@@ -45,6 +50,8 @@ def pipe_chunks(rootfs: Path, uid_base: int) -> Iterator[bytes]:
         while chunk := stream.read(CHUNK):
             yield chunk
     sender.join()
+    if failed:
+        raise failed[0]
 
 
 def copy_once(rootfs: Path, scratch: Path) -> tuple[float, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -110,11 +111,26 @@ def test_a_hostile_stream_is_refused_and_leaves_nothing(
 
 
 def test_a_stream_cut_short_is_refused(tmp_path: Path, holder: Path) -> None:
-    data = b"".join(export_tar(holder, BASE))
+    chunks = list(export_tar(holder, BASE))
+    data = b"".join(chunks)
     req = request(tmp_path / "b", "bb")
-    with pytest.raises(UnpackError):
+    with pytest.raises(UnpackError):  # inside a member
         receive_image(req, ChunkReader([data[: len(data) // 2]]), ImageConfig())
     assert not target_dir(req).exists()
+    # between two members: tarfile alone takes that for the end of the archive
+    with pytest.raises(UnpackError, match="ended before the archive did"):
+        receive_image(req, ChunkReader(chunks[:-1]), ImageConfig())
+    assert not target_dir(req).exists()
+
+
+def test_device_nodes_are_left_out(tmp_path: Path, holder: Path) -> None:
+    """A built image may hold /dev nodes (a sandbox gets its own /dev; imports refuse them)."""
+    os.mknod(holder / "dev-null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    copied = receive_image(
+        request(tmp_path / "b", "bb"), ChunkReader(export_tar(holder, BASE)), ImageConfig()
+    )
+    assert not (copied.built.rootfs / "dev-null").exists()
+    assert (copied.built.rootfs / "bin/busybox").is_file()
 
 
 def test_a_tree_not_owned_by_its_range_is_not_sent(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from .manifest import (
 )
 from .progress import BuildProgress, ProgressCallback
 from .sources import ImageConfig, Source, layer_entries, open_source, rootfs_entries
+from .transfer import EndChecked
 from .unpack import Limits, RootfsWriter, UnpackStats
 
 ORGS_DIR = "orgs"
@@ -103,8 +104,10 @@ def receive_image(
         rootfs = partial / "rootfs"
         rootfs.mkdir()
         writer = _writer(req, rootfs, cancelled)
+        checked = EndChecked(stream)
         try:
-            writer.apply(tar_entries(stream, req.limits.max_bytes))
+            writer.apply(tar_entries(checked, req.limits.max_bytes))
+            checked.check_end()
         finally:
             writer.close()
         built = BuiltImage(req.name, req.tag, rootfs, 0, datetime.now(UTC))

@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .entries import CHUNK, Entry, UnpackError, dir_entries
+from .entries import CHUNK, Entry, Readable, UnpackError, dir_entries
 
 BLOCK = tarfile.BLOCKSIZE
 _TYPES = {
@@ -31,10 +31,16 @@ _TYPES = {
 
 
 def export_tar(rootfs: Path, uid_base: int) -> Iterator[bytes]:
-    """The tar stream of ``rootfs`` (whose owners are shifted by ``uid_base``), in chunks."""
+    """The tar stream of ``rootfs`` (whose owners are shifted by ``uid_base``), in chunks.
+    Device nodes are left out: a built image may hold a few under ``/dev``, but a sandbox gets
+    its own ``/dev`` and an import refuses them."""
     for entry in dir_entries(str(rootfs)):
-        yield from _member(entry, uid_base)
-    yield b"\0" * (2 * BLOCK)
+        if entry.kind != "device":
+            yield from _member(entry, uid_base)
+    yield END
+
+
+END = b"\0" * (2 * BLOCK)  # a tar archive's end: what a stream cut short lacks
 
 
 def _member(entry: Entry, uid_base: int) -> Iterator[bytes]:
@@ -63,6 +69,28 @@ def _member(entry: Entry, uid_base: int) -> Iterator[bytes]:
         left -= len(chunk)
     if info.size % BLOCK:
         yield b"\0" * (BLOCK - info.size % BLOCK)
+
+
+class EndChecked:
+    """A stream whose last bytes are kept, to tell a complete archive from one cut short
+    between two members (tarfile takes either for the end)."""
+
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        self._tail = b""
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._stream.read(n)
+        self._tail = (self._tail + data)[-len(END) :]
+        return data
+
+    def check_end(self) -> None:
+        """Read what tarfile left (at most a few blocks) and require the archive's end."""
+        for _ in range(64):
+            if not self.read(BLOCK * 20):
+                break
+        if self._tail != END:
+            raise UnpackError("the image stream ended before the archive did", "copy it again")
 
 
 class ChunkReader:
