@@ -8,7 +8,6 @@ served at all. Driver errors go back by class (``drivers/remote/wire.py``).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -125,10 +124,7 @@ class NodeApi:
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
-        data = json.loads(await request.body() or b"{}")
-        if not isinstance(data, dict):
-            raise ValueError("body must be an object")
-        return data
+        return wire.object_from_json(await request.body())
 
     def _spec(self, body: dict[str, Any]) -> SandboxSpec:
         """A replica's spec, its image paths (as the image rows hold them) found here."""

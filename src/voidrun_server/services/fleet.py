@@ -157,7 +157,7 @@ async def _copy_or_refuse(
     """When no node that holds ``image`` had room: raise :class:`ImageElsewhere` if a node
     with room lacks it and a ready node anywhere holds it; a clear 503 if none holds it."""
     fresh = await repo.fresh(session, suspect_after(settings))
-    ready = [row for row in fresh if not region or row.labels.get("region") == region]
+    ready = [row for row in fresh if repo.in_region(row, region)]
     lacking = [row for row in ready if row.images is not None and image.id not in row.images]
     roomy = [row for row in lacking if row.id not in skip and repo.fits(row, cpu, mem_mb)]
     holders = [row for row in fresh if row.images is not None and image.id in row.images]

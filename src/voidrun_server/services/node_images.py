@@ -12,7 +12,6 @@ second one waits and finds the image held.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from ..images.entries import CHUNK
 from ..images.holdings import held_images, unlisted
 from ..images.importer import receive_image, remove_image, target_dir
 from ..images.locations import located
-from ..images.manifest import MANIFEST
+from ..images.manifest import _read_manifest as read_manifest
 from ..images.progress import ImageBuildError
 from ..images.sources import ImageConfig
 from ..images.transfer import ChunkReader, export_tar
@@ -152,8 +151,8 @@ class NodeImages:
 
 
 def _uid_base(image_dir: Path) -> int:
+    manifest = read_manifest(image_dir) or {}
     try:
-        manifest = json.loads((image_dir / MANIFEST).read_text())
         return int(manifest.get("uid_base", IMAGE_UID_BASE))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (TypeError, ValueError):
         return IMAGE_UID_BASE

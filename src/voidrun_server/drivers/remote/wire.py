@@ -4,6 +4,7 @@ one the node's driver did)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,14 @@ ERRORS: dict[str, type[DriverError]] = {
         PortClosedError,
     )
 }
+
+
+def object_from_json(raw: bytes) -> dict[str, Any]:
+    """An internal request's body: a JSON object (empty: ``{}``); ValueError otherwise."""
+    data = json.loads(raw or b"{}")
+    if not isinstance(data, dict):
+        raise ValueError("body must be an object")
+    return data
 
 
 def spec_to_wire(spec: SandboxSpec) -> dict[str, Any]:

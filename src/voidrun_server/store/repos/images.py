@@ -60,8 +60,9 @@ async def own(session: AsyncSession, org_id: str, name: str, tag: str) -> Image 
 
 
 async def with_absolute_paths(session: AsyncSession) -> Sequence[Image]:
-    """Rows written before image paths were relative (and every snapshot: its layers)."""
-    query = select(Image).where(or_(Image.rootfs.like("/%"), Image.parent_id.is_not(None)))
+    """Rows written before image paths were relative (a snapshot's layers are as old as its
+    own path: both were written when it was made)."""
+    query = select(Image).where(Image.rootfs.like("/%"))
     return (await session.execute(query)).scalars().all()
 
 

@@ -190,9 +190,14 @@ def candidates(
         row
         for row in rows
         if row.id not in skip
-        and (not region or row.labels.get("region") == region)
+        and in_region(row, region)
         and (image_id is None or row.images is None or image_id in row.images)
     ]
+
+
+def in_region(row: Node, region: str) -> bool:
+    """Whether ``row`` carries the ``region`` label asked for (any node when none is)."""
+    return not region or row.labels.get("region") == region
 
 
 def least_loaded(rows: Sequence[Node], sample: int = 3) -> list[Node]:
@@ -207,12 +212,6 @@ async def fresh(session: AsyncSession, fresh_within: float) -> list[Node]:
     since = await db_now(session) - timedelta(seconds=fresh_within)
     query = select(Node).where(Node.state == READY, Node.last_heartbeat >= since)
     return list((await session.execute(query.order_by(Node.id))).scalars())
-
-
-async def ready_in(session: AsyncSession, fresh_within: float, region: str) -> list[Node]:
-    """Ready nodes with a fresh heartbeat (in ``region``, if given): for error messages."""
-    rows = await fresh(session, fresh_within)
-    return [row for row in rows if not region or row.labels.get("region") == region]
 
 
 async def node_of(session: AsyncSession, sandbox_id: str) -> str | None:
