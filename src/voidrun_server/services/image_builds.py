@@ -42,6 +42,7 @@ from ..store.db import transaction
 from ..store.repos import images as repo
 from ..store.repos import nodes as nodes_repo
 from ..store.tables import Image
+from . import images
 from .accounts import Principal
 from .build_log import BuildLog
 from .image_requests import (
@@ -148,10 +149,7 @@ class ImageBuilds:
 
     async def _forget(self, image_id: str) -> None:
         with anyio.CancelScope(shield=True):
-            async with transaction(self.sessions) as session:
-                row = await session.get(Image, image_id)
-                if row is not None:
-                    await session.delete(row)
+            await images.forget(self.sessions, image_id)
 
     async def _record(
         self, caller: Principal, name: str, tag: str, source: str, node: str | None

@@ -14,6 +14,7 @@ from ..config import Settings
 from ..errors import InvalidInputError, NotFoundError
 from ..images import locations
 from ..images.build import find_built_image
+from ..store.db import transaction
 from ..store.repos import images as repo
 from ..store.tables import Image
 
@@ -108,6 +109,14 @@ async def by_name(session: AsyncSession, org_id: str, name: str) -> Image:
     if image is None:
         raise NotFoundError("Image not found")
     return image
+
+
+async def forget(sessions: async_sessionmaker[AsyncSession], image_id: str) -> None:
+    """Remove the row of an image whose build or snapshot did not happen (no files)."""
+    async with transaction(sessions) as session:
+        row = await session.get(Image, image_id)
+        if row is not None:
+            await session.delete(row)
 
 
 async def default_rootfs(

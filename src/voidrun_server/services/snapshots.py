@@ -41,6 +41,7 @@ from ..store.db import transaction
 from ..store.repos import images as image_repo
 from ..store.repos import sandboxes as sandbox_repo
 from ..store.tables import Image, Sandbox
+from . import images
 from .accounts import Principal
 from .image_requests import IMAGE_UID_BASE, check_name, check_tag
 from .images import GIB, SYSTEM_IMAGES
@@ -242,10 +243,7 @@ class Snapshots:
         return image, base
 
     async def _forget(self, image_id: str) -> None:
-        async with transaction(self.service.sessions) as session:
-            stored = await session.get(Image, image_id)
-            if stored is not None:
-                await session.delete(stored)
+        await images.forget(self.service.sessions, image_id)
 
     # --- undoing a fork -----------------------------------------------------------------------
 
