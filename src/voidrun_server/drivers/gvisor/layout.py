@@ -102,8 +102,7 @@ def unmount_all(run: GvisorRun, deadline: float) -> None:
     disk.unmount(run.rootfs, deadline)
     for lower in run.lower_mounts():
         idmount.unmount_detach(lower)
-    disk.unmount(run.disk_mount, deadline)
-    disk.detach_loop_devices(run.disk_image, deadline)
+    disk.release(run.disk_image, run.disk_mount, deadline)
     for mount_point in (run.rootfs, *run.lower_mounts(), run.disk_mount):
         if idmount.is_mount_point(mount_point):
             raise DriverError(f"{mount_point} is still mounted")

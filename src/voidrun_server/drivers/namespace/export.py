@@ -64,8 +64,7 @@ def export_layer(
         frozen = time.monotonic() - frozen_at if freeze else 0.0
         if mounted:
             cleanup = time.monotonic() + CLEANUP_TIMEOUT
-            disk.unmount(run.disk_mount, cleanup)
-            disk.detach_loop_devices(run.disk_image, cleanup)
+            disk.release(run.disk_image, run.disk_mount, cleanup)
     return LayerExport(
         entries=stats.entries,
         bytes=stats.bytes,

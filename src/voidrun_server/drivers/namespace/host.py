@@ -111,8 +111,7 @@ def teardown(
     lowers = run.lower_mounts()
     for lower in lowers:
         idmount.unmount_detach(lower)
-    disk.unmount(run.disk_mount, deadline)
-    disk.detach_loop_devices(run.disk_image, deadline)
+    disk.release(run.disk_image, run.disk_mount, deadline)
     for mount_point in (*lowers, run.disk_mount, run.netns):
         if idmount.is_mount_point(mount_point):
             raise DriverError(f"{mount_point} is still mounted; not deleting it")
@@ -344,7 +343,7 @@ class SandboxHost:
                 deadline=deadline,
                 netns=run.netns if networked else None,
                 join=join,
-                mounts=self.launch_ns.spawning(run.root),
+                mounts=self.launch_ns.spawning([run.disk_mount, *run.lower_mounts()]),
             )
         except DriverError as exc:
             tail = run.log_tail()
@@ -437,8 +436,7 @@ class SandboxHost:
             self.network.detach(run, record.sandbox_id, record)
         for lower in run.lower_mounts():
             idmount.unmount_detach(lower)
-        disk.unmount(run.disk_mount, deadline)
-        disk.detach_loop_devices(run.disk_image, deadline)
+        disk.release(run.disk_image, run.disk_mount, deadline)
         record.monitor = record.init = None
         record.phase = Phase.STOPPED
         write_record(run, record)

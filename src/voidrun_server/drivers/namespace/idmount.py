@@ -6,10 +6,15 @@ Per sandbox the driver clones the image directory into a detached mount, marks i
 read-only, and attaches it at ``<run dir>/lower``; bwrap then uses that path as the overlay's
 lower layer::
 
-    open_tree(AT_FDCWD, image, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
-    mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
+    open_tree(AT_FDCWD, image, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    mount_setattr(fd, "", AT_EMPTY_PATH,
                   {MOUNT_ATTR_IDMAP | RDONLY | NOSUID | NODEV, userns_fd})
     move_mount(fd, "", AT_FDCWD, "<run>/lower", MOVE_MOUNT_F_EMPTY_PATH)
+
+The clone is of the image directory's own mount only, not recursive: whatever is mounted below
+an image has no business in a sandbox, and a recursive clone walks every mount of the image's
+filesystem (every sandbox's disk and image mounts, when the images live on the same
+filesystem as the data directory): 0.1 ms beside no sandbox, 0.7 ms beside 1,000.
 
 The kernel translates a file's on-disk owner ``U`` through the mount's user namespace:
 ``make_kuid(userns, U)``. That namespace's map is therefore ``image_base S 65536`` (not the
@@ -58,7 +63,6 @@ _SYSCALLS = {  # machine -> (open_tree, move_mount, mount_setattr)
 }
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 _OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -197,7 +201,7 @@ def mount_idmapped(
                 open_tree,
                 ctypes.c_int(_AT_FDCWD),
                 ctypes.c_char_p(os.fsencode(source)),
-                ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE),
+                ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
             )
         except OSError as exc:
             raise DriverError(f"cannot clone the image mount {source}", str(exc)) from exc
@@ -214,7 +218,7 @@ def mount_idmapped(
                     mount_setattr,
                     ctypes.c_int(tree),
                     ctypes.c_char_p(b""),
-                    ctypes.c_uint(_AT_EMPTY_PATH | _AT_RECURSIVE),
+                    ctypes.c_uint(_AT_EMPTY_PATH),
                     ctypes.byref(attr),
                     ctypes.c_size_t(ctypes.sizeof(attr)),
                 )

@@ -12,11 +12,15 @@ namespace*: a copy of the host's, made private (nothing propagates either way), 
 sandbox-related mount detached from it (anything under the data directory, every network
 namespace pin, every loop device). Per launch, the spawning worker thread:
 
-1. clones the sandbox's own run directory subtree from the host's namespace (``open_tree``
-   with ``OPEN_TREE_CLONE | AT_RECURSIVE``: its disk and image mounts, detached, in hand),
+1. clones the sandbox's own mounts from the host's namespace (``open_tree`` with
+   ``OPEN_TREE_CLONE``, one per mount point: its disk and its image views, detached, in hand),
 2. steps into the launch namespace and at once into a new copy of it (``unshare``; small),
-3. attaches the clone at the same path (``move_mount``), spawns bwrap there, and
+3. attaches each clone at the same path (``move_mount``), spawns bwrap there, and
 4. steps back into the host's namespace.
+
+Each mount is cloned alone, never its parent directory's tree with ``AT_RECURSIVE``: the run
+directories share one filesystem, and a recursive clone walks all of that filesystem's mounts
+(every sandbox's) to find the ones below the path: 0.5 ms more per create beside 1,000.
 
 bwrap's monitor keeps that per-sandbox namespace alive; it goes away with the sandbox, and the
 host's mounts stay where the rest of the driver expects them. The thread first unshares its
@@ -30,7 +34,7 @@ import contextlib
 import ctypes
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from voidrun_server.drivers.base import DriverError
@@ -43,7 +47,6 @@ _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
 _AT_FDCWD = -100
-_AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _OPEN_TREE, _MOVE_MOUNT = 428, 429  # the generic syscall table (x86_64 and aarch64)
@@ -137,20 +140,28 @@ class LaunchNamespace:
             _check(_libc.setns(self._host, _CLONE_NEWNS), "back to the host's mount namespace")
 
     @contextlib.contextmanager
-    def spawning(self, run_root: Path) -> Iterator[None]:
+    def spawning(self, mount_points: Sequence[Path]) -> Iterator[None]:
         """Run the block (the spawn) with this thread in a fresh copy of the launch namespace
-        that also holds ``run_root``'s mounts, then return to the host's namespace."""
+        that also holds the host's mounts at ``mount_points``, then return to the host's
+        namespace."""
         clean = self._launch_ns()
-        path = os.fsencode(run_root)
-        flags = ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE)
-        try:
-            tree = _check(
-                _libc.syscall(ctypes.c_long(_OPEN_TREE), _AT_FDCWD, path, flags),
-                f"clone the mounts of {run_root}",
-            )
-        except OSError as exc:
-            raise DriverError("cannot prepare the sandbox's mounts", str(exc)) from exc
-        try:
+        with contextlib.ExitStack() as trees:
+            clones = []
+            for point in mount_points:
+                try:
+                    tree = _check(
+                        _libc.syscall(
+                            ctypes.c_long(_OPEN_TREE),
+                            _AT_FDCWD,
+                            os.fsencode(point),
+                            ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC),
+                        ),
+                        f"clone the mount at {point}",
+                    )
+                except OSError as exc:
+                    raise DriverError("cannot prepare the sandbox's mounts", str(exc)) from exc
+                trees.callback(os.close, tree)
+                clones.append((tree, os.fsencode(point)))
             try:
                 _check(_libc.unshare(_CLONE_FS), "unshare file-system attributes")
                 _check(_libc.setns(clean, _CLONE_NEWNS), "enter the launch namespace")
@@ -160,17 +171,16 @@ class LaunchNamespace:
                 try:
                     _check(_libc.unshare(_CLONE_NEWNS), "unshare a launch namespace")
                     empty = ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)
-                    _check(
-                        _libc.syscall(
-                            ctypes.c_long(_MOVE_MOUNT), tree, b"", _AT_FDCWD, path, empty
-                        ),
-                        f"attach the mounts of {run_root}",
-                    )
+                    for tree, path in clones:
+                        _check(
+                            _libc.syscall(
+                                ctypes.c_long(_MOVE_MOUNT), tree, b"", _AT_FDCWD, path, empty
+                            ),
+                            f"attach the mount at {os.fsdecode(path)}",
+                        )
                 except OSError as exc:
                     raise DriverError("cannot prepare the launch namespace", str(exc)) from exc
                 yield
             finally:
                 # never leave a worker thread in a sandbox's namespace
                 _check(_libc.setns(self._host, _CLONE_NEWNS), "back to the host's namespace")
-        finally:
-            os.close(tree)
