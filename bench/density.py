@@ -1,6 +1,8 @@
 """How many idle sandboxes fit: create until a target count or a memory floor.
 
-Usage: .venv/bin/python bench/density.py [--target 1000] [--reserve-mib 2048] [--pool 0]  (root)
+Usage: .venv/bin/python bench/density.py [--target 1000] [--reserve-mib 2048] [--pool 0]
+[--pause 0]  (root). ``--pool`` sets VOIDRUN_WARM_POOL_SIZE (the server's default is 2);
+``--pause`` waits between creates, as bursty real traffic does, so the pool can refill.
 
 The floor, measured first in the same run: host memory per idle ``bwrap --unshare-all`` holding
 a ``sleep`` (namespaces and one process, no agent, no disk), 100 of them.
@@ -39,7 +41,8 @@ def available_bytes() -> int:
 
 def floor_mib(count: int = 100) -> float:
     """MiB of host memory per idle bwrap sandbox holding one sleeping process."""
-    argv = [str(bwrap_path()), "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc",
+    argv = [str(bwrap_path()), "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
+            "--proc", "/proc",
             "--dev", "/dev", "sleep", "3600"]  # fmt: skip
     before = used_bytes()
     sleepers = [subprocess.Popen(argv) for _ in range(count)]
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--reserve-mib", type=int, default=2048)
     parser.add_argument("--pool", type=int, default=0, help="VOIDRUN_WARM_POOL_SIZE (0: cold)")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between creates")
     args = parser.parse_args()
     env = {
         "VOIDRUN_SANDBOX_DISK_MB": "64",
@@ -78,6 +82,7 @@ def main() -> None:
             if available_bytes() < args.reserve_mib * 2**20:
                 stop_reason = f"MemAvailable fell below the {args.reserve_mib} MiB reserve"
                 break
+            time.sleep(args.pause)
             started = time.perf_counter()
             response = client.post("/sandboxes", json={"name": f"d-{len(ids)}", "autoSleep": False})
             if response.status_code != 201:
