@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,28 @@ def test_marker_off_the_grid_still_blocks_its_ids(tmp_path: Path) -> None:
     ranges.directory.mkdir(mode=0o700)
     os.symlink("o" * 24, ranges.directory / str(first + RANGE_SIZE // 2))
     assert ranges.allocate("a" * 24) == first + 2 * RANGE_SIZE
+
+
+def test_the_kept_view_follows_another_process_s_changes(tmp_path: Path) -> None:
+    """Two objects on one directory stand for two processes: each sees what the other did."""
+    one = make(tmp_path, max_ranges=4)
+    other = UidRanges(one.directory, first=one.first, max_ranges=4, subid_files=())
+    first = one.allocate("a" * 24)
+    taken_by_other = other.allocate("b" * 24)
+    assert taken_by_other != first
+    time.sleep(0.05)  # a directory mtime of its own for each change (coarse clocks)
+    third = one.allocate("c" * 24)  # one's view is stale: it lists again
+    assert third not in (first, taken_by_other)
+    time.sleep(0.05)
+    other.release("b" * 24, taken_by_other)
+    time.sleep(0.05)
+    assert one.allocate("d" * 24) == taken_by_other  # lowest first: the freed slot again
+
+
+def test_a_slot_taken_behind_the_view_s_back_is_skipped(tmp_path: Path) -> None:
+    ranges = make(tmp_path, max_ranges=3)
+    first = ranges.allocate("a" * 24)
+    # a marker the view cannot know of (same mtime as its own last change, say)
+    os.symlink("x" * 24, ranges.directory / str(first + RANGE_SIZE))
+    ranges._view_mtime = os.stat(ranges.directory).st_mtime_ns
+    assert ranges.allocate("b" * 24) == first + 2 * RANGE_SIZE
