@@ -213,7 +213,10 @@ class GvisorHost:
                 # runsc 20221219 copies the interfaces of the namespace its sandbox process is
                 # born in (it does not join the spec's path for that): spawn it from in there.
                 in_netns = netns.entered(run.netns) if wired else contextlib.nullcontext()
+                # runsc reads the bundle's root and the log on the disk, and joins the
+                # network namespace by its pin's path
                 mounts = [run.disk_mount, *run.lower_mounts(), run.rootfs]
+                mounts += [run.netns] if wired else []
                 with in_netns, self.launch_ns.spawning(mounts):
                     self.runsc.call(
                         run.runsc_root,
