@@ -124,3 +124,5 @@ def test_a_slot_taken_behind_the_view_s_back_is_skipped(tmp_path: Path) -> None:
     os.symlink("x" * 24, ranges.directory / str(first + RANGE_SIZE))
     ranges._view_mtime = os.stat(ranges.directory).st_mtime_ns
     assert ranges.allocate("b" * 24) == first + 2 * RANGE_SIZE
+    os.unlink(ranges.directory / str(first + RANGE_SIZE))  # the stale view is listed again
+    assert ranges.allocate("c" * 24) == first + RANGE_SIZE

@@ -129,8 +129,9 @@ class UidRanges:
                         continue
                     try:
                         os.symlink(sandbox_id, self.directory / str(base))
-                    except FileExistsError:
+                    except FileExistsError:  # another process changed the directory
                         taken.add(base)
+                        self._view_mtime = None  # so list it again next time
                         continue
                     self._changed(base, taken=True)
                     return base
@@ -162,13 +163,14 @@ class UidRanges:
         return self._view
 
     def _changed(self, base: int, *, taken: bool) -> None:
-        """Our own change to the directory, made under the lock right after ``_taken`` (so the
-        view was current): the view follows it."""
+        """Our own change to the directory, made under the lock after ``_taken``: the view
+        follows it, and stays current unless it was found stale meanwhile."""
         if taken:
             self._view.add(base)
         else:
             self._view.discard(base)
-        self._view_mtime = os.stat(self.directory).st_mtime_ns
+        if self._view_mtime is not None:
+            self._view_mtime = os.stat(self.directory).st_mtime_ns
 
     def owner(self, base: int) -> str | None:
         """The sandbox id holding ``base``, if any."""
