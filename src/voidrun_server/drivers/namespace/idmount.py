@@ -55,6 +55,7 @@ from pathlib import Path
 
 from voidrun_server.drivers.base import DriverError, DriverUnavailableError
 from voidrun_server.drivers.namespace.imageclones import clone_image
+from voidrun_server.drivers.namespace.syscalls import syscall
 
 __all__ = ["IdRange", "check_support", "is_mount_point", "mount_idmapped", "unmount_detach"]
 
@@ -77,7 +78,6 @@ _userns_cache: dict[tuple[IdRange, IdRange], int] = {}
 _cache_lock = threading.Lock()
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
@@ -121,15 +121,6 @@ def check_support() -> None:
         raise DriverUnavailableError(
             "unshare (util-linux) not found", hint="apt-get install util-linux"
         )
-
-
-def _syscall(number: int, *args: object) -> int:
-    ctypes.set_errno(0)
-    result = int(_libc.syscall(ctypes.c_long(number), *args))
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
 
 
 def _userns_fd(uids: IdRange, gids: IdRange, deadline: float) -> int:
@@ -209,7 +200,7 @@ def mount_idmapped(
                 userns_fd=userns,
             )
             try:
-                _syscall(
+                syscall(
                     mount_setattr,
                     ctypes.c_int(tree),
                     ctypes.c_char_p(b""),
@@ -223,7 +214,7 @@ def mount_idmapped(
                     hint = ""
                 raise DriverError("cannot idmap the image mount", f"{exc}{hint}") from exc
             try:
-                _syscall(
+                syscall(
                     move_mount,
                     ctypes.c_int(tree),
                     ctypes.c_char_p(b""),

@@ -25,6 +25,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from voidrun_server.drivers.namespace.syscalls import syscall
+
 __all__ = ["clone_image"]
 
 LIMIT = 256
@@ -33,24 +35,13 @@ _AT_EMPTY_PATH = 0x1000
 _OPEN_TREE_CLONE = 1
 _FLAGS = _OPEN_TREE_CLONE | os.O_CLOEXEC
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 _kept: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()  # path -> (fd, dev, ino)
 _lock = threading.Lock()
 _nested = [True]  # whether this kernel clones a detached mount
 
 
 def _open_tree(number: int, dirfd: int, path: bytes, flags: int) -> int:
-    result = int(
-        _libc.syscall(
-            ctypes.c_long(number), ctypes.c_int(dirfd), ctypes.c_char_p(path), ctypes.c_uint(flags)
-        )
-    )
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
+    return syscall(number, ctypes.c_int(dirfd), ctypes.c_char_p(path), ctypes.c_uint(flags))
 
 
 def _drop(path: bytes) -> None:

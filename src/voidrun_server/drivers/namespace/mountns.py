@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from voidrun_server.drivers.base import DriverError
+from voidrun_server.drivers.namespace.syscalls import syscall
 
 __all__ = ["LaunchNamespace"]
 
@@ -52,7 +53,6 @@ _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _OPEN_TREE, _MOVE_MOUNT = 428, 429  # the generic syscall table (x86_64 and aarch64)
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
@@ -149,17 +149,17 @@ class LaunchNamespace:
             clones = []
             for point in mount_points:
                 try:
-                    tree = _check(
-                        _libc.syscall(
-                            ctypes.c_long(_OPEN_TREE),
-                            _AT_FDCWD,
-                            os.fsencode(point),
-                            ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC),
-                        ),
-                        f"clone the mount at {point}",
+                    tree = syscall(
+                        _OPEN_TREE,
+                        ctypes.c_int(_AT_FDCWD),
+                        ctypes.c_char_p(os.fsencode(point)),
+                        ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC),
                     )
                 except OSError as exc:
-                    raise DriverError("cannot prepare the sandbox's mounts", str(exc)) from exc
+                    raise DriverError(
+                        "cannot prepare the sandbox's mounts",
+                        f"clone the mount at {point}: {exc.strerror}",
+                    ) from exc
                 trees.callback(os.close, tree)
                 clones.append((tree, os.fsencode(point)))
             try:
@@ -172,12 +172,11 @@ class LaunchNamespace:
                     _check(_libc.unshare(_CLONE_NEWNS), "unshare a launch namespace")
                     empty = ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)
                     for tree, path in clones:
-                        _check(
-                            _libc.syscall(
-                                ctypes.c_long(_MOVE_MOUNT), tree, b"", _AT_FDCWD, path, empty
-                            ),
-                            f"attach the mount at {os.fsdecode(path)}",
-                        )
+                        try:
+                            syscall(_MOVE_MOUNT, tree, b"", _AT_FDCWD, path, empty)
+                        except OSError as exc:
+                            where = f"attach the mount at {os.fsdecode(path)}: {exc.strerror}"
+                            raise OSError(exc.errno, where) from exc
                 except OSError as exc:
                     raise DriverError("cannot prepare the launch namespace", str(exc)) from exc
                 yield
