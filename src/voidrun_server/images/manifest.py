@@ -51,7 +51,7 @@ def find_built_image(images_root: Path, name: str, tag: str) -> BuiltImage | Non
     The manifest is written only after the tree is complete and in place, so a missing,
     unreadable or mismatching manifest means "not built" and nothing else is trusted.
     """
-    manifest = _read_manifest(image_dir(images_root, name, tag))
+    manifest = read_manifest(image_dir(images_root, name, tag))
     if manifest is None:
         return None
     return _built_image(images_root, manifest)
@@ -62,7 +62,7 @@ def _cached(
 ) -> BuiltImage | None:
     """The complete image at ``target`` if it was built for ``uid_base`` and its manifest
     holds every item of ``key`` (what the build put in it), else None."""
-    manifest = _read_manifest(target)
+    manifest = read_manifest(target)
     if manifest is None or manifest.get("uid_base") != uid_base:
         return None
     if any(manifest.get(k) != v for k, v in (key or {}).items()):
@@ -70,7 +70,7 @@ def _cached(
     return _built_image(images_root, manifest)
 
 
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
+def read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -126,7 +126,7 @@ def _remove_stale(target: Path) -> None:
         _remove_tree(stale)
     for stale in target.parent.glob(f".{target.name}.old-*"):
         _remove_tree(stale)
-    if os.path.lexists(target) and _read_manifest(target) is None:
+    if os.path.lexists(target) and read_manifest(target) is None:
         _remove_tree(target)
 
 

@@ -29,7 +29,7 @@ from ..images.entries import CHUNK
 from ..images.holdings import held_images, unlisted
 from ..images.importer import receive_image, remove_image, target_dir
 from ..images.locations import located
-from ..images.manifest import _read_manifest as read_manifest
+from ..images.manifest import read_manifest
 from ..images.progress import ImageBuildError
 from ..images.sources import ImageConfig
 from ..images.transfer import ChunkReader, export_tar
